@@ -1,0 +1,3 @@
+from lightning_pretrain.callbacks.export import HFExport
+
+__all__ = ["HFExport"]

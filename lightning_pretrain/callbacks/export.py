@@ -1,0 +1,57 @@
+"""At the end of `fit`: the model in Hugging Face format under `<run dir>/hf/` and the final metrics in
+`<run dir>/metrics.json`. The tokenizer is saved with the run (`<run dir>/tokenizer/`) as soon as fit starts, so a
+run cut short still has it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class HFExport(L.Callback):
+    def __init__(self, dirname: str = "hf", metrics_file: str = "metrics.json", enabled: bool = True):
+        """
+        Args:
+            dirname: sub-directory of the run directory that receives the Hugging Face export.
+            metrics_file: file in the run directory that receives the final validation metrics.
+            enabled: set false to skip the export (e.g. for throughput benchmarks).
+        """
+        self.dirname, self.metrics_file, self.enabled = dirname, metrics_file, enabled
+        self.last_val: dict[str, float] = {}
+        self.last_val_step: int | None = None
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if self.enabled and tokenizer is not None:
+            tokenizer.save_pretrained(run_dir(trainer) / "tokenizer")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last_val = {k: float(v) for k, v in trainer.callback_metrics.items()
+                         if k.startswith("val/") and v.numel() == 1}
+        self.last_val_step = trainer.global_step
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not self.enabled:
+            return
+        export = getattr(pl_module, "export_hf", None)
+        out = run_dir(trainer) / self.dirname
+        if trainer.is_global_zero:
+            if export is not None:
+                export(out)
+            metrics = {"step": self.last_val_step, "global_step": trainer.global_step,
+                       **{k: (v if math.isfinite(v) else None) for k, v in self.last_val.items()}}
+            (run_dir(trainer) / self.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
+            if export is not None:
+                print(f"Hugging Face export: {out}")
+            print(f"final metrics: {run_dir(trainer) / self.metrics_file}")

@@ -1,0 +1,193 @@
+"""`PretrainCorpus`: raw text in, batches of packed token blocks out. It knows nothing of objectives."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class PretrainCorpus(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str = "builtin",
+        val_source: str | None = None,
+        val_fraction: float = 0.05,
+        text_column: str = "text",
+        tokenizer: str = "bpe",
+        vocab_size: int = 8192,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 1234,
+    ):
+        """
+        Args:
+            source: 'builtin' (CPython's documentation, ~1.8 MB, offline), a local .txt/.jsonl/.json/.csv/.tsv/.parquet
+                file, directory or glob, or a hub dataset 'id[:config][@split]'.
+            val_source: validation text in the same forms; when unset, `val_fraction` of the documents is held out.
+            val_fraction: fraction of documents held out for validation when `val_source` is unset.
+            text_column: column holding the text in jsonl/csv/parquet/hub sources.
+            tokenizer: 'bpe' (byte-level BPE) or 'wordpiece' to train one on the training text, or a local
+                tokenizer directory / hub id of a pretrained fast tokenizer.
+            vocab_size: vocabulary size of a tokenizer trained here (ignored for pretrained tokenizers).
+            seq_len: tokens per packed block (the model's sequence length).
+            batch_size: blocks per batch on each device.
+            num_workers: DataLoader worker processes (reads are memory-mapped slices, so 0-2 suffice on CPU).
+            cache_dir: where tokenized corpora and trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
+                ~/.cache/lightning_pretrain.
+            seed: seed of the train/validation document split and of the shuffling order.
+        """
+        super().__init__()
+        if seq_len < 2:
+            raise InputError(f"seq_len must be at least 2, got {seq_len}")
+        if not 0.0 < val_fraction < 1.0 and val_source is None:
+            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.source = sources.resolve(source, text_column)
+        self.val_source = sources.resolve(val_source, text_column) if val_source else None
+        self.tokenizer_spec = tokenizer
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_root()
+        self.seed = seed
+        self.train_blocks: np.ndarray | None = None
+        self.val_blocks: np.ndarray | None = None
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    @cached_property
+    def _splits(self):
+        """{'train': Dataset, 'val': Dataset} of documents (loaded only on a cache miss)."""
+        ds = self.source.load().filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+        if len(ds) == 0:
+            raise InputError(f"corpus '{self.hparams.source}' is empty (no non-blank text)")
+        if self.val_source is not None:
+            val = self.val_source.load().filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+            if len(val) == 0:
+                raise InputError(f"validation corpus '{self.hparams.val_source}' is empty (no non-blank text)")
+            return {"train": ds, "val": val}
+        if len(ds) < 2:
+            raise InputError(f"corpus '{self.hparams.source}' has a single document: nothing to hold out for "
+                             f"validation; pass --data.val_source")
+        split = ds.train_test_split(test_size=self.val_fraction, seed=self.seed, shuffle=True)
+        return {"train": split["train"], "val": split["test"]}
+
+    def _texts(self, split: str, batch: int = 1000):
+        for rows in self._splits[split].iter(batch_size=batch):
+            yield rows["text"]
+
+    def _text_identity(self) -> list[str]:
+        val = self.val_source.identity() if self.val_source else f"holdout:{self.val_fraction}:{self.seed}"
+        return [self.source.identity(), val]
+
+    # -- tokenizer ----------------------------------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer (trained on the training split and cached on first use)."""
+        spec = self.tokenizer_spec
+        if spec not in toks.TRAINERS:
+            return toks.load_pretrained(spec)
+        key = cache.cache_key("tokenizer", spec, self.vocab_size, *self._text_identity())
+        entry = self.cache_root / "tokenizers" / key
+
+        def build(tmp: Path) -> dict:
+            t0 = time.perf_counter()
+            texts = (t for batch in self._texts("train") for t in batch)
+            tok = toks.TRAINERS[spec](texts, self.vocab_size)
+            tok.save_pretrained(tmp)
+            log.info("trained a %s tokenizer (%d tokens) in %.1fs", spec, len(tok), time.perf_counter() - t0)
+            return {"kind": spec, "vocab_size": len(tok)}
+
+        entry, _ = cache.get_or_build(entry, build, lambda e, m: (e / "tokenizer.json").exists())
+        return toks.load_pretrained(str(entry))
+
+    # -- blocks -------------------------------------------------------------------------------------------------
+    @property
+    def cache_entry(self) -> Path:
+        key = cache.cache_key("blocks", blocks.FORMAT_VERSION, *self._text_identity(),
+                              toks.fingerprint(self.tokenizer), self.seq_len)
+        return self.cache_root / "blocks" / key
+
+    def prepare_data(self) -> None:
+        """Tokenize and pack both splits once (rank 0); later runs with the same settings reuse the cache."""
+        tok = self.tokenizer
+        sep, dtype = toks.document_separator(tok), blocks.token_dtype(len(tok))
+
+        def build(tmp: Path) -> dict:
+            meta = {"seq_len": self.seq_len, "dtype": dtype.str, "splits": {}}
+            for split in ("train", "val"):
+                t0 = time.perf_counter()
+                n = blocks.write_blocks(tmp / f"{split}.bin", blocks.encode_batches(tok, self._texts(split)),
+                                        sep, self.seq_len, dtype)
+                meta["splits"][split] = {"n_blocks": n, "seconds": round(time.perf_counter() - t0, 3)}
+                if n == 0:
+                    raise InputError(f"the {split} split has fewer than seq_len={self.seq_len} tokens: it yields no "
+                                     f"block; use a larger corpus, a smaller seq_len"
+                                     f"{' or a larger val_fraction' if split == 'val' else ''}")
+            return meta
+
+        entry, reused = cache.get_or_build(self.cache_entry, build, self._entry_is_complete)
+        log.info("%s token blocks at %s", "reusing" if reused else "built", entry)
+
+    def _entry_is_complete(self, entry: Path, meta: dict) -> bool:
+        itemsize = np.dtype(meta.get("dtype", "<u2")).itemsize
+        try:
+            return meta["seq_len"] == self.seq_len and all(
+                (entry / f"{s}.bin").stat().st_size == info["n_blocks"] * self.seq_len * itemsize
+                for s, info in meta["splits"].items())
+        except (KeyError, OSError):
+            return False
+
+    def setup(self, stage: str | None = None) -> None:
+        entry = self.cache_entry
+        meta = cache.read_meta(entry)
+        if meta is None or not self._entry_is_complete(entry, meta):
+            self.prepare_data()  # prepare_data is skipped when Trainer(prepare_data_per_node=False) on non-zero ranks
+            meta = cache.read_meta(entry)
+        for split in ("train", "val"):
+            arr = blocks.open_blocks(entry / f"{split}.bin", meta["splits"][split]["n_blocks"], self.seq_len,
+                                     meta["dtype"])
+            setattr(self, f"{split}_blocks", arr)
+
+    # -- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, arr: np.ndarray, shuffle: bool) -> StatefulDataLoader:
+        # StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact
+        # next batch instead of restarting the epoch (a plain DataLoader cannot).
+        import torch
+
+        return StatefulDataLoader(
+            blocks.BlockDataset(arr), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    def train_dataloader(self):
+        if len(self.train_blocks) < self.batch_size:
+            raise InputError(f"the training split has {len(self.train_blocks)} blocks of {self.seq_len} tokens, fewer "
+                             f"than one batch of {self.batch_size}; lower batch_size or seq_len")
+        return self._loader(self.train_blocks, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_blocks, shuffle=False)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def predict_dataloader(self):
+        return self.val_dataloader()

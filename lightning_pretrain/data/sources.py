@@ -1,0 +1,216 @@
+"""Where text comes from: the embedded corpus, local files, or a Hugging Face hub dataset.
+
+`resolve(spec)` turns the `--data.source` string into a `TextSource` with two methods:
+  * `identity()` — a cheap string that changes whenever the text could change (it goes into cache keys), and
+  * `load()` — a `datasets.Dataset` with one string column, `text`, one document per row.
+
+Spec forms:
+  * ``builtin`` — real English prose that ships with CPython (the `pydoc_data` topics and the standard library's
+    docstrings), so a fresh machine with no internet has a corpus. Its identity is the Python version.
+  * a local file, directory or glob of ``.txt`` / ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet``. A ``.txt`` file is
+    split into documents at blank lines (paragraphs); the other formats read the ``text_column``.
+  * ``dataset_id[:config][@split]`` — anything else is a hub dataset for `datasets.load_dataset`
+    (e.g. ``wikitext:wikitext-103-raw-v1@train``; the split defaults to ``train``).
+"""
+
+from __future__ import annotations
+
+import ast
+import codecs
+import glob
+import hashlib
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from lightning_pretrain.errors import InputError
+
+# file suffix -> `datasets` packaged builder
+FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """Documentation shipped inside CPython: ~1.8 MB of human-written English on every machine."""
+
+    min_chars: int = 100  # drop one-line docstrings ("Return self.") that are mostly noise
+
+    def identity(self) -> str:
+        return f"builtin:python-{sys.version}:min{self.min_chars}"
+
+    def load(self) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"text": builtin_documents(self.min_chars)})
+
+
+def builtin_documents(min_chars: int = 100) -> list[str]:
+    """The `pydoc_data` help topics plus every module/class/function docstring of the pure-Python standard library.
+
+    Docstrings are read with `ast` (no module is imported, so nothing runs) in sorted path order: the result is
+    deterministic for a given Python installation.
+    """
+    from pydoc_data.topics import topics
+
+    docs = [topics[name] for name in sorted(topics)]
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo"}
+    for path in sorted(root.rglob("*.py")):
+        if skip.intersection(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= min_chars:
+                    docs.append(doc)
+    return [d.strip() for d in docs if d.strip()]
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """One or more local files (a file, a directory searched recursively, or a glob)."""
+
+    spec: str
+    files: tuple[str, ...]
+    text_column: str = "text"
+
+    def identity(self) -> str:
+        h = hashlib.sha256(f"local:{self.text_column}".encode())
+        for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
+            h.update(os.path.basename(f).encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        return "local:" + h.hexdigest()
+
+    def load(self) -> datasets.Dataset:
+        parts = []
+        for builder in sorted({FORMATS[Path(f).suffix.lower()] for f in self.files}):
+            files = [f for f in self.files if FORMATS[Path(f).suffix.lower()] == builder]
+            for f in files:
+                if builder != "parquet":
+                    check_utf8(f)
+            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            if builder == "csv" and all(f.lower().endswith(".tsv") for f in files):
+                kwargs["delimiter"] = "\t"
+            try:
+                ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+            except Exception as e:  # pyarrow/pandas parse errors carry no file name: add it
+                raise InputError(f"could not read {', '.join(files)} as {builder}: {_first_line(e)}") from e
+            column = "text" if builder == "text" else self.text_column
+            parts.append(_text_column(ds, column, self.spec))
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A dataset on the Hugging Face hub (or in the local `datasets` cache when offline)."""
+
+    path: str
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False
+
+    def identity(self) -> str:
+        # the dataset's own fingerprint changes when its files do; loading it is needed to know it
+        ds = self.load()
+        fp = getattr(ds, "_fingerprint", None) or "streaming"
+        return f"hub:{self.path}:{self.config}:{self.split}:{self.text_column}:{fp}"
+
+    def load(self) -> datasets.Dataset | datasets.IterableDataset:
+        try:
+            ds = datasets.load_dataset(self.path, self.config, split=self.split, streaming=self.streaming)
+        except Exception as e:  # offline, unknown id, unknown config or split: all user-fixable
+            raise InputError(f"could not load hub dataset '{self.path}'"
+                             f"{f' config {self.config!r}' if self.config else ''} split {self.split!r}: "
+                             f"{_first_line(e)}") from e
+        return _text_column(ds, self.text_column, self.path)
+
+
+TextSource = BuiltinSource | LocalSource | HubSource
+
+
+def resolve(spec: str, text_column: str = "text", streaming: bool = False) -> TextSource:
+    """Parse a `--data.source` string (see the module docstring for the forms)."""
+    if not spec or not spec.strip():
+        raise InputError("data source is empty: pass 'builtin', a file/directory/glob, or a hub dataset id")
+    if spec == "builtin":
+        return BuiltinSource()
+    path = os.path.expanduser(spec)
+    looks_local = (os.path.exists(path) or _GLOB_CHARS.intersection(path) or Path(path).suffix.lower() in FORMATS
+                   or path.startswith((".", "/", "~")))
+    if looks_local:
+        return LocalSource(spec, _local_files(path), text_column)
+    name, _, split = spec.partition("@")
+    dataset_id, _, config = name.partition(":")
+    return HubSource(dataset_id, config or None, split or "train", text_column, streaming)
+
+
+def _local_files(path: str) -> tuple[str, ...]:
+    if os.path.isdir(path):
+        candidates = [str(p) for p in sorted(Path(path).rglob("*")) if p.is_file()]
+        files = [f for f in candidates if Path(f).suffix.lower() in FORMATS]
+        if not files:
+            raise InputError(f"directory {path} holds no {'/'.join(sorted(FORMATS))} files")
+    elif _GLOB_CHARS.intersection(path):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise InputError(f"no file matches {path}")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise InputError(f"file not found: {path}")
+    unknown = [f for f in files if Path(f).suffix.lower() not in FORMATS]
+    if unknown:
+        raise InputError(f"unsupported file type {unknown[0]} (expected one of {', '.join(sorted(FORMATS))})")
+    return tuple(os.path.abspath(f) for f in files)
+
+
+def check_utf8(path: str, chunk: int = 1 << 20) -> None:
+    """Fail clearly on binary or non-UTF-8 files instead of training on mojibake."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            if b"\x00" in block:
+                raise InputError(f"{path} looks binary (NUL byte at offset {offset + block.index(0)}), not text")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path} is not valid UTF-8 (byte offset {offset + e.start}); "
+                                 f"convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not valid UTF-8 (truncated character at the end)") from None
+
+
+def _text_column(ds, column: str, where: str):
+    names = ds.column_names or []
+    if column not in names:
+        raise InputError(f"column '{column}' not found in {where}; available columns: {', '.join(map(str, names))} "
+                         f"(set --data.text_column)")
+    if names != ["text"]:
+        ds = ds.select_columns([column])
+        if column != "text":
+            ds = ds.rename_column(column, "text")
+    return ds
+
+
+def _first_line(e: BaseException) -> str:
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:  # the root cause names the real problem
+        nxt = cause.__cause__ or cause.__context__
+        if nxt is cause:
+            break
+        cause = nxt
+    msg = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {msg[0] if msg else ''}"

@@ -1,0 +1,95 @@
+"""Tokenizers: load a pretrained one, or train the objective's natural one on the corpus with `tokenizers`.
+
+`--data.tokenizer` is either the name of a trainable family or a local directory / hub id:
+  * ``bpe``       — byte-level BPE (GPT-2 / RoBERTa style): every byte is representable, no unknown tokens.
+  * ``wordpiece`` — BERT's lower-cased WordPiece with ``##`` continuation pieces and a [CLS] … [SEP] template.
+  * anything else — `AutoTokenizer.from_pretrained(...)` (fast tokenizers only; remote code never runs).
+
+Every tokenizer returned here is a `PreTrainedTokenizerFast` carrying the special tokens the objectives need
+(pad, eos or sep, mask, cls/bos), so `save_pretrained` writes files that `transformers` loads unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lightning_pretrain.errors import InputError
+
+# RoBERTa's special tokens: <s>/</s> double as bos/eos for causal LMs and cls/sep for masked LMs
+_BPE_SPECIALS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                 "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
+_WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                       "mask_token": "[MASK]"}
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = list(dict.fromkeys(_BPE_SPECIALS.values()))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    # no post-processor: packing inserts the document separator itself, and generation must not get a stray </s>
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **_BPE_SPECIALS)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    specials = list(_WORDPIECE_SPECIALS.values())
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    # the BERT template, so fill-mask / classification pipelines on the export see [CLS] ... [SEP]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIALS)
+
+
+TRAINERS = {"bpe": train_bpe, "wordpiece": train_wordpiece}
+
+
+def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except Exception as e:
+        raise InputError(f"could not load tokenizer '{name_or_path}': not a trainable family "
+                         f"({', '.join(TRAINERS)}), a local tokenizer directory, or a reachable hub id "
+                         f"({type(e).__name__})") from e
+    if not tok.is_fast:
+        raise InputError(f"tokenizer '{name_or_path}' has no fast (Rust) version; batched tokenization needs one")
+    return tok
+
+
+def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of everything that decides which ids a text gets: the full Rust tokenizer plus the special tokens."""
+    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id put between packed documents: EOS for causal tokenizers, else SEP (BERT has no EOS)."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if sep is None:
+        raise InputError("the tokenizer has neither an EOS nor a SEP token to separate packed documents")
+    return sep
+
+
+def batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

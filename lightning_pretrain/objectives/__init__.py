@@ -1,0 +1,6 @@
+"""Pretraining objectives: one file each, holding its pure corruption function and its LightningModule."""
+
+from lightning_pretrain.objectives.causal_lm import CausalLM
+from lightning_pretrain.objectives.masked_lm import MaskedLM
+
+__all__ = ["CausalLM", "MaskedLM"]

@@ -1,0 +1,122 @@
+"""Masked language modelling (BERT, RoBERTa, ...): corrupt ~15% of the tokens and predict the originals.
+
+`mask_tokens` is BERT's corruption as a pure function: each non-special token is selected with probability
+`mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` become a random non-special
+token, and the rest stay unchanged. The loss and perplexity count the selected positions only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedTokenizerBase
+
+from lightning_pretrain import optim
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.pretraining import PretrainingModule
+
+IGNORE = -100  # label value that cross-entropy (ours and HF's) skips
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    special_ids: torch.Tensor,
+    replacement_ids: torch.Tensor,
+    mlm_probability: float = 0.15,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `(inputs, labels)`: corrupted ids, and the original ids at selected positions (IGNORE elsewhere).
+
+    `special_ids` are never selected; random replacements are drawn uniformly from `replacement_ids`.
+    """
+    shape, device = input_ids.shape, input_ids.device
+    selectable = ~torch.isin(input_ids, special_ids)
+    selected = (torch.rand(shape, device=device, generator=generator) < mlm_probability) & selectable
+    labels = torch.where(selected, input_ids, IGNORE)
+    # one uniform draw per position splits the selected ones into [MASK] / random / unchanged
+    u = torch.rand(shape, device=device, generator=generator)
+    to_mask = selected & (u < mask_fraction)
+    to_random = selected & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
+    random_tokens = replacement_ids[torch.randint(len(replacement_ids), shape, device=device, generator=generator)]
+    inputs = torch.where(to_mask, mask_token_id, input_ids)
+    inputs = torch.where(to_random, random_tokens, inputs)
+    return inputs, labels
+
+
+class MaskedLM(PretrainingModule):
+    auto_class = AutoModelForMaskedLM
+
+    def __init__(
+        self,
+        model: PretrainedConfig | str,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 100,
+        lr_schedule: optim.Schedule = "cosine",
+        attn_implementation: str | None = "sdpa",
+        mlm_probability: float = 0.15,
+        mask_fraction: float = 0.8,
+        random_fraction: float = 0.1,
+        mask_seed: int = 0,
+    ):
+        """
+        Args:
+            model: an HF config to build a fresh model from (`class_path: transformers.BertConfig` /
+                `RobertaConfig` with `init_args`), or a local directory / hub id of a pretrained masked LM.
+            tokenizer: linked from the data module by the CLI; sets the vocabulary size and special token ids.
+            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
+            warmup_steps: optimizer steps of linear LR warmup from 0.
+            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
+            attn_implementation: 'sdpa' (fused kernels) or 'eager'.
+            mlm_probability: probability that a non-special token is selected for prediction.
+            mask_fraction: share of selected tokens replaced by the mask token (BERT: 0.8).
+            random_fraction: share of selected tokens replaced by a random token (BERT: 0.1); the rest stay.
+            mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch, rank), so a resumed run
+                draws the same masks as an uninterrupted one and validation masks are identical every epoch.
+        """
+        if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
+            raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
+        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
+        if tokenizer.mask_token_id is None:
+            raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece' or 'bpe')")
+        self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
+        self.mask_seed = mask_seed
+        specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        vocab = torch.arange(len(tokenizer))
+        self.register_buffer("special_ids", specials, persistent=False)
+        self.register_buffer("replacement_ids", vocab[~torch.isin(vocab, specials)], persistent=False)
+
+    @property
+    def mlm_head(self) -> torch.nn.Module | None:
+        # BERT's `cls` / RoBERTa's `lm_head` map hidden states to vocabulary logits; applying it to the masked
+        # positions only skips ~85% of the output projection, often the largest matmul of a small model
+        return getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+
+    def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask `batch` with a generator seeded by (mask_seed, *stream, rank): reproducible, and resumable exactly."""
+        g = torch.Generator(device=batch.device).manual_seed(hash((self.mask_seed, *stream, self.global_rank)) % 2**62)
+        return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
+                           self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g)
+
+    def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the selected positions (equal to the HF model's `labels=` loss)."""
+        if self.mlm_head is None:  # an architecture whose head we do not know: let HF compute every logit
+            return self.model(input_ids=inputs, labels=labels).loss
+        hidden = self.model.base_model(input_ids=inputs).last_hidden_state
+        selected = labels != IGNORE
+        logits = self.mlm_head(hidden[selected])
+        return F.cross_entropy(logits.float(), labels[selected])
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
+        loss = self.mlm_loss(inputs, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        inputs, labels = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
+        self.val_nll.update(self.mlm_loss(inputs, labels), weight=(labels != IGNORE).sum())

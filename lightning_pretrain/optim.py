@@ -1,0 +1,39 @@
+"""Parameter groups and the per-step learning-rate schedule shared by every objective and fine-tuning mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from transformers import get_scheduler
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float | None = None,
+                 **group_options) -> list[dict]:
+    """Split trainable parameters into a decayed group (matrices, embeddings) and an undecayed one.
+
+    Biases and normalisation scales are the 1-D parameters of every HF architecture; decaying them only pulls
+    LayerNorm/RMSNorm gains towards zero (the nanoGPT / BERT rule). `weight_decay=None` keeps the optimizer's own
+    value for the decayed group. Frozen parameters are left out, so they cost no optimizer state.
+    """
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, **group_options}, {"params": no_decay, "weight_decay": 0.0, **group_options}]
+    if weight_decay is not None:
+        groups[0]["weight_decay"] = weight_decay
+    return [g for g in groups if g["params"]]
+
+
+def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int,
+                     total_steps: int | float) -> dict:
+    """Linear warmup then cosine/linear decay (or constant), stepped every optimizer step, as Lightning expects."""
+    if total_steps == float("inf"):
+        raise ValueError("the LR schedule needs a finite run: set trainer.max_steps or trainer.max_epochs")
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
+    sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
+    return {"scheduler": sched, "interval": "step", "frequency": 1}
