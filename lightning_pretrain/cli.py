@@ -46,9 +46,23 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = _input_error(e)
+        if cause is None:
+            raise  # a bug: keep the traceback
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _input_error(e: BaseException | None) -> InputError | None:
+    """The InputError behind `e`: jsonargparse wraps errors raised while instantiating classes in its own."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, InputError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -202,6 +202,10 @@ def _text_column(ds, column: str, where: str):
         ds = ds.select_columns([column])
         if column != "text":
             ds = ds.rename_column(column, "text")
+    features = getattr(ds, "features", None)
+    if features is not None and features["text"] != datasets.Value("string"):
+        # parquet/json give large_string (or numbers): one type, so sources of several formats concatenate
+        ds = ds.cast_column("text", datasets.Value("string"))
     return ds
 
 
