@@ -1,5 +1,6 @@
 """Data: where text comes from, tokenizers, the token-block cache, and the DataModules. Never imports objectives."""
 
 from lightning_pretrain.data.corpus import PretrainCorpus
+from lightning_pretrain.data.downstream import TextClassification
 
-__all__ = ["PretrainCorpus"]
+__all__ = ["PretrainCorpus", "TextClassification"]
