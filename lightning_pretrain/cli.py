@@ -13,7 +13,10 @@ import sys
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_pretrain.callbacks.activation_checkpointing import ActivationCheckpointing
+from lightning_pretrain.callbacks.compile import Compile
 from lightning_pretrain.callbacks.export import HFExport
+from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.errors import InputError
 
 
@@ -22,6 +25,10 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # speed switches and throughput/MFU logging, applied to any objective from outside the model
+        parser.add_lightning_class_args(Throughput, "throughput")
+        parser.add_lightning_class_args(Compile, "compile")
+        parser.add_lightning_class_args(ActivationCheckpointing, "activation_checkpointing")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
 
 

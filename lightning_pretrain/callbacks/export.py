@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
+import torch
+
+from lightning_pretrain import parallel
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -28,11 +30,12 @@ class HFExport(L.Callback):
         self.last_val: dict[str, float] = {}
         self.last_val_step: int | None = None
 
-    @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
         tokenizer = getattr(pl_module, "tokenizer", None)
         if self.enabled and tokenizer is not None:
-            tokenizer.save_pretrained(run_dir(trainer) / "tokenizer")
+            root = run_dir(trainer)  # trainer.log_dir is a broadcast: every rank must ask, or rank 0 stalls
+            if trainer.is_global_zero:
+                tokenizer.save_pretrained(root / "tokenizer")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -45,13 +48,17 @@ class HFExport(L.Callback):
         if not self.enabled:
             return
         export = getattr(pl_module, "export_hf", None)
-        out = run_dir(trainer) / self.dirname
+        root = run_dir(trainer)  # a broadcast: every rank asks
+        out = root / self.dirname
+        # a sharded (FSDP2) model is gathered to full weights first: a collective, so every rank takes part
+        model = getattr(pl_module, "model", None)
+        full = parallel.full_state_dict(model) if export is not None and isinstance(model, torch.nn.Module) else None
         if trainer.is_global_zero:
             if export is not None:
-                export(out)
+                export(out) if full is None else export(out, state_dict=full)
             metrics = {"step": self.last_val_step, "global_step": trainer.global_step,
                        **{k: (v if math.isfinite(v) else None) for k, v in self.last_val.items()}}
-            (run_dir(trainer) / self.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
+            (root / self.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
             if export is not None:
                 print(f"Hugging Face export: {out}")
-            print(f"final metrics: {run_dir(trainer) / self.metrics_file}")
+            print(f"final metrics: {root / self.metrics_file}")

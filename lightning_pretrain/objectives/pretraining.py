@@ -15,7 +15,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_pretrain import optim
+from lightning_pretrain import optim, parallel
 from lightning_pretrain.errors import InputError
 
 
@@ -91,6 +91,18 @@ class PretrainingModule(L.LightningModule):
         if seq_len is not None:
             self.check_seq_len(seq_len)
 
+    def configure_model(self) -> None:
+        # Lightning's ModelParallelStrategy hands the module a device mesh: shard the HF model's blocks with FSDP2
+        # from outside (lightning_pretrain/parallel.py); under every other strategy the model stays as built
+        if self.device_mesh is not None:
+            parallel.shard_for(self.trainer.strategy, self.model, self.device_mesh)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the HF config and class travel with every checkpoint, so a sharded one exports without the run's YAML
+        config = self.model.config.to_dict()
+        config["architectures"] = [type(self.model).__name__.removeprefix("FSDP")]  # FSDP2 renames the class
+        checkpoint["hf_config"] = config
+
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         opt = self.optimizer(optim.decay_groups(self.model.named_parameters()))
@@ -119,9 +131,12 @@ class PretrainingModule(L.LightningModule):
         return self.validation_step(batch, batch_idx)
 
     # -- export -------------------------------------------------------------------------------------------------
-    def export_hf(self, out_dir: str | Path) -> Path:
-        """Write the model and tokenizer so `transformers` loads them unchanged (`<run dir>/hf/`)."""
+    def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+        """Write the model and tokenizer so `transformers` loads them unchanged (`<run dir>/hf/`).
+
+        `state_dict`: the full weights gathered from a sharded model (`parallel.full_state_dict`), else its own.
+        """
         out_dir = Path(out_dir)
-        self.model.save_pretrained(out_dir, safe_serialization=True)
+        self.model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir

@@ -1,0 +1,188 @@
+"""Tokens/s, samples/s, MFU and the share of step time spent waiting for data, in the logger (TensorBoard).
+
+`Throughput` is Lightning's `ThroughputMonitor` told how to read our batches and how many FLOPs each one costs.
+Keys (per device; with several devices also global ones without `device/`), logged every `log_every_n_steps`
+once `window` batches have been seen:
+
+    train/device/items_per_sec    input tokens per second (padding excluded when the batch has an attention mask)
+    train/device/samples_per_sec  sequences per second
+    train/device/flops_per_sec    model FLOPs per second (convention below)
+    train/device/mfu              flops_per_sec / the device's dense peak for the training dtype (GPU, or peak_flops)
+    train/data_wait_fraction      share of wall time between batches spent before the step starts (data + transfer)
+
+FLOPs convention (PaLM, appendix B): per token, 6 FLOPs per trainable parameter (forward 2, backward 4) plus the
+attention score/value matmuls 12 * layers * (heads * head_dim) * context. Parameters used only as lookups (input and
+position embeddings) do no matmul and are not counted; a tied input/output embedding counts once, as the output
+projection. Frozen parameters count 4 (forward plus the input-gradient half of backward; their weight gradient is
+never computed), as litgpt does. These are *model* FLOPs: recomputation by activation checkpointing is not counted,
+and work an objective skips (MaskedLM's head runs on masked positions only) is still credited, so MFU is comparable
+across implementations of the same model. Encoder-decoders count encoder parameters per input token and decoder
+parameters per target token (decoder attention spans targets + inputs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+
+import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from torch import nn
+
+
+# -- FLOPs arithmetic -------------------------------------------------------------------------------------------
+def matmul_parameters(model: nn.Module, within: nn.Module | None = None) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts of `model` (or of its part `within`) that do a matmul per token."""
+    lookups = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None and getattr(output, "weight", None) is not None:
+        lookups.discard(id(output.weight))  # a tied embedding is also the output projection: one matmul
+    trainable = frozen = 0
+    for p in (within or model).parameters():  # parameters() yields a tied parameter once; DTensor numel is global
+        if id(p) not in lookups:
+            if p.requires_grad:
+                trainable += p.numel()
+            else:
+                frozen += p.numel()
+    return trainable, frozen
+
+
+def flops_per_token(trainable: int, frozen: int, layers: int, attention_width: int, context: int,
+                    training: bool = True) -> int:
+    """PaLM's 6N + 12·L·H·Q·T per token (2N + 4·L·H·Q·T forward only), frozen parameters 4N (forward 2N)."""
+    if training:
+        return 6 * trainable + 4 * frozen + 12 * layers * attention_width * context
+    return 2 * (trainable + frozen) + 4 * layers * attention_width * context
+
+
+def attention_width(config) -> int:
+    """heads x head_dim: the width of the query/key products (hidden size, except e.g. T5's d_kv * num_heads)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return heads * head_dim
+
+
+def batch_flops(model: nn.Module, input_shape: tuple[int, int], target_len: int | None = None,
+                training: bool = True) -> int:
+    """Model FLOPs of one batch of `input_shape` = (sequences, length) through an HF model."""
+    config = model.config
+    n, t_in = input_shape
+    width = attention_width(config)
+    if not getattr(config, "is_encoder_decoder", False):
+        tr, fr = matmul_parameters(model)
+        return n * t_in * flops_per_token(tr, fr, config.num_hidden_layers, width, t_in, training)
+    encoder = model.get_encoder()
+    enc_tr, enc_fr = matmul_parameters(model, within=encoder)
+    all_tr, all_fr = matmul_parameters(model)
+    t_out = target_len or t_in
+    dec_layers = getattr(config, "num_decoder_layers", None) or config.num_hidden_layers
+    enc = flops_per_token(enc_tr, enc_fr, config.num_hidden_layers, width, t_in, training)
+    # decoder tokens attend to the targets so far (self) and to every input (cross)
+    dec = flops_per_token(all_tr - enc_tr, all_fr - enc_fr, dec_layers, width, t_out + t_in, training)
+    return n * (t_in * enc + t_out * dec)
+
+
+# -- reading batches --------------------------------------------------------------------------------------------
+def _input_ids(batch) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch  # pretraining corpora yield blocks of token ids
+    if isinstance(batch, Mapping):
+        return batch.get("input_ids")
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    return None
+
+
+def samples_in(batch) -> int:
+    ids = _input_ids(batch)
+    return 1 if ids is None else ids.shape[0]
+
+
+def tokens_in(batch) -> int:
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if mask is not None:
+        return int(mask.sum())
+    ids = _input_ids(batch)
+    return 1 if ids is None else ids.numel()
+
+
+def _target_len(batch) -> int | None:
+    if isinstance(batch, Mapping):
+        for key in ("labels", "decoder_input_ids"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key].shape[-1]
+    return None
+
+
+# Lightning's table lists H200 at its sparse-matmul figure (2x dense) and misses the plain "NVIDIA H200" name;
+# MFU is quoted against the dense peak (989 TFLOP/s bf16, as for the H100 SXM)
+_DENSE_PEAK_OVERRIDES = {"h200": {torch.bfloat16: 989.4e12, torch.float16: 989.4e12, torch.float32: 66.9e12}}
+
+
+class Throughput(ThroughputMonitor):
+    def __init__(self, window: int = 50, peak_flops: float | None = None):
+        """
+        Args:
+            window: batches in the rolling average; rates appear once this many batches were seen.
+            peak_flops: the device's peak FLOP/s for MFU. Unset: Lightning's table for the GPU and the training dtype
+                (dense figures); CPUs have no entry, so no MFU is logged on CPU unless this is set.
+        """
+        super().__init__(batch_size_fn=samples_in, length_fn=tokens_in, window_size=window)
+        self.window, self.peak_flops = window, peak_flops
+        self._waits: deque[tuple[float, float]] = deque(maxlen=window)
+        self._last_end: float | None = None
+        self._step_start: float | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        peak = self.peak_flops or self._dense_override(trainer) or self.available_flops
+        self.available_flops = peak
+        for throughput in self._throughputs.values():
+            throughput.available_flops = peak
+
+    @staticmethod
+    def _dense_override(trainer) -> float | None:
+        device = trainer.strategy.root_device
+        if device.type != "cuda":
+            return None
+        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+        name = torch.cuda.get_device_name(device).lower()
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        return next((table.get(dtype) for chip, table in _DENSE_PEAK_OVERRIDES.items() if chip in name), None)
+
+    # FLOPs: ThroughputMonitor reads `flops_per_batch` from the module at every batch
+    def _set_flops(self, pl_module, batch, training: bool) -> None:
+        model = getattr(pl_module, "model", None)
+        ids = _input_ids(batch)
+        if ids is not None and ids.ndim == 2 and hasattr(getattr(model, "config", None), "num_attention_heads"):
+            pl_module.flops_per_batch = batch_flops(model, tuple(ids.shape), _target_len(batch), training)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._set_flops(pl_module, batch, training=False)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._set_flops(pl_module, batch, training=False)
+
+    # data wait: the gap between one step's end and the next step's start is spent fetching the batch and
+    # moving it to the device (the monitor synchronises CUDA at each step's end, so the GPU idles in that gap)
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last_end = time.perf_counter()  # the first batch's wait includes starting the loader (workers)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._set_flops(pl_module, batch, training=True)
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        end = time.perf_counter()
+        if self._last_end is not None and self._step_start is not None:
+            self._waits.append((self._step_start - self._last_end, end - self._last_end))
+            wait, total = map(sum, zip(*self._waits))
+            pl_module.log("train/data_wait_fraction", wait / total, on_step=True, on_epoch=False)
+        self._last_end = end
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        self._last_end = None  # the next gap holds validation and checkpointing, not data loading
