@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Literal
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -31,9 +33,21 @@ def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
 
 def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int,
                      total_steps: int | float) -> dict:
-    """Linear warmup then cosine/linear decay (or constant), stepped every optimizer step, as Lightning expects."""
+    """Linear warmup then cosine/linear decay (or constant), stepped every optimizer step, as Lightning expects.
+
+    A parameter group with a `start_step` key keeps LR 0 until that step, then follows the shared schedule (gradual
+    unfreezing: every group exists from step 0, so the optimizer, the scheduler and DDP agree on them throughout,
+    also after a resume, and the schedule is a pure function of the step).
+    """
     if total_steps == float("inf"):
         raise ValueError("the LR schedule needs a finite run: set trainer.max_steps or trainer.max_epochs")
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
     sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
+    starts = [group.get("start_step", 0) for group in optimizer.param_groups]
+    if any(starts):  # LambdaLR takes one multiplier per group: the shared shape, gated by the group's start
+        sched = LambdaLR(optimizer, [partial(_from_step, sched.lr_lambdas[0], start) for start in starts])
     return {"scheduler": sched, "interval": "step", "frequency": 1}
+
+
+def _from_step(shape, start: int, step: int) -> float:
+    return shape(step) if step >= start else 0.0

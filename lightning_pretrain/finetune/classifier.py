@@ -1,0 +1,269 @@
+"""`SequenceClassifier`: a pretrained backbone plus a classification (or regression) head, fine-tuned on labelled
+text, with torchmetrics per task type and a Hugging Face export that `pipeline("text-classification")` loads.
+
+The head is sized from the data module's label names (`TextClassification.label_names`), read when the model is
+configured, so classes are never typed twice; the names travel in the export's `id2label` / `label2id`, in every
+checkpoint and in `<run dir>/labels.json`. Which parameters train is the trainability policy's business
+(`--model.trainability`, see `finetune/trainability.py`), not the model's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
+                                         MulticlassMatthewsCorrCoef)
+from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from lightning_pretrain import optim
+from lightning_pretrain.callbacks.export import run_dir
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.finetune.trainability import Full, Trainability
+from lightning_pretrain.objectives.pretraining import max_positions
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def task_metrics(label_names: list[str] | None) -> MetricCollection:
+    """Classification: accuracy, macro-F1 and Matthews correlation (CoLA's metric), plus the positive class's F1
+    for two classes (MRPC/QQP's); regression (no label names): Pearson, Spearman (STS-B's) and MSE."""
+    if label_names is None:
+        return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(),
+                                 "mse": MeanSquaredError()})
+    n = len(label_names)
+    metrics = {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro"),
+               "mcc": MulticlassMatthewsCorrCoef(n)}
+    if n == 2:
+        metrics["f1_pos"] = BinaryF1Score()
+    return MetricCollection(metrics)
+
+
+class SequenceClassifier(L.LightningModule):
+    def __init__(
+        self,
+        backbone: str,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        trainability: Trainability | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_ratio: float = 0.06,
+        warmup_steps: int | None = None,
+        lr_schedule: optim.Schedule = "linear",
+        classifier_dropout: float | None = None,
+        attn_implementation: str | None = "sdpa",
+        predictions_file: str | None = None,
+    ):
+        """
+        Args:
+            backbone: a local directory (e.g. a run's `hf/` export) or hub id of a pretrained model; its encoder is
+                loaded and a fresh head sized to the data's labels is put on top (an existing head of another
+                size is replaced).
+            tokenizer: linked from the data module by the CLI (the backbone's own tokenizer).
+            trainability: the fine-tuning mode: which parameters train, when and at which LR
+                (`lightning_pretrain.finetune.{Full,Frozen,TopK,GradualUnfreezing,LayerwiseLRDecay,LoRA}`, composed
+                from configs/finetune/modes/); default: full fine-tuning.
+            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
+            warmup_ratio: share of the optimizer steps spent in linear LR warmup from 0.
+            warmup_steps: warmup length in steps; overrides warmup_ratio.
+            lr_schedule: decay after warmup, per step: 'linear' or 'cosine' to 0, or 'constant'.
+            classifier_dropout: dropout before the head (default: the backbone config's).
+            attn_implementation: 'sdpa' (fused kernels) or 'eager'.
+            predictions_file: where `predict` writes JSON lines (default `<run dir>/predictions.jsonl`).
+        """
+        super().__init__()
+        if tokenizer is None:
+            raise InputError("the classifier needs a tokenizer (the CLI links it from the data module)")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters(ignore=["tokenizer", "optimizer", "trainability"])
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.trainability = trainability or Full()
+        self.optimizer = optimizer
+        self.warmup_ratio, self.warmup_steps, self.lr_schedule = warmup_ratio, warmup_steps, lr_schedule
+        self.classifier_dropout, self.attn_implementation = classifier_dropout, attn_implementation
+        self.predictions_file = predictions_file
+        self.model: torch.nn.Module | None = None  # built in configure_model, once the label names are known
+        self.label_names: list[str] | None = None
+
+    # -- the model ----------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer else None
+        if dm is None or not hasattr(dm, "label_names"):
+            raise InputError("SequenceClassifier needs a data module with label names (TextClassification)")
+        self.build(dm.label_names)
+        limit = max_positions(self.model.config)
+        if limit is not None and getattr(dm, "max_length", 0) > limit:
+            raise InputError(f"--data.max_length {dm.max_length} exceeds the backbone's {limit} positions")
+
+    def build(self, label_names: list[str] | None) -> None:
+        """Load the backbone with a head for `label_names` (None: one regression output) and apply the policy."""
+        if label_names is not None and len(label_names) < 2:
+            raise InputError(f"classification needs at least 2 classes, the data has {label_names}")
+        kwargs = {"num_labels": 1, "problem_type": "regression"} if label_names is None else {
+            "num_labels": len(label_names), "problem_type": "single_label_classification",
+            "id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+        if self.classifier_dropout is not None:
+            kwargs["classifier_dropout"] = self.classifier_dropout
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.backbone, ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError) as e:
+            raise InputError(f"could not load backbone '{self.backbone}': {str(e).splitlines()[0]}") from e
+        if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise InputError(f"the tokenizer has {len(self.tokenizer)} tokens but '{self.backbone}' embeds only "
+                             f"{model.get_input_embeddings().num_embeddings}; use the backbone's own tokenizer")
+        if model.config.pad_token_id is None:  # GPT-style heads pool the last non-pad token: they must know pad
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
+        self.label_names = label_names
+        self.model = self.trainability.prepare(model)
+        metrics = task_metrics(label_names)
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+
+    @property
+    def regression(self) -> bool:
+        return self.label_names is None
+
+    def configure_callbacks(self):
+        return [self.trainability, PredictionWriter(self.predictions_file)]
+
+    # -- steps --------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        if not self.regression:
+            self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())
+        return loss
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection, mean_loss: MeanMetric) -> None:
+        logits = self(batch)
+        labels = batch["labels"]
+        mean_loss.update(self.loss(logits, labels), weight=labels.numel())
+        metrics.update(logits.squeeze(-1).float() if self.regression else logits.argmax(-1), labels)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, self.val_loss)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, self.test_loss)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics, self.val_loss)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics, self.test_loss)
+
+    def _log_metrics(self, prefix: str, metrics: MetricCollection, mean_loss: MeanMetric) -> None:
+        if mean_loss.update_count == 0:
+            return
+        # computed (and synchronised across ranks) by torchmetrics, so logging needs no sync_dist
+        self.log_dict({f"{prefix}/loss": mean_loss.compute(), **metrics.compute()}, prog_bar=True)
+        metrics.reset()
+        mean_loss.reset()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self(batch).float()
+        out = {k: batch[k] for k in ("example_id", "text", "text_pair") if k in batch}
+        if self.regression:
+            out["score"] = logits.squeeze(-1)
+        else:
+            out["probabilities"] = logits.softmax(-1)
+        return out
+
+    # -- optimisation -------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        total = self.trainer.estimated_stepping_batches
+        groups = self.trainability.param_groups(self.model, self.trainer)
+        if not any(g["params"] for g in groups):
+            raise InputError("the fine-tuning mode leaves no parameter to train")
+        opt = self.optimizer(groups)
+        for g in opt.param_groups:  # layer-wise LR decay: the group's LR is the optimizer's times its scale
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        warmup = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * total)
+        try:
+            sched = optim.scheduler_config(opt, self.lr_schedule, warmup, total)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+    # -- the labels travel with the run -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        root = run_dir(self.trainer)  # a broadcast under DDP: every rank asks
+        if self.trainer.is_global_zero:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "labels.json").write_text(json.dumps(self.label_info(), indent=2) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["labels"] = self.label_info()
+
+    def label_info(self) -> dict:
+        if self.regression:
+            return {"task": "regression"}
+        return {"task": "classification", "id2label": dict(enumerate(self.label_names))}
+
+    # -- export -------------------------------------------------------------------------------------------------
+    def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+        """The fine-tuned model (LoRA merged) and tokenizer, loadable by `pipeline("text-classification")`."""
+        out_dir = Path(out_dir)
+        model = self.trainability.exportable(self.model, out_dir)
+        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None,
+                              safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir
+
+
+class PredictionWriter(BasePredictionWriter):
+    """JSON lines, one per input in input order: the text(s), and the label with its probability and every class's
+    probability (classification) or the predicted score (regression)."""
+
+    def __init__(self, path: str | None = None):
+        super().__init__(write_interval="batch")
+        self.path, self._fh = path, None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: SequenceClassifier) -> None:
+        path = Path(self.path) if self.path else run_dir(trainer) / "predictions.jsonl"
+        if trainer.world_size > 1:
+            path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.written, self._fh = path, open(path, "w")
+
+    def write_on_batch_end(self, trainer, pl_module: SequenceClassifier, prediction: dict, batch_indices,
+                           batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        names = pl_module.label_names
+        for i, example_id in enumerate(prediction["example_id"].tolist()):
+            row = {"id": example_id, **{k: prediction[k][i] for k in ("text", "text_pair") if k in prediction}}
+            if names is None:
+                row["score"] = round(prediction["score"][i].item(), 6)
+            else:
+                probs = prediction["probabilities"][i].tolist()
+                best = max(range(len(probs)), key=probs.__getitem__)
+                row.update(label=names[best], score=round(probs[best], 6),
+                           probabilities={n: round(p, 6) for n, p in zip(names, probs)})
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: SequenceClassifier) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            print(f"predictions: {self.written}")
