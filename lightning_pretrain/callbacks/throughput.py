@@ -34,12 +34,14 @@ from torch import nn
 # -- FLOPs arithmetic -------------------------------------------------------------------------------------------
 def matmul_parameters(model: nn.Module, within: nn.Module | None = None) -> tuple[int, int]:
     """(trainable, frozen) parameter counts of `model` (or of its part `within`) that do a matmul per token."""
+    within = within or model
     lookups = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is not None and getattr(output, "weight", None) is not None:
+    if output is not None and getattr(output, "weight", None) is not None and \
+            any(m is output for m in within.modules()):
         lookups.discard(id(output.weight))  # a tied embedding is also the output projection: one matmul
     trainable = frozen = 0
-    for p in (within or model).parameters():  # parameters() yields a tied parameter once; DTensor numel is global
+    for p in within.parameters():  # parameters() yields a tied parameter once; DTensor numel is global
         if id(p) not in lookups:
             if p.requires_grad:
                 trainable += p.numel()
