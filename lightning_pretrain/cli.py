@@ -31,6 +31,23 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(ActivationCheckpointing, "activation_checkpointing")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None:
+            tokenizer_from_backbone(config)
+
+
+def tokenizer_from_backbone(config) -> None:
+    """Fine-tuning: a data module whose `tokenizer` is unset loads the model's `backbone` tokenizer, so the
+    backbone is typed once (`--model.backbone`) and the tokenizer still reaches the model through the link."""
+    model, data = config.get("model"), config.get("data")
+    model_args = model.get("init_args") if hasattr(model, "get") else None
+    data_args = data.get("init_args") if hasattr(data, "get") else None
+    if model_args is None or data_args is None or "tokenizer" not in data_args:
+        return
+    if data_args.get("tokenizer") is None and model_args.get("backbone"):
+        data_args.tokenizer = model_args.backbone
+
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",

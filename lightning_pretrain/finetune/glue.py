@@ -1,0 +1,152 @@
+"""GLUE suite: fine-tune one backbone on a list of GLUE tasks (one `lightning-pretrain fit` run each) and write a
+table of every task's dev score and their average, as Markdown and JSON.
+
+    python -m lightning_pretrain.finetune.glue --backbone logs/mlm_tiny/version_0/hf \\
+        --tasks cola mrpc rte stsb --glue_dir ../shared/data/glue --mode full --out glue_runs \\
+        --trainer.max_epochs 1 --data.max_train_examples 2000
+
+Each task's settings come from its YAML (configs/finetune/glue/<task>.yaml, or sst2.yaml / mnli.yaml); the mode
+from configs/finetune/modes/<mode>.yaml; any further `--section.key value` arguments go to every run. With
+`--glue_dir`, the tasks read GLUE's own TSV directories (CoLA/, MRPC/, ...; the column overrides for that layout
+are below); without it, the hub's `glue` dataset. The score is GLUE's: Matthews correlation for CoLA, the mean of
+F1 and accuracy for MRPC/QQP, the mean of Pearson and Spearman for STS-B, accuracy otherwise (x 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str  # as GLUE writes it, also its directory in a GLUE download
+    config: str  # under configs/finetune/
+    metrics: tuple[str, ...]  # val/<metric> values averaged into the task's score
+    local: tuple[str, ...] = ()  # overrides that read GLUE's TSV files instead of the hub dataset
+
+
+TASKS = {
+    "cola": GlueTask("CoLA", "glue/cola.yaml", ("mcc",), ("--data.text_column", "3", "--data.label_column", "1")),
+    "sst2": GlueTask("SST-2", "sst2.yaml", ("acc",)),
+    "mrpc": GlueTask("MRPC", "glue/mrpc.yaml", ("f1_pos", "acc"),
+                     ("--data.text_column", "#1 String", "--data.text_pair_column", "#2 String",
+                      "--data.label_column", "Quality")),
+    "stsb": GlueTask("STS-B", "glue/stsb.yaml", ("pearson", "spearman"), ("--data.label_column", "score")),
+    "qqp": GlueTask("QQP", "glue/qqp.yaml", ("f1_pos", "acc"), ("--data.label_column", "is_duplicate")),
+    "mnli": GlueTask("MNLI", "mnli.yaml", ("acc",),
+                     ("--data.text_column", "sentence1", "--data.text_pair_column", "sentence2",
+                      "--data.label_column", "gold_label")),
+    "qnli": GlueTask("QNLI", "glue/qnli.yaml", ("acc",)),
+    "rte": GlueTask("RTE", "glue/rte.yaml", ("acc",)),
+    "wnli": GlueTask("WNLI", "glue/wnli.yaml", ("acc",)),
+}
+
+
+def task_args(task: str, backbone: str, mode: str, out: Path, version: int, glue_dir: Path | None,
+              configs: Path, extra: list[str]) -> list[str]:
+    """The `lightning-pretrain` arguments of one task's run."""
+    spec = TASKS[task]
+    args = ["fit", "-c", str(configs / spec.config), "-c", str(configs / "modes" / f"{mode}.yaml"),
+            "--model.backbone", backbone, "--trainer.logger.init_args.save_dir", str(out),
+            "--trainer.logger.init_args.name", task, "--trainer.logger.init_args.version", str(version)]
+    if glue_dir is not None:
+        args += ["--data.source", str(glue_dir / spec.name), *spec.local]
+    return args + extra
+
+
+def score(task: str, metrics: dict) -> float | None:
+    values = [metrics.get(f"val/{m}") for m in TASKS[task].metrics]
+    return None if any(v is None for v in values) else 100 * sum(values) / len(values)
+
+
+def next_version(root: Path) -> int:
+    versions = [int(d.name[8:]) for d in root.glob("version_*") if d.name[8:].isdigit()]
+    return max(versions, default=-1) + 1
+
+
+def run_task(args: list[str], in_process: bool) -> int:
+    if in_process:
+        from lightning_pretrain.cli import main
+
+        try:
+            main(args)
+        except SystemExit as e:
+            return e.code or 0
+        return 0
+    return subprocess.run([sys.executable, "-m", "lightning_pretrain", *args]).returncode
+
+
+def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Path = "glue_runs",
+              glue_dir: str | Path | None = None, configs: str | Path = CONFIGS, extra: list[str] | None = None,
+              in_process: bool = False) -> dict:
+    """Fine-tune `backbone` on each task in turn; returns (and writes to `out/glue_<mode>.{md,json}`) the table."""
+    out, configs = Path(out), Path(configs)
+    glue_dir = Path(glue_dir) if glue_dir else None
+    results: dict = {"backbone": backbone, "mode": mode, "tasks": {}}
+    for task in tasks:
+        version = next_version(out / task)
+        run_dir = out / task / f"version_{version}"
+        t0 = time.perf_counter()
+        status = run_task(task_args(task, backbone, mode, out, version, glue_dir, configs, extra or []), in_process)
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        results["tasks"][task] = {
+            "name": TASKS[task].name, "metric": "/".join(TASKS[task].metrics), "score": score(task, metrics),
+            "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}, "exit_status": status,
+            "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)}
+        write_tables(results, out)
+    return results
+
+
+def write_tables(results: dict, out: Path) -> None:
+    scores = [t["score"] for t in results["tasks"].values()]
+    results["average"] = sum(scores) / len(scores) if scores and None not in scores else None
+    lines = [f"GLUE dev scores of `{results['backbone']}` (mode: {results['mode']})", "",
+             "| task | metric | dev score | seconds | run |", "|---|---|---:|---:|---|"]
+    for t in results["tasks"].values():
+        shown = f"{t['score']:.1f}" if t["score"] is not None else f"failed (exit {t['exit_status']})"
+        lines.append(f"| {t['name']} | {t['metric']} | {shown} | {t['seconds']:.0f} | {t['run_dir']} |")
+    average = f"{results['average']:.1f}" if results["average"] is not None else "n/a"
+    lines.append(f"| **average** | | **{average}** | | |")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"glue_{results['mode']}"
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_pretrain.finetune.glue", description=__doc__.split("\n\n")[0],
+        epilog="Any other --section.key value arguments are passed to every task's lightning-pretrain fit run.")
+    parser.add_argument("--backbone", required=True, help="HF checkpoint directory (e.g. a run's hf/) or hub id")
+    parser.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"],
+                        choices=sorted(TASKS), metavar="TASK", help=f"GLUE tasks, of: {' '.join(TASKS)}")
+    parser.add_argument("--glue_dir", help="a GLUE download (CoLA/, MRPC/, ... with train.tsv, dev.tsv); "
+                                           "default: the hub's glue dataset")
+    parser.add_argument("--mode", default="full", help="fine-tuning mode: a configs/finetune/modes/<mode>.yaml")
+    parser.add_argument("--out", default="glue_runs",
+                        help="runs go to OUT/<task>/version_N, tables to OUT/glue_<mode>.md and .json")
+    parser.add_argument("--configs", default=str(CONFIGS), help="the configs/finetune directory")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run every task in this process (faster start; a crash ends the suite)")
+    args, extra = parser.parse_known_args(argv)
+    if not (Path(args.configs) / "modes" / f"{args.mode}.yaml").exists():
+        parser.error(f"no mode '{args.mode}' in {Path(args.configs) / 'modes'}")
+    if args.glue_dir and not Path(args.glue_dir).is_dir():
+        parser.error(f"--glue_dir {args.glue_dir} is not a directory")
+    results = run_suite(args.backbone, args.tasks, args.mode, args.out, args.glue_dir, args.configs, extra,
+                        args.in_process)
+    print((Path(args.out) / f"glue_{args.mode}.md").read_text())
+    return 0 if all(t["score"] is not None for t in results["tasks"].values()) else 1
+
+
+if __name__ == "__main__":  # ddp re-executes the entry point per rank
+    sys.exit(main())
