@@ -17,7 +17,9 @@ projection. Frozen parameters count 4 (forward plus the input-gradient half of b
 never computed), as litgpt does. These are *model* FLOPs: recomputation by activation checkpointing is not counted,
 and work an objective skips (MaskedLM's head runs on masked positions only) is still credited, so MFU is comparable
 across implementations of the same model. Encoder-decoders count encoder parameters per input token and decoder
-parameters per target token (decoder attention spans targets + inputs).
+parameters per target token (decoder attention spans targets + inputs). The shapes are read from the batch
+(`input_ids`, `labels`), or from the module's `model_input_shape(batch)` when an objective reshapes its batch before
+the model (span corruption turns raw blocks into shorter inputs and targets).
 """
 
 from __future__ import annotations
@@ -122,6 +124,18 @@ def _target_len(batch) -> int | None:
 _DENSE_PEAK_OVERRIDES = {"h200": {torch.bfloat16: 989.4e12, torch.float16: 989.4e12, torch.float32: 66.9e12}}
 
 
+def dense_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's dense peak FLOP/s for `dtype` (Lightning's table, H200 corrected); None on CPU or unknown GPUs."""
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower()
+        for chip, table in _DENSE_PEAK_OVERRIDES.items():
+            if chip in name and dtype in table:
+                return table[dtype]
+    return get_available_flops(device, dtype)
+
+
 class Throughput(ThroughputMonitor):
     def __init__(self, window: int = 50, peak_flops: float | None = None):
         """
@@ -137,29 +151,31 @@ class Throughput(ThroughputMonitor):
         self._step_start: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
         super().setup(trainer, pl_module, stage)
-        peak = self.peak_flops or self._dense_override(trainer) or self.available_flops
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        peak = self.peak_flops or dense_peak_flops(trainer.strategy.root_device, dtype)
         self.available_flops = peak
         for throughput in self._throughputs.values():
             throughput.available_flops = peak
 
-    @staticmethod
-    def _dense_override(trainer) -> float | None:
-        device = trainer.strategy.root_device
-        if device.type != "cuda":
-            return None
-        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-
-        name = torch.cuda.get_device_name(device).lower()
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
-        return next((table.get(dtype) for chip, table in _DENSE_PEAK_OVERRIDES.items() if chip in name), None)
-
     # FLOPs: ThroughputMonitor reads `flops_per_batch` from the module at every batch
     def _set_flops(self, pl_module, batch, training: bool) -> None:
         model = getattr(pl_module, "model", None)
-        ids = _input_ids(batch)
-        if ids is not None and ids.ndim == 2 and hasattr(getattr(model, "config", None), "num_attention_heads"):
-            pl_module.flops_per_batch = batch_flops(model, tuple(ids.shape), _target_len(batch), training)
+        if not hasattr(getattr(model, "config", None), "num_attention_heads"):
+            return
+        # an objective that reshapes its batch before the model (span corruption: raw blocks -> shorter inputs and
+        # targets) says what the model sees through `model_input_shape(batch) -> ((sequences, length), targets)`
+        shape_of = getattr(pl_module, "model_input_shape", None)
+        if shape_of is not None:
+            shape, target_len = shape_of(batch)
+        else:
+            ids = _input_ids(batch)
+            if ids is None or ids.ndim != 2:
+                return
+            shape, target_len = tuple(ids.shape), _target_len(batch)
+        pl_module.flops_per_batch = batch_flops(model, shape, target_len, training)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._set_flops(pl_module, batch, training=False)
