@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_pretrain.callbacks.activation_checkpointing import ActivationCheckpointing
 from lightning_pretrain.callbacks.compile import Compile
 from lightning_pretrain.callbacks.export import HFExport
+from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
+from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
 from lightning_pretrain.errors import InputError
 
 
@@ -29,12 +33,24 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(Compile, "compile")
         parser.add_lightning_class_args(ActivationCheckpointing, "activation_checkpointing")
+        # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly
+        parser.add_lightning_class_args(ResumeState, "resume_state")
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None and config.get("ckpt_path") == "last":
+            continue_last_run(config.trainer)
         if config is not None:
             tokenizer_from_backbone(config)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default writer can leave a truncated last.ckpt when killed mid-write (see checkpoint_io.py);
+        # a CheckpointIO the user chose, or a strategy's own (FSDP sharded checkpoints), is left alone
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def tokenizer_from_backbone(config) -> None:
@@ -47,6 +63,25 @@ def tokenizer_from_backbone(config) -> None:
         return
     if data_args.get("tokenizer") is None and model_args.get("backbone"):
         data_args.tokenizer = model_args.backbone
+
+
+def continue_last_run(trainer_config) -> None:
+    """`--ckpt_path last`: write into the latest `version_N` that holds a `last*.ckpt`, where Lightning looks for it.
+
+    With the logger's default versioning, every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and
+    Lightning's "last" finds nothing and silently starts from scratch. Pinning the logger's version to the latest run
+    with a last checkpoint continues that run in its own directory (same TensorBoard curves, same checkpoints).
+    """
+    logger = trainer_config.get("logger")
+    args = logger.get("init_args") if hasattr(logger, "get") else None
+    fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
+                    for cb in trainer_config.get("callbacks") or [])
+    if args is None or args.get("version") is not None or fixed_dir:
+        return  # no versioned logger, a version already chosen, or checkpoints in a fixed directory
+    root = Path(args.get("save_dir") or ".") / (args.get("name") or "")
+    runs = [d for d in root.glob("version_*") if d.name[8:].isdigit() and any((d / "checkpoints").glob("last*.ckpt"))]
+    if runs:
+        args.version = max(int(d.name[8:]) for d in runs)
 
 
 TRAINER_DEFAULTS = {

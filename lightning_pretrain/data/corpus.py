@@ -171,11 +171,17 @@ class PretrainCorpus(L.LightningDataModule):
         # next batch instead of restarting the epoch (a plain DataLoader cannot).
         import torch
 
-        return StatefulDataLoader(
+        loader = StatefulDataLoader(
             blocks.BlockDataset(arr), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
             num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+            generator=torch.Generator().manual_seed(self.seed))
+        # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
+        # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
+        # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
+        # misses those draws and the epoch *after* a mid-epoch resume would be shuffled differently.
+        loader.generator = torch.Generator().manual_seed(self.seed + 1)
+        return loader
 
     def train_dataloader(self):
         if len(self.train_blocks) < self.batch_size:
