@@ -1,6 +1,7 @@
 """Data: where text comes from, tokenizers, the token-block cache, and the DataModules. Never imports objectives."""
 
 from lightning_pretrain.data.corpus import PretrainCorpus
+from lightning_pretrain.data.sentence_pairs import SentencePairCorpus
 from lightning_pretrain.data.downstream import TextClassification
 
-__all__ = ["PretrainCorpus", "TextClassification"]
+__all__ = ["PretrainCorpus", "SentencePairCorpus", "TextClassification"]

@@ -3,6 +3,9 @@
 `--data.tokenizer` is either the name of a trainable family or a local directory / hub id:
   * ``bpe``       — byte-level BPE (GPT-2 / RoBERTa style): every byte is representable, no unknown tokens.
   * ``wordpiece`` — BERT's lower-cased WordPiece with ``##`` continuation pieces and a [CLS] … [SEP] template.
+  * ``unigram``   — SentencePiece-style Unigram LM (T5 / ALBERT / XLNet): NFKC, whitespace collapsed, ``▁`` marks a
+    word start. T5's special ids first (``<pad>``=0, ``</s>``=1, ``<unk>``=2), plus ``<s>`` and ``<mask>`` so the
+    same family serves encoder objectives. Span corruption adds its sentinels itself (objectives/span_corruption.py).
   * anything else — `AutoTokenizer.from_pretrained(...)` (fast tokenizers only; remote code never runs).
 
 Every tokenizer returned here is a `PreTrainedTokenizerFast` carrying the special tokens the objectives need
@@ -51,10 +54,35 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     # the BERT template, so fill-mask / classification pipelines on the export see [CLS] ... [SEP]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIALS)
+    # segment ids are model inputs, as for BERT's own tokenizer: sentence-pair pretraining and pair fine-tuning
+    # (MRPC, MNLI, ...) feed them to the token-type embeddings
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "token_type_ids",
+                                                                            "attention_mask"], **_WORDPIECE_SPECIALS)
 
 
-TRAINERS = {"bpe": train_bpe, "wordpiece": train_wordpiece}
+# T5's order (pad 0, eos 1, unk 2): a T5 config's default ids then already name the right tokens
+_UNIGRAM_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>",
+                     "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
+
+
+def train_unigram(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A Unigram LM tokenizer laid out like T5's `spiece.model` (the pipeline of HF's `T5Tokenizer`)."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    # WhitespaceSplit first: runs of spaces/newlines collapse to one word boundary, as in SentencePiece
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    specials = list(dict.fromkeys(_UNIGRAM_SPECIALS.values()))
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    # no post-processor, as for BPE: packing inserts separators itself; objectives that want a template add it
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **_UNIGRAM_SPECIALS)
+
+
+TRAINERS = {"bpe": train_bpe, "wordpiece": train_wordpiece, "unigram": train_unigram}
 
 
 def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:

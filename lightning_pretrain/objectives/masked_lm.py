@@ -3,9 +3,19 @@
 `mask_tokens` is BERT's corruption as a pure function: each non-special token is selected with probability
 `mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` become a random non-special
 token, and the rest stay unchanged. The loss and perplexity count the selected positions only.
+
+Whole-word masking (`whole_word_mask=True`) draws the same decisions per *word* instead of per token: a word is
+selected with probability `mlm_probability`, all its pieces are predicted, and the 80/10/10 choice is made once per
+word (a "random" word gets an independent random token at each piece). `transformers` 5 only offers whole-word
+masking with 100% [MASK] and for WordPiece; here word boundaries come from the tokenizer family (`word_boundaries`):
+WordPiece continues a word with ``##``; byte-level BPE (``Ġ``) and SentencePiece (``▁``) start one with the marker,
+and there punctuation and line breaks also end a word, so "Hello, world" has the words "Hello", ",", "world" in
+every family, as BERT's pre-tokenizer would split it.
 """
 
 from __future__ import annotations
+
+import json
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +38,75 @@ def mask_tokens(
     mask_fraction: float = 0.8,
     random_fraction: float = 0.1,
     generator: torch.Generator | None = None,
+    word_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return `(inputs, labels)`: corrupted ids, and the original ids at selected positions (IGNORE elsewhere).
 
     `special_ids` are never selected; random replacements are drawn uniformly from `replacement_ids`.
+    `word_ids` (same shape, from `word_index`): positions sharing an id form one word and share every decision.
     """
     shape, device = input_ids.shape, input_ids.device
     selectable = ~torch.isin(input_ids, special_ids)
-    selected = (torch.rand(shape, device=device, generator=generator) < mlm_probability) & selectable
-    labels = torch.where(selected, input_ids, IGNORE)
-    # one uniform draw per position splits the selected ones into [MASK] / random / unchanged
+    # one uniform draw per position (or per word: the draw at the word's index) selects, a second one splits the
+    # selected into [MASK] / random / unchanged
+    u_select = torch.rand(shape, device=device, generator=generator)
     u = torch.rand(shape, device=device, generator=generator)
+    if word_ids is not None:
+        u_select, u = u_select.gather(-1, word_ids), u.gather(-1, word_ids)
+    selected = (u_select < mlm_probability) & selectable
+    labels = torch.where(selected, input_ids, IGNORE)
     to_mask = selected & (u < mask_fraction)
     to_random = selected & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
     random_tokens = replacement_ids[torch.randint(len(replacement_ids), shape, device=device, generator=generator)]
     inputs = torch.where(to_mask, mask_token_id, input_ids)
     inputs = torch.where(to_random, random_tokens, inputs)
     return inputs, labels
+
+
+def word_index(input_ids: torch.Tensor, begins_word: torch.Tensor, joinable: torch.Tensor) -> torch.Tensor:
+    """Index of the word each position belongs to, counted from 0 along the last dimension.
+
+    A token continues the previous token's word unless it always begins one (`begins_word[id]`) or the previous
+    token cannot be continued (`joinable[id]` false: punctuation, specials). The first position starts a word (a
+    word cut by block packing becomes a shorter word).
+    """
+    continues = ~begins_word[input_ids]
+    continues[..., 1:] &= joinable[input_ids[..., :-1]]
+    continues[..., 0] = False
+    return (~continues).long().cumsum(-1) - 1
+
+
+def word_boundaries(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-vocabulary tables `(begins_word, joinable)` for `word_index`, read from a fast tokenizer's own pieces."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_ids)
+    prefix = backend["model"].get("continuing_subword_prefix")
+    if prefix:  # WordPiece (BERT): the pre-tokenizer already split words and punctuation; "##" continues one
+        begins = [i in special or not p.startswith(prefix) for i, p in enumerate(pieces)]
+        joinable = [i not in special for i in range(len(pieces))]
+    else:
+        layout = json.dumps([backend.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False)
+        if "ByteLevel" not in layout and "Metaspace" not in layout and "▁" not in layout:
+            raise InputError("whole-word masking needs word boundaries in the tokens: a WordPiece ('##'), byte-level "
+                             "BPE ('Ġ') or SentencePiece ('▁') tokenizer")
+        decoder = tokenizer.backend_tokenizer.decoder
+        begins, joinable = [], []
+        for i, p in enumerate(pieces):
+            text = decoder.decode([p]) if decoder is not None else p
+            body = text.lstrip()
+            # a lone space piece ("▁" in SentencePiece, "Ġ" before a rare character in byte-level BPE) starts a word
+            # whose letters follow in the next pieces; a line break ends one
+            space_only = p != "" and (p.strip("▁") == "" or text.strip(" ") == "")
+            starts_space = p.startswith("▁") or text[:1].isspace()
+            begins.append(i in special or starts_space or not body or not _word_char(body[0]))
+            joinable.append(i not in special and (space_only or (bool(body) and _word_char(body[-1]))))
+    return torch.tensor(begins), torch.tensor(joinable)
+
+
+def _word_char(c: str) -> bool:
+    # U+FFFD: one byte of a multi-byte character split over byte-level pieces; a word never ends mid-character
+    return c.isalnum() or c == "\ufffd"
 
 
 class MaskedLM(PretrainingModule):
@@ -62,6 +124,7 @@ class MaskedLM(PretrainingModule):
         mask_fraction: float = 0.8,
         random_fraction: float = 0.1,
         mask_seed: int = 0,
+        whole_word_mask: bool = False,
     ):
         """
         Args:
@@ -77,18 +140,26 @@ class MaskedLM(PretrainingModule):
             random_fraction: share of selected tokens replaced by a random token (BERT: 0.1); the rest stay.
             mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch, rank), so a resumed run
                 draws the same masks as an uninterrupted one and validation masks are identical every epoch.
+            whole_word_mask: select words instead of tokens (at `mlm_probability`), predict all pieces of a selected
+                word, and draw the mask/random/keep choice once per word. Works with WordPiece, byte-level BPE and
+                SentencePiece tokenizers.
         """
         if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
             raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
         super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
         if tokenizer.mask_token_id is None:
-            raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece' or 'bpe')")
+            raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')")
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
         self.mask_seed = mask_seed
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = torch.arange(len(tokenizer))
         self.register_buffer("special_ids", specials, persistent=False)
         self.register_buffer("replacement_ids", vocab[~torch.isin(vocab, specials)], persistent=False)
+        self.whole_word_mask = whole_word_mask
+        if whole_word_mask:
+            begins, joinable = word_boundaries(tokenizer)
+            self.register_buffer("word_begins", begins, persistent=False)
+            self.register_buffer("word_joinable", joinable, persistent=False)
 
     @property
     def mlm_head(self) -> torch.nn.Module | None:
@@ -99,8 +170,9 @@ class MaskedLM(PretrainingModule):
     def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask `batch` with a generator seeded by (mask_seed, *stream, rank): reproducible, and resumable exactly."""
         g = torch.Generator(device=batch.device).manual_seed(hash((self.mask_seed, *stream, self.global_rank)) % 2**62)
+        words = word_index(batch, self.word_begins, self.word_joinable) if self.whole_word_mask else None
         return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
-                           self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g)
+                           self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g, word_ids=words)
 
     def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the selected positions (equal to the HF model's `labels=` loss)."""

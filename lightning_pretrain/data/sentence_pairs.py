@@ -1,0 +1,331 @@
+"""`SentencePairCorpus`: BERT's pretraining pairs ``[CLS] A [SEP] B [SEP]`` for next-sentence (NSP) or ALBERT's
+sentence-order (SOP) prediction, built from the document and sentence boundaries of the corpus.
+
+Documents and sentences. A document is a row of the source, further cut at blank lines (BERT's input convention:
+one document per blank-line-separated block; WikiText's paragraphs and headings become documents). Sentences end at
+``.``/``!``/``?`` (plus closing quotes or brackets) followed by whitespace and a capital, digit, quote or bracket;
+the whitespace stays with the next sentence, so byte-level BPE tokenizes a pair exactly as the running text.
+
+Pairs (`make_pairs`, after `create_instances_from_document` of google-research/bert). Per document, a target length
+is drawn (`seq_len - 3`, or with probability `short_seq_prob` a random shorter one); consecutive sentences are
+gathered into a chunk until it reaches the target or the document ends; the chunk is cut at a random sentence
+boundary into A and B. With probability 1/2 the pair is a negative (label 1):
+  * ``nsp``: B is replaced by a run of sentences from a random start in a different document, and the sentences of
+    the chunk after A are put back for the next chunk (nothing is wasted);
+  * ``sop``: A and B are swapped.
+Positives (label 0) are A followed by its true continuation. Two deliberate changes from BERT's script:
+  * a chunk of a single sentence yields no pair (BERT makes it a forced NSP negative, which tilts the labels
+    towards "random"; ALBERT's SOP cannot order one segment): labels stay 50/50;
+  * an over-long pair is truncated at its outer ends (A loses tokens at its front, B at its back; BERT picks a
+    random end), so the junction between A and B is always the one in the text (for SOP the truncated segments
+    are swapped, so a negative is exactly a positive in the wrong order).
+
+Pairs are drawn once per seed and cached (token offsets into the tokenized corpus, so `dupe_factor` draws cost
+almost no disk); the MLM masks on top are drawn fresh for every batch by the objective. Re-drawing pairs every
+epoch would need the whole tokenized corpus in every worker and make a resumed run see other data than an
+uninterrupted one; BERT itself pre-generated its pairs (`dupe_factor` 10) for the same reasons.
+
+Each item: ``input_ids``, ``token_type_ids`` (0 on ``[CLS] A [SEP]``, 1 on ``B [SEP]``), ``attention_mask`` and
+``pair_label``, padded to `seq_len`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lightning_pretrain.data import blocks, cache
+from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.corpus import PretrainCorpus
+from lightning_pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the pair rule or the files change: old cache entries stop matching
+Task = Literal["nsp", "sop"]
+
+_BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
+_SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s+["'(\[]?[A-Z0-9])""")
+
+
+def documents(text: str) -> list[str]:
+    """The blank-line separated blocks of a text, blank ones dropped."""
+    return [d for d in _BLANK_LINE.split(text) if d.strip()]
+
+
+def split_sentences(doc: str) -> list[str]:
+    """Sentences of a document; their concatenation is the document (whitespace opens the next sentence)."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(doc)]
+    pieces = [doc[a:b] for a, b in zip([0, *cuts], [*cuts, len(doc)])]
+    return [p for p in pieces if p.strip()]
+
+
+@dataclass
+class TokenizedDocs:
+    """A tokenized corpus as flat arrays: the ids of sentence `s` are `tokens[sentence_starts[s]:sentence_starts[s+1]]`,
+    and document `d` holds the sentences `doc_starts[d]` to `doc_starts[d+1] - 1`."""
+
+    tokens: np.ndarray
+    sentence_starts: np.ndarray
+    doc_starts: np.ndarray
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_starts) - 1
+
+
+def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[str]]) -> TokenizedDocs:
+    """Split batches of source rows into documents and sentences, and tokenize every sentence (no special tokens)."""
+    backend = tokenizer.backend_tokenizer
+    dtype = blocks.token_dtype(len(tokenizer))
+    token_parts, sentence_lengths, doc_sizes = [], [], []
+    for batch in texts:
+        sentences, per_doc = [], []
+        for text in batch:
+            for doc in documents(text or ""):
+                found = split_sentences(doc)
+                sentences += found
+                per_doc.append(len(found))
+        encoded = iter(backend.encode_batch_fast(sentences, add_special_tokens=False))
+        ids = []
+        for n in per_doc:
+            kept = [enc.ids for enc in itertools.islice(encoded, n) if enc.ids]  # a sentence of no token is no sentence
+            if kept:
+                ids += kept
+                doc_sizes.append(len(kept))
+        sentence_lengths += [len(s) for s in ids]
+        token_parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids))))
+    tokens = np.concatenate(token_parts) if token_parts else np.empty(0, dtype=dtype)
+    return TokenizedDocs(tokens, np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]),
+                         np.concatenate([[0], np.cumsum(doc_sizes, dtype=np.int64)]))
+
+
+def make_pairs(docs: TokenizedDocs, max_tokens: int, task: Task, rng: random.Random,
+               short_seq_prob: float = 0.1) -> np.ndarray:
+    """`(n, 5)` int64 rows `(a_start, a_end, b_start, b_end, label)`: token offsets of A and B into `docs.tokens`,
+    `len(A) + len(B) <= max_tokens`, label 0 = B truly follows A, 1 = negative (random B for nsp, swapped for sop)."""
+    if task == "nsp" and docs.n_docs < 2:
+        raise InputError("next-sentence prediction needs at least two documents (negatives come from another one)")
+    starts, doc_starts = docs.sentence_starts.tolist(), docs.doc_starts.tolist()
+    out: list[tuple[int, int, int, int, int]] = []
+    for d in range(docs.n_docs):
+        first, end = doc_starts[d], doc_starts[d + 1]
+        target = max_tokens if rng.random() >= short_seq_prob else rng.randint(2, max_tokens)
+        chunk, i = first, first  # the chunk holds sentences chunk..i
+        while i < end:
+            if i == end - 1 or starts[i + 1] - starts[chunk] >= target:
+                if i > chunk:  # at least two sentences: one pair
+                    a_end = rng.randint(chunk + 1, i)  # A = sentences chunk..a_end-1, B = a_end..i
+                    a, b = (starts[chunk], starts[a_end]), (starts[a_end], starts[i + 1])
+                    negative = rng.random() < 0.5
+                    if negative and task == "nsp":
+                        b = _random_segment(starts, doc_starts, d, max(1, target - (a[1] - a[0])), rng)
+                        i = a_end - 1  # the sentences after A go back into the next chunk
+                    a0, a1, b0, b1 = _truncate_pair(a, b, max_tokens)
+                    if negative and task == "sop":  # truncated first: the swap is of two truly adjacent segments
+                        a0, a1, b0, b1 = b0, b1, a0, a1
+                    out.append((a0, a1, b0, b1, int(negative)))
+                chunk = i + 1
+            i += 1
+    return np.asarray(out, dtype=np.int64).reshape(-1, 5)
+
+
+def _random_segment(starts: list[int], doc_starts: list[int], avoid: int, length: int,
+                    rng: random.Random) -> tuple[int, int]:
+    """Token offsets of sentences from a random start in a random document other than `avoid`, up to `length`."""
+    d = rng.randrange(len(doc_starts) - 2)
+    d += d >= avoid
+    s = rng.randint(doc_starts[d], doc_starts[d + 1] - 1)
+    e = s + 1
+    while e < doc_starts[d + 1] and starts[e] - starts[s] < length:
+        e += 1
+    return starts[s], starts[e]
+
+
+def _truncate_pair(a: tuple[int, int], b: tuple[int, int], max_tokens: int) -> tuple[int, int, int, int]:
+    """Trim the longer segment one token at a time (BERT's `truncate_seq_pair`) at its end away from the junction."""
+    (a0, a1), (b0, b1) = a, b
+    while (a1 - a0) + (b1 - b0) > max_tokens:
+        if a1 - a0 > b1 - b0:
+            a0 += 1
+        else:
+            b1 -= 1
+    return a0, a1, b0, b1
+
+
+class PairDataset(Dataset):
+    """Pairs as padded model inputs, assembled per batch from the token array and the pair offsets."""
+
+    def __init__(self, tokens: np.ndarray, pairs: np.ndarray, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
+        self.tokens, self.pairs, self.seq_len = tokens, pairs, seq_len
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, idx: list[int]) -> list[dict[str, torch.Tensor]]:
+        a0, a1, b0, b1, label = (c[:, None] for c in np.asarray(self.pairs[np.asarray(idx)]).T)
+        la, lb = a1 - a0, b1 - b0
+        pos = np.arange(self.seq_len)[None, :]
+        in_a = (pos >= 1) & (pos < 1 + la)
+        in_b = (pos >= 2 + la) & (pos < 2 + la + lb)
+        src = np.where(in_a, a0 + pos - 1, np.where(in_b, b0 + pos - 2 - la, 0))
+        ids = np.where(in_a | in_b, self.tokens[src].astype(np.int64), self.pad_id)
+        rows = np.arange(len(ids))
+        ids[:, 0] = self.cls_id
+        ids[rows, 1 + la[:, 0]] = self.sep_id
+        ids[rows, 2 + la[:, 0] + lb[:, 0]] = self.sep_id
+        batch = {"input_ids": torch.from_numpy(ids),
+                 "token_type_ids": torch.from_numpy(((pos >= 2 + la) & (pos < 3 + la + lb)).astype(np.int64)),
+                 "attention_mask": torch.from_numpy(np.broadcast_to(pos < 3 + la + lb, ids.shape).astype(np.int64)),
+                 "pair_label": torch.from_numpy(label[:, 0].copy())}
+        return [dict(zip(batch, row)) for row in zip(*batch.values())]
+
+
+class SentencePairCorpus(PretrainCorpus):
+    def __init__(
+        self,
+        source: str = "builtin",
+        val_source: str | None = None,
+        val_fraction: float = 0.05,
+        text_column: str = "text",
+        tokenizer: str = "wordpiece",
+        vocab_size: int = 8192,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 1234,
+        task: Task = "nsp",
+        short_seq_prob: float = 0.1,
+        dupe_factor: int = 1,
+    ):
+        """
+        Args:
+            source: 'builtin' (CPython's documentation, ~1.8 MB, offline), a local .txt/.jsonl/.json/.csv/.tsv/.parquet
+                file, directory or glob, or a hub dataset 'id[:config][@split]'. Blank lines separate documents.
+            val_source: validation text in the same forms; when unset, `val_fraction` of the rows is held out.
+            val_fraction: fraction of rows held out for validation when `val_source` is unset.
+            text_column: column holding the text in jsonl/csv/parquet/hub sources.
+            tokenizer: 'wordpiece', 'bpe' or 'unigram' to train one on the training text, or a local tokenizer
+                directory / hub id of a pretrained fast tokenizer; it needs CLS, SEP and PAD tokens.
+            vocab_size: vocabulary size of a tokenizer trained here (ignored for pretrained tokenizers).
+            seq_len: tokens per pair, [CLS] and both [SEP] included; shorter pairs are padded.
+            batch_size: pairs per batch on each device.
+            num_workers: DataLoader worker processes.
+            cache_dir: where tokenized corpora, pairs and trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
+                ~/.cache/lightning_pretrain.
+            seed: seed of the train/validation split, of the pairs drawn and of the shuffling order.
+            task: 'nsp' (BERT: B is the next segment or one from another document) or 'sop' (ALBERT: the two
+                consecutive segments in order or swapped). Label 1 marks the negative half.
+            short_seq_prob: probability that a document's pairs target a random length below seq_len (BERT: 0.1),
+                so the model also sees short inputs.
+            dupe_factor: independent draws of pairs over the training text (BERT: 10): more variety per epoch of a
+                small corpus, at the cost of 40 bytes per pair of cache.
+        """
+        super().__init__(source, val_source, val_fraction, text_column, tokenizer, vocab_size, seq_len, batch_size,
+                         num_workers, cache_dir, seed)
+        if task not in ("nsp", "sop"):
+            raise InputError(f"task must be 'nsp' or 'sop', got {task!r}")
+        if seq_len < 5:
+            raise InputError(f"seq_len must be at least 5 for [CLS] A [SEP] B [SEP], got {seq_len}")
+        if not 0.0 <= short_seq_prob <= 1.0 or dupe_factor < 1:
+            raise InputError("need 0 <= short_seq_prob <= 1 and dupe_factor >= 1")
+        self.task, self.short_seq_prob, self.dupe_factor = task, short_seq_prob, dupe_factor
+        self.train_pairs: PairDataset | None = None
+        self.val_pairs: PairDataset | None = None
+
+    @property
+    def cache_entry(self) -> Path:
+        key = cache.cache_key("pairs", FORMAT_VERSION, *self._text_identity(), toks.fingerprint(self.tokenizer),
+                              self.seq_len, self.task, self.short_seq_prob, self.dupe_factor, self.seed)
+        return self.cache_root / "pairs" / key
+
+    def _special_ids(self) -> tuple[int, int, int]:
+        tok = self.tokenizer
+        ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+        if None in ids:
+            raise InputError("sentence pairs need a tokenizer with CLS, SEP and PAD tokens ('wordpiece', 'bpe' or "
+                             "'unigram' have them)")
+        return ids
+
+    def prepare_data(self) -> None:
+        """Tokenize both splits by sentence and draw the pairs once (rank 0); later runs reuse the cache."""
+        self._special_ids()
+
+        def build(tmp: Path) -> dict:
+            meta = {"seq_len": self.seq_len, "task": self.task, "splits": {}}
+            for n, split in enumerate(("train", "val")):
+                t0 = time.perf_counter()
+                docs = tokenize_documents(self.tokenizer, self._texts(split))
+                draws = self.dupe_factor if split == "train" else 1
+                pairs = np.concatenate([
+                    make_pairs(docs, self.seq_len - 3, self.task, random.Random(self.seed * 1000 + 100 * n + k),
+                               self.short_seq_prob) for k in range(draws)])
+                if len(pairs) == 0:
+                    raise InputError(f"the {split} split yields no sentence pair (it needs documents of two or more "
+                                     f"sentences{' in at least two documents' if self.task == 'nsp' else ''})")
+                np.save(tmp / f"{split}.tokens.npy", docs.tokens)
+                np.save(tmp / f"{split}.pairs.npy", pairs)
+                meta["splits"][split] = {"n_pairs": len(pairs), "n_docs": docs.n_docs,
+                                         "n_sentences": len(docs.sentence_starts) - 1, "n_tokens": len(docs.tokens),
+                                         "negative_fraction": round(float(pairs[:, 4].mean()), 4),
+                                         "seconds": round(time.perf_counter() - t0, 3)}
+            return meta
+
+        entry, reused = cache.get_or_build(self.cache_entry, build, self._entry_is_complete)
+        log.info("%s %s pairs at %s", "reusing" if reused else "built", self.task, entry)
+
+    def _entry_is_complete(self, entry: Path, meta: dict) -> bool:
+        try:
+            return meta["seq_len"] == self.seq_len and all(
+                np.load(entry / f"{s}.pairs.npy", mmap_mode="r").shape == (info["n_pairs"], 5)
+                and np.load(entry / f"{s}.tokens.npy", mmap_mode="r").shape == (info["n_tokens"],)
+                for s, info in meta["splits"].items())
+        except (KeyError, OSError, ValueError):
+            return False
+
+    def setup(self, stage: str | None = None) -> None:
+        entry = self.cache_entry
+        meta = cache.read_meta(entry)
+        if meta is None or not self._entry_is_complete(entry, meta):
+            self.prepare_data()
+        for split in ("train", "val"):
+            dataset = PairDataset(np.load(entry / f"{split}.tokens.npy", mmap_mode="r"),
+                                  np.load(entry / f"{split}.pairs.npy", mmap_mode="r"), self.seq_len, *self._special_ids())
+            setattr(self, f"{split}_pairs", dataset)
+
+    def _pair_loader(self, dataset: PairDataset, shuffle: bool) -> StatefulDataLoader:
+        # the packed corpus' loader (corpus.block_loader) over pairs instead of blocks: a checkpointed position, and
+        # worker seeds from a generator of their own, so a mid-epoch resume continues exactly
+        loader = StatefulDataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed))
+        loader.generator = torch.Generator().manual_seed(self.seed + 1)
+        return loader
+
+    def train_dataloader(self):
+        if len(self.train_pairs) < self.batch_size:
+            raise InputError(f"the training split has {len(self.train_pairs)} sentence pairs, fewer than one batch of "
+                             f"{self.batch_size}; lower batch_size, raise dupe_factor or use more text")
+        return self._pair_loader(self.train_pairs, shuffle=True)
+
+    def val_dataloader(self):
+        return self._pair_loader(self.val_pairs, shuffle=False)

@@ -1,0 +1,133 @@
+"""BERT's full pretraining: masked LM plus a sentence-pair classification, next-sentence (NSP) or ALBERT's
+sentence-order (SOP) prediction, on `[CLS] A [SEP] B [SEP]` pairs with segment ids.
+
+The pairs and their labels come from the data (`data/sentence_pairs.py`, which decides whether the task is NSP or
+SOP); the masking is MaskedLM's (`mask_tokens`, whole-word masking included), drawn fresh for every batch. The loss
+is the sum of the two, as in BERT. `val/loss` and `val/ppl` stay the masked-LM numbers, so they compare with a
+plain `MaskedLM` run; the pair task adds `val/<task>_loss` and `val/<task>_acc` (chance: 0.5).
+
+Both heads run on what they need only: the vocabulary projection on the masked positions, the pair classifier on
+the pooled [CLS] vector (the same loss and gradients as `BertForPreTraining(labels=, next_sentence_label=)`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+from transformers import AutoModelForPreTraining, PretrainedConfig, PreTrainedTokenizerBase
+
+from lightning_pretrain import optim
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
+
+
+def pretraining_heads(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """`(mlm_head, pair_head)` of an HF `...ForPreTraining` model, or None for an architecture without both."""
+    cls = getattr(model, "cls", None)
+    if cls is not None and hasattr(cls, "predictions") and hasattr(cls, "seq_relationship"):  # BERT family
+        return cls.predictions, cls.seq_relationship
+    if hasattr(model, "predictions") and hasattr(model, "sop_classifier"):  # ALBERT
+        return model.predictions, model.sop_classifier
+    return None
+
+
+class SentencePairMLM(MaskedLM):
+    auto_class = AutoModelForPreTraining
+
+    def __init__(
+        self,
+        model: PretrainedConfig | str,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 100,
+        lr_schedule: optim.Schedule = "cosine",
+        attn_implementation: str | None = "sdpa",
+        mlm_probability: float = 0.15,
+        mask_fraction: float = 0.8,
+        random_fraction: float = 0.1,
+        mask_seed: int = 0,
+        whole_word_mask: bool = False,
+    ):
+        """
+        Args:
+            model: an HF config to build a fresh model from (`class_path: transformers.BertConfig` ->
+                `BertForPreTraining`, or `AlbertConfig` -> `AlbertForPreTraining`), or a local directory / hub id
+                of such a pretrained model.
+            tokenizer: linked from the data module by the CLI; sets the vocabulary size and special token ids.
+            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
+            warmup_steps: optimizer steps of linear LR warmup from 0.
+            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
+            attn_implementation: 'sdpa' (fused kernels) or 'eager'.
+            mlm_probability: probability that a non-special token (or word) is selected for prediction.
+            mask_fraction: share of selected tokens replaced by the mask token (BERT: 0.8).
+            random_fraction: share of selected tokens replaced by a random token (BERT: 0.1); the rest stay.
+            mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch, rank).
+            whole_word_mask: select and corrupt whole words instead of tokens (see MaskedLM).
+        """
+        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation, mlm_probability,
+                         mask_fraction, random_fraction, mask_seed, whole_word_mask)
+        heads = pretraining_heads(self.model)
+        if heads is None:
+            raise InputError(f"{type(self.model).__name__} has no masked-LM plus sentence-pair heads; use BertConfig "
+                             f"(BertForPreTraining) or AlbertConfig (AlbertForPreTraining)")
+        self.task = "pair"  # renamed to the data's task ('nsp' / 'sop') in setup, for the metric names
+        self.val_pair_loss = MeanMetric()
+        self.val_pair_acc = BinaryAccuracy()
+
+    @property
+    def mlm_head(self) -> torch.nn.Module | None:
+        heads = pretraining_heads(self.model)
+        return heads[0] if heads else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        task = getattr(self.trainer.datamodule, "task", None) if self._trainer else None
+        if task is not None:
+            self.task = task
+
+    def losses(self, batch: dict[str, torch.Tensor], inputs: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(mlm_loss, pair_loss, pair_logits)` from one encoder pass."""
+        mlm_head, pair_head = pretraining_heads(self.model)
+        out = self.model.base_model(input_ids=inputs, attention_mask=batch["attention_mask"],
+                                    token_type_ids=batch["token_type_ids"])
+        selected = labels != IGNORE
+        mlm_loss = F.cross_entropy(mlm_head(out.last_hidden_state[selected]).float(), labels[selected])
+        pair_logits = pair_head(out.pooler_output).float()
+        return mlm_loss, F.cross_entropy(pair_logits, batch["pair_label"]), pair_logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, labels = self.corrupt(batch["input_ids"], self.current_epoch, batch_idx)
+        mlm_loss, pair_loss, logits = self.losses(batch, inputs, labels)
+        loss = mlm_loss + pair_loss
+        accuracy = (logits.argmax(-1) == batch["pair_label"]).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/mlm_loss": mlm_loss, f"train/{self.task}_loss": pair_loss,
+                       f"train/{self.task}_acc": accuracy})
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        inputs, labels = self.corrupt(batch["input_ids"], -1, batch_idx)  # epoch -1: never a training batch's seed
+        mlm_loss, pair_loss, logits = self.losses(batch, inputs, labels)
+        self.val_nll.update(mlm_loss, weight=(labels != IGNORE).sum())
+        self.val_pair_loss.update(pair_loss, weight=len(logits))
+        self.val_pair_acc.update(logits.argmax(-1), batch["pair_label"])
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_pairs("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_pairs("test")
+
+    def _log_pairs(self, prefix: str) -> None:
+        if self.val_pair_loss.update_count == 0:
+            return
+        self.log_dict({f"{prefix}/{self.task}_loss": self.val_pair_loss.compute(),
+                       f"{prefix}/{self.task}_acc": self.val_pair_acc.compute()}, prog_bar=True)
+        self.val_pair_loss.reset()
+        self.val_pair_acc.reset()

@@ -1,0 +1,241 @@
+"""T5's span corruption (encoder-decoder pretraining): drop ~15% of a block in short spans, ask for them back.
+
+A packed block of `L` raw tokens gets a noise mask with exactly `round(L * noise_density)` noise tokens in
+`round(noise / mean_noise_span_length)` spans, placed uniformly at random (T5's `random_spans_noise_mask`: the
+block always starts with kept tokens and ends with noise). Each noise span becomes one sentinel in the input; the
+target lists the sentinels, each followed by the tokens it replaced, as in the paper's example::
+
+    block    Thank you for inviting me to your party last week .
+    input    Thank you <extra_id_0> me to your party <extra_id_1> week . </s>
+    target   <extra_id_0> for inviting <extra_id_1> last </s>
+
+Sentinels are "descending": `<extra_id_0>` is the last id of the vocabulary, `<extra_id_1>` the one before, as in
+T5's own vocabulary (and HF's Flax collator, which computes them as `len(tokenizer) - i`).
+
+Lengths are fixed by `L` alone (`span_lengths`): inputs `L - noise + spans + 1`, targets `noise + spans + 1`, so
+no padding is ever needed. The data module's `seq_len` is the raw block length `L`; `block_length_for` inverts the
+arithmetic (HF's `compute_input_and_target_lengths`): 512-token inputs need `seq_len: 568` (targets: 114).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from tokenizers import processors
+from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
+
+from lightning_pretrain import optim
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.pretraining import PretrainingModule, max_positions
+
+log = logging.getLogger(__name__)
+
+
+class SpanLengths(NamedTuple):
+    noise: int  # noise tokens per block
+    spans: int  # noise spans per block (= sentinels used)
+    inputs: int  # encoder length after corruption, EOS included
+    targets: int  # decoder length, EOS included
+
+
+def span_lengths(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> SpanLengths:
+    """The fixed sizes of one corrupted block of `length` raw tokens (T5's `random_spans_noise_mask` arithmetic)."""
+    noise = min(max(int(round(length * noise_density)), 1), length - 1)
+    spans = max(int(round(noise / mean_noise_span_length)), 1)
+    if spans > length - noise:  # every noise span needs a kept token before it
+        raise InputError(f"a block of {length} tokens cannot hold {spans} noise spans around {length - noise} kept "
+                         f"tokens: lower noise_density or raise mean_noise_span_length")
+    return SpanLengths(noise, spans, length - noise + spans + 1, noise + spans + 1)
+
+
+def block_length_for(inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> int:
+    """The longest raw block whose corrupted input fits `inputs_length` tokens (HF's `compute_input_and_target_lengths`)."""
+    length = 2
+    while span_lengths(length + 1, noise_density, mean_noise_span_length).inputs <= inputs_length:
+        length += 1
+    return length
+
+
+def random_segmentation(batch: int, items: int, segments: int, generator=None, device=None) -> torch.Tensor:
+    """`(batch, segments)` positive lengths summing to `items`, every composition equally likely (T5's
+    `_random_segmentation`: choose `segments - 1` of the `items - 1` gaps as cut points)."""
+    if segments == 1:
+        return torch.full((batch, 1), items, dtype=torch.long, device=device)
+    order = torch.rand(batch, items - 1, generator=generator, device=device).argsort(-1)
+    cut_after = order < segments - 1  # exactly segments-1 cut points per row, at uniformly random gaps
+    segment = F.pad(cut_after, (1, 0)).long().cumsum(-1)
+    return torch.zeros(batch, segments, dtype=torch.long, device=device).scatter_add_(1, segment, torch.ones_like(segment))
+
+
+def random_spans_noise_mask(batch: int, length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
+                            generator=None, device=None) -> torch.Tensor:
+    """`(batch, length)` bools: True on noise. Kept and noise spans alternate, starting with a kept one."""
+    n = span_lengths(length, noise_density, mean_noise_span_length)
+    noise = random_segmentation(batch, n.noise, n.spans, generator, device)
+    kept = random_segmentation(batch, length - n.noise, n.spans, generator, device)
+    starts = torch.stack([kept, noise], -1).reshape(batch, -1).cumsum(-1)[:, :-1]  # where each span after the first begins
+    span_number = torch.zeros(batch, length, dtype=torch.long, device=device).scatter_(1, starts, 1).cumsum(-1)
+    return span_number % 2 == 1
+
+
+def replace_spans(ids: torch.Tensor, spans: torch.Tensor, sentinel_ids: torch.Tensor) -> torch.Tensor:
+    """Each maximal run of True in `spans` becomes one token, `sentinel_ids[k]` for the k-th run of its row.
+
+    Every row must hold the same number of runs and of True positions (the noise mask guarantees it), so the
+    result is again a rectangle.
+    """
+    starts = spans & ~F.pad(spans[:, :-1], (1, 0))
+    run = (starts.long().cumsum(-1) - 1).clamp(min=0)
+    out = torch.where(starts, sentinel_ids[run], ids)
+    return out[~spans | starts].view(ids.shape[0], -1)
+
+
+def span_corrupt(blocks: torch.Tensor, noise_mask: torch.Tensor, sentinel_ids: torch.Tensor,
+                 eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, targets)`: noise spans -> sentinels in the input; kept spans -> sentinels in the target; EOS on both."""
+    eos = torch.full((blocks.shape[0], 1), eos_id, dtype=blocks.dtype, device=blocks.device)
+    inputs = torch.cat([replace_spans(blocks, noise_mask, sentinel_ids), eos], 1)
+    targets = torch.cat([replace_spans(blocks, ~noise_mask, sentinel_ids), eos], 1)
+    return inputs, targets
+
+
+def sentinel_tokens(n: int) -> list[str]:
+    return [f"<extra_id_{i}>" for i in range(n)]
+
+
+def with_sentinels(tokenizer: PreTrainedTokenizerBase, n: int) -> tuple[PreTrainedTokenizerBase, int]:
+    """The tokenizer itself when it has `<extra_id_0..n-1>` and appends EOS (T5's), else a copy that does.
+
+    Missing sentinels are appended as special tokens in reverse, so `<extra_id_0>` gets the last id as in T5, and
+    every id the corpus was tokenized with keeps its meaning. Returns `(tokenizer, number of ids added)`.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in sentinel_tokens(n) if t not in vocab]
+    probe = tokenizer("probe").input_ids
+    needs_eos = not probe or probe[-1] != tokenizer.eos_token_id
+    if not missing and not needs_eos:
+        return tokenizer, 0
+    tokenizer = copy.deepcopy(tokenizer)  # the data module keeps its own: the corpus ids do not change
+    before = len(tokenizer)
+    if missing:
+        if len(missing) != n:
+            raise InputError(f"the tokenizer has only some of the sentinels <extra_id_0..{n - 1}>; "
+                             f"set num_sentinels to the number it has")
+        tokenizer.add_special_tokens({"additional_special_tokens": missing[::-1]})
+    if needs_eos:
+        # T5's template: an encoded prompt ends with </s>, as every training input does
+        eos = (tokenizer.eos_token, tokenizer.eos_token_id)
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos[0]}", pair=f"$A {eos[0]} $B {eos[0]}", special_tokens=[eos])
+    return tokenizer, len(tokenizer) - before
+
+
+class SpanCorruption(PretrainingModule):
+    auto_class = AutoModelForSeq2SeqLM
+
+    def __init__(
+        self,
+        model: PretrainedConfig | str,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 100,
+        lr_schedule: optim.Schedule = "cosine",
+        attn_implementation: str | None = None,
+        noise_density: float = 0.15,
+        mean_noise_span_length: float = 3.0,
+        num_sentinels: int = 100,
+        corruption_seed: int = 0,
+    ):
+        """
+        Args:
+            model: an HF config to build a fresh encoder-decoder from (`class_path: transformers.T5Config` or
+                `BartConfig` with `init_args`), or a local directory / hub id of a pretrained seq2seq LM.
+            tokenizer: linked from the data module by the CLI. It needs an EOS token; sentinels `<extra_id_i>` it
+                lacks are added (a pretrained model's embeddings are resized to match) and saved with the export.
+            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
+            warmup_steps: optimizer steps of linear LR warmup from 0.
+            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
+            attn_implementation: None (the architecture's default), 'sdpa' or 'eager'.
+            noise_density: fraction of each raw block that is dropped and must be predicted (T5: 0.15).
+            mean_noise_span_length: average length of a dropped span (T5: 3.0).
+            num_sentinels: sentinel tokens `<extra_id_0..N-1>` available; a block needs one per noise span.
+            corruption_seed: base seed of the noise masks; each batch's mask is a function of (seed, epoch, batch,
+                rank), so a resumed run corrupts exactly like an uninterrupted one and validation never changes.
+        """
+        if not 0 < noise_density < 1 or mean_noise_span_length < 1:
+            raise InputError("need 0 < noise_density < 1 and mean_noise_span_length >= 1")
+        if tokenizer is None:
+            raise InputError("the objective needs a tokenizer (the CLI links it from --data.tokenizer)")
+        if tokenizer.eos_token_id is None:
+            raise InputError("span corruption needs a tokenizer with an EOS token (train 'unigram' or 'bpe')")
+        self._given_tokenizer = tokenizer  # what a pretrained checkpoint was sized for, before any sentinel
+        tokenizer, self._added = with_sentinels(tokenizer, num_sentinels)
+        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
+        self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
+        self.corruption_seed = corruption_seed
+        ids = tokenizer.convert_tokens_to_ids(sentinel_tokens(num_sentinels))
+        self.register_buffer("sentinel_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+
+    def build_model(self, spec, tokenizer, attn_implementation):
+        if not (isinstance(spec, str) and self._added):
+            return super().build_model(spec, tokenizer, attn_implementation)
+        # check the checkpoint against the tokenizer it came with, then make room for the added sentinels
+        model = super().build_model(spec, self._given_tokenizer, attn_implementation)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        return model
+
+    def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
+        # the decoder's start token keeps the role the architecture gives it (T5, Pegasus: pad; BART: eos),
+        # mapped onto this tokenizer's ids; likewise the token BART forces at the end of generation
+        defaults = type(config)()
+        for name in ("decoder_start_token_id", "forced_eos_token_id", "forced_bos_token_id"):
+            default = getattr(defaults, name, None)
+            if default is None and name != "decoder_start_token_id":
+                continue
+            role = next((r for r in ("pad_token_id", "eos_token_id", "bos_token_id")
+                         if default is not None and getattr(defaults, r, None) == default), "pad_token_id")
+            setattr(config, name, getattr(tokenizer, role))
+
+    def lengths(self, length: int) -> SpanLengths:
+        n = span_lengths(length, self.noise_density, self.mean_noise_span_length)
+        if n.spans > len(self.sentinel_ids):
+            raise InputError(f"blocks of {length} tokens make {n.spans} noise spans but only {len(self.sentinel_ids)} "
+                             f"sentinels exist: raise num_sentinels or mean_noise_span_length, or lower seq_len")
+        return n
+
+    def check_seq_len(self, seq_len: int) -> None:
+        n = self.lengths(seq_len)
+        limit = max_positions(self.model.config)
+        if limit is not None and max(n.inputs, n.targets) > limit:
+            raise InputError(f"seq_len={seq_len} gives {n.inputs}-token inputs, more than the model's {limit} "
+                             f"positions; lower --data.seq_len")
+        log.info("span corruption: raw blocks of %d tokens -> inputs of %d, targets of %d (%d noise tokens in %d spans)",
+                 seq_len, n.inputs, n.targets, n.noise, n.spans)
+
+    def model_input_shape(self, batch: torch.Tensor) -> tuple[tuple[int, int], int]:
+        """What the model sees of a raw batch, for the Throughput callback's FLOPs: (sequences, input length), target length."""
+        n = self.lengths(batch.shape[1])
+        return (batch.shape[0], n.inputs), n.targets
+
+    def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-mask `batch` with a generator seeded by (corruption_seed, *stream, rank): reproducible, resumable."""
+        self.lengths(batch.shape[1])
+        g = torch.Generator(device=batch.device).manual_seed(hash((self.corruption_seed, *stream, self.global_rank)) % 2**62)
+        mask = random_spans_noise_mask(batch.shape[0], batch.shape[1], self.noise_density, self.mean_noise_span_length,
+                                       generator=g, device=batch.device)
+        return span_corrupt(batch, mask, self.sentinel_ids, self.tokenizer.eos_token_id)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        inputs, targets = self.corrupt(batch, self.current_epoch, batch_idx)
+        loss = self.model(input_ids=inputs, labels=targets).loss
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        inputs, targets = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
+        self.val_nll.update(self.model(input_ids=inputs, labels=targets).loss, weight=targets.numel())
