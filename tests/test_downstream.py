@@ -184,3 +184,36 @@ def test_real_glue_files(tmp_path):
     assert mrpc.shape == (408, 5) and list(mrpc.columns)[0] == "Quality"
     stsb = read_table(str(shared_file("glue/STS-B/dev.tsv")), header=True)
     assert stsb.shape == (1500, 10) and float(stsb["score"][0]) == 5.0
+
+
+def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
+    """A hub dataset (stubbed: no network here): ClassLabel ids are matched by name, so --data.labels may order the
+    classes differently; with no validation split the test split validates (IMDb, AG News)."""
+    import datasets
+
+    from lightning_pretrain.data import downstream
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    hub = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["good", "bad", "great"], "label": [1, 0, 1]}, features=features),
+        "test": datasets.Dataset.from_dict({"text": ["fine", "awful"], "label": [1, 0]}, features=features),
+        "unsupervised": datasets.Dataset.from_dict({"text": ["meh"], "label": [-1]}, features=features)})
+    monkeypatch.setattr(downstream, "load_hub", lambda spec: hub)
+    dm = data(source="imdb", labels=["pos", "neg"], cache_dir=str(tmp_path / "c"))
+    assert dm.split_source("val").split == "test" and dm.split_source("train").split == "train"
+    dm.setup("fit")
+    assert dm.splits["train"]["labels"] == [0, 1, 0] and dm.splits["val"]["labels"] == [0, 1]
+    with pytest.raises(InputError, match="has no split 'validation'"):
+        data(source="imdb", val_split="validation").split_source("val")
+
+
+def test_ag_news_csv_with_one_based_class_ids(tmp_path):
+    """AG News's test.csv: no header, quoted fields with commas, classes 1-4."""
+    path = write(tmp_path / "test.csv", '"3","Oil prices rise","Crude, again, climbs."\n'
+                                        '"2","Cup final","A late goal, then penalties."\n')
+    dm = data(test_file=path, text_column=2, label_column=0, label_offset=1,
+              labels=["World", "Sports", "Business", "Sci/Tech"], cache_dir=str(tmp_path / "c"))
+    dm.setup("test")
+    assert dm.splits["test"]["labels"] == [2, 1]
+    assert dm.tokenizer.decode(dm.splits["test"]["input_ids"][0], skip_special_tokens=True) == "crude, again, climbs."
