@@ -14,9 +14,11 @@ size; `export_checkpoint` turns it (or a single-file `.ckpt`) into a Hugging Fac
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
+import types
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -68,7 +70,8 @@ def is_sharded(model: nn.Module) -> bool:
 
 def shard(model: nn.Module, mesh, reshard_after_forward: bool = True, param_dtype: DType | None = None,
           reduce_dtype: DType | None = None) -> nn.Module:
-    """Apply FSDP2 in place: each transformer block is one all-gather unit, the root holds everything else.
+    """Apply FSDP2 in place: each transformer block is one all-gather unit, the root holds everything else (tied
+    input/output embeddings included, which must share one unit).
 
     `mesh` is the 1-D data-parallel mesh. `param_dtype` casts the gathered parameters (e.g. 'bfloat16' halves the
     all-gather and runs the blocks in bf16 while the sharded master weights and the optimizer stay fp32);
@@ -146,15 +149,41 @@ class FSDP2Strategy(ModelParallelStrategy):
                      self.reduce_dtype)
 
 
-def shard_for(strategy, model: nn.Module, mesh) -> nn.Module:
-    """What `configure_model` calls: the strategy's own options for `FSDP2Strategy`, FSDP2 defaults otherwise."""
+def shard_module(module) -> None:
+    """What `configure_model` calls under `ModelParallelStrategy`: shard `module.model` (the strategy's options for
+    `FSDP2Strategy`, FSDP2 defaults otherwise) and run the module's steps through the sharded root."""
+    strategy, mesh, model = module.trainer.strategy, module.device_mesh, module.model
+    if is_sharded(model):  # configure_model runs again for validate/test after fit
+        return
     if isinstance(strategy, FSDP2Strategy):
-        return strategy.shard(model)
-    if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+        strategy.shard(model)
+    elif "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
         raise InputError("tensor parallelism is not supported for HF models here: use "
                          "lightning_pretrain.parallel.FSDP2Strategy (configs/trainer/fsdp.yaml) or set "
                          "tensor_parallel_size: 1 and data_parallel_size to the world size")
-    return shard(model, mesh["data_parallel"])
+    else:
+        shard(model, mesh["data_parallel"])
+    steps_through_root(module, model)
+
+
+def steps_through_root(module, model: nn.Module) -> None:
+    """Run the LightningModule's steps inside an FSDP forward of the sharded root.
+
+    FSDP2 gathers the root's own parameters (embeddings, final norm, heads) and arms its backward hooks only when
+    the root's `forward` runs, but objectives also call parts of the model directly (MaskedLM's sparse head:
+    `model.base_model(...)` then `model.cls(...)`). Registering a pass-through method as an FSDP forward method
+    and routing each step through it gives every call pattern gathered weights, with no change to the objectives.
+    """
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    def run_step(self, step, *args, **kwargs):
+        return step(*args, **kwargs)
+
+    model.run_step = types.MethodType(run_step, model)
+    register_fsdp_forward_method(model, "run_step")
+    for name in ("training_step", "validation_step", "test_step", "predict_step"):
+        # an instance attribute shadows the class's method; Lightning calls `module.<name>(...)`
+        setattr(module, name, functools.partial(model.run_step, getattr(module, name)))
 
 
 # -- checkpoint -> Hugging Face ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import transformers
-from conftest import FAST, REPO, cli, only_run_dir
+from conftest import ENGLISH, FAST, REPO, cli, only_run_dir
 
 from lightning_pretrain import parallel
 from lightning_pretrain.callbacks import ActivationCheckpointing, Compile
@@ -56,9 +56,9 @@ def test_transformer_blocks_fall_back_to_homogeneous_module_lists():
     assert parallel.transformer_blocks(model) == list(model.layers)
 
 
-# -- data parallel ----------------------------------------------------------------------------------------------
+# -- data parallel and FSDP2: the same MaskedLM run twice on 2 CPU processes ------------------------------------
 class RecordBatches(L.Callback):
-    """Writes, per rank, every training block it saw (as tuples of ids) to `<out>/rank<r>.json`."""
+    """Writes, per rank, every training block it saw (as lists of ids) to `<out>/rank<r>.json`."""
 
     def __init__(self, out: str):
         self.out, self.seen = out, []
@@ -71,61 +71,89 @@ class RecordBatches(L.Callback):
             json.dumps({"world_size": trainer.world_size, "blocks": self.seen}))
 
 
-def test_ddp_spawn_two_processes_train_on_disjoint_data(workdir, tiny_corpus, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on a small machine
-    record = {"class_path": f"{__name__}.RecordBatches", "init_args": {"out": str(workdir)}}
-    cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "-c", str(REPO / "configs/trainer/ddp.yaml"),
-        *FAST, *TINY_GPT2, "--data.init_args.source", str(tiny_corpus), "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn", "--trainer.precision", "32-true",
-        "--trainer.max_steps", "3", "--trainer.callbacks", json.dumps([record]))
-    ranks = [json.loads((workdir / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    seen = [{tuple(block) for block in r["blocks"]} for r in ranks]
-    assert len(ranks[0]["blocks"]) == len(ranks[1]["blocks"]) == 3 * 4  # 3 steps x batch 4 on each rank
-    assert len(seen[0]) == len(seen[1]) == 12 and not seen[0] & seen[1]
-    run = only_run_dir(workdir, "clm_tiny")
-    assert (run / "hf" / "model.safetensors").is_file()  # rank 0 exported after both ranks finished
+# MaskedLM calls parts of the HF model directly (base_model, then the head on masked positions only): the hardest
+# case for FSDP2, whose root gathers its own weights only in its forward
+RUN = [*FAST,  # 4 steps, validated and checkpointed at 2 and 4
+       "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true",
+       "--model.init_args.model.init_args.hidden_size", "32", "--model.init_args.model.init_args.num_attention_heads", "2",
+       "--model.init_args.model.init_args.intermediate_size", "64", "--data.init_args.vocab_size", "300",
+       "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4"]
 
 
-# -- FSDP2 ------------------------------------------------------------------------------------------------------
-def run_cli_processes(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def recipe(preset: str) -> list[str]:
+    return ["-c", str(REPO / "configs/pretrain/mlm_tiny.yaml"), "-c", str(REPO / "configs/trainer" / preset)]
+
+
+def run_cli_processes(workdir: Path, *args: str) -> None:
     """The CLI as its own process: Lightning's launcher re-runs the command for rank 1, which pytest cannot host."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
-def test_fsdp2_on_cpu_shards_blocks_and_the_sharded_checkpoint_exports_to_hf(workdir, tiny_corpus):
-    run_cli_processes(
-        workdir, "fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "-c", str(REPO / "configs/trainer/fsdp.yaml"),
-        *FAST, *TINY_GPT2, "--data.init_args.source", str(tiny_corpus), "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2", "--trainer.precision", "32-true")
-    run = only_run_dir(workdir, "clm_tiny")
-    (ckpt,) = (run / "checkpoints").iterdir()
-    assert ckpt.is_dir() and sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> dict[str, Path]:
+    """The same 4-step MaskedLM run under ddp_spawn (in this process) and under FSDP2 (a launched process pair)."""
+    root = tmp_path_factory.mktemp("parallel")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph {i} of {i * 7 % 13}." for i in range(400)))
+    data = ["--data.init_args.source", str(corpus)]
+    record = {"class_path": f"{__name__}.RecordBatches", "init_args": {"out": str(root)}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("OMP_NUM_THREADS", "1")  # two processes on a small machine
+        cli("fit", *recipe("ddp.yaml"), *RUN, *data, "--trainer.strategy", "ddp_spawn",
+            "--trainer.callbacks", json.dumps([record]), "--trainer.logger.init_args.name", "ddp")
+    run_cli_processes(root, "fit", *recipe("fsdp.yaml"), *RUN, *data, "--trainer.logger.init_args.name", "fsdp")
+    return {"root": root, "ddp": only_run_dir(root, "ddp"), "fsdp": only_run_dir(root, "fsdp")}
 
-    # every block weight is stored as two row shards, one written by each rank: it was sharded in training
+
+def test_ddp_spawn_two_processes_train_on_disjoint_data(two_process_runs):
+    ranks = [json.loads((two_process_runs["root"] / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    seen = [{tuple(block) for block in r["blocks"]} for r in ranks]
+    assert len(ranks[0]["blocks"]) == len(ranks[1]["blocks"]) == 4 * 4  # 4 steps x batch 4 on each rank
+    assert len(seen[0]) == len(seen[1]) == 16 and not seen[0] & seen[1]
+    assert (two_process_runs["ddp"] / "hf" / "model.safetensors").is_file()  # rank 0 exported, nobody hung
+
+
+def test_fsdp2_checkpoint_holds_each_block_as_one_shard_per_rank(two_process_runs):
     from torch.distributed.checkpoint import FileSystemReader
 
+    (ckpt,) = (two_process_runs["fsdp"] / "checkpoints").iterdir()
+    assert ckpt.is_dir() and sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     meta = FileSystemReader(str(ckpt)).read_metadata()
-    key = "state_dict.model.transformer.h.1.attn.c_attn.weight"
-    chunks = meta.state_dict_metadata[key].chunks
-    assert sorted(tuple(c.offsets) for c in chunks) == [(0, 0), (16, 0)]
-    assert {meta.storage_data[idx].relative_path for idx in meta.storage_data if idx.fqn == key} == \
+    key = "state_dict.model.bert.encoder.layer.1.attention.self.query.weight"  # 32 x 32
+    assert sorted(tuple(c.offsets) for c in meta.state_dict_metadata[key].chunks) == [(0, 0), (16, 0)]
+    assert {meta.storage_data[i].relative_path for i in meta.storage_data if i.fqn == key} == \
         {"__0_0.distcp", "__1_0.distcp"}
 
-    # the sharded checkpoint exports to a directory transformers loads, equal to the full export at the end of fit
-    exported = parallel.export_checkpoint(ckpt, workdir / "exported")
-    model = transformers.AutoModelForCausalLM.from_pretrained(exported)
-    final = transformers.AutoModelForCausalLM.from_pretrained(run / "hf")
-    assert model.config.architectures == ["GPT2LMHeadModel"] == final.config.architectures
+
+def test_fsdp2_trains_the_same_weights_as_ddp(two_process_runs):
+    fsdp = transformers.AutoModelForMaskedLM.from_pretrained(two_process_runs["fsdp"] / "hf").state_dict()
+    ddp = transformers.AutoModelForMaskedLM.from_pretrained(two_process_runs["ddp"] / "hf").state_dict()
+    start = transformers.AutoModelForMaskedLM.from_config(
+        transformers.AutoConfig.from_pretrained(two_process_runs["ddp"] / "hf")).state_dict()
+    assert fsdp.keys() == ddp.keys()
+    for name in fsdp:
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert not torch.equal(fsdp["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"])
+
+
+def test_sharded_checkpoint_exports_to_a_loadable_hf_directory(two_process_runs):
+    run = two_process_runs["fsdp"]
+    (ckpt,) = (run / "checkpoints").iterdir()
+    exported = parallel.export_checkpoint(ckpt, two_process_runs["root"] / "exported")
+    model = transformers.AutoModelForMaskedLM.from_pretrained(exported)
+    final = transformers.AutoModelForMaskedLM.from_pretrained(run / "hf")  # gathered at the end of fit
+    assert model.config.architectures == ["BertForMaskedLM"] == final.config.architectures
     for (name, a), (_, b) in zip(model.state_dict().items(), final.state_dict().items()):
         assert torch.equal(a, b), name
-    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # still tied
+    tied = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert tied[0].data_ptr() == tied[1].data_ptr()
     tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
-    ids = tokenizer("Paragraph number 7", return_tensors="pt").input_ids
+    ids = tokenizer(f"Paragraph {tokenizer.mask_token} of", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()
 
 

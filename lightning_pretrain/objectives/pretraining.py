@@ -95,7 +95,7 @@ class PretrainingModule(L.LightningModule):
         # Lightning's ModelParallelStrategy hands the module a device mesh: shard the HF model's blocks with FSDP2
         # from outside (lightning_pretrain/parallel.py); under every other strategy the model stays as built
         if self.device_mesh is not None:
-            parallel.shard_for(self.trainer.strategy, self.model, self.device_mesh)
+            parallel.shard_module(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the HF config and class travel with every checkpoint, so a sharded one exports without the run's YAML
