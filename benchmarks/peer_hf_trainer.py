@@ -1,11 +1,13 @@
 """This project vs the Hugging Face Trainer recipe of run_clm.py / run_mlm.py: training tokens/s, side by side.
 
 Both sides train the same model shape (GPT-2 or BERT, ~11M parameters with a 16k vocabulary; seq 128, batch 32) on
-the same corpus with the same tokenizer and the same optimizer settings, in one process, alternating runs so that
+the same corpus with the same tokenizer and the same optimizer settings, alternating runs (each in a fresh process) so that
 machine drift hits both equally. The HF side is the run_clm/run_mlm recipe: `tokenizer(texts)` + `group_texts`
 blocks, `default_data_collator` (CLM) or `DataCollatorForLanguageModeling(mlm_probability=0.15)` (MLM),
 `Trainer` with its default fused AdamW and a cosine schedule. Our side is `PretrainCorpus` + `CausalLM` / `MaskedLM`
-under `lightning.Trainer` with TensorBoard logging on. Tokenization is excluded from both timings: only steady-state
+under `lightning.Trainer` with TensorBoard logging on, and the glibc allocator setting that
+`lightning-pretrain` applies at start-up (lightning_pretrain/allocator.py); `hf+malloc` shows the HF recipe with that
+same setting, so the table separates what the allocator buys from what the rest of the stack does. Tokenization is excluded from both timings: only steady-state
 optimizer steps count (the first `--warmup` steps of each run are discarded).
 
     python benchmarks/peer_hf_trainer.py                       # both objectives, builtin corpus
@@ -18,7 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,6 +37,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
+from lightning_pretrain.allocator import keep_freed_memory  # noqa: E402
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
 from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
 
@@ -120,47 +126,74 @@ def run_ours(objective, config, dm, args, logdir) -> float:
     return clock.tokens_per_s(args.batch_size * args.seq_len)
 
 
+def measure(side: str, objective: str, args) -> dict:
+    """One timed run in this process (the driver starts a fresh process per run)."""
+    if side in ("ours", "hf+malloc"):
+        keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
+    L.seed_everything(args.seed, verbose=False)
+    config = shapes(args.tiny)[objective]
+    dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
+                        vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
+    dm.prepare_data()  # a cache hit: the driver built it
+    if side == "ours":
+        with tempfile.TemporaryDirectory() as logdir:
+            return {"tok_s": run_ours(objective, config, dm, args, logdir)}
+    texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
+    return {"tok_s": run_hf(objective, config, dm.tokenizer, texts, args)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objective", choices=["clm", "mlm", "both"], default="both")
     p.add_argument("--source", default="builtin", help="corpus for both sides (PretrainCorpus --data.source forms)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=2, help="alternating HF/ours pairs; the median is reported")
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the median is reported")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=16384)
+    p.add_argument("--sides", default="hf,ours,hf+malloc",
+                   help="hf: the HF recipe as is; ours: lightning_pretrain; hf+malloc: HF with our allocator setting")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tiny:
         args.steps, args.warmup, args.repeats, args.vocab_size = 6, 2, 1, 1000
+    if args.worker:
+        print("RESULT " + json.dumps(measure(*args.worker, args)))
+        return
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, transformers {transformers.__version__}, "
-          f"lightning {L.__version__}")
+          f"lightning {L.__version__}, cores {os.cpu_count()}")
     objectives = ["clm", "mlm"] if args.objective == "both" else [args.objective]
+    sides = args.sides.split(",")
+    passthrough = [a for a in sys.argv[1:] if a not in ("--objective",) and a not in objectives + ["both"]]
     results = {}
-    with tempfile.TemporaryDirectory() as logdir:
-        for objective in objectives:
-            config = shapes(args.tiny)[objective]
-            dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
-                                vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
-            dm.prepare_data()
-            texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
-            n_params = sum(p.numel() for p in CausalLM(config, dm.tokenizer).parameters()) if objective == "clm" \
-                else sum(p.numel() for p in MaskedLM(config, dm.tokenizer).parameters())
-            print(f"{objective}: {n_params / 1e6:.1f}M parameters")
-            hf, ours = [], []
-            for r in range(args.repeats):
-                L.seed_everything(r, verbose=False)
-                hf.append(run_hf(objective, config, dm.tokenizer, texts, args))
-                L.seed_everything(r, verbose=False)
-                ours.append(run_ours(objective, config, dm, args, logdir))
-                print(f"[{objective} repeat {r}] HF Trainer {hf[-1]:,.0f} tok/s   lightning_pretrain {ours[-1]:,.0f} tok/s")
-            results[objective] = (n_params, statistics.median(hf), statistics.median(ours))
+    for objective in objectives:
+        config = shapes(args.tiny)[objective]
+        dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
+                            vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
+        dm.prepare_data()  # tokenizer + blocks cached once, outside every timing
+        cls = CausalLM if objective == "clm" else MaskedLM
+        n_params = sum(p.numel() for p in cls(config, dm.tokenizer).parameters())
+        print(f"{objective}: {n_params / 1e6:.1f}M parameters")
+        runs = {side: [] for side in sides}
+        for r in range(args.repeats):
+            for side in sides:  # alternate, so drift of the machine hits every side alike
+                proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", side, objective],
+                                      capture_output=True, text=True)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    sys.exit(f"{side} {objective} run failed:\n{proc.stderr[-3000:]}")
+                runs[side].append(json.loads(line[7:])["tok_s"])
+                print(f"[{objective} repeat {r}] {side:<10} {runs[side][-1]:>10,.0f} tok/s", flush=True)
+        results[objective] = (n_params, {side: statistics.median(v) for side, v in runs.items()})
     print(f"\nshape: seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}, {args.steps} steps "
-          f"({args.warmup} warm-up discarded), median of {args.repeats}")
-    print(f"{'objective':<10}{'params':>12}{'HF Trainer tok/s':>20}{'ours tok/s':>14}{'ratio':>8}")
-    for objective, (n, hf, ours) in results.items():
-        print(f"{objective:<10}{n / 1e6:>11.1f}M{hf:>20,.0f}{ours:>14,.0f}{ours / hf:>7.2f}x")
+          f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run")
+    print(f"{'objective':<10}{'params':>9}" + "".join(f"{s + ' tok/s':>18}" for s in sides) + f"{'ours/hf':>9}")
+    for objective, (n, med) in results.items():
+        ratio = f"{med['ours'] / med['hf']:>8.2f}x" if "ours" in med and "hf" in med else ""
+        print(f"{objective:<10}{n / 1e6:>8.1f}M" + "".join(f"{med[s]:>18,.0f}" for s in sides) + ratio)
 
 
 if __name__ == "__main__":
