@@ -96,3 +96,20 @@ def test_throughput_and_mfu_scalars_reach_tensorboard(workdir, tiny_corpus):
     assert last["train/device/flops_per_sec"] == pytest.approx(per_token * last["train/device/items_per_sec"],
                                                                rel=1e-3)
     assert 0 <= last["train/data_wait_fraction"] < 1
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/gpu_throughput.py --tiny: both sides train and the table reports tokens/s and MFU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_throughput.py"), "--tiny", "--workloads", "gpt2",
+                           "--checkpointing", "off", "--peak-tflops", "0.05", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[-2:]]
+    assert [r[:3] for r in rows] == [["gpt2", "ours", "off"], ["gpt2", "hf", "off"]], proc.stdout
+    assert all(float(r[6].replace(",", "")) > 0 and r[8].endswith("%") for r in rows)
