@@ -217,3 +217,17 @@ def test_ag_news_csv_with_one_based_class_ids(tmp_path):
     dm.setup("test")
     assert dm.splits["test"]["labels"] == [2, 1]
     assert dm.tokenizer.decode(dm.splits["test"]["input_ids"][0], skip_special_tokens=True) == "crude, again, climbs."
+
+
+def test_columns_by_position_also_with_a_header(tmp_path):
+    """MRPC: a BOM, a header whose text columns start with '#' (a YAML comment on the command line), bare quotes."""
+    tsv = ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+           '1\t11\t12\tHe said the pie business fits .\t" The pie business fits .\n'
+           "0\t21\t22\tA man sleeps .\tA woman runs .\n")
+    path = write(tmp_path / "dev.tsv", tsv)
+    dm = data(train_file=path, val_file=path, header=True, text_column=3, text_pair_column=4, label_column=0,
+              labels=["not_equivalent", "equivalent"], cache_dir=str(tmp_path / "c"))
+    dm.setup("fit")
+    assert dm.splits["val"]["labels"] == [1, 0]
+    first = dm.tokenizer.decode(dm.splits["val"]["input_ids"][0], skip_special_tokens=True)
+    assert first == 'he said the pie business fits. " the pie business fits.'

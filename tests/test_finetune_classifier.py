@@ -149,16 +149,25 @@ def test_glue_runner_writes_a_table(workdir, tiny_backbone):  # noqa: F811
         (glue_dir / "STS-B" / f"{split}.tsv").write_text(
             "index\tsentence1\tsentence2\tscore\n" + "".join(f"{i}\tA dog runs {i}.\tA dog is running.\t{i % 5}.0\n"
                                                              for i in range(32)))
-    status = glue.main(["--backbone", str(tiny_backbone), "--tasks", "cola", "stsb", "--glue_dir", str(glue_dir),
-                        "--out", str(workdir / "runs"), "--in_process", *QUIET, "--trainer.max_epochs", "1"])
+    (glue_dir / "MRPC").mkdir()
+    mrpc = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+        f'{i % 2}\t{i}\t{i + 1}\tThe firm said " profits rose {i} .\t{"Profits rose ." if i % 2 else "It rained ."}\n'
+        for i in range(32))
+    for split in ("train", "dev"):
+        (glue_dir / "MRPC" / f"{split}.tsv").write_text(mrpc)
+    status = glue.main(["--backbone", str(tiny_backbone), "--tasks", "cola", "mrpc", "stsb",
+                        "--glue_dir", str(glue_dir), "--out", str(workdir / "runs"), "--in_process", *QUIET,
+                        "--trainer.max_epochs", "1"])
     assert status == 0
     table = json.loads((workdir / "runs" / "glue_full.json").read_text())
     cola_score, stsb = table["tasks"]["cola"]["score"], table["tasks"]["stsb"]
     assert cola_score == pytest.approx(100 * table["tasks"]["cola"]["metrics"]["val/mcc"])
     assert stsb["score"] == pytest.approx(50 * (stsb["metrics"]["val/pearson"] + stsb["metrics"]["val/spearman"]))
-    assert table["average"] == pytest.approx((cola_score + stsb["score"]) / 2)
+    mrpc = table["tasks"]["mrpc"]
+    assert mrpc["score"] == pytest.approx(50 * (mrpc["metrics"]["val/f1_pos"] + mrpc["metrics"]["val/acc"]))
+    assert table["average"] == pytest.approx((cola_score + mrpc["score"] + stsb["score"]) / 3)
     markdown = (workdir / "runs" / "glue_full.md").read_text()
-    assert "| CoLA | mcc |" in markdown and "| STS-B | pearson/spearman |" in markdown and "**average**" in markdown
+    assert "| CoLA | mcc |" in markdown and "| MRPC | f1_pos/acc |" in markdown and "**average**" in markdown
 
 
 def test_cli_reports_a_missing_column_in_one_line(workdir, tiny_backbone, sst2_like):  # noqa: F811

@@ -5,10 +5,10 @@ Where the examples come from, per split:
     splits are found by name (validation: ``validation``, ``validation_matched``, ``dev``, else ``test``), or a
     local directory holding ``train.*`` / ``dev.*`` / ``test.*`` files (the GLUE layout);
   * ``--data.train_file`` / ``val_file`` / ``test_file`` — local ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.json`` /
-    ``.parquet`` files; a file given for a split replaces what ``source`` offers for it. CSV/TSV files without a
-    header are read by column index (``--data.text_column 3``); TSV is read without quote processing, as GLUE's
-    files need (MRPC sentences start with a bare ``"``). A ``.json`` file may hold a list of records or an
-    object of records (``{"0": {...}, "1": {...}}``).
+    ``.parquet`` files; a file given for a split replaces what ``source`` offers for it. Columns are named, or
+    given by 0-based index (header-less CSV/TSV: ``--data.text_column 3``); TSV is read without quote processing,
+    as GLUE's files need (MRPC sentences start with a bare ``"``). A ``.json`` file may hold a list of records or
+    an object of records (``{"0": {...}, "1": {...}}``).
 Labels: class names in id order come from ``--data.labels`` or, when unset, from the sorted distinct training
 labels; hub ``ClassLabel`` columns are matched by name, and integer labels are ids (minus ``label_offset``).
 Regression (``--data.task regression``, e.g. STS-B) keeps float targets. Each split is tokenized once with the
@@ -141,6 +141,18 @@ def _json_records(obj, path: str) -> list[dict]:
     raise InputError(f"{path}: expected a list of records, an object of records, or one list field")
 
 
+def resolve_column(ref: Column | None, names: list[str]) -> str | None:
+    """The column `ref` names: a column name, else a 0-based position (header-less files are named "0", "1", ...;
+    a position also works with a header, e.g. MRPC's `#1 String`, which YAML would read as a comment)."""
+    if ref is None:
+        return None
+    if str(ref) in names:
+        return str(ref)
+    if isinstance(ref, int) and 0 <= ref < len(names):
+        return names[ref]
+    return None
+
+
 def _text(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
@@ -223,7 +235,7 @@ class TextClassification(L.LightningDataModule):
             test_file: local test file (labelled for `test`, or unlabelled for `predict`).
             predict_file: texts to predict: a .txt file (one text per line) or a table with the text column(s);
                 default: the test split.
-            text_column: column of the (first) text: a name, or an index for header-less CSV/TSV files.
+            text_column: column of the (first) text: a name, or a 0-based index (header-less CSV/TSV files).
             text_pair_column: column of the second text of a pair (NLI, paraphrase); unset for single texts.
             label_column: column of the label (class name, integer id, or a number for regression).
             header: whether CSV/TSV files have a header line; default: header-less exactly when every column is
@@ -264,8 +276,7 @@ class TextClassification(L.LightningDataModule):
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         given = [c for c in (text_column, text_pair_column, label_column) if c is not None]
         self.header = header if header is not None else not all(isinstance(c, int) for c in given)
-        self.text_column, self.label_column = str(text_column), str(label_column)
-        self.text_pair_column = None if text_pair_column is None else str(text_pair_column)
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.task, self.labels, self.label_offset = task, labels, label_offset
         self.hub_splits = {"train": train_split, "val": val_split, "test": test_split}
         self.val_fraction, self.max_train_examples = val_fraction, max_train_examples
@@ -369,21 +380,22 @@ class TextClassification(L.LightningDataModule):
                 raise InputError(f"{src.spec}: a .txt file has no labels; it can only be a --data.predict_file")
             check_utf8(src.spec)
             return {"text": [line.rstrip("\r\n") for line in open(src.spec, encoding="utf-8") if line.strip()]}
-        table = self._table(src)
-        where, columns = src.describe(), list(table)
-        for name in [self.text_column] + ([self.text_pair_column] if self.text_pair_column else []):
-            if name not in table:
-                raise InputError(f"column '{name}' not found in {where}; available: {', '.join(columns)} (set "
-                                 f"--data.text_column / --data.text_pair_column"
-                                 f"{'; header-less files take column indices' if not self.header else ''})")
-        rows = {"text": [_text(v) for v in table[self.text_column]]}
-        if self.text_pair_column:
-            rows["text_pair"] = [_text(v) for v in table[self.text_pair_column]]
-        if self.label_column in table:
-            rows["label"] = list(table[self.label_column])
-        elif split in ("train", "train_all", "val"):
-            raise InputError(f"label column '{self.label_column}' not found in {where}; available: "
-                             f"{', '.join(columns)} (set --data.label_column)")
+        where = src.describe()
+        names, values = self._open(src)
+        text, pair, label = (resolve_column(ref, names) for ref in (self.text_column, self.text_pair_column,
+                                                                     self.label_column))
+        for ref, found in ((self.text_column, text), (self.text_pair_column, pair)):
+            if ref is not None and found is None:
+                raise InputError(f"column {ref!r} not found in {where}; available: {', '.join(names)} (set "
+                                 f"--data.text_column / --data.text_pair_column by name or 0-based index)")
+        if label is None and split in ("train", "train_all", "val"):
+            raise InputError(f"label column {self.label_column!r} not found in {where}; available: "
+                             f"{', '.join(names)} (set --data.label_column by name or 0-based index)")
+        rows = {"text": [_text(v) for v in values(text)]}
+        if pair is not None:
+            rows["text_pair"] = [_text(v) for v in values(pair)]
+        if label is not None:
+            rows["label"] = list(values(label))
         if split == "train" and self._held_out():
             rows = self._holdout(rows, "train")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["text"]):
@@ -391,18 +403,21 @@ class TextClassification(L.LightningDataModule):
             rows = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in rows.items()}
         return rows
 
-    def _table(self, src: SplitSource) -> dict[str, list]:
-        """Column name -> values; hub class ids become their names so --data.labels may order them freely."""
+    def _open(self, src: SplitSource):
+        """(column names, values(column) -> list); hub class ids become their names, so --data.labels may order
+        the classes freely."""
         if src.kind == "file":
             df = read_table(src.spec, self.header)
-            return {c: df[c].tolist() for c in df.columns}
+            return list(df.columns), lambda column: df[column].tolist()
         ds = self._hub[src.split]
-        wanted = {self.text_column, self.text_pair_column, self.label_column}
-        table = {c: (ds[c] if c in wanted else None) for c in ds.column_names}
-        feature = ds.features.get(self.label_column)
-        if isinstance(feature, datasets.ClassLabel):
-            table[self.label_column] = [feature.int2str(v) if v >= 0 else None for v in table[self.label_column]]
-        return table
+
+        def values(column: str) -> list:
+            feature = ds.features.get(column)
+            if isinstance(feature, datasets.ClassLabel):
+                return [feature.int2str(v) if v >= 0 else None for v in ds[column]]
+            return ds[column]
+
+        return list(ds.column_names), values
 
     def _holdout(self, rows: dict[str, list], part: str) -> dict[str, list]:
         n = len(rows["text"])

@@ -36,9 +36,10 @@ class GlueTask:
 TASKS = {
     "cola": GlueTask("CoLA", "glue/cola.yaml", ("mcc",), ("--data.text_column", "3", "--data.label_column", "1")),
     "sst2": GlueTask("SST-2", "sst2.yaml", ("acc",)),
+    # MRPC's text columns are '#1 String' / '#2 String', which YAML (and so the CLI) reads as comments: by position
     "mrpc": GlueTask("MRPC", "glue/mrpc.yaml", ("f1_pos", "acc"),
-                     ("--data.text_column", "#1 String", "--data.text_pair_column", "#2 String",
-                      "--data.label_column", "Quality")),
+                     ("--data.header", "true", "--data.text_column", "3", "--data.text_pair_column", "4",
+                      "--data.label_column", "0")),
     "stsb": GlueTask("STS-B", "glue/stsb.yaml", ("pearson", "spearman"), ("--data.label_column", "score")),
     "qqp": GlueTask("QQP", "glue/qqp.yaml", ("f1_pos", "acc"), ("--data.label_column", "is_duplicate")),
     "mnli": GlueTask("MNLI", "mnli.yaml", ("acc",),
