@@ -27,9 +27,6 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-# same `.NAME.partial-PID-*` naming as the token cache, so its sweep of dead writers' leftovers applies as is
-from lightning_pretrain.data.cache import _sweep_partials
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose local writes are write-to-temporary + fsync + rename (loading is unchanged)."""
@@ -39,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_partials(path)  # leftovers of writers that were killed (they can be as large as the model)
+        sweep_partials(path)  # leftovers of writers that were killed (each as large as a checkpoint)
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as fh:
@@ -51,6 +48,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)  # make the rename itself durable
+
+
+def sweep_partials(path: Path) -> None:
+    """Delete `.NAME.partial-PID-*` files next to `path` whose writing process is gone."""
+    for p in path.parent.glob(f".{path.name}.partial-*"):
+        try:
+            os.kill(int(p.name.rsplit("-", 2)[-2]), 0)  # still writing: leave it alone
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
 
 
 def fsync_dir(directory: Path) -> None:

@@ -5,6 +5,7 @@ corpus, in one process and under `ddp_spawn` with two."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,23 +23,26 @@ from lightning_pretrain.errors import InputError
 EVERY = 5  # checkpoint interval in optimizer steps
 
 # a 1-layer GPT-2 with dropout, so the losses depend on the restored RNG streams as well as on the data position
-TINY = ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"),
-        "--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_layer", "1",
+TINY = ["--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_layer", "1",
         "--model.init_args.model.init_args.n_head", "2", "--model.init_args.model.init_args.n_positions", "32",
         "--model.init_args.model.init_args.resid_pdrop", "0.1", "--model.init_args.model.init_args.attn_pdrop", "0.1",
-        "--model.init_args.warmup_steps", "3",
+        "--model.init_args.warmup_steps", "3", "--data.vocab_size", "300", "--data.seq_len", "32",
         "--trainer.val_check_interval", "7", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.logger.init_args.name", "resume", "--export.enabled", "false",
-        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", str(EVERY),
-        "--trainer.callbacks.save_last", "true"]
+        "--trainer.logger.init_args.name", "resume", "--export.enabled", "false"]
 
 CORPUS_MODES = {
     # epoch-based, several epochs: crosses epoch boundaries after the resume, and `configure_optimizers` builds the
     # loader before the checkpoint is read (the Lightning #20550 order)
-    "cached": ["--data.class_path", "lightning_pretrain.data.PretrainCorpus", "--data.vocab_size", "300",
-               "--data.seq_len", "32", "--data.batch_size", "16", "--data.num_workers", "1",
-               "--trainer.max_steps", "-1", "--trainer.max_epochs", "3"],
+    "cached": ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *TINY, "--data.batch_size", "16",
+               "--data.num_workers", "1", "--trainer.max_steps", "-1", "--trainer.max_epochs", "3",
+               "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last", "true",
+               "--trainer.callbacks.every_n_train_steps", str(EVERY)],
+    # tokenized in a loader worker, endless stream cycling over the small corpus (several passes in the run)
+    "streaming": ["-c", str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"), *TINY, "--data.batch_size", "8",
+                  "--data.num_workers", "1", "--data.val_documents", "20", "--data.tokenizer_documents", "1000",
+                  "--data.shuffle_window", "16", "--trainer.max_steps", "45",
+                  "--trainer.callbacks.every_n_train_steps", str(EVERY)],
 }
 
 
@@ -63,12 +67,22 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def kill_after_first_checkpoint(proc: subprocess.Popen, run: Path, timeout: float = 300) -> None:
-    """SIGKILL the whole run as soon as `last.ckpt` exists: mid-epoch, right after (or while) writing a checkpoint."""
-    last = run / "checkpoints" / "last.ckpt"
+def kill_after_checkpoint(proc: subprocess.Popen, run: Path, min_step: int, timeout: float = 300) -> None:
+    """SIGKILL the whole run once it saved the checkpoint of step `min_step` (or later): mid-epoch, right after or
+    while writing a checkpoint."""
+    folder = run / "checkpoints"
     deadline = time.monotonic() + timeout
-    while not last.exists():
-        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stdout.read()[-4000:]}"
+
+    def saved() -> bool:
+        last = folder / "last.ckpt"
+        steps = [p for p in folder.glob("*step=*.ckpt") if int(re.search(r"step=(\d+)", p.name)[1]) >= min_step]
+        try:  # last.ckpt is written after the step's own file
+            return bool(steps) and last.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in steps)
+        except FileNotFoundError:  # a file rotated away meanwhile
+            return False
+
+    while not saved():
+        assert proc.poll() is None, f"the run ended before its checkpoint:\n{proc.stdout.read()[-4000:]}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -89,20 +103,20 @@ def events_files(run: Path) -> list[Path]:
     return sorted(run.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
 
 
-def check_kill_and_resume(tmp_path: Path, args: list[str]) -> None:
+def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int = EVERY) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run_a = tmp_path / "a" / "logs" / "resume" / "version_0"
     run_b = tmp_path / "b" / "logs" / "resume" / "version_0"
     uninterrupted = launch(tmp_path / "a", *args)
     killed = launch(tmp_path / "b", *args)
-    kill_after_first_checkpoint(killed, run_b)
+    kill_after_checkpoint(killed, run_b, kill_after_step)
     finish(uninterrupted)
 
     # the checkpoint loads with torch's default weights_only=True (our hparams, RNG and loader states included)
     ckpt = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
     resumed_from = ckpt["global_step"]
-    assert resumed_from >= EVERY and ckpt["resume_state"]["ranks"][0]["loaders"], "no mid-run loader state saved"
+    assert resumed_from >= kill_after_step and ckpt["resume_state"]["ranks"][0]["loaders"], "no mid-run loader state saved"
 
     out = finish(launch(tmp_path / "b", *args, "--ckpt_path", "last"))
     assert "Restored all states" in out, out[-3000:]
@@ -116,7 +130,17 @@ def check_kill_and_resume(tmp_path: Path, args: list[str]) -> None:
 
 @pytest.mark.parametrize("mode", CORPUS_MODES)
 def test_kill_and_resume_single_process(tmp_path, corpus, mode):
-    check_kill_and_resume(tmp_path, [*TINY, *CORPUS_MODES[mode], "--data.source", str(corpus)])
+    check_kill_and_resume(tmp_path, [*CORPUS_MODES[mode], "--data.source", str(corpus)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", CORPUS_MODES)
+def test_kill_and_resume_ddp_spawn_two_processes(tmp_path, corpus, mode):
+    """Each rank resumes its own data position and RNG streams; the cached corpus resumes in its second epoch
+    (a DistributedSampler's order depends on the epoch), the streaming one with each rank on its own shard."""
+    ddp = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"]
+    check_kill_and_resume(tmp_path, [*CORPUS_MODES[mode], "--data.source", str(corpus), *ddp],
+                          kill_after_step=2 * EVERY if mode == "cached" else EVERY)
 
 
 def test_resume_on_another_world_size_is_refused_clearly():
@@ -127,3 +151,18 @@ def test_resume_on_another_world_size_is_refused_clearly():
         ResumeState().on_load_checkpoint(trainer, None, checkpoint)
     ResumeState(allow_world_size_change=True).on_load_checkpoint(trainer, None, checkpoint)
     assert "combined_loader" not in checkpoint["loops"]["fit_loop"]["state_dict"]  # restarts its data instead
+
+
+def test_resume_with_another_number_of_loader_workers_is_refused_clearly():
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from lightning_pretrain.callbacks.resume import check_workers
+
+    def state(workers: int) -> dict:
+        loader = StatefulDataLoader(list(range(8)), batch_size=2, num_workers=workers)
+        next(iter(loader))
+        return loader.state_dict()
+
+    check_workers([StatefulDataLoader(list(range(8)), num_workers=0)], [state(0)])
+    with pytest.raises(InputError, match="ran 1 worker.*has 0.*same --data.num_workers"):
+        check_workers([StatefulDataLoader(list(range(8)), num_workers=0)], [state(1)])

@@ -32,6 +32,7 @@ import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_pretrain.errors import InputError
 
@@ -66,6 +67,18 @@ def gather(trainer: L.Trainer, local: Any) -> list[Any]:
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, local)
     return out
+
+
+def check_workers(loaders: list, states: list[dict[str, Any]]) -> None:
+    """A torchdata loader state fits only a loader with as many workers (else a bare AssertionError deep inside)."""
+    stateful = [dl for dl in loaders if isinstance(dl, StatefulDataLoader)]
+    for dl, state in zip(stateful, states):
+        snapshot = state.get("_snapshot")
+        saved = snapshot["_main_snapshot"]["_num_workers"] if snapshot else 0
+        if saved != dl.num_workers:
+            raise InputError(f"the checkpoint's train loader ran {saved} worker process(es) and this run's has "
+                             f"{dl.num_workers}: resume with the same --data.num_workers (a streaming corpus's "
+                             f"shards depend on it)")
 
 
 def fit_loop_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +138,7 @@ class ResumeState(L.Callback):
             # configure_optimizers). Here, the last hook before the first batch: epoch first, state, fresh iterator.
             for dl in fit_loop._combined_loader.flattened:
                 _set_sampler_epoch(dl, fit_loop.epoch_progress.current.processed)
+            check_workers(fit_loop._combined_loader.flattened, self._loader_states)
             fit_loop._combined_loader._load_state_dicts(self._loader_states)
             iter(fit_loop._data_fetcher)
         self._loader_states = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +18,51 @@ from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def trained_tokenizer(kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str],
+                      cache_root: Path) -> PreTrainedTokenizerBase:
+    """A `kind` tokenizer trained on `texts()`, built once per (kind, size, text identity) and cached."""
+    entry = cache_root / "tokenizers" / cache.cache_key("tokenizer", kind, vocab_size, *text_identity)
+
+    def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        tok = toks.TRAINERS[kind](texts(), vocab_size)
+        tok.save_pretrained(tmp)
+        log.info("trained a %s tokenizer (%d tokens) in %.1fs", kind, len(tok), time.perf_counter() - t0)
+        return {"kind": kind, "vocab_size": len(tok)}
+
+    entry, _ = cache.get_or_build(entry, build, lambda e, m: (e / "tokenizer.json").exists())
+    return toks.load_pretrained(str(entry))
+
+
+def block_loader(arr: np.ndarray, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> StatefulDataLoader:
+    """Batches of rows of a block array, this rank's share of them under DDP.
+
+    StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
+    instead of restarting the epoch (a plain DataLoader cannot).
+    """
+    import torch
+    from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+
+    dataset = blocks.BlockDataset(arr)
+    sampler = None
+    if world_size > 1:
+        # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
+        # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
+        sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                             drop_last=shuffle)
+    loader = StatefulDataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
+        drop_last=shuffle, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
+    # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
+    # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
+    # misses those draws and the epoch *after* a mid-epoch resume would be shuffled differently.
+    loader.generator = torch.Generator().manual_seed(seed + 1)
+    return loader
 
 
 class PretrainCorpus(L.LightningDataModule):
@@ -93,6 +139,11 @@ class PretrainCorpus(L.LightningDataModule):
             yield rows["text"]
 
     def _text_identity(self) -> list[str]:
+        return self._identity
+
+    @cached_property
+    def _identity(self) -> list[str]:
+        # a local source's identity hashes every byte of it: once per process, not once per cache lookup
         val = self.val_source.identity() if self.val_source else f"holdout:{self.val_fraction}:{self.seed}"
         return [self.source.identity(), val]
 
@@ -100,22 +151,11 @@ class PretrainCorpus(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer (trained on the training split and cached on first use)."""
-        spec = self.tokenizer_spec
-        if spec not in toks.TRAINERS:
-            return toks.load_pretrained(spec)
-        key = cache.cache_key("tokenizer", spec, self.vocab_size, *self._text_identity())
-        entry = self.cache_root / "tokenizers" / key
-
-        def build(tmp: Path) -> dict:
-            t0 = time.perf_counter()
-            texts = (t for batch in self._texts("train") for t in batch)
-            tok = toks.TRAINERS[spec](texts, self.vocab_size)
-            tok.save_pretrained(tmp)
-            log.info("trained a %s tokenizer (%d tokens) in %.1fs", spec, len(tok), time.perf_counter() - t0)
-            return {"kind": spec, "vocab_size": len(tok)}
-
-        entry, _ = cache.get_or_build(entry, build, lambda e, m: (e / "tokenizer.json").exists())
-        return toks.load_pretrained(str(entry))
+        if self.tokenizer_spec not in toks.TRAINERS:
+            return toks.load_pretrained(self.tokenizer_spec)
+        return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
+                                 lambda: (t for batch in self._texts("train") for t in batch),
+                                 self._text_identity(), self.cache_root)
 
     # -- blocks -------------------------------------------------------------------------------------------------
     @property
@@ -167,21 +207,9 @@ class PretrainCorpus(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, arr: np.ndarray, shuffle: bool) -> StatefulDataLoader:
-        # StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact
-        # next batch instead of restarting the epoch (a plain DataLoader cannot).
-        import torch
-
-        loader = StatefulDataLoader(
-            blocks.BlockDataset(arr), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed))
-        # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
-        # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
-        # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
-        # misses those draws and the epoch *after* a mid-epoch resume would be shuffled differently.
-        loader.generator = torch.Generator().manual_seed(self.seed + 1)
-        return loader
+        trainer = self.trainer
+        return block_loader(arr, self.batch_size, shuffle, self.num_workers, self.seed,
+                            *((trainer.global_rank, trainer.world_size) if trainer else (0, 1)))
 
     def train_dataloader(self):
         if len(self.train_blocks) < self.batch_size:

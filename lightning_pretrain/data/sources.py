@@ -80,6 +80,7 @@ class LocalSource:
     spec: str
     files: tuple[str, ...]
     text_column: str = "text"
+    streaming: bool = False  # read lazily as a `datasets.IterableDataset` instead of converting to Arrow first
 
     def identity(self) -> str:
         h = hashlib.sha256(f"local:{self.text_column}".encode())
@@ -89,7 +90,7 @@ class LocalSource:
                 h.update(hashlib.file_digest(fh, "sha256").digest())
         return "local:" + h.hexdigest()
 
-    def load(self) -> datasets.Dataset:
+    def load(self) -> datasets.Dataset | datasets.IterableDataset:
         parts = []
         for builder in sorted({FORMATS[Path(f).suffix.lower()] for f in self.files}):
             files = [f for f in self.files if FORMATS[Path(f).suffix.lower()] == builder]
@@ -97,10 +98,12 @@ class LocalSource:
                 if builder != "parquet":
                     check_utf8(f)
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            if builder == "text" and self.streaming:  # a streamed .txt has no schema until read: name its column
+                kwargs["features"] = datasets.Features({"text": datasets.Value("string")})
             if builder == "csv" and all(f.lower().endswith(".tsv") for f in files):
                 kwargs["delimiter"] = "\t"
             try:
-                ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+                ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
             except Exception as e:  # pyarrow/pandas parse errors carry no file name: add it
                 raise InputError(f"could not read {', '.join(files)} as {builder}: {_first_line(e)}") from e
             column = "text" if builder == "text" else self.text_column
@@ -147,7 +150,7 @@ def resolve(spec: str, text_column: str = "text", streaming: bool = False) -> Te
     looks_local = (os.path.exists(path) or _GLOB_CHARS.intersection(path) or Path(path).suffix.lower() in FORMATS
                    or path.startswith((".", "/", "~")))
     if looks_local:
-        return LocalSource(spec, _local_files(path), text_column)
+        return LocalSource(spec, _local_files(path), text_column, streaming)
     name, _, split = spec.partition("@")
     dataset_id, _, config = name.partition(":")
     return HubSource(dataset_id, config or None, split or "train", text_column, streaming)

@@ -1,0 +1,317 @@
+"""`StreamingCorpus`: pretraining on text too large to tokenize up front.
+
+Documents are read lazily with `datasets` streaming (a hub dataset, local files, or the builtin corpus), tokenized
+and packed into `seq_len` blocks on the fly inside the DataLoader workers, and each rank x worker reads its own
+shard. Nothing is written to disk but the tokenizer.
+
+Sharding. With N = world_size x max(num_workers, 1) shards:
+  * ``rows`` (default): document i of the stream belongs to shard i mod N, so every shard holds the same number
+    of documents (+-1) whatever the file sizes. Every worker reads (but tokenizes only its 1/N of) the stream;
+    reading is cheap next to tokenizing.
+  * ``files``: shard k reads only its own files (`IterableDataset.shard`), for sources of many similar files
+    (>= N; hub datasets in parquet shards) where reading everything N times would cost bandwidth. Files of
+    unequal size make shards of unequal size: a small shard simply starts its next pass sooner.
+
+Stopping. The stream is endless: after its last document a shard starts the next pass (reshuffled). Training ends
+at `trainer.max_steps`, which every rank reaches at the same step; no rank ever runs dry while the others wait for
+it in a collective (what a finite stream split unevenly across ranks does). `max_steps` is therefore required, and
+the loader reports that many batches as its length (one Lightning "epoch" is the whole run), so Lightning neither
+prefetches past a checkpoint (which would skip a batch on resume) nor guesses the LR schedule's length.
+
+Shuffling. Each shard shuffles its documents within windows of `shuffle_window` documents, with a permutation
+drawn from (seed, pass, window, shard): no shuffle buffer to checkpoint, and the same order after a resume.
+
+Exact resume. A worker's state is a few numbers: the pass, the window, the `datasets` stream position at that
+window's start, and where the next block begins inside the window (document, token offset). `StatefulDataLoader`
+snapshots it with every batch; on resume the worker reopens the stream at that window, re-tokenizes from that
+document and drops `offset` tokens, so the blocks continue exactly. Per-rank states travel in the checkpoint via
+`callbacks.resume.ResumeState`; a run on a different number of shards is refused with a clear error.
+
+Validation: the first `val_documents` documents of `val_source` (default: of `source`, which training then skips,
+matched by content hash) are tokenized and packed in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.corpus import block_loader, trained_tokenizer
+from lightning_pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
+
+ENCODE_DOCS = 256  # documents per tokenizer call: big enough to amortise the call, small enough for a fast first batch
+
+
+def doc_hash(text: str) -> bytes:
+    """Content key of a held-out document (stable across processes, unlike `hash`)."""
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+def open_stream(source: sources.TextSource, cache_root: Path) -> datasets.IterableDataset:
+    if isinstance(source, sources.BuiltinSource):
+        # collecting CPython's docstrings parses the whole standard library (seconds): once per Python, then a file
+        def build(tmp: Path) -> dict:
+            source.load().to_parquet(tmp / "docs.parquet")
+            return {"identity": source.identity()}
+
+        entry, _ = cache.get_or_build(cache_root / "builtin" / cache.cache_key(source.identity()), build,
+                                      lambda e, m: (e / "docs.parquet").exists())
+        return datasets.load_dataset("parquet", data_files=str(entry / "docs.parquet"), split="train",
+                                     streaming=True)
+    ds = source.load()
+    return ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else ds
+
+
+def documents(ds: datasets.IterableDataset, skip: int = 0, take: int | None = None,
+              batch: int = 1000) -> Iterator[str]:
+    """Non-blank texts of a stream, after the first `skip` of them, at most `take`."""
+    texts = (t for rows in ds.iter(batch_size=batch) for t in rows["text"] if t and t.strip())
+    return itertools.islice(texts, skip, None if take is None else skip + take)
+
+
+class BlockStream(IterableDataset):
+    """Endless packed token blocks of one rank's shards of a text stream; resumable with `state_dict`."""
+
+    def __init__(self, stream: datasets.IterableDataset, tokenizer: PreTrainedTokenizerBase, seq_len: int,
+                 rank: int = 0, world_size: int = 1, shard_by: Literal["rows", "files"] = "rows",
+                 shuffle_window: int = 2048, seed: int = 1234, exclude: frozenset[bytes] = frozenset(),
+                 length: int | None = None):
+        """`length`: blocks this rank will draw in the run (the loader's reported size); None: unsized."""
+        self.stream, self.tokenizer, self.seq_len = stream, tokenizer, seq_len
+        self.rank, self.world_size, self.shard_by = rank, world_size, shard_by
+        self.shuffle_window, self.seed, self.exclude, self.length = max(1, shuffle_window), seed, exclude, length
+        self.sep = toks.document_separator(tokenizer)
+        self._start: dict[str, Any] | None = None  # a state to resume from (load_state_dict)
+        self._cursor: dict[str, Any] | None = None  # where the next block begins (state_dict)
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an endless stream has no length")
+        return self.length
+
+    # -- sharding -----------------------------------------------------------------------------------------------
+    def shard(self) -> tuple[int, int]:
+        """(this worker's shard, number of shards) over all ranks and loader workers."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _open(self, shard: int, n_shards: int) -> datasets.IterableDataset:
+        # a private copy: a `datasets` stream keeps a loaded position for all its later iterations
+        if self.shard_by == "rows":
+            return copy.deepcopy(self.stream)
+        if self.stream.num_shards < n_shards:
+            raise InputError(f"shard_by='files' needs at least as many files as ranks x workers ({n_shards}); the "
+                             f"source has {self.stream.num_shards}: use shard_by='rows'")
+        return copy.deepcopy(self.stream).shard(num_shards=n_shards, index=shard, contiguous=True)
+
+    def windows(self, shard: int, n_shards: int, pass_: int = 0, window: int = 0,
+                position: dict | None = None) -> Iterator[tuple[int, dict | None, list[str]]]:
+        """One pass over a shard: `(window, stream position of its first row, its documents shuffled)`, starting
+        at `window`, whose first row is at `position` (a `datasets` state; None: the start of the pass)."""
+        ds = self._open(shard, n_shards)
+        if position is not None:
+            ds.load_state_dict(position)
+        rows = ds.iter(batch_size=self.shuffle_window * (n_shards if self.shard_by == "rows" else 1))
+        for w, batch in enumerate(rows, start=window):
+            texts = batch["text"]
+            if self.shard_by == "rows":  # a window holds a multiple of n_shards rows, so row i -> shard i mod n
+                texts = texts[shard::n_shards]
+            docs = [t for t in texts if t and t.strip() and (not self.exclude or doc_hash(t) not in self.exclude)]
+            order = np.random.default_rng([self.seed, pass_, w, shard]).permutation(len(docs))
+            yield w, position, [docs[i] for i in order]
+            position = copy.deepcopy(ds.state_dict())  # after this window: where the next one starts
+
+    # -- resumable state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._cursor or self._start or {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._start = copy.deepcopy(state) or None
+
+    # -- the blocks ---------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if get_worker_info() is not None:
+            # the workers are the parallelism; the tokenizer's Rust pool may not have survived the fork
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        for block in self._blocks():
+            yield torch.from_numpy(block.astype(np.int64))
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        shard, n_shards = self.shard()
+        start, self._cursor = self._start or {}, None
+        if start and start["n_shards"] != n_shards:
+            raise InputError(f"the checkpoint's stream position was written with {start['n_shards']} shards (ranks x "
+                             f"loader workers) and this run has {n_shards}: resume with the same devices and "
+                             f"num_workers")
+        pass_, window, first_doc, skip = (start.get(k, 0) for k in ("pass", "window", "doc", "offset"))
+        position = start.get("stream")
+        backend = self.tokenizer.backend_tokenizer
+        # pending tokens (not yet in a block) and, for each document they belong to, where its token 0 lies in
+        # `pending` (negative once its head went into a block) and its place (pass, window, position, document)
+        pending = np.empty(0, dtype=np.int64)
+        starts = np.empty(0, dtype=np.int64)
+        places: list[tuple] = []
+        while True:  # passes over the shard, endlessly
+            tokens_this_pass, whole_pass = 0, position is None and not (window or first_doc or skip)
+            for w, w_position, docs in self.windows(shard, n_shards, pass_, window, position):
+                for c0 in range(first_doc, len(docs), ENCODE_DOCS):
+                    chunk = docs[c0:c0 + ENCODE_DOCS]
+                    ids = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+                    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+                    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, (self.sep,)) for x in ids),
+                                       dtype=np.int64, count=int(lengths.sum()))
+                    doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) - skip
+                    flat, skip = flat[skip:], 0  # resuming inside a document: its head is already trained on
+                    tokens_this_pass += len(flat)
+                    starts = np.concatenate([starts, len(pending) + doc_starts])
+                    places += [(pass_, w, w_position, c0 + j) for j in range(len(chunk))]
+                    pending = np.concatenate([pending, flat])
+                    n_full = len(pending) // self.seq_len
+                    for b in range(n_full):
+                        end = (b + 1) * self.seq_len
+                        j = int(np.searchsorted(starts, end, side="right")) - 1
+                        p, w_, pos, d = places[j]
+                        self._cursor = {"pass": p, "window": w_, "stream": pos, "doc": d,
+                                        "offset": int(end - starts[j]), "n_shards": n_shards}
+                        yield pending[end - self.seq_len:end]
+                    used = n_full * self.seq_len
+                    pending, starts = pending[used:], starts - used
+                    keep = max(int(np.searchsorted(starts, 0, side="right")) - 1, 0)  # drop finished documents
+                    starts, places = starts[keep:], places[keep:]
+                first_doc = 0
+            if tokens_this_pass == 0 and whole_pass:
+                raise InputError(f"shard {shard} of {n_shards} (ranks x loader workers) holds no documents: use "
+                                 f"fewer workers or devices, or a larger corpus")
+            pass_, window, position = pass_ + 1, 0, None
+
+
+class StreamingCorpus(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str = "builtin",
+        val_source: str | None = None,
+        val_documents: int = 500,
+        text_column: str = "text",
+        tokenizer: str = "bpe",
+        vocab_size: int = 8192,
+        tokenizer_documents: int = 50_000,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        shard_by: Literal["rows", "files"] = "rows",
+        shuffle_window: int = 2048,
+        cache_dir: str | None = None,
+        seed: int = 1234,
+    ):
+        """
+        Args:
+            source: a hub dataset 'id[:config][@split]' (streamed), a local .txt/.jsonl/.json/.csv/.tsv/.parquet
+                file, directory or glob (read lazily), or 'builtin'.
+            val_source: validation text in the same forms; when unset, the first `val_documents` documents of
+                `source` are held out (training skips them).
+            val_documents: documents of the validation text that are tokenized for validation.
+            text_column: column holding the text in jsonl/csv/parquet/hub sources.
+            tokenizer: 'bpe', 'wordpiece' or 'unigram' to train one on the first `tokenizer_documents` training
+                documents (cached), or a local tokenizer directory / hub id of a pretrained fast tokenizer.
+            vocab_size: vocabulary size of a tokenizer trained here (ignored for pretrained tokenizers).
+            tokenizer_documents: documents a trained tokenizer learns from.
+            seq_len: tokens per packed block (the model's sequence length).
+            batch_size: blocks per batch on each device.
+            num_workers: DataLoader workers per device; they tokenize and pack, so they set the throughput
+                (0 tokenizes in the training process).
+            shard_by: 'rows' (document i to shard i mod ranks x workers: equal shards) or 'files' (each shard
+                reads only its own files; needs at least ranks x workers files).
+            shuffle_window: documents per shard shuffled together (1: stream order).
+            cache_dir: where trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
+                ~/.cache/lightning_pretrain.
+            seed: seed of the shuffling.
+        """
+        super().__init__()
+        if seq_len < 2:
+            raise InputError(f"seq_len must be at least 2, got {seq_len}")
+        if val_documents < 1 or tokenizer_documents < 1 or batch_size < 1 or num_workers < 0:
+            raise InputError("val_documents, tokenizer_documents and batch_size must be >= 1, num_workers >= 0")
+        self.save_hyperparameters()
+        self.source = sources.resolve(source, text_column, streaming=True)
+        self.val_source = sources.resolve(val_source, text_column, streaming=True) if val_source else None
+        self.tokenizer_spec, self.vocab_size, self.tokenizer_documents = tokenizer, vocab_size, tokenizer_documents
+        self.val_documents, self.seq_len, self.batch_size = val_documents, seq_len, batch_size
+        self.num_workers, self.shard_by, self.shuffle_window = num_workers, shard_by, shuffle_window
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_root()
+        self.seed = seed
+        self.val_blocks: np.ndarray | None = None
+        self.exclude: frozenset[bytes] = frozenset()
+
+    @cached_property
+    def stream(self) -> datasets.IterableDataset:
+        return open_stream(self.source, self.cache_root)
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """Pretrained, or trained on the first `tokenizer_documents` training documents (cached)."""
+        if self.tokenizer_spec not in toks.TRAINERS:
+            return toks.load_pretrained(self.tokenizer_spec)
+        skip = 0 if self.val_source else self.val_documents
+        identity = [self.source.identity(), f"stream:skip{skip}:first{self.tokenizer_documents}"]
+        return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
+                                 lambda: documents(self.stream, skip, self.tokenizer_documents), identity,
+                                 self.cache_root)
+
+    def setup(self, stage: str | None = None) -> None:
+        val = list(documents(open_stream(self.val_source, self.cache_root) if self.val_source else self.stream,
+                             take=self.val_documents))
+        if not val:
+            raise InputError(f"corpus '{self.hparams.val_source or self.hparams.source}' is empty (no non-blank text)")
+        if self.val_source is None:
+            self.exclude = frozenset(map(doc_hash, val))
+        tok = self.tokenizer
+        self.val_blocks = blocks.pack(blocks.encode_batches(tok, [val]), toks.document_separator(tok), self.seq_len)
+        if len(self.val_blocks) == 0:
+            raise InputError(f"the {len(val)} validation documents hold fewer than seq_len={self.seq_len} tokens: "
+                             f"raise val_documents or lower seq_len")
+
+    def train_dataset(self) -> BlockStream:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        length = None
+        if trainer is not None:
+            if trainer.max_steps < 0:
+                raise InputError("a streaming corpus is endless: set trainer.max_steps (the run's length)")
+            length = trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size
+        return BlockStream(self.stream, self.tokenizer, self.seq_len, rank, world, self.shard_by,
+                           self.shuffle_window, self.seed, self.exclude, length)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Lightning warns about any sized IterableDataset in case its workers yield duplicates; ours read disjoint
+        # shards, and the size is the run's length by design (see the module docstring)
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        return StatefulDataLoader(self.train_dataset(), batch_size=self.batch_size, num_workers=self.num_workers,
+                                  pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+                                  generator=torch.Generator().manual_seed(self.seed + 1))
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return block_loader(self.val_blocks, self.batch_size, False, 0, self.seed)  # in memory: no workers needed
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self.val_dataloader()
