@@ -125,7 +125,7 @@ def write_tables(results: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_pretrain.finetune.glue", description=__doc__.split("\n\n")[0],
+        prog="python -m lightning_pretrain.finetune.glue", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="Any other --section.key value arguments are passed to every task's lightning-pretrain fit run.")
     parser.add_argument("--backbone", required=True, help="HF checkpoint directory (e.g. a run's hf/) or hub id")
     parser.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"],
