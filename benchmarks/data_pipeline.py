@@ -2,7 +2,7 @@
 
 For each corpus x tokenizer it prints, in tokens per second of the corpus's text:
   * ``rust ceiling``   one `encode_batch_fast` call over all documents already in memory: the tokenizer alone,
-                       on all cores; no pipeline can beat it.
+                       on all cores; no pipeline can beat it (``rust 1 thread``: the same on one core).
   * ``cache build``    what `PretrainCorpus.prepare_data` runs on a cache miss: `blocks.encode_batches` over the
                        `datasets` rows, `blocks.write_blocks` packing into a uint16 file (target >= 1M tokens/s on
                        2 cores with a fast tokenizer).
@@ -111,6 +111,9 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
 
     r = {"corpus": corpus, "docs": len(texts), "tokens": n_tokens}
     r["rust ceiling"] = n_tokens / best(lambda: backend.encode_batch_fast(texts, add_special_tokens=False), repeats)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the Rust side at every call: one core's rate
+    r["rust 1 thread"] = n_tokens / best(lambda: backend.encode_batch_fast(texts, add_special_tokens=False), repeats)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
     r["cache build"] = n_tokens / best(
         lambda: blocks.write_blocks(out, blocks.encode_batches(tok, batches()), sep, SEQ_LEN, dtype), repeats)
 
@@ -182,7 +185,8 @@ def main() -> None:
                 tok, spec = tokenizer_for(name, corpus, texts, tmp)
                 r = measure(corpus, texts, tok, args.repeats, tmp)
                 rates = "  ".join(f"{k} {r[k] / 1e6:.2f}M" for k in
-                                  ("rust ceiling", "cache build", "stream 1 proc", "stream 2 wkrs"))
+                                  ("rust ceiling", "rust 1 thread", "cache build", "stream 1 proc",
+                                   "stream 2 wkrs"))
                 print(f"{corpus:11s} {name:6s} {r['docs']:5d} docs {r['tokens'] / 1e6:.2f}M tokens | tokens/s: {rates}")
                 print(f"{'':18s} cache build time: {r['breakdown']}", flush=True)
                 cache = tmp / f"lp-{corpus}-{name}"

@@ -73,7 +73,8 @@ def continue_last_run(trainer_config) -> None:
     with a last checkpoint continues that run in its own directory (same TensorBoard curves, same checkpoints).
     """
     logger = trainer_config.get("logger")
-    args = logger.get("init_args") if hasattr(logger, "get") else None
+    versioned = hasattr(logger, "get") and str(logger.get("class_path")).endswith(("TensorBoardLogger", "CSVLogger"))
+    args = logger.get("init_args") if versioned else None  # loggers that number their runs version_N
     fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
                     for cb in trainer_config.get("callbacks") or [])
     if args is None or args.get("version") is not None or fixed_dir:

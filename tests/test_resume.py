@@ -103,7 +103,9 @@ def events_files(run: Path) -> list[Path]:
     return sorted(run.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
 
 
-def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int = EVERY) -> None:
+def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int = EVERY) -> dict:
+    """Uninterrupted run vs. the same run killed after a checkpoint and resumed: identical losses. Returns the
+    checkpoint the resume started from."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run_a = tmp_path / "a" / "logs" / "resume" / "version_0"
@@ -126,6 +128,7 @@ def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int 
     got = train_losses(events_files(run_b)[-1])  # the resumed process's own events file
     assert min(got) == resumed_from and max(got) == max(expected)
     assert {s: expected[s] for s in got} == got  # bit-identical float32 losses, every step after the resume
+    return ckpt
 
 
 @pytest.mark.parametrize("mode", CORPUS_MODES)
@@ -136,11 +139,16 @@ def test_kill_and_resume_single_process(tmp_path, corpus, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", CORPUS_MODES)
 def test_kill_and_resume_ddp_spawn_two_processes(tmp_path, corpus, mode):
-    """Each rank resumes its own data position and RNG streams; the cached corpus resumes in its second epoch
-    (a DistributedSampler's order depends on the epoch), the streaming one with each rank on its own shard."""
+    """Each rank resumes its own data position and RNG streams: the cached corpus in its second epoch (11 steps
+    each; a DistributedSampler's order depends on the epoch), the streaming one with each rank on its own shard."""
     ddp = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"]
-    check_kill_and_resume(tmp_path, [*CORPUS_MODES[mode], "--data.source", str(corpus), *ddp],
-                          kill_after_step=2 * EVERY if mode == "cached" else EVERY)
+    if mode == "cached":
+        ddp += ["--data.batch_size", "32"]
+    ckpt = check_kill_and_resume(tmp_path, [*CORPUS_MODES[mode], "--data.source", str(corpus), *ddp],
+                                 kill_after_step=3 * EVERY if mode == "cached" else EVERY)
+    assert len(ckpt["resume_state"]["ranks"]) == 2
+    if mode == "cached":
+        assert ckpt["epoch"] >= 1
 
 
 def test_resume_on_another_world_size_is_refused_clearly():

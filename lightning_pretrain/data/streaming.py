@@ -299,6 +299,9 @@ class StreamingCorpus(L.LightningDataModule):
             if trainer.max_steps < 0:
                 raise InputError("a streaming corpus is endless: set trainer.max_steps (the run's length)")
             length = trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size
+        log.info("streaming %s: rank %d of %d reads shards %d-%d of %d (by %s)", self.hparams.source, rank, world,
+                 rank * max(self.num_workers, 1), (rank + 1) * max(self.num_workers, 1) - 1,
+                 world * max(self.num_workers, 1), self.shard_by)
         return BlockStream(self.stream, self.tokenizer, self.seq_len, rank, world, self.shard_by,
                            self.shuffle_window, self.seed, self.exclude, length)
 
