@@ -314,7 +314,9 @@ class StreamingCorpus(L.LightningDataModule):
                                   generator=torch.Generator().manual_seed(self.seed + 1))
 
     def val_dataloader(self) -> StatefulDataLoader:
-        return block_loader(self.val_blocks, self.batch_size, False, 0, self.seed)  # in memory: no workers needed
+        trainer = self.trainer  # in memory: no workers needed
+        return block_loader(self.val_blocks, self.batch_size, False, 0, self.seed,
+                            *((trainer.global_rank, trainer.world_size) if trainer else (0, 1)))
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self.val_dataloader()
