@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,16 +84,20 @@ def test_lightnings_default_writer_truncates_the_checkpoint_when_tmp_is_another_
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs a $TMPDIR on another filesystem than the checkpoint (/dev/shm)")
     path = tmp_path / "last.ckpt"
-    proc = start_writer(path, "lightning.pytorch.plugins.io.TorchCheckpointIO", tmpdir=str(shm))
-    full = path.stat().st_size
+    staging = Path(tempfile.mkdtemp(dir=shm))  # the killed writer leaves its staged copy there: removed below
+    try:
+        proc = start_writer(path, "lightning.pytorch.plugins.io.TorchCheckpointIO", tmpdir=str(staging))
+        full = path.stat().st_size
 
-    def copying() -> bool:
-        try:
-            return 0 < path.stat().st_size < 0.8 * full
-        except FileNotFoundError:
-            return False
+        def copying() -> bool:
+            try:
+                return 0 < path.stat().st_size < 0.8 * full
+            except FileNotFoundError:
+                return False
 
-    kill_when(proc, copying)
+        kill_when(proc, copying)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     with pytest.raises(RuntimeError):
         torch.load(path, weights_only=True)
 
