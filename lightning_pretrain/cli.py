@@ -15,11 +15,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.activation_checkpointing import ActivationCheckpointing
 from lightning_pretrain.callbacks.compile import Compile
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
+from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
 from lightning_pretrain.errors import InputError
 
@@ -87,12 +89,13 @@ def continue_last_run(trainer_config) -> None:
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-               "init_args": {"save_dir": "logs", "name": "default"}},
+               "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
     "default_root_dir": "logs",
 }
 
 
 def main(args: list[str] | None = None) -> None:
+    keep_freed_memory()  # CPU steps stop re-faulting their large tensors (see allocator.py)
     # the corpus is tokenized in this process with the Rust thread pool, before any DataLoader worker forks;
     # saying so explicitly silences tokenizers' fork warning (memory-mapped block workers never tokenize)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
