@@ -21,7 +21,6 @@ from lightning_pretrain.callbacks.compile import Compile
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
-from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
 from lightning_pretrain.errors import InputError
 
