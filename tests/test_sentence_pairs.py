@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import ENGLISH, FAST, REPO, cli, only_run_dir, shared_file
+from conftest import ENGLISH, FAST, REPO, cli, minilm_dir, only_run_dir, shared_file
 from transformers import (AlbertConfig, AlbertForPreTraining, AutoModelForPreTraining, AutoTokenizer, BertConfig,
                           BertForPreTraining)
 
@@ -56,6 +56,10 @@ def test_pairs_are_balanced_true_and_fit(task, max_tokens):
     assert (a1[pos] == b0[pos]).all() and (doc_of_token[a0[pos]] == doc_of_token[b0[pos]]).all()  # A then B, as written
     if task == "nsp":
         assert (doc_of_token[a0[neg]] != doc_of_token[b0[neg]]).all()  # B from another document
+        # ... drawn where a true B could start: after the first sentence of a document of two sentences or more
+        first_token = docs.sentence_starts[docs.doc_starts[:-1]]
+        assert not np.isin(b0[neg], first_token).any()
+        assert not np.isin(b0[pos], first_token).any()
     else:
         assert (b1[neg] == a0[neg]).all()  # the same two segments, swapped
     # deterministic given the seed
@@ -71,6 +75,14 @@ def test_short_seq_prob_shortens_pairs():
         return ((pairs[:, 1] - pairs[:, 0]) + (pairs[:, 3] - pairs[:, 2])).mean()
 
     assert mean_length(1.0) < 0.8 * mean_length(0.0)
+
+
+def test_pretrained_tokenizer_that_pads_in_its_json_tokenizes_sentences_unpadded():
+    """all-MiniLM's tokenizer.json pads to 128 and truncates in the Rust tokenizer; sentences must come out bare."""
+    tok = toks.load_pretrained(str(minilm_dir()))
+    docs = tokenize_documents(tok, [["One short sentence. Another one here.\n\nA second document. With two."]])
+    assert docs.n_docs == 2 and np.diff(docs.sentence_starts).max() < 10
+    assert tok.pad_token_id not in docs.tokens.tolist()
 
 
 def test_nsp_needs_two_documents():

@@ -203,3 +203,25 @@ def test_t5_tiny_config_trains_and_exports_a_seq2seq_model(workdir, tiny_corpus)
     assert prompt.input_ids[0, -1] == tok.eos_token_id
     out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert out.shape[0] == 1 and 1 < out.shape[1] <= 6
+
+
+def test_t5_base_recipe_is_t5_base_sized_and_its_optimizer_steps(unigram):
+    import yaml
+
+    from lightning_pretrain import optim
+
+    recipe = yaml.safe_load((REPO / "configs/pretrain/t5_base.yaml").read_text())
+    model_args = recipe["model"]["init_args"]
+    with torch.device("meta"):  # count without allocating 900 MB
+        model = T5ForConditionalGeneration(T5Config(**model_args["model"]["init_args"], vocab_size=32000 + 100))
+    assert 222e6 < sum(p.numel() for p in model.parameters()) < 224e6  # google-t5/t5-base: 222.9M
+    n = span_lengths(recipe["data"]["init_args"]["seq_len"])
+    assert (n.inputs, n.targets) == (512, 114)  # T5's input and target lengths
+    assert model_args["optimizer"]["class_path"] == "torch.optim.Adafactor"  # T5's optimizer, relative step
+    tiny = SpanCorruption(TINY_T5, tokenizer=unigram).model
+    opt = torch.optim.Adafactor(optim.decay_groups(tiny.named_parameters()), **model_args["optimizer"]["init_args"])
+    ids = torch.randint(0, len(unigram), (2, 8))
+    tiny(input_ids=ids, labels=ids).loss.backward()
+    before = tiny.shared.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, tiny.shared.weight)

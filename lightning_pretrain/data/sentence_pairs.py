@@ -10,15 +10,18 @@ Pairs (`make_pairs`, after `create_instances_from_document` of google-research/b
 is drawn (`seq_len - 3`, or with probability `short_seq_prob` a random shorter one); consecutive sentences are
 gathered into a chunk until it reaches the target or the document ends; the chunk is cut at a random sentence
 boundary into A and B. With probability 1/2 the pair is a negative (label 1):
-  * ``nsp``: B is replaced by a run of sentences from a random start in a different document, and the sentences of
-    the chunk after A are put back for the next chunk (nothing is wasted);
+  * ``nsp``: B is replaced by a run of sentences from a different document, and the sentences of the chunk after
+    A are put back for the next chunk (nothing is wasted);
   * ``sop``: A and B are swapped.
-Positives (label 0) are A followed by its true continuation. Two deliberate changes from BERT's script:
+Positives (label 0) are A followed by its true continuation. Three deliberate changes from BERT's script:
   * a chunk of a single sentence yields no pair (BERT makes it a forced NSP negative, which tilts the labels
     towards "random"; ALBERT's SOP cannot order one segment): labels stay 50/50;
   * an over-long pair is truncated at its outer ends (A loses tokens at its front, B at its back; BERT picks a
     random end), so the junction between A and B is always the one in the text (for SOP the truncated segments
-    are swapped, so a negative is exactly a positive in the wrong order).
+    are swapped, so a negative is exactly a positive in the wrong order);
+  * a random B is drawn as a true B could be: from a document of two sentences or more, starting after its first
+    sentence. Otherwise a heading or one-line document (half of WikiText's "documents") or an opening sentence
+    ("X is a ...") appears as B only in negatives, a shortcut that lifts NSP accuracy without any understanding.
 
 Pairs are drawn once per seed and cached (token offsets into the tokenized corpus, so `dupe_factor` draws cost
 almost no disk); the MLM masks on top are drawn fresh for every batch by the objective. Re-drawing pairs every
@@ -54,7 +57,7 @@ from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the pair rule or the files change: old cache entries stop matching
+FORMAT_VERSION = 2  # bump when the pair rule or the files change: old cache entries stop matching
 Task = Literal["nsp", "sop"]
 
 _BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
@@ -117,9 +120,13 @@ def make_pairs(docs: TokenizedDocs, max_tokens: int, task: Task, rng: random.Ran
                short_seq_prob: float = 0.1) -> np.ndarray:
     """`(n, 5)` int64 rows `(a_start, a_end, b_start, b_end, label)`: token offsets of A and B into `docs.tokens`,
     `len(A) + len(B) <= max_tokens`, label 0 = B truly follows A, 1 = negative (random B for nsp, swapped for sop)."""
-    if task == "nsp" and docs.n_docs < 2:
-        raise InputError("next-sentence prediction needs at least two documents (negatives come from another one)")
     starts, doc_starts = docs.sentence_starts.tolist(), docs.doc_starts.tolist()
+    # documents that can give a positive (two sentences or more); a negative B is drawn from them only
+    pool = [d for d in range(docs.n_docs) if doc_starts[d + 1] - doc_starts[d] >= 2]
+    if task == "nsp" and len(pool) < 2:
+        raise InputError("next-sentence prediction needs at least two documents of two or more sentences "
+                         "(negatives come from another one)")
+    position = {d: k for k, d in enumerate(pool)}
     out: list[tuple[int, int, int, int, int]] = []
     for d in range(docs.n_docs):
         first, end = doc_starts[d], doc_starts[d + 1]
@@ -132,7 +139,8 @@ def make_pairs(docs: TokenizedDocs, max_tokens: int, task: Task, rng: random.Ran
                     a, b = (starts[chunk], starts[a_end]), (starts[a_end], starts[i + 1])
                     negative = rng.random() < 0.5
                     if negative and task == "nsp":
-                        b = _random_segment(starts, doc_starts, d, max(1, target - (a[1] - a[0])), rng)
+                        b = _random_segment(starts, doc_starts, pool, position[d], max(1, target - (a[1] - a[0])),
+                                            rng)
                         i = a_end - 1  # the sentences after A go back into the next chunk
                     a0, a1, b0, b1 = _truncate_pair(a, b, max_tokens)
                     if negative and task == "sop":  # truncated first: the swap is of two truly adjacent segments
@@ -143,12 +151,14 @@ def make_pairs(docs: TokenizedDocs, max_tokens: int, task: Task, rng: random.Ran
     return np.asarray(out, dtype=np.int64).reshape(-1, 5)
 
 
-def _random_segment(starts: list[int], doc_starts: list[int], avoid: int, length: int,
+def _random_segment(starts: list[int], doc_starts: list[int], pool: list[int], avoid: int, length: int,
                     rng: random.Random) -> tuple[int, int]:
-    """Token offsets of sentences from a random start in a random document other than `avoid`, up to `length`."""
-    d = rng.randrange(len(doc_starts) - 2)
-    d += d >= avoid
-    s = rng.randint(doc_starts[d], doc_starts[d + 1] - 1)
+    """Token offsets of sentences of another document of `pool` (not `pool[avoid]`), up to `length` tokens, from a
+    random sentence after its first: where a true B could start, so that only the topic and the continuity tell a
+    negative from a positive (not a heading, a one-line document or a document's opening sentence)."""
+    k = rng.randrange(len(pool) - 1)
+    d = pool[k + (k >= avoid)]
+    s = rng.randint(doc_starts[d] + 1, doc_starts[d + 1] - 1)
     e = s + 1
     while e < doc_starts[d + 1] and starts[e] - starts[s] < length:
         e += 1

@@ -94,6 +94,11 @@ def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
                          f"({type(e).__name__})") from e
     if not tok.is_fast:
         raise InputError(f"tokenizer '{name_or_path}' has no fast (Rust) version; batched tokenization needs one")
+    # some tokenizer.json files (sentence-transformers' among them) switch on padding to 128 and truncation in the
+    # Rust tokenizer itself; corpora are tokenized with it directly (`encode_batch_fast`), where that would pad
+    # every document and cut long ones. `tokenizer(...)` sets both per call anyway, so nothing else changes.
+    tok.backend_tokenizer.no_padding()
+    tok.backend_tokenizer.no_truncation()
     return tok
 
 
