@@ -42,7 +42,7 @@ def synthetic_docs(seed=0, n_docs=300):
 
 
 @pytest.mark.parametrize("task", ["nsp", "sop"])
-@pytest.mark.parametrize("max_tokens", [13, 61, 125])
+@pytest.mark.parametrize("max_tokens", [29, 61, 125])
 def test_pairs_are_balanced_true_and_fit(task, max_tokens):
     docs = synthetic_docs()
     doc_of_token = np.repeat(np.arange(docs.n_docs), np.diff(docs.sentence_starts[docs.doc_starts]))
@@ -50,6 +50,10 @@ def test_pairs_are_balanced_true_and_fit(task, max_tokens):
     a0, a1, b0, b1, label = pairs.T
     assert len(pairs) > 2000 and abs(label.mean() - 0.5) < 0.03  # balanced
     assert ((a1 - a0) >= 1).all() and ((b1 - b0) >= 1).all() and ((a1 - a0) + (b1 - b0) <= max_tokens).all()
+    # whole sentences: a cut segment would tell the order (SOP) or the origin (NSP) without reading the text
+    cuts = docs.sentence_starts
+    assert all(np.isin(x, cuts).all() for x in (a0, a1, b0))
+    assert np.isin(b1, cuts).mean() > 0.98  # but a random B longer than the room left is cut
     same_doc = (doc_of_token[a0] == doc_of_token[a1 - 1]) & (doc_of_token[b0] == doc_of_token[b1 - 1])
     assert same_doc.all()  # each segment lies inside one document
     pos, neg = label == 0, label == 1
@@ -106,7 +110,7 @@ def test_dataset_rows_segment_ids_and_padding():
 
 
 def corpus(path, **kw):
-    args = dict(source=str(path), tokenizer="wordpiece", vocab_size=300, seq_len=32, batch_size=4,
+    args = dict(source=str(path), tokenizer="wordpiece", vocab_size=300, seq_len=64, batch_size=4,
                 cache_dir=str(path.parent / "cache"))
     args.update(kw)
     dm = SentencePairCorpus(**args)
@@ -125,7 +129,7 @@ def test_datamodule_pairs_are_cached_and_deterministic(tiny_corpus):
     other = corpus(tiny_corpus, task="sop", dupe_factor=2, seed=7)
     assert other.cache_entry != dm.cache_entry
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input_ids"].shape == (4, 32) and set(batch) == {"input_ids", "token_type_ids", "attention_mask",
+    assert batch["input_ids"].shape == (4, 64) and set(batch) == {"input_ids", "token_type_ids", "attention_mask",
                                                                   "pair_label"}
     assert (batch["input_ids"][:, 0] == dm.tokenizer.cls_token_id).all()
     assert ((batch["input_ids"] == dm.tokenizer.sep_token_id).sum(1) == 2).all()
