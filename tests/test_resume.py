@@ -54,8 +54,25 @@ def corpus(tmp_path) -> Path:
     return path
 
 
+_PORTS: set[int] = set()
+
+
+def free_port() -> int:
+    """A port no other launch of this module got: two ddp_spawn runs started at once each let Lightning pick a free
+    port, and both can pick the same one (EADDRINUSE in the second)."""
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS:
+            _PORTS.add(port)
+            return port
+
+
 def launch(workdir: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(free_port())}
     # a session of its own, so the kill takes ddp_spawn's worker processes down with the launcher
     return subprocess.Popen([sys.executable, "-m", "lightning_pretrain", "fit", *args], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
