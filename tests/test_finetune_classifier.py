@@ -90,6 +90,10 @@ def test_cli_fit_gradual_logs_exports_and_predicts(workdir, tiny_backbone, sst2_
 
     cli("validate", *config("sst2.yaml"), "--model.backbone", str(hf), "--data.source", str(sst2_like),
         "--trainer.enable_progress_bar", "false")
+    validated = json.loads((only_run_dir(workdir, "sst2") / "validate_metrics.json").read_text())
+    # the exported model scores the validation split exactly as the trained one did at the end of fit
+    assert validated["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert validated["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
 
 
 def test_cli_regression_on_pairs(workdir, tiny_backbone):  # noqa: F811

@@ -28,6 +28,21 @@ def test_txt_paragraphs_are_documents(tmp_path):
     assert [t.strip() for t in ds["text"]] == ["first paragraph\nstill first", "second paragraph"]
 
 
+def test_other_suffixes_named_explicitly_are_plain_text(tmp_path):
+    # WikiText ships wiki.valid.raw / wiki.train.tokens; a user's notes may have no suffix at all
+    for name in ("wiki.valid.raw", "wiki.train.tokens", "NOTES", "story.xyz"):
+        f = tmp_path / name
+        f.write_text(" = Title = \n \n One sentence . \n \n")
+        assert [t.strip() for t in sources.resolve(str(f)).load()["text"]] == ["= Title =", "One sentence ."]
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01binary")
+    with pytest.raises(InputError, match="looks binary"):
+        sources.resolve(str(tmp_path / "blob.bin")).load()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.raw").write_text("raw doc")
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")  # a directory is searched for known suffixes only
+    assert sources.resolve(str(tmp_path / "d")).load()["text"] == ["raw doc"]
+
+
 def test_jsonl_csv_parquet_dir_and_glob(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text("\n".join(json.dumps({"body": f"json doc {i}", "n": i}) for i in range(3)))

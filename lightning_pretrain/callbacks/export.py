@@ -1,5 +1,6 @@
 """At the end of `fit`: the model in Hugging Face format under `<run dir>/hf/` and the final metrics in
-`<run dir>/metrics.json`. The tokenizer is saved with the run (`<run dir>/tokenizer/`) as soon as fit starts, so a
+`<run dir>/metrics.json`; at the end of `validate` / `test`, their metrics in `<run dir>/validate_metrics.json` /
+`<run dir>/test_metrics.json`. The tokenizer is saved with the run (`<run dir>/tokenizer/`) as soon as fit starts, so a
 run cut short still has it."""
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from lightning_pretrain import parallel
 
 def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and v.numel() == 1}
 
 
 class HFExport(L.Callback):
@@ -40,9 +45,22 @@ class HFExport(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        self.last_val = {k: float(v) for k, v in trainer.callback_metrics.items()
-                         if k.startswith("val/") and v.numel() == 1}
+        self.last_val = _scalars(trainer, "val/")
         self.last_val_step = trainer.global_step
+        if trainer.state.fn == "validate":
+            self._write(trainer, "validate_metrics.json", self.last_val)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "test_metrics.json", _scalars(trainer, "test/"))
+
+    def _write(self, trainer, name: str, values: dict[str, float]) -> None:
+        root = run_dir(trainer)  # a broadcast: every rank asks
+        if self.enabled and trainer.is_global_zero:
+            metrics = {"global_step": trainer.global_step,
+                       **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(json.dumps(metrics, indent=2) + "\n")
+            print(f"metrics: {root / name}")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache
+from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.corpus import PretrainCorpus
 from lightning_pretrain.errors import InputError
@@ -61,13 +61,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # bump when the pair rule or the files change: old cache entries stop matching
 Task = Literal["nsp", "sop"]
 
-_BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
 _SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s+["'(\[]?[A-Z0-9])""")
 
 
 def documents(text: str) -> list[str]:
-    """The blank-line separated blocks of a text, blank ones dropped."""
-    return [d for d in _BLANK_LINE.split(text) if d.strip()]
+    """The blank-line separated blocks of a text (a source row of JSON or CSV may hold several)."""
+    return sources.paragraphs(text)
 
 
 def split_sentences(doc: str) -> list[str]:

@@ -7,8 +7,10 @@
 Spec forms:
   * ``builtin`` — real English prose that ships with CPython (the `pydoc_data` topics and the standard library's
     docstrings), so a fresh machine with no internet has a corpus. Its identity is the Python version.
-  * a local file, directory or glob of ``.txt`` / ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet``. A ``.txt`` file is
-    split into documents at blank lines (paragraphs); the other formats read the ``text_column``.
+  * a local file, directory or glob of ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet`` or plain text. Plain
+    text is split into documents at blank lines (paragraphs); the other formats read the ``text_column``. A file
+    named explicitly (or matched by a glob) with any other suffix is plain text (WikiText's ``wiki.valid.raw``,
+    ``.tokens``, ``.md``, no suffix); a directory is searched for the suffixes in `FORMATS` only.
   * ``dataset_id[:config][@split]`` — anything else is a hub dataset for `datasets.load_dataset`
     (e.g. ``wikitext:wikitext-103-raw-v1@train``; the split defaults to ``train``).
 """
@@ -20,6 +22,7 @@ import codecs
 import glob
 import hashlib
 import os
+import re
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -30,8 +33,22 @@ import datasets
 from lightning_pretrain.errors import InputError
 
 # file suffix -> `datasets` packaged builder
-FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+FORMATS = {".txt": "text", ".text": "text", ".raw": "text", ".tokens": "text", ".md": "text", ".rst": "text",
+           ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+
+def file_format(path: str) -> str:
+    """The `datasets` builder for a local file: by suffix, plain text when the suffix is not a known format."""
+    return FORMATS.get(Path(path).suffix.lower(), "text")
 _GLOB_CHARS = set("*?[")
+# A paragraph break is a blank line, also one holding spaces: WikiText writes its blank lines as " \n", which
+# `datasets`' own `sample_by="paragraph"` (a split on "\n\n") does not see, leaving a whole file as one row.
+_BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
+
+
+def paragraphs(text: str) -> list[str]:
+    """The blank-line separated blocks of a text, blank ones dropped."""
+    return [p for p in _BLANK_LINE.split(text) if p.strip()]
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,8 @@ class LocalSource:
     streaming: bool = False  # read lazily as a `datasets.IterableDataset` instead of converting to Arrow first
 
     def identity(self) -> str:
-        h = hashlib.sha256(f"local:{self.text_column}".encode())
+        # v2: paragraphs also break at blank lines holding spaces (older cache entries split differently)
+        h = hashlib.sha256(f"local-v2:{self.text_column}".encode())
         for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
             h.update(os.path.basename(f).encode())
             with open(f, "rb") as fh:
@@ -92,8 +110,8 @@ class LocalSource:
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
         parts = []
-        for builder in sorted({FORMATS[Path(f).suffix.lower()] for f in self.files}):
-            files = [f for f in self.files if FORMATS[Path(f).suffix.lower()] == builder]
+        for builder in sorted({file_format(f) for f in self.files}):
+            files = [f for f in self.files if file_format(f) == builder]
             for f in files:
                 if builder != "parquet":
                     check_utf8(f)
@@ -106,6 +124,8 @@ class LocalSource:
                 ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
             except Exception as e:  # pyarrow/pandas parse errors carry no file name: add it
                 raise InputError(f"could not read {', '.join(files)} as {builder}: {_first_line(e)}") from e
+            if builder == "text":
+                ds = ds.map(_split_paragraphs, batched=True)
             column = "text" if builder == "text" else self.text_column
             parts.append(_text_column(ds, column, self.spec))
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -170,9 +190,6 @@ def _local_files(path: str) -> tuple[str, ...]:
         files = [path]
     else:
         raise InputError(f"file not found: {path}")
-    unknown = [f for f in files if Path(f).suffix.lower() not in FORMATS]
-    if unknown:
-        raise InputError(f"unsupported file type {unknown[0]} (expected one of {', '.join(sorted(FORMATS))})")
     return tuple(os.path.abspath(f) for f in files)
 
 
@@ -194,6 +211,10 @@ def check_utf8(path: str, chunk: int = 1 << 20) -> None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise InputError(f"{path} is not valid UTF-8 (truncated character at the end)") from None
+
+
+def _split_paragraphs(batch: dict) -> dict:
+    return {"text": [p for text in batch["text"] for p in paragraphs(text)]}
 
 
 def _text_column(ds, column: str, where: str):

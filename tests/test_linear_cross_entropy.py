@@ -1,0 +1,68 @@
+"""The chunked linear + cross-entropy equals autograd's `F.cross_entropy(F.linear(...))` in value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64, 1000])
+def test_matches_autograd_in_value_and_gradients(bias, chunk_rows):
+    g = torch.Generator().manual_seed(chunk_rows)
+    rows, features, vocab = 50, 16, 97
+    hidden = torch.randn(rows, features, generator=g, dtype=torch.float64)
+    weight = torch.randn(vocab, features, generator=g, dtype=torch.float64)
+    b = torch.randn(vocab, generator=g, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    targets[::5] = -100  # ignored rows count neither in the loss nor in its mean
+
+    def grads(loss_fn):
+        inputs = [t.clone().requires_grad_() for t in (hidden, weight, *([b] if bias else []))]
+        loss = loss_fn(*inputs)
+        (3.0 * loss).backward()  # a non-unit upstream gradient must scale every stored gradient
+        return loss.detach(), [t.grad for t in inputs]
+
+    ref_loss, ref_grads = grads(lambda h, w, *bb: F.cross_entropy(F.linear(h, w, *bb), targets))
+    loss, got = grads(lambda h, w, *bb: linear_cross_entropy(h, w, targets, *bb, chunk_rows=chunk_rows))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    for a, r in zip(got, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def test_tied_weight_gradients_add_up_and_no_grad_mode_skips_them():
+    emb = torch.nn.Embedding(31, 8)
+    ids = torch.randint(0, 31, (4, 6))
+    hidden = torch.tanh(emb(ids[:, :-1])).reshape(-1, 8)
+    targets = ids[:, 1:].reshape(-1)
+    linear_cross_entropy(hidden, emb.weight, targets, chunk_rows=5).backward()
+    ours = emb.weight.grad.clone()
+    emb.weight.grad = None
+    hidden = torch.tanh(emb(ids[:, :-1])).reshape(-1, 8)
+    F.cross_entropy(hidden @ emb.weight.t(), targets).backward()
+    torch.testing.assert_close(ours, emb.weight.grad)
+    with torch.no_grad():
+        value = linear_cross_entropy(hidden, emb.weight, targets)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, F.cross_entropy(hidden @ emb.weight.t(), targets))
+
+
+def test_half_precision_weights_accumulate_in_fp32():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, 32, generator=g).bfloat16().requires_grad_()
+    weight = (torch.randn(300, 32, generator=g) * 0.1).bfloat16().requires_grad_()
+    targets = torch.randint(0, 300, (64,), generator=g)
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=16)
+    loss.backward()
+    assert loss.dtype == torch.float32 and weight.grad.dtype == torch.bfloat16
+    ref = F.cross_entropy(F.linear(hidden.detach().float(), weight.detach().float()), targets)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_all_rows_ignored_is_zero_not_nan():
+    hidden = torch.randn(4, 3, requires_grad=True)
+    weight = torch.randn(5, 3, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.full((4,), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad.abs().sum() == 0 and weight.grad.abs().sum() == 0
