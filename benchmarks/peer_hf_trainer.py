@@ -7,7 +7,8 @@ blocks, `default_data_collator` (CLM) or `DataCollatorForLanguageModeling(mlm_pr
 `Trainer` with its default fused AdamW and a cosine schedule. Our side is `PretrainCorpus` + `CausalLM` / `MaskedLM`
 under `lightning.Trainer` with TensorBoard logging on, and the glibc allocator setting that
 `lightning-pretrain` applies at start-up (lightning_pretrain/allocator.py); `hf+malloc` shows the HF recipe with that
-same setting, so the table separates what the allocator buys from what the rest of the stack does. Tokenization is excluded from both timings: only steady-state
+same setting, so the table separates what the allocator buys from what the rest of the stack does; `ours-hf-loss`
+(not run by default) is our CLM side with the HF model's own loss instead of the chunked linear cross-entropy. Tokenization is excluded from both timings: only steady-state
 optimizer steps count (the first `--warmup` steps of each run are discarded).
 
     python benchmarks/peer_hf_trainer.py                       # both objectives, builtin corpus
@@ -109,16 +110,17 @@ def run_hf(objective, config, tokenizer, texts, args) -> float:
     return clock.tokens_per_s(args.batch_size * args.seq_len)
 
 
-def run_ours(objective, config, dm, args, logdir) -> float:
+def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> float:
     clock = StepClock(args.warmup)
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer, *a):
             clock.tick(trainer.global_step)
 
+    extra = {"chunked_loss": chunked_loss} if objective == "clm" else {}
     cls = CausalLM if objective == "clm" else MaskedLM
     module = cls(config, tokenizer=dm.tokenizer, warmup_steps=5,
-                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, fused=True))
+                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, fused=True), **extra)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=50,
                         logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective), callbacks=[Clock()])
@@ -128,16 +130,16 @@ def run_ours(objective, config, dm, args, logdir) -> float:
 
 def measure(side: str, objective: str, args) -> dict:
     """One timed run in this process (the driver starts a fresh process per run)."""
-    if side in ("ours", "hf+malloc"):
+    if side in ("ours", "ours-hf-loss", "hf+malloc"):
         keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
     L.seed_everything(args.seed, verbose=False)
     config = shapes(args.tiny)[objective]
     dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
                         vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
     dm.prepare_data()  # a cache hit: the driver built it
-    if side == "ours":
+    if side in ("ours", "ours-hf-loss"):
         with tempfile.TemporaryDirectory() as logdir:
-            return {"tok_s": run_ours(objective, config, dm, args, logdir)}
+            return {"tok_s": run_ours(objective, config, dm, args, logdir, chunked_loss=side == "ours")}
     texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
     return {"tok_s": run_hf(objective, config, dm.tokenizer, texts, args)}
 
@@ -153,7 +155,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=16384)
     p.add_argument("--sides", default="hf,ours,hf+malloc",
-                   help="hf: the HF recipe as is; ours: lightning_pretrain; hf+malloc: HF with our allocator setting")
+                   help="hf: the HF recipe as is; ours: lightning_pretrain; hf+malloc: HF with our allocator setting; "
+                        "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)

@@ -1,9 +1,12 @@
-"""The chunked linear + cross-entropy equals autograd's `F.cross_entropy(F.linear(...))` in value and gradients."""
+"""The chunked linear + cross-entropy equals autograd's `F.cross_entropy(F.linear(...))` in value and gradients,
+and CausalLM's loss with it equals the HF model's `labels=` loss."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import GPT2Config, LlamaConfig
 
+from lightning_pretrain.objectives import CausalLM, causal_lm
 from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
 
 
@@ -66,3 +69,37 @@ def test_all_rows_ignored_is_zero_not_nan():
     loss = linear_cross_entropy(hidden, weight, torch.full((4,), -100))
     loss.backward()
     assert loss.item() == 0.0 and hidden.grad.abs().sum() == 0 and weight.grad.abs().sum() == 0
+
+
+class _Tok:
+    """The facts CausalLM reads from a tokenizer."""
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+    mask_token_id = sep_token_id = cls_token_id = None
+    all_special_ids = [0, 1, 2]
+
+    def __len__(self):
+        return 300
+
+
+@pytest.mark.parametrize("config", [
+    GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64),  # tied head, no bias
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False),
+])
+def test_causal_lm_chunked_loss_equals_hf_loss(config, monkeypatch):
+    """CausalLM's chunked loss equals the HF model's `labels=` loss, with the gradients of every parameter."""
+    calls = []
+    monkeypatch.setattr(causal_lm, "linear_cross_entropy", lambda *a, **k: calls.append(1) or linear_cross_entropy(*a, **k))
+    module = CausalLM(config, tokenizer=_Tok())
+    module.model.eval()  # dropout off so both paths see the same network
+    batch = torch.randint(3, 300, (3, 40), generator=torch.Generator().manual_seed(0))
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    ours = module.lm_loss(batch)
+    g_ours = torch.autograd.grad(ours, params)
+    assert calls == [1]  # the chunked path ran
+    module.chunked_loss = False
+    theirs = module.lm_loss(batch)
+    g_theirs = torch.autograd.grad(theirs, params)
+    torch.testing.assert_close(ours, theirs)
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -1,6 +1,8 @@
 """Text sources: the embedded corpus and each local file form."""
 
 import json
+import os
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +66,23 @@ def test_identity_follows_content_not_mtime(tmp_path):
     assert sources.resolve(str(f)).identity() == before
     f.write_text("hello there")
     assert sources.resolve(str(f)).identity() != before
+
+
+def test_content_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_PRETRAIN_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "a.txt"
+    f.write_text("hello world")
+    fresh = sources.content_digest(str(f))
+    assert not (tmp_path / "cache" / "digests").exists()  # written just now: not remembered (same-tick rewrites)
+    os.utime(f, ns=(time.time_ns() - 10**10,) * 2)
+    first = sources.content_digest(str(f))
+    assert first == fresh
+    memo = list((tmp_path / "cache" / "digests").iterdir())
+    assert len(memo) == 1 and memo[0].read_text() == first
+    memo[0].write_text("0" * 64)  # proves the second call reads the memo instead of the file
+    assert sources.content_digest(str(f)) == "0" * 64
+    f.write_text("hello there")  # a write changes the mtime: hashed again
+    assert sources.content_digest(str(f)) not in (first, "0" * 64)
 
 
 def test_hub_spec_parsing():

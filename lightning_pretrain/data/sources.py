@@ -25,11 +25,13 @@ import os
 import re
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
+from lightning_pretrain.data import cache
 from lightning_pretrain.errors import InputError
 
 # file suffix -> `datasets` packaged builder
@@ -104,8 +106,7 @@ class LocalSource:
         h = hashlib.sha256(f"local-v2:{self.text_column}".encode())
         for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
             h.update(os.path.basename(f).encode())
-            with open(f, "rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
+            h.update(bytes.fromhex(content_digest(f)))
         return "local:" + h.hexdigest()
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
@@ -129,6 +130,32 @@ class LocalSource:
             column = "text" if builder == "text" else self.text_column
             parts.append(_text_column(ds, column, self.spec))
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def content_digest(path: str) -> str:
+    """SHA-256 of a file's bytes, remembered under the file's (path, inode, size, mtime): a large corpus is read
+    once, not at every start-up (hashing runs at ~1 GB/s), and any write to the file changes the stat key."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    memo = cache.default_root() / "digests"
+    try:
+        return (memo / key).read_text().strip()
+    except OSError:
+        pass
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+        # modified within the file system's timestamp granularity: a same-size rewrite in the same tick would keep
+        # the stat key, so a digest of a file this fresh is not remembered (git's "racy" rule)
+        return digest
+    try:  # best effort: an unwritable cache only costs the next run a re-hash
+        memo.mkdir(parents=True, exist_ok=True)
+        tmp = memo / f".{key}.{os.getpid()}"
+        tmp.write_text(digest)
+        os.replace(tmp, memo / key)
+    except OSError:
+        pass
+    return digest
 
 
 @dataclass(frozen=True)
