@@ -103,3 +103,22 @@ def test_causal_lm_chunked_loss_equals_hf_loss(config, monkeypatch):
     torch.testing.assert_close(ours, theirs)
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_causal_lm_chunked_loss_under_bf16_autocast():
+    """Lightning's `bf16-mixed` runs the step under autocast: the chunked path gives HF's loss and fp32 gradients."""
+    module = CausalLM(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64), tokenizer=_Tok())
+    module.model.eval()
+    batch = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    results = []
+    for chunked in (True, False):
+        module.chunked_loss = chunked
+        module.model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module.lm_loss(batch)
+        loss.backward()
+        grad = module.model.get_input_embeddings().weight.grad
+        assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+        results.append((loss.detach(), grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=5e-2, atol=5e-3)
