@@ -183,6 +183,9 @@ class Throughput(ThroughputMonitor):
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._set_flops(pl_module, batch, training=False)
 
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._set_flops(pl_module, batch, training=False)
+
     # data wait: the gap between one step's end and the next step's start is spent fetching the batch and
     # moving it to the device (the monitor synchronises CUDA at each step's end, so the GPU idles in that gap)
     def on_train_epoch_start(self, trainer, pl_module) -> None:
