@@ -36,6 +36,8 @@ def test_other_suffixes_named_explicitly_are_plain_text(tmp_path):
         f = tmp_path / name
         f.write_text(" = Title = \n \n One sentence . \n \n")
         assert [t.strip() for t in sources.resolve(str(f)).load()["text"]] == ["= Title =", "One sentence ."]
+        streamed = sources.resolve(str(f), streaming=True).load()
+        assert [row["text"].strip() for row in streamed] == ["= Title =", "One sentence ."]
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01binary")
     with pytest.raises(InputError, match="looks binary"):
         sources.resolve(str(tmp_path / "blob.bin")).load()

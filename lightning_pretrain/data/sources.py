@@ -125,8 +125,9 @@ class LocalSource:
                 ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
             except Exception as e:  # pyarrow/pandas parse errors carry no file name: add it
                 raise InputError(f"could not read {', '.join(files)} as {builder}: {_first_line(e)}") from e
-            if builder == "text":
-                ds = ds.map(_split_paragraphs, batched=True)
+            if builder == "text":  # (a streamed map loses the schema unless it is given)
+                ds = ds.map(_split_paragraphs, batched=True,
+                            features=datasets.Features({"text": datasets.Value("string")}))
             column = "text" if builder == "text" else self.text_column
             parts.append(_text_column(ds, column, self.spec))
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
