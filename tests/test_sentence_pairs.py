@@ -12,8 +12,9 @@ from transformers import (AlbertConfig, AlbertForPreTraining, AutoModelForPreTra
                           BertForPreTraining)
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.sentence_pairs import (PairDataset, SentencePairCorpus, TokenizedDocs, documents,
-                                                    make_pairs, split_sentences, tokenize_documents)
+from lightning_pretrain.data.sentence_pairs import (PairDataset, SentencePairCorpus, TokenizedDocs, make_pairs,
+                                                    split_sentences, tokenize_documents)
+from lightning_pretrain.data.sources import paragraphs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import IGNORE
 from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
@@ -21,7 +22,7 @@ from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 
 def test_documents_and_sentences():
     text = " = Title = \n \n First one. Second one!\n \n\n Dr. who said \"Stop.\" Then 3 left. e.g. lower stays"
-    docs = documents(text)
+    docs = paragraphs(text)
     assert [d.strip() for d in docs] == ["= Title =", "First one. Second one!",
                                          "Dr. who said \"Stop.\" Then 3 left. e.g. lower stays"]
     for doc in docs:
@@ -139,7 +140,7 @@ def test_pairs_from_wikitext_are_real_continuations(tmp_path):
     """On real text with an exact tokenizer (byte-level BPE): a positive decodes to a passage of the file."""
     raw = shared_file("wikitext2/wiki.valid.raw")
     text = raw.read_text(encoding="utf-8")
-    tok = toks.train_bpe(documents(text), 2000)
+    tok = toks.train_bpe(paragraphs(text), 2000)
     docs = tokenize_documents(tok, [[text]])
     assert docs.n_docs > 1000  # paragraphs and headings, cut at WikiText's " \n" blank lines
     for task in ("nsp", "sop"):

@@ -64,11 +64,6 @@ Task = Literal["nsp", "sop"]
 _SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s+["'(\[]?[A-Z0-9])""")
 
 
-def documents(text: str) -> list[str]:
-    """The blank-line separated blocks of a text (a source row of JSON or CSV may hold several)."""
-    return sources.paragraphs(text)
-
-
 def split_sentences(doc: str) -> list[str]:
     """Sentences of a document; their concatenation is the document (whitespace opens the next sentence)."""
     cuts = [m.end() for m in _SENTENCE_END.finditer(doc)]
@@ -98,7 +93,7 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[
     for batch in texts:
         sentences, per_doc = [], []
         for text in batch:
-            for doc in documents(text or ""):
+            for doc in sources.paragraphs(text or ""):  # a row of JSON or CSV may hold several documents
                 found = split_sentences(doc)
                 sentences += found
                 per_doc.append(len(found))

@@ -37,11 +37,6 @@ from lightning_pretrain.errors import InputError
 # file suffix -> `datasets` packaged builder
 FORMATS = {".txt": "text", ".text": "text", ".raw": "text", ".tokens": "text", ".md": "text", ".rst": "text",
            ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-
-
-def file_format(path: str) -> str:
-    """The `datasets` builder for a local file: by suffix, plain text when the suffix is not a known format."""
-    return FORMATS.get(Path(path).suffix.lower(), "text")
 _GLOB_CHARS = set("*?[")
 # A paragraph break is a blank line, also one holding spaces: WikiText writes its blank lines as " \n", which
 # `datasets`' own `sample_by="paragraph"` (a split on "\n\n") does not see, leaving a whole file as one row.
@@ -51,6 +46,11 @@ _BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
 def paragraphs(text: str) -> list[str]:
     """The blank-line separated blocks of a text, blank ones dropped."""
     return [p for p in _BLANK_LINE.split(text) if p.strip()]
+
+
+def file_format(path: str) -> str:
+    """The `datasets` builder for a local file: by suffix, plain text when the suffix is not a known format."""
+    return FORMATS.get(Path(path).suffix.lower(), "text")
 
 
 @dataclass(frozen=True)

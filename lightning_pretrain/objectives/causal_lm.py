@@ -5,7 +5,7 @@ by EOS and attention crosses those boundaries, as in GPT-2's own training.
 
 The loss: for architectures whose logits are just `lm_head(last hidden state)`, the output layer and its
 cross-entropy run in chunks of positions (`linear_cross_entropy`), never holding the (tokens x vocab) logits; the
-loss and gradients are those of the HF model's `labels=` loss (tests/test_pretrain.py). Any other architecture
+loss and gradients are those of the HF model's `labels=` loss (tests/test_linear_cross_entropy.py). Any other architecture
 (logit scaling or soft-capping, auxiliary router losses) computes its loss through HF.
 """
 
@@ -47,8 +47,8 @@ class CausalLM(PretrainingModule):
             lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
             attn_implementation: 'sdpa' (fused kernels), 'eager', or 'flash_attention_2' where installed.
             chunked_loss: compute the output layer and cross-entropy in chunks of positions without materialising
-                all the logits (GPT-2, Llama, Mistral, Qwen, GPT-Neo(X), GPT-J): same loss and gradients, less memory
-                and memory traffic. False: the HF model's own `labels=` loss.
+                all the logits (GPT-2, Llama, Mistral, Qwen, GPT-Neo(X), GPT-J): same loss and gradients and the
+                same speed, less memory. False: the HF model's own `labels=` loss.
         """
         super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
         self.chunked_loss = chunked_loss
@@ -58,7 +58,8 @@ class CausalLM(PretrainingModule):
         head = self.model.get_output_embeddings()
         # a model compiled whole (`--compile.scope model`) fuses its own head and loss: call it as a whole
         whole = getattr(self.model, "_compiled_call_impl", None) is not None
-        if whole or not self.chunked_loss or self.model.config.model_type not in PLAIN_HEAD or type(head) is not nn.Linear:
+        plain = self.model.config.model_type in PLAIN_HEAD and type(head) is nn.Linear
+        if whole or not (self.chunked_loss and plain):
             return self.model(input_ids=batch, labels=batch).loss
         hidden = self.model.base_model(input_ids=batch).last_hidden_state[:, :-1]
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, batch[:, 1:].reshape(-1),
