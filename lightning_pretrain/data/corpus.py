@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,11 @@ class PretrainCorpus(L.LightningDataModule):
         return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
                                  lambda: (t for batch in self._texts("train") for t in batch),
                                  self._text_identity(), self.cache_root)
+
+    @property
+    def contract(self) -> DataContract:
+        """What the model needs: the tokenizer and the block length."""
+        return DataContract(self.tokenizer, seq_len=self.seq_len)
 
     # -- blocks -------------------------------------------------------------------------------------------------
     @property

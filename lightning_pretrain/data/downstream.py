@@ -41,6 +41,7 @@ from lightning_pretrain.data import cache
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.sources import _first_line, check_utf8
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.data.contract import DataContract
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,14 @@ class TextClassification(L.LightningDataModule):
     @property
     def num_labels(self) -> int:
         return 1 if self.task == "regression" else len(self.label_names)
+
+    @property
+    def contract(self) -> DataContract:
+        """What the classifier needs: tokenizer, task, label names (read from the training split when not given)
+        and the longest example."""
+        names = self.label_names
+        return DataContract(self.tokenizer, max_length=self.max_length, task=self.task,
+                            label_names=tuple(names) if names is not None else None)
 
     # -- where each split comes from ----------------------------------------------------------------------------
     @cached_property

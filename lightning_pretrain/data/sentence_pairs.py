@@ -53,6 +53,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.corpus import PretrainCorpus
 from lightning_pretrain.errors import InputError
 
@@ -253,6 +254,11 @@ class SentencePairCorpus(PretrainCorpus):
         key = cache.cache_key("pairs", FORMAT_VERSION, *self._text_identity(), toks.fingerprint(self.tokenizer),
                               self.seq_len, self.task, self.short_seq_prob, self.dupe_factor, self.seed)
         return self.cache_root / "pairs" / key
+
+    @property
+    def contract(self) -> DataContract:
+        """What the model needs: the tokenizer, the pair length and the pair task."""
+        return DataContract(self.tokenizer, seq_len=self.seq_len, task=self.task)
 
     def _special_ids(self) -> tuple[int, int, int]:
         tok = self.tokenizer

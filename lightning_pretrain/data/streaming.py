@@ -56,6 +56,7 @@ from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.corpus import block_loader, trained_tokenizer
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.data.contract import DataContract
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,11 @@ class StreamingCorpus(L.LightningDataModule):
         return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
                                  lambda: documents(self.stream, skip, self.tokenizer_documents), identity,
                                  self.cache_root)
+
+    @property
+    def contract(self) -> DataContract:
+        """What the model needs: the tokenizer and the block length."""
+        return DataContract(self.tokenizer, seq_len=self.seq_len)
 
     def setup(self, stage: str | None = None) -> None:
         val = list(documents(open_stream(self.val_source, self.cache_root) if self.val_source else self.stream,

@@ -1,0 +1,27 @@
+"""`DataContract`: everything a model needs to know about its data, published by the DataModule as one value.
+
+Data flows one way: the CLI reads `data.contract` once the data module exists and passes it to the model's
+constructor (`data=`), before the model is built. No model or objective ever reads attributes of a data module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """What a DataModule publishes for the model (fields that do not apply to a kind of data stay None)."""
+
+    tokenizer: PreTrainedTokenizerBase  # the tokenizer the data was (or will be) encoded with
+    seq_len: int | None = None  # tokens per packed block or per sentence pair (pretraining)
+    max_length: int | None = None  # longest tokenized example, special tokens included (fine-tuning)
+    task: str | None = None  # 'nsp' / 'sop' (sentence pairs), 'classification' / 'regression' (fine-tuning)
+    label_names: tuple[str, ...] | None = None  # class names in id order (classification)
+
+    @property
+    def longest(self) -> int | None:
+        """The longest input the model will see from this data (checked against the model's positions)."""
+        return self.seq_len if self.seq_len is not None else self.max_length
