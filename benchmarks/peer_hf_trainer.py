@@ -119,7 +119,7 @@ def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> 
 
     extra = {"chunked_loss": chunked_loss} if objective == "clm" else {}
     cls = CausalLM if objective == "clm" else MaskedLM
-    module = cls(config, tokenizer=dm.tokenizer, warmup_steps=5,
+    module = cls(model=config, data=dm.contract, warmup_steps=5,
                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, fused=True), **extra)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=50,

@@ -1,14 +1,10 @@
 """glibc malloc settings that stop CPU training from paying page faults for every large tensor, every step.
 
-By default glibc serves allocations above a (dynamic, at most 32 MB) threshold with a fresh `mmap` and returns them
-to the kernel on `free`. A training step allocates and frees the same large activations, logits and gradients each
-step, so every step faults in hundreds of MB of fresh zeroed pages again: a 2-layer GPT-2 with an 8k vocabulary
-faults ~70k pages (280 MB) per step by default and none once the heap has settled with this setting
-(tests/test_allocator.py). Serving large blocks from the heap and never trimming it lets the allocator reuse them,
-as PyTorch's caching allocator does on GPUs; memory is returned to the OS at exit instead of after every step.
-
-The CLI applies this at start-up on Linux/glibc unless the user set `MALLOC_MMAP_THRESHOLD_` themselves or
-`LIGHTNING_PRETRAIN_MALLOC=default`.
+A training step allocates and frees the same large activations and gradients every step; glibc serves them with
+fresh `mmap`s and returns them on `free`, so each step faults hundreds of MB of zeroed pages in again. Serving large
+blocks from the heap and never trimming it lets the allocator reuse them (as PyTorch's caching allocator does on
+GPUs). The CLI applies this on Linux/glibc unless `MALLOC_MMAP_THRESHOLD_` is set or
+`LIGHTNING_PRETRAIN_MALLOC=default`. Measurements: docs/design/performance.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Checkpoints that appear atomically: a run killed while writing one never leaves a truncated file in its place.
 
-Lightning's `TorchCheckpointIO` serialises the checkpoint into memory and writes it through an `fsspec` transaction.
-On a local disk that transaction writes into the *system* temporary directory and `shutil.move`s the file into
-place at commit. When `/tmp` is another filesystem (tmpfs, a container's overlay, a node-local disk next to a network
-volume) the move is a copy that first truncates the destination, and nothing is ever fsync'ed: a kill, an OOM or a
-power cut during the copy leaves `last.ckpt` truncated, and the previous good checkpoint is gone with it.
-
-`AtomicCheckpointIO` writes a local checkpoint to a hidden temporary file *next to* its target, fsyncs it, renames
-it over the target (`os.replace` is atomic within a filesystem) and fsyncs the directory, so a reader sees either
-the previous complete file or the new complete file. The checkpoint streams straight to disk instead of through a
-second in-memory copy. Remote paths (s3://, gs://, ...) keep Lightning's behaviour: object stores publish an object
-only once its upload completed. The CLI installs it in place of Lightning's default; in Python:
-`Trainer(plugins=[AtomicCheckpointIO()])`.
+Lightning's writer moves a checkpoint into place from the system temporary directory, which on another filesystem
+is a truncate-then-copy, never fsync'ed. `AtomicCheckpointIO` writes a local checkpoint to a hidden file next to its
+target, fsyncs it, renames it over the target and fsyncs the directory: a reader sees the previous complete file
+or the new one. Remote paths keep Lightning's behaviour. The CLI installs it; in Python:
+`Trainer(plugins=[AtomicCheckpointIO()])`. Why: docs/design/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,14 +17,13 @@ from typing import Any
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose local writes are write-to-temporary + fsync + rename (loading is unchanged)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)

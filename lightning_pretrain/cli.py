@@ -1,8 +1,9 @@
 """`lightning-pretrain {fit,validate,test,predict}`: LightningCLI with the model and data chosen by `class_path`.
 
-The only glue beyond LightningCLI: the data module's tokenizer is linked into the model (vocabulary size and
-special ids are never typed twice), every run gets the HF export and an LR monitor, TensorBoard logs land in
-`logs/<name>/version_N/`, and bad input ends as one `error: ...` line with exit status 2.
+The glue beyond LightningCLI: the data module's `contract` (tokenizer, lengths, task, labels) is handed to the
+model's constructor, once, in one direction; every run gets the HF export, an LR monitor, exact resume, throughput
+logging and the outside-the-model transforms (`parallel.Parallelize`); TensorBoard logs land in
+`logs/<name>/version_N/`; bad input ends as one `error: ...` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_pretrain.allocator import keep_freed_memory
-from lightning_pretrain.callbacks.activation_checkpointing import ActivationCheckpointing
-from lightning_pretrain.callbacks.compile import Compile
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.parallel import ActivationCheckpointing, Compile, Parallelize
 
 
 class PretrainCLI(LightningCLI):
@@ -30,13 +30,14 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        # speed switches and throughput/MFU logging, applied to any objective from outside the model
+        # throughput/MFU logging, and the speed switches applied to the model from outside (parallel.Parallelize)
         parser.add_lightning_class_args(Throughput, "throughput")
-        parser.add_lightning_class_args(Compile, "compile")
-        parser.add_lightning_class_args(ActivationCheckpointing, "activation_checkpointing")
+        parser.add_class_arguments(Compile, "compile")
+        parser.add_class_arguments(ActivationCheckpointing, "activation_checkpointing")
         # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly
         parser.add_lightning_class_args(ResumeState, "resume_state")
-        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
+        # data -> model, once, before the model is built: what the data publishes (its tokenizer, lengths, labels)
+        parser.link_arguments("data.contract", "model.init_args.data", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
@@ -46,6 +47,10 @@ class PretrainCLI(LightningCLI):
             tokenizer_from_backbone(config)
 
     def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = config["trainer"].get("callbacks") or []
+        transforms = Parallelize(config["activation_checkpointing"], config["compile"])
+        kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), transforms]
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default writer can leave a truncated last.ckpt when killed mid-write (see checkpoint_io.py);
         # a CheckpointIO the user chose, or a strategy's own (FSDP sharded checkpoints), is left alone
@@ -117,13 +122,14 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _input_error(e: BaseException | None) -> InputError | None:
-    """The InputError behind `e`: jsonargparse wraps errors raised while instantiating classes in its own."""
+    """The InputError behind `e`, following explicit causes only (jsonargparse re-raises errors of instantiation
+    `from` the original): an exception merely raised *while handling* an InputError is a bug, not bad input."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, InputError):
             return e
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return None
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, LlamaConfig
 
 from lightning_pretrain.objectives import CausalLM, causal_lm
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
 
 
@@ -90,7 +91,7 @@ def test_causal_lm_chunked_loss_equals_hf_loss(config, monkeypatch):
     """CausalLM's chunked loss equals the HF model's `labels=` loss, with the gradients of every parameter."""
     calls = []
     monkeypatch.setattr(causal_lm, "linear_cross_entropy", lambda *a, **k: calls.append(1) or linear_cross_entropy(*a, **k))
-    module = CausalLM(config, tokenizer=_Tok())
+    module = CausalLM(model=config, data=DataContract(_Tok()))
     module.model.eval()  # dropout off so both paths see the same network
     batch = torch.randint(3, 300, (3, 40), generator=torch.Generator().manual_seed(0))
     params = [p for p in module.model.parameters() if p.requires_grad]
@@ -107,7 +108,7 @@ def test_causal_lm_chunked_loss_equals_hf_loss(config, monkeypatch):
 
 def test_causal_lm_chunked_loss_under_bf16_autocast():
     """Lightning's `bf16-mixed` runs the step under autocast: the chunked path gives HF's loss and fp32 gradients."""
-    module = CausalLM(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64), tokenizer=_Tok())
+    module = CausalLM(model=GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64), data=DataContract(_Tok()))
     module.model.eval()
     batch = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
     results = []

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens
 
 VOCAB, MASK = 1000, 4
@@ -68,7 +69,7 @@ class _Tok:
 ])
 def test_sparse_head_loss_equals_hf_loss(config):
     """Our loss on masked positions only equals the HF model's full-logit `labels=` loss, gradients included."""
-    module = MaskedLM(config, tokenizer=_Tok())
+    module = MaskedLM(model=config, data=DataContract(_Tok()))
     assert isinstance(module.model, (BertForMaskedLM, RobertaForMaskedLM)) and module.mlm_head is not None
     module.model.eval()  # dropout off so both paths see the same network
     ids, inputs, labels = draw(shape=(4, 64))

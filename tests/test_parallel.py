@@ -15,8 +15,9 @@ import torch
 import transformers
 from conftest import ENGLISH, FAST, REPO, cli, only_run_dir
 
-from lightning_pretrain import parallel
-from lightning_pretrain.callbacks import ActivationCheckpointing, Compile
+from lightning_pretrain import compat, parallel
+from lightning_pretrain.callbacks import export
+from lightning_pretrain.parallel import ActivationCheckpointing, Compile
 
 TINY_GPT2 = ["--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_head", "2",
              "--data.init_args.vocab_size", "300", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4"]
@@ -144,7 +145,7 @@ def test_fsdp2_trains_the_same_weights_as_ddp(two_process_runs):
 def test_sharded_checkpoint_exports_to_a_loadable_hf_directory(two_process_runs):
     run = two_process_runs["fsdp"]
     (ckpt,) = (run / "checkpoints").iterdir()
-    exported = parallel.export_checkpoint(ckpt, two_process_runs["root"] / "exported")
+    exported = export.export_checkpoint(ckpt, two_process_runs["root"] / "exported")
     model = transformers.AutoModelForMaskedLM.from_pretrained(exported)
     final = transformers.AutoModelForMaskedLM.from_pretrained(run / "hf")  # gathered at the end of fit
     assert model.config.architectures == ["BertForMaskedLM"] == final.config.architectures
@@ -159,7 +160,7 @@ def test_sharded_checkpoint_exports_to_a_loadable_hf_directory(two_process_runs)
 
 def test_export_command_fails_cleanly_on_a_non_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parallel.main([str(tmp_path), "--out", str(tmp_path / "out")])
+        export.main([str(tmp_path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "neither a checkpoint file nor a sharded checkpoint folder" in capsys.readouterr().err
 
@@ -175,7 +176,7 @@ def gpt2_grads(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
     torch.manual_seed(0)
     module = Holder(tiny("gpt2"))
     module.model.train()
-    ActivationCheckpointing(enabled=checkpointing).setup(None, module, "fit")
+    parallel.parallelize(module.model, ActivationCheckpointing(enabled=checkpointing))
     calls = []
     # (a pre-hook: the recompute stops early, once the last activation backward needs is rebuilt)
     module.model.transformer.h[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -196,9 +197,9 @@ def test_activation_checkpointing_recomputes_blocks_and_leaves_gradients_unchang
 def test_compile_is_applied_in_place_and_keeps_parameter_names(scope):
     module = Holder(tiny("gpt2"))
     names = list(module.state_dict())
-    Compile(enabled=True, scope=scope).setup(None, module, "fit")
+    parallel.parallelize(module.model, compile=Compile(enabled=True, scope=scope))
     compiled = parallel.transformer_blocks(module.model) if scope == "blocks" else [module.model]
-    assert all(m._compiled_call_impl is not None for m in compiled)
+    assert all(compat.is_compiled(m) for m in compiled)
     assert list(module.state_dict()) == names  # checkpoints and the HF export see the same keys
 
 

@@ -63,8 +63,8 @@ def test_preset_values():
     ("gpu_fp16.yaml", "SingleDeviceStrategy", "16-mixed"),
 ])
 def test_gpu_presets_build_their_trainer_on_cpu(preset, strategy, precision, workdir, tiny_corpus):
-    from lightning_pretrain.callbacks import ActivationCheckpointing
     from lightning_pretrain.cli import PretrainCLI
+    from lightning_pretrain.parallel import Parallelize
 
     devices = "1" if strategy == "SingleDeviceStrategy" else "2"
     precision_arg = ["--trainer.precision", "bf16-mixed"] if precision == "16-mixed" else []  # fp16 needs CUDA
@@ -75,7 +75,7 @@ def test_gpu_presets_build_their_trainer_on_cpu(preset, strategy, precision, wor
     trainer = built.trainer
     assert type(trainer.strategy).__name__ == strategy
     assert trainer.num_devices == int(devices)
-    checkpointing = next(cb for cb in trainer.callbacks if isinstance(cb, ActivationCheckpointing))
+    checkpointing = next(cb for cb in trainer.callbacks if isinstance(cb, Parallelize)).checkpointing
     assert checkpointing.enabled is (preset == "fsdp.yaml")
     assert built.model.optimizer.keywords.get("fused") is True or preset == "fsdp.yaml"
 

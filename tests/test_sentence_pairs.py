@@ -17,6 +17,7 @@ from lightning_pretrain.data.sentence_pairs import (PairDataset, SentencePairCor
 from lightning_pretrain.data.sources import paragraphs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import IGNORE
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 
 
@@ -173,7 +174,7 @@ class _Tok:
                   hidden_dropout_prob=0.0, classifier_dropout_prob=0.0), AlbertForPreTraining),
 ])
 def test_losses_equal_hf_pretraining_loss(config, cls):
-    module = SentencePairMLM(config, tokenizer=_Tok())
+    module = SentencePairMLM(model=config, data=DataContract(_Tok(), task="nsp"))
     assert isinstance(module.model, cls)
     module.model.eval()
     docs = synthetic_docs()
@@ -193,8 +194,8 @@ def test_architecture_without_pair_head_is_refused():
     from transformers import RobertaConfig
 
     with pytest.raises(InputError, match="sentence-pair heads"):
-        SentencePairMLM(RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=64), tokenizer=_Tok())
+        SentencePairMLM(model=RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64), data=DataContract(_Tok(), task="nsp"))
 
 
 @pytest.mark.parametrize("config,task", [("bert_nsp_tiny.yaml", "nsp"), ("bert_sop_tiny.yaml", "sop")])
@@ -210,3 +211,28 @@ def test_tiny_pair_configs_train_log_and_export(workdir, tiny_corpus, config, ta
     enc = tok("the quick brown fox.", "it was not the first time.", return_tensors="pt")
     assert enc.token_type_ids.tolist()[0].count(1) > 0
     assert model(**enc).seq_relationship_logits.shape == (1, 2)
+
+
+def test_help_and_print_config_show_every_option_with_its_documentation(capsys):
+    """SentencePairCorpus takes only its own options and passes the rest to PretrainCorpus (**kwargs): `--help`
+    still lists each inherited option with PretrainCorpus's documentation, and `--print_config` every value."""
+    with pytest.raises(SystemExit) as exit_:
+        cli("fit", "--data.help", "lightning_pretrain.data.SentencePairCorpus")
+    assert exit_.value.code in (0, None)
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, doc in [("source", "'builtin' (CPython's documentation"), ("val_source", "validation text"),
+                        ("seq_len", "tokens per example"), ("batch_size", "examples (blocks or pairs) per batch"),
+                        ("vocab_size", "vocabulary size of a tokenizer"), ("seed", "seed of the train/validation"),
+                        ("tokenizer", "it needs CLS, SEP and PAD tokens"), ("task", "'nsp' (BERT"),
+                        ("short_seq_prob", "random length below seq_len"), ("dupe_factor", "independent draws")]:
+        assert f"--data.{option} " in text and doc in text, option
+
+    with pytest.raises(SystemExit) as exit_:
+        cli("fit", "-c", str(REPO / "configs/pretrain/bert_nsp_tiny.yaml"), "--print_config")
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    data = printed[printed.index("\ndata:"):]
+    for line in ("class_path: lightning_pretrain.data.SentencePairCorpus", "source: builtin", "tokenizer: wordpiece",
+                 "vocab_size: 4096", "seq_len: 128", "batch_size: 16", "task: nsp", "dupe_factor: 3",
+                 "short_seq_prob: 0.1", "val_fraction: 0.1", "seed: 1234"):
+        assert line in data, line

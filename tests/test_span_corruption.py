@@ -13,6 +13,7 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, Bart
 
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.span_corruption import (SpanCorruption, block_length_for, random_spans_noise_mask,
                                                            span_corrupt, span_lengths, with_sentinels)
 
@@ -149,7 +150,7 @@ TINY_BART = BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_a
 @pytest.mark.parametrize("config,cls", [(TINY_T5, T5ForConditionalGeneration), (TINY_BART, BartForConditionalGeneration)])
 def test_objective_learns_on_t5_and_bart(config, cls, unigram):
     torch.manual_seed(0)
-    module = SpanCorruption(config, tokenizer=unigram, num_sentinels=20)
+    module = SpanCorruption(model=config, data=DataContract(unigram), num_sentinels=20)
     assert isinstance(module.model, cls) and module.model.config.vocab_size == len(unigram) + 20
     start = module.model.config.decoder_start_token_id
     assert start == (unigram.pad_token_id if cls is T5ForConditionalGeneration else unigram.eos_token_id)
@@ -180,7 +181,7 @@ def test_pretrained_checkpoint_without_sentinels_gets_them_and_resized_embedding
                            "eos_token_id": bpe.eos_token_id, "bos_token_id": bpe.bos_token_id})
     BartForConditionalGeneration(config).save_pretrained(tmp_path)
     bpe.save_pretrained(tmp_path)
-    module = SpanCorruption(str(tmp_path), tokenizer=AutoTokenizer.from_pretrained(tmp_path), num_sentinels=10)
+    module = SpanCorruption(model=str(tmp_path), data=DataContract(AutoTokenizer.from_pretrained(tmp_path)), num_sentinels=10)
     assert module.model.get_input_embeddings().num_embeddings == len(bpe) + 10 == len(module.tokenizer)
     assert module.model.training  # from_pretrained's eval mode is undone
     batch = torch.tensor([bpe(" ".join(ENGLISH), add_special_tokens=False).input_ids[:48]])
@@ -218,7 +219,7 @@ def test_t5_base_recipe_is_t5_base_sized_and_its_optimizer_steps(unigram):
     n = span_lengths(recipe["data"]["init_args"]["seq_len"])
     assert (n.inputs, n.targets) == (512, 114)  # T5's input and target lengths
     assert model_args["optimizer"]["class_path"] == "torch.optim.Adafactor"  # T5's optimizer, relative step
-    tiny = SpanCorruption(TINY_T5, tokenizer=unigram).model
+    tiny = SpanCorruption(model=TINY_T5, data=DataContract(unigram)).model
     opt = torch.optim.Adafactor(optim.decay_groups(tiny.named_parameters()), **model_args["optimizer"]["init_args"])
     ids = torch.randint(0, len(unigram), (2, 8))
     tiny(input_ids=ids, labels=ids).loss.backward()

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.sources import builtin_documents
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens, word_boundaries, word_index
 
 SENTENCE = "Hello, world! The tokenizers' 1990s prizes weren't unbelievable; they were predictable."
@@ -133,8 +134,8 @@ def test_token_level_masking_is_unchanged_by_the_option():
 
 def test_masked_lm_option_masks_whole_words(tokenizers, texts):
     tok = tokenizers["wordpiece"]
-    module = MaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-                      tokenizer=tok, whole_word_mask=True, mlm_probability=0.3)
+    module = MaskedLM(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+                      data=DataContract(tok), whole_word_mask=True, mlm_probability=0.3)
     ids = [i for t in texts[:60] for i in tok(t, add_special_tokens=False).input_ids]
     batch = torch.tensor(ids[: 8 * 64]).view(8, 64)
     inputs, labels = module.corrupt(batch, 0, 0)

@@ -1,18 +1,26 @@
-"""At the end of `fit`: the model in Hugging Face format under `<run dir>/hf/` and the final metrics in
-`<run dir>/metrics.json`; at the end of `validate` / `test`, their metrics in `<run dir>/validate_metrics.json` /
-`<run dir>/test_metrics.json`. The tokenizer is saved with the run (`<run dir>/tokenizer/`) as soon as fit starts, so a
-run cut short still has it."""
+"""Hugging Face exports. `HFExport`: at the end of `fit`, the model under `<run dir>/hf/` and the final metrics in
+`<run dir>/metrics.json`; at the end of `validate` / `test`, `<run dir>/{validate,test}_metrics.json`; the tokenizer
+in `<run dir>/tokenizer/` as soon as fit starts, so a run cut short still has it. `lightning-pretrain-export`
+turns any training checkpoint (a `.ckpt` file or an FSDP2 sharded folder) into a Hugging Face directory:
+
+    lightning-pretrain-export logs/run/version_0/checkpoints/last.ckpt --out exported/
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from lightning_pretrain import parallel
+from lightning_pretrain.errors import InputError
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -80,3 +88,76 @@ class HFExport(L.Callback):
             if export is not None:
                 print(f"Hugging Face export: {out}")
             print(f"final metrics: {root / self.metrics_file}")
+
+
+# -- training checkpoint -> Hugging Face -------------------------------------------------------------------------
+def load_training_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as one dict on CPU: a single `.ckpt` file, or a sharded folder (FSDP2) merged."""
+    path = Path(path)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if not (path / ".metadata").is_file():
+        raise InputError(f"{path} is neither a checkpoint file nor a sharded checkpoint folder (no .metadata)")
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:  # torch's public merge writes a file; read it straight back
+        dcp_to_torch_save(path, Path(tmp) / "full.pt")
+        state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    meta = path / "meta.pt"  # Lightning's non-tensor part: epoch, loops, hyperparameters, our hf_config
+    return {**(torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}), **state}
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """Write a Hugging Face directory from a training checkpoint of a `PretrainingModule` objective.
+
+    The checkpoint carries the model's config and class (`hf_config`, saved by `PretrainingModule`); the tokenizer
+    defaults to `<run dir>/tokenizer`, which `HFExport` saves when fit starts.
+    """
+    import transformers
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    state = load_training_checkpoint(checkpoint)
+    if "hf_config" not in state:
+        raise InputError(f"{checkpoint} holds no 'hf_config': it was not written by a lightning_pretrain objective")
+    config_dict = dict(state["hf_config"])
+    architecture = config_dict["architectures"][0]
+    model_class = getattr(transformers, architecture, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise InputError(f"{checkpoint} names {architecture!r}, which is not a transformers model class")
+    config = transformers.AutoConfig.for_model(**config_dict)
+    model = model_class(config)
+    prefix = "model."  # the HF model is the objective's `model` attribute
+    weights = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise InputError(f"checkpoint does not match {architecture}: missing {sorted(set(missing) - tied)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    model.tie_weights()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok_dir = Path(tokenizer) if tokenizer else checkpoint.resolve().parent.parent / "tokenizer"
+    if tok_dir.is_dir():
+        for f in tok_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`lightning-pretrain-export CHECKPOINT --out DIR [--tokenizer DIR]`."""
+    parser = argparse.ArgumentParser(prog="lightning-pretrain-export",
+                                     description="Export a training checkpoint (sharded folder or .ckpt file) to a "
+                                                 "Hugging Face directory.")
+    parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint folder")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: <run dir>/tokenizer)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"Hugging Face export: {export_checkpoint(args.checkpoint, args.out, args.tokenizer)}")
+    except InputError as e:  # the CLI's convention: one line, exit status 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

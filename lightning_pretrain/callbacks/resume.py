@@ -1,24 +1,10 @@
 """Exact resume: a run resumed from a checkpoint draws the batches and losses an uninterrupted run would have.
 
-Lightning checkpoints the model, optimizer, LR schedule, loop counters and the state of rank 0's train loader
-(a torchdata `StatefulDataLoader` knows its position mid-epoch). Three gaps remain, and `ResumeState` closes them:
-
-1. **RNG streams.** The global torch / numpy / python generators are not saved, so dropout draws other masks after
-   a resume and the losses drift apart from the first step on.
-2. **Per-rank data positions.** Only rank 0 writes the checkpoint, so under DDP every rank would get rank 0's loader
-   state. Harmless for a `DistributedSampler` (all ranks count the same), wrong for a streaming corpus whose ranks
-   read different documents.
-3. **When the loader state is applied.** Lightning loads it inside `setup_data` and iterates at once, before the
-   loop sets the sampler epoch (a `DistributedSampler` resumed in epoch 2 would replay epoch 0's order), and not
-   at all when `configure_optimizers` reads `trainer.estimated_stepping_batches` (ours do, for the LR schedule)
-   in an epoch-based run: the loader was built before the checkpoint was read (Lightning #20550) and the resumed
-   epoch restarts at its first batch.
-
-On save, every rank's RNG states and loader states are gathered into the checkpoint (key `resume_state`). On load,
-each rank takes its own entry and applies it in `on_train_start`, right before the first resumed batch: sampler
-epoch, loader state, a fresh loader iterator, and the RNG states last. A checkpoint written by a different
-number of processes is refused with a clear error (its per-rank positions cannot be mapped onto other ranks)
-unless `allow_world_size_change` is set.
+Lightning checkpoints the model, optimizer, schedule, loops and rank 0's train-loader position. `ResumeState` adds
+what it misses: every rank's global RNG states and loader states (gathered into the checkpoint's `resume_state`),
+applied in `on_train_start` right before the first resumed batch (sampler epoch, loader state, fresh iterator, RNG
+last), which also covers Lightning #20550. A checkpoint of another world size is refused unless
+`allow_world_size_change`. Why each gap matters: docs/design/resume.md.
 """
 
 from __future__ import annotations
@@ -29,11 +15,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_pretrain import compat
 from lightning_pretrain.errors import InputError
 
 KEY = "resume_state"
@@ -73,8 +59,7 @@ def check_workers(loaders: list, states: list[dict[str, Any]]) -> None:
     """A torchdata loader state fits only a loader with as many workers (else a bare AssertionError deep inside)."""
     stateful = [dl for dl in loaders if isinstance(dl, StatefulDataLoader)]
     for dl, state in zip(stateful, states):
-        snapshot = state.get("_snapshot")
-        saved = snapshot["_main_snapshot"]["_num_workers"] if snapshot else 0
+        saved = compat.loader_state_workers(state)
         if saved != dl.num_workers:
             raise InputError(f"the checkpoint's train loader ran {saved} worker process(es) and this run's has "
                              f"{dl.num_workers}: resume with the same --data.num_workers (a streaming corpus's "
@@ -131,16 +116,16 @@ class ResumeState(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         fit_loop = trainer.fit_loop
-        if self._loader_states and fit_loop._combined_loader is not None:
+        loaders = compat.train_loaders(trainer)
+        if self._loader_states and loaders is not None:
             # Lightning applies a checkpoint's loader state inside `setup_data` and iterates at once, before the loop
             # sets the sampler epoch (a DistributedSampler then replays epoch 0's order in any later epoch), and not
             # at all when the loader was built early for `estimated_stepping_batches` (Lightning #20550, our
             # configure_optimizers). Here, the last hook before the first batch: epoch first, state, fresh iterator.
-            for dl in fit_loop._combined_loader.flattened:
-                _set_sampler_epoch(dl, fit_loop.epoch_progress.current.processed)
-            check_workers(fit_loop._combined_loader.flattened, self._loader_states)
-            fit_loop._combined_loader._load_state_dicts(self._loader_states)
-            iter(fit_loop._data_fetcher)
+            for dl in loaders:
+                compat.set_sampler_epoch(dl, fit_loop.epoch_progress.current.processed)
+            check_workers(loaders, self._loader_states)
+            compat.load_train_loader_states(trainer, self._loader_states)
         self._loader_states = None
         if self._rng_to_restore is not None:
             # last, after the sanity check and the loaders' start-up have drawn whatever they draw

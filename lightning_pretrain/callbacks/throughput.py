@@ -1,25 +1,12 @@
 """Tokens/s, samples/s, MFU and the share of step time spent waiting for data, in the logger (TensorBoard).
 
-`Throughput` is Lightning's `ThroughputMonitor` told how to read our batches and how many FLOPs each one costs.
-Keys (per device; with several devices also global ones without `device/`), logged every `log_every_n_steps`
-once `window` batches have been seen:
-
-    train/device/items_per_sec    input tokens per second (padding excluded when the batch has an attention mask)
-    train/device/samples_per_sec  sequences per second
-    train/device/flops_per_sec    model FLOPs per second (convention below)
-    train/device/mfu              flops_per_sec / the device's dense peak for the training dtype (GPU, or peak_flops)
-    train/data_wait_fraction      share of wall time between batches spent before the step starts (data + transfer)
-
-FLOPs convention (PaLM, appendix B): per token, 6 FLOPs per trainable parameter (forward 2, backward 4) plus the
-attention score/value matmuls 12 * layers * (heads * head_dim) * context. Parameters used only as lookups (input and
-position embeddings) do no matmul and are not counted; a tied input/output embedding counts once, as the output
-projection. Frozen parameters count 4 (forward plus the input-gradient half of backward; their weight gradient is
-never computed), as litgpt does. These are *model* FLOPs: recomputation by activation checkpointing is not counted,
-and work an objective skips (MaskedLM's head runs on masked positions only) is still credited, so MFU is comparable
-across implementations of the same model. Encoder-decoders count encoder parameters per input token and decoder
-parameters per target token (decoder attention spans targets + inputs). The shapes are read from the batch
-(`input_ids`, `labels`), or from the module's `model_input_shape(batch)` when an objective reshapes its batch before
-the model (span corruption turns raw blocks into shorter inputs and targets).
+`Throughput` is Lightning's `ThroughputMonitor` told how to read our batches and how many FLOPs each one costs:
+`train/device/{items,samples,flops}_per_sec`, `train/device/mfu` (GPU, or with `peak_flops`) and
+`train/data_wait_fraction`, logged every `log_every_n_steps` once `window` batches were seen. FLOPs follow PaLM
+(appendix B): 6 per trainable parameter and token (frozen: 4), lookups not counted, plus 12·L·H·Q·T attention;
+model FLOPs, so recomputation is not counted and skipped work (MaskedLM's sparse head) still is. Encoder-decoders
+count each side per its own tokens; an objective that reshapes its batch says what the model sees through
+`model_input_shape(batch)`. The full convention: docs/design/throughput.md.
 """
 
 from __future__ import annotations
@@ -31,6 +18,9 @@ from collections.abc import Mapping
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from torch import nn
+
+from lightning_pretrain import compat
+from lightning_pretrain.architecture import attention_width
 
 
 # -- FLOPs arithmetic -------------------------------------------------------------------------------------------
@@ -58,13 +48,6 @@ def flops_per_token(trainable: int, frozen: int, layers: int, attention_width: i
     if training:
         return 6 * trainable + 4 * frozen + 12 * layers * attention_width * context
     return 2 * (trainable + frozen) + 4 * layers * attention_width * context
-
-
-def attention_width(config) -> int:
-    """heads x head_dim: the width of the query/key products (hidden size, except e.g. T5's d_kv * num_heads)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return heads * head_dim
 
 
 def batch_flops(model: nn.Module, input_shape: tuple[int, int], target_len: int | None = None,
@@ -151,13 +134,11 @@ class Throughput(ThroughputMonitor):
         self._step_start: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-
         super().setup(trainer, pl_module, stage)
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        dtype = compat.compute_dtype(trainer.precision_plugin)
         peak = self.peak_flops or dense_peak_flops(trainer.strategy.root_device, dtype)
         self.available_flops = peak
-        for throughput in self._throughputs.values():
+        for throughput in compat.monitor_throughputs(self).values():
             throughput.available_flops = peak
 
     # FLOPs: ThroughputMonitor reads `flops_per_batch` from the module at every batch

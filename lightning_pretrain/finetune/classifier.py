@@ -1,10 +1,9 @@
 """`SequenceClassifier`: a pretrained backbone plus a classification (or regression) head, fine-tuned on labelled
 text, with torchmetrics per task type and a Hugging Face export that `pipeline("text-classification")` loads.
 
-The head is sized from the data module's label names (`TextClassification.label_names`), read when the model is
-configured, so classes are never typed twice; the names travel in the export's `id2label` / `label2id`, in every
-checkpoint and in `<run dir>/labels.json`. Which parameters train is the trainability policy's business
-(`--model.trainability`, see `finetune/trainability.py`), not the model's.
+The head is sized from the label names the data publishes (`DataContract.label_names`), so classes are never typed
+twice; the names travel in the export's `id2label` / `label2id`, in every checkpoint and in `<run dir>/labels.json`.
+Which parameters train is the trainability policy's business (`--model.trainability`, `finetune/trainability.py`).
 """
 
 from __future__ import annotations
@@ -21,13 +20,13 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
                                          MulticlassMatthewsCorrCoef)
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification
 
-from lightning_pretrain import optim
+from lightning_pretrain import architecture, optim
 from lightning_pretrain.callbacks.export import run_dir
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.trainability import Full, Trainability
-from lightning_pretrain.objectives.pretraining import max_positions
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -50,7 +49,7 @@ class SequenceClassifier(L.LightningModule):
     def __init__(
         self,
         backbone: str,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        data: DataContract | None = None,
         trainability: Trainability | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_ratio: float = 0.06,
@@ -65,7 +64,8 @@ class SequenceClassifier(L.LightningModule):
             backbone: a local directory (e.g. a run's `hf/` export) or hub id of a pretrained model; its encoder is
                 loaded and a fresh head sized to the data's labels is put on top (an existing head of another
                 size is replaced).
-            tokenizer: linked from the data module by the CLI (the backbone's own tokenizer).
+            data: what the data module publishes (the backbone's tokenizer, the task, label names, max length); the
+                CLI passes `data.contract`.
             trainability: the fine-tuning mode: which parameters train, when and at which LR
                 (`lightning_pretrain.finetune.{Full,Frozen,TopK,GradualUnfreezing,LayerwiseLRDecay,LoRA}`, composed
                 from configs/finetune/modes/); default: full fine-tuning.
@@ -78,31 +78,21 @@ class SequenceClassifier(L.LightningModule):
             predictions_file: where `predict` writes JSON lines (default `<run dir>/predictions.jsonl`).
         """
         super().__init__()
-        if tokenizer is None:
-            raise InputError("the classifier needs a tokenizer (the CLI links it from the data module)")
+        if data is None or data.task not in ("classification", "regression"):
+            raise InputError("the classifier needs a classification data module's contract (the CLI passes "
+                             "--data's `contract`; use lightning_pretrain.data.TextClassification)")
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        self.save_hyperparameters(ignore=["tokenizer", "optimizer", "trainability"])
-        self.backbone, self.tokenizer = backbone, tokenizer
+        self.save_hyperparameters(ignore=["data", "optimizer", "trainability"])
+        self.backbone, self.tokenizer = backbone, data.tokenizer
         self.trainability = trainability or Full()
         self.optimizer = optimizer
         self.warmup_ratio, self.warmup_steps, self.lr_schedule = warmup_ratio, warmup_steps, lr_schedule
         self.classifier_dropout, self.attn_implementation = classifier_dropout, attn_implementation
         self.predictions_file = predictions_file
-        self.model: torch.nn.Module | None = None  # built in configure_model, once the label names are known
-        self.label_names: list[str] | None = None
-
-    # -- the model ----------------------------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer else None
-        if dm is None or not hasattr(dm, "label_names"):
-            raise InputError("SequenceClassifier needs a data module with label names (TextClassification)")
-        self.build(dm.label_names)
-        limit = max_positions(self.model.config)
-        if limit is not None and getattr(dm, "max_length", 0) > limit:
-            raise InputError(f"--data.max_length {dm.max_length} exceeds the backbone's {limit} positions")
+        self.build(list(data.label_names) if data.task == "classification" else None)
+        if data.max_length is not None:
+            architecture.check_length(self.model.config, data.max_length, "max_length")
 
     def build(self, label_names: list[str] | None) -> None:
         """Load the backbone with a head for `label_names` (None: one regression output) and apply the policy."""

@@ -1,15 +1,13 @@
 """GLUE suite: fine-tune one backbone on a list of GLUE tasks (one `lightning-pretrain fit` run each) and write a
 table of every task's dev score and their average, as Markdown and JSON.
 
-    python -m lightning_pretrain.finetune.glue --backbone logs/mlm_tiny/version_0/hf \\
-        --tasks cola mrpc rte stsb --glue_dir ../shared/data/glue --mode full --out glue_runs \\
-        --trainer.max_epochs 1 --data.max_train_examples 2000
+    lightning-pretrain-glue --backbone logs/mlm_tiny/version_0/hf --tasks cola mrpc rte stsb \\
+        --glue_dir ../shared/data/glue --mode full --out glue_runs --trainer.max_epochs 1
 
-Each task's settings come from its YAML (configs/finetune/glue/<task>.yaml, or sst2.yaml / mnli.yaml); the mode
-from configs/finetune/modes/<mode>.yaml; any further `--section.key value` arguments go to every run. With
-`--glue_dir`, the tasks read GLUE's own TSV directories (CoLA/, MRPC/, ...; the column overrides for that layout
-are below); without it, the hub's `glue` dataset. The score is GLUE's: Matthews correlation for CoLA, the mean of
-F1 and accuracy for MRPC/QQP, the mean of Pearson and Spearman for STS-B, accuracy otherwise (x 100).
+Each task's settings come from its YAML (configs/finetune/glue/<task>.yaml, sst2.yaml, mnli.yaml), the mode from
+configs/finetune/modes/<mode>.yaml, any further `--section.key value` goes to every run; `--glue_dir` reads GLUE's
+own TSV folders, else the hub's `glue`. Scores are GLUE's (CoLA: MCC; MRPC/QQP: mean of F1 and accuracy; STS-B:
+mean of Pearson and Spearman; else accuracy; x 100).
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+# inside the package (a link to the repository's configs/ in a checkout, the files themselves in a wheel)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 
 
 @dataclass(frozen=True)

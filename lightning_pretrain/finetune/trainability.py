@@ -1,19 +1,10 @@
-"""Fine-tuning modes as trainability policies: which parameters of a sequence classifier train, when, and at what LR.
+"""Fine-tuning modes as trainability policies: which parameters of a model train, when, and at what LR.
 
-A policy is a Lightning callback owned by the classifier (`--model.trainability`, composed from
-`configs/finetune/modes/<mode>.yaml`). It can freeze or wrap the model once (`prepare`), lay out the optimizer's
-parameter groups (`param_groups`: frozen parameters are left out, so they cost no optimizer state), act every step
-(`on_train_batch_start`), and turn the trained model into a plain Hugging Face model for export (`exportable`).
-
-Depth counts from the top of the network (`layer_depths`): 0 is the task head, 1 the top transformer block (with
-anything the backbone applies after its blocks, e.g. BERT's pooler or GPT-2's final norm), L the bottom block, and
-L + 1 the embeddings (everything the backbone applies before its first block).
-
-Why not Lightning's `BackboneFinetuning`: it adds parameter groups to the optimizer mid-run, which breaks any
-per-step LR scheduler (the scheduler's per-group lists are shorter than the optimizer's groups) and desynchronises
-DDP ranks (Lightning #20340). `GradualUnfreezing` instead creates every group at the start and holds a group's LR
-at 0 and its gradients off until its step; the schedule is a pure function of the global step, so it is the same on
-every rank and after a resume.
+A policy is a Lightning callback owned by the task module (`--model.trainability`, composed from
+`configs/finetune/modes/<mode>.yaml`): it can freeze or wrap the model once (`prepare`), lay out the optimizer's
+parameter groups (`param_groups`; frozen parameters get no optimizer state), act every step
+(`on_train_batch_start`), and turn the trained model into a plain HF model for export (`exportable`). Depths are
+`architecture.layer_depths`. Why gradual unfreezing is not Lightning's `BackboneFinetuning`: docs/design/finetune.md.
 """
 
 from __future__ import annotations
@@ -27,38 +18,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_pretrain import optim
+from lightning_pretrain import compat, optim
+from lightning_pretrain.architecture import layer_depths
 from lightning_pretrain.errors import InputError
-
-
-def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
-    """`({parameter name: depth}, number of transformer blocks)` of an HF model with a task head.
-
-    The blocks are the longest `nn.ModuleList` in the backbone (`model.base_model`): BERT's `encoder.layer`, GPT-2's
-    `h`, Llama's `layers`. Backbone parameters registered before the first block are the embeddings (depth L + 1),
-    those after the blocks (pooler, final norm) go with the top block (depth 1), and parameters outside the backbone
-    are the head (depth 0).
-    """
-    backbone = model.base_model
-    if backbone is model:
-        raise InputError(f"{type(model).__name__} has no separate backbone (base_model) to count layers in")
-    stacks = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not stacks:
-        raise InputError(f"found no stack of transformer blocks (an nn.ModuleList) in {type(backbone).__name__}")
-    stack_name, stack = max(stacks, key=lambda s: len(s[1]))
-    n_layers = len(stack)
-    block_of = {id(p): i for i, block in enumerate(stack) for p in block.parameters()}
-    backbone_ids = {id(p) for p in backbone.parameters()}
-    depths, seen_block = {}, False
-    for name, p in model.named_parameters():
-        if id(p) not in backbone_ids:
-            depths[name] = 0
-        elif id(p) in block_of:
-            seen_block = True
-            depths[name] = n_layers - block_of[id(p)]
-        else:
-            depths[name] = 1 if seen_block else n_layers + 1
-    return depths, n_layers
 
 
 def depth_groups(model: nn.Module, scale=lambda depth: 1.0, start=lambda depth: 0) -> list[dict]:
@@ -186,8 +148,7 @@ class GradualUnfreezing(Trainability):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         strategy = trainer.strategy
-        if stage == "fit" and isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get(
-                "find_unused_parameters", False):
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and not compat.ddp_finds_unused_parameters(strategy):
             raise InputError("gradual unfreezing under DDP needs --trainer.strategy ddp_find_unused_parameters_true "
                              "(the groups still frozen get no gradient until their step)")
 

@@ -1,18 +1,10 @@
 """Cross-entropy of a linear output layer, computed in chunks of rows without ever holding all the logits.
 
-A causal LM's last step is `logits = hidden @ W.T` over the whole vocabulary for every position, then a softmax
-cross-entropy. Autograd keeps the (tokens x vocab) logits for the backward pass and makes a second tensor of the
-same size for their gradient: at seq 128, batch 32 and a 16k vocabulary that is 268 MB each in fp32 (at GPT-2
-124M, seq 1024, batch 8: 1.6 GB each), memory a bigger batch or model could use instead.
-
-`linear_cross_entropy` does the same arithmetic one chunk of rows at a time, and forms the gradients of the loss
-with respect to `hidden` and `W` in the forward pass, while a chunk's logits are still in cache: the softmax
-gradient is `softmax(logits) - onehot(target)`, so nothing else is needed. The backward pass then only scales
-the stored gradients. The matmul count is what autograd does (one forward and two gradient matmuls per chunk),
-with no recomputation, so the speed is unchanged (measured on 2 CPU cores: benchmarks/RESULTS.md); the gain is
-memory. This is the "fused linear cross-entropy" of GPU kernels such as Liger's (Triton, GPU
-only); neither PyTorch nor transformers ships one that runs on CPU, hence our own, tested against
-`F.cross_entropy(F.linear(...))` in values and gradients (tests/test_linear_cross_entropy.py).
+The loss and the gradients with respect to `hidden` and `W` are formed chunk by chunk in the forward pass, while a
+chunk's logits are in cache (the softmax gradient is `softmax(logits) - onehot(target)`); backward only scales them.
+Same matmuls as autograd, no recomputation: the speed is unchanged on CPU and the (tokens x vocab) logits and their
+gradient are never held (Liger's fused kernel is GPU-only; neither PyTorch nor transformers has one for CPU).
+Tested against `F.cross_entropy(F.linear(...))` (tests/test_linear_cross_entropy.py); docs/design/performance.md.
 """
 
 from __future__ import annotations

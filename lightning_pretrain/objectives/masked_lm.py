@@ -1,16 +1,10 @@
 """Masked language modelling (BERT, RoBERTa, ...): corrupt ~15% of the tokens and predict the originals.
 
 `mask_tokens` is BERT's corruption as a pure function: each non-special token is selected with probability
-`mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` become a random non-special
-token, and the rest stay unchanged. The loss and perplexity count the selected positions only.
-
-Whole-word masking (`whole_word_mask=True`) draws the same decisions per *word* instead of per token: a word is
-selected with probability `mlm_probability`, all its pieces are predicted, and the 80/10/10 choice is made once per
-word (a "random" word gets an independent random token at each piece). `transformers` 5 only offers whole-word
-masking with 100% [MASK] and for WordPiece; here word boundaries come from the tokenizer family (`word_boundaries`):
-WordPiece continues a word with ``##``; byte-level BPE (``Ġ``) and SentencePiece (``▁``) start one with the marker,
-and there punctuation and line breaks also end a word, so "Hello, world" has the words "Hello", ",", "world" in
-every family, as BERT's pre-tokenizer would split it.
+`mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` a random non-special token,
+the rest stay. The loss and perplexity count the selected positions only. Whole-word masking draws the same
+decisions per word, with word boundaries read from the tokenizer family (WordPiece `##`, byte-level BPE `Ġ`,
+SentencePiece `▁`): docs/design/objectives.md.
 """
 
 from __future__ import annotations
@@ -19,12 +13,11 @@ import json
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
-from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from lightning_pretrain import optim
+from lightning_pretrain import architecture
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.pretraining import PretrainingModule
+from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
 
 IGNORE = -100  # label value that cross-entropy (ours and HF's) skips
 
@@ -114,39 +107,29 @@ class MaskedLM(PretrainingModule):
 
     def __init__(
         self,
-        model: PretrainedConfig | str,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: optim.Schedule = "cosine",
-        attn_implementation: str | None = "sdpa",
         mlm_probability: float = 0.15,
         mask_fraction: float = 0.8,
         random_fraction: float = 0.1,
         mask_seed: int = 0,
         whole_word_mask: bool = False,
+        **kwargs,
     ):
         """
         Args:
-            model: an HF config to build a fresh model from (`class_path: transformers.BertConfig` /
-                `RobertaConfig` with `init_args`), or a local directory / hub id of a pretrained masked LM.
-            tokenizer: linked from the data module by the CLI; sets the vocabulary size and special token ids.
-            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
-            warmup_steps: optimizer steps of linear LR warmup from 0.
-            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
-            attn_implementation: 'sdpa' (fused kernels) or 'eager'.
             mlm_probability: probability that a non-special token is selected for prediction.
             mask_fraction: share of selected tokens replaced by the mask token (BERT: 0.8).
             random_fraction: share of selected tokens replaced by a random token (BERT: 0.1); the rest stay.
-            mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch, rank), so a resumed run
-                draws the same masks as an uninterrupted one and validation masks are identical every epoch.
+            mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch,
+                rank), so a resumed run draws the same masks as an uninterrupted one and validation masks are
+                identical every epoch.
             whole_word_mask: select words instead of tokens (at `mlm_probability`), predict all pieces of a selected
                 word, and draw the mask/random/keep choice once per word. Works with WordPiece, byte-level BPE and
                 SentencePiece tokenizers.
         """
         if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
             raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
-        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
+        super().__init__(**kwargs)
+        tokenizer = self.tokenizer
         if tokenizer.mask_token_id is None:
             raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')")
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
@@ -163,13 +146,13 @@ class MaskedLM(PretrainingModule):
 
     @property
     def mlm_head(self) -> torch.nn.Module | None:
-        # BERT's `cls` / RoBERTa's `lm_head` map hidden states to vocabulary logits; applying it to the masked
-        # positions only skips ~85% of the output projection, often the largest matmul of a small model
-        return getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        # applying the vocabulary head to the masked positions only skips ~85% of the output projection, often
+        # the largest matmul of a small model
+        return architecture.mlm_head(self.model)
 
     def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask `batch` with a generator seeded by (mask_seed, *stream, rank): reproducible, and resumable exactly."""
-        g = torch.Generator(device=batch.device).manual_seed(hash((self.mask_seed, *stream, self.global_rank)) % 2**62)
+        g = seeded_generator(batch.device, self.mask_seed, *stream, self.global_rank)
         words = word_index(batch, self.word_begins, self.word_joinable) if self.whole_word_mask else None
         return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
                            self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g, word_ids=words)
@@ -183,12 +166,12 @@ class MaskedLM(PretrainingModule):
         logits = self.mlm_head(hidden[selected])
         return F.cross_entropy(logits.float(), labels[selected])
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
         loss = self.mlm_loss(inputs, labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         inputs, labels = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(self.mlm_loss(inputs, labels), weight=(labels != IGNORE).sum())

@@ -1,6 +1,7 @@
-"""What every pretraining objective shares: the HF model (from a config or a checkpoint), its optimizer and LR
-schedule, token-weighted validation loss/perplexity, and the Hugging Face export. An objective subclasses this and
-adds only its corruption function and its `training_step` / `validation_step`.
+"""What every pretraining objective shares: the HF model (from a config or a checkpoint) sized to the data's
+tokenizer, the optimizer and LR schedule, token-weighted validation loss/perplexity, and the Hugging Face export.
+An objective subclasses this, takes only the options it adds, and implements `training_loss` and
+`validation_update`; the steps below run them (through FSDP2's sharded root when the model is sharded).
 """
 
 from __future__ import annotations
@@ -10,24 +11,23 @@ from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_pretrain import optim, parallel
+from lightning_pretrain import architecture, optim, parallel
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 
 
-def max_positions(config: PretrainedConfig) -> int | None:
-    """The longest sequence the architecture can embed (None for relative-position models like T5)."""
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            # RoBERTa reserves padding_idx + 1 positions before the first real one
-            return value - (config.pad_token_id + 1 if config.model_type in {"roberta", "xlm-roberta", "camembert"}
-                            and config.pad_token_id is not None else 0)
-    return None
+def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
+    """A generator seeded by a tuple of integers (negative ones too) through numpy's SeedSequence: the same seed in
+    every process and Python version, which `hash()` of a tuple does not promise."""
+    entropy = [2 * k if k >= 0 else -2 * k - 1 for k in key]  # zig-zag: SeedSequence takes non-negative integers
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class PretrainingModule(L.LightningModule):
@@ -36,26 +36,43 @@ class PretrainingModule(L.LightningModule):
     def __init__(
         self,
         model: PretrainedConfig | str,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        data: DataContract | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 100,
         lr_schedule: optim.Schedule = "cosine",
         attn_implementation: str | None = "sdpa",
     ):
+        """
+        Args:
+            model: an HF config to build a fresh model from (`class_path: transformers.GPT2Config`, `BertConfig`,
+                `T5Config`, ... with `init_args`), or a local directory / hub id of a pretrained model to continue.
+            data: what the data module publishes (its tokenizer and block length); the CLI passes `data.contract`.
+                The vocabulary size and special token ids come from its tokenizer.
+            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
+            warmup_steps: optimizer steps of linear LR warmup from 0.
+            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
+            attn_implementation: 'sdpa' (fused kernels), 'eager', 'flash_attention_2' where installed, or None
+                for the architecture's default.
+        """
         super().__init__()
-        if tokenizer is None:
-            raise InputError("the objective needs a tokenizer (the CLI links it from --data.tokenizer)")
-        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer"])
-        self.tokenizer = tokenizer
+        if data is None:
+            raise InputError("the objective needs its data's contract (the CLI passes --data's `contract`)")
+        self.save_hyperparameters(ignore=["model", "data", "optimizer"])
+        self.data = data
+        self.tokenizer = self.model_tokenizer(data.tokenizer)
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
-        self.model: PreTrainedModel = self.build_model(model, tokenizer, attn_implementation)
+        self.model: PreTrainedModel = self.build_model(model, attn_implementation)
         self.val_nll = MeanMetric()  # token-weighted, so val/ppl is exp(mean NLL per predicted token)
 
     # -- the model ----------------------------------------------------------------------------------------------
-    def build_model(self, spec: PretrainedConfig | str, tokenizer, attn_implementation: str | None):
-        """A fresh model sized to the tokenizer, or a pretrained one checked against it."""
+    def model_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        """The tokenizer the model is sized to and exported with (span corruption adds its sentinels here)."""
+        return tokenizer
+
+    def build_model(self, spec: PretrainedConfig | str, attn_implementation: str | None) -> PreTrainedModel:
+        """A fresh model sized to the tokenizer, or a pretrained one checked against the data's tokenizer."""
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         if isinstance(spec, str):
             try:
@@ -64,38 +81,35 @@ class PretrainingModule(L.LightningModule):
                 raise InputError(f"could not load pretrained model '{spec}': {str(e).splitlines()[0]}") from e
             model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
             n_embed = model.get_input_embeddings().num_embeddings
-            if len(tokenizer) > n_embed:
-                raise InputError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens but "
-                                 f"'{spec}' embeds only {n_embed}; use the model's own tokenizer")
+            if len(self.data.tokenizer) > n_embed:
+                raise InputError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(self.data.tokenizer)} "
+                                 f"tokens but '{spec}' embeds only {n_embed}; use the model's own tokenizer")
+            if len(self.tokenizer) > n_embed:  # tokens the objective added (sentinels): make room for them
+                model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
             return model
         config = copy.deepcopy(spec)
-        config.vocab_size = len(tokenizer)
+        config.vocab_size = len(self.tokenizer)
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
-            value = getattr(tokenizer, name, None)
+            value = getattr(self.tokenizer, name, None)
             if value is not None:
                 setattr(config, name, value)
-        self.adapt_config(config, tokenizer)
+        self.adapt_config(config, self.tokenizer)
         return self.auto_class.from_config(config, **kwargs)
 
     def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
         """Hook for objective-specific config facts (e.g. T5's decoder start token)."""
 
     def check_seq_len(self, seq_len: int) -> None:
-        limit = max_positions(self.model.config)
-        if limit is not None and seq_len > limit:
-            raise InputError(f"seq_len={seq_len} is larger than the model's {limit} positions; lower --data.seq_len "
-                             f"or raise the config's max_position_embeddings / n_positions")
+        architecture.check_length(self.model.config, seq_len, "seq_len")
 
     def setup(self, stage: str) -> None:
-        seq_len = getattr(self.trainer.datamodule, "seq_len", None) if self._trainer else None
-        if seq_len is not None:
-            self.check_seq_len(seq_len)
+        if self.data.seq_len is not None:
+            self.check_seq_len(self.data.seq_len)
 
     def configure_model(self) -> None:
-        # Lightning's ModelParallelStrategy hands the module a device mesh: shard the HF model's blocks with FSDP2
-        # from outside (lightning_pretrain/parallel.py); under every other strategy the model stays as built
-        if self.device_mesh is not None:
-            parallel.shard_module(self)
+        # The model is built in __init__ and sharded from outside (`parallel.Parallelize`, before this hook);
+        # Lightning's ModelParallelStrategy asks every module to override this hook.
+        pass
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the HF config and class travel with every checkpoint, so a sharded one exports without the run's YAML
@@ -103,17 +117,24 @@ class PretrainingModule(L.LightningModule):
         config["architectures"] = [type(self.model).__name__.removeprefix("FSDP")]  # FSDP2 renames the class
         checkpoint["hf_config"] = config
 
-    # -- optimisation -------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        opt = self.optimizer(optim.decay_groups(self.model.named_parameters()))
-        total = self.trainer.estimated_stepping_batches
-        try:
-            sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total)
-        except ValueError as e:
-            raise InputError(str(e)) from e
-        return {"optimizer": opt, "lr_scheduler": sched}
+    # -- steps --------------------------------------------------------------------------------------------------
+    def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
+        """The objective's training loss for one batch (log what it measures with `self.log`)."""
+        raise NotImplementedError
 
-    # -- validation ---------------------------------------------------------------------------------------------
+    def validation_update(self, batch, batch_idx: int) -> None:
+        """Update the validation metrics (at least `self.val_nll`) with one batch."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return parallel.through_root(self.model, self.training_loss, batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        parallel.through_root(self.model, self.validation_update, batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
     def on_validation_epoch_end(self) -> None:
         self._log_nll("val")
 
@@ -127,8 +148,15 @@ class PretrainingModule(L.LightningModule):
         self.log_dict({f"{prefix}/loss": nll, f"{prefix}/ppl": torch.exp(nll)}, prog_bar=True)
         self.val_nll.reset()
 
-    def test_step(self, batch, batch_idx):
-        return self.validation_step(batch, batch_idx)
+    # -- optimisation -------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = self.optimizer(optim.decay_groups(self.model.named_parameters()))
+        total = self.trainer.estimated_stepping_batches
+        try:
+            sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     # -- export -------------------------------------------------------------------------------------------------
     def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:

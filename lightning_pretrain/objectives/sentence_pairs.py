@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
-from transformers import AutoModelForPreTraining, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForPreTraining
 
-from lightning_pretrain import optim
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
 
@@ -37,43 +35,18 @@ def pretraining_heads(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
 class SentencePairMLM(MaskedLM):
     auto_class = AutoModelForPreTraining
 
-    def __init__(
-        self,
-        model: PretrainedConfig | str,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: optim.Schedule = "cosine",
-        attn_implementation: str | None = "sdpa",
-        mlm_probability: float = 0.15,
-        mask_fraction: float = 0.8,
-        random_fraction: float = 0.1,
-        mask_seed: int = 0,
-        whole_word_mask: bool = False,
-    ):
-        """
-        Args:
-            model: an HF config to build a fresh model from (`class_path: transformers.BertConfig` ->
-                `BertForPreTraining`, or `AlbertConfig` -> `AlbertForPreTraining`), or a local directory / hub id
-                of such a pretrained model.
-            tokenizer: linked from the data module by the CLI; sets the vocabulary size and special token ids.
-            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
-            warmup_steps: optimizer steps of linear LR warmup from 0.
-            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
-            attn_implementation: 'sdpa' (fused kernels) or 'eager'.
-            mlm_probability: probability that a non-special token (or word) is selected for prediction.
-            mask_fraction: share of selected tokens replaced by the mask token (BERT: 0.8).
-            random_fraction: share of selected tokens replaced by a random token (BERT: 0.1); the rest stay.
-            mask_seed: base seed of the masking; each batch's mask is a function of (mask_seed, epoch, batch, rank).
-            whole_word_mask: select and corrupt whole words instead of tokens (see MaskedLM).
-        """
-        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation, mlm_probability,
-                         mask_fraction, random_fraction, mask_seed, whole_word_mask)
-        heads = pretraining_heads(self.model)
-        if heads is None:
+    def __init__(self, **kwargs):
+        """BERT's MLM plus the pair task the data publishes ('nsp' or 'sop', from `SentencePairCorpus`). The
+        model: an HF config (`transformers.BertConfig` -> `BertForPreTraining`, or `AlbertConfig` ->
+        `AlbertForPreTraining`), or a local directory / hub id of such a pretrained model."""
+        super().__init__(**kwargs)
+        if self.data.task not in ("nsp", "sop"):
+            raise InputError("SentencePairMLM trains on sentence pairs: use the data module "
+                             "lightning_pretrain.data.SentencePairCorpus (task nsp or sop)")
+        if pretraining_heads(self.model) is None:
             raise InputError(f"{type(self.model).__name__} has no masked-LM plus sentence-pair heads; use BertConfig "
                              f"(BertForPreTraining) or AlbertConfig (AlbertForPreTraining)")
-        self.task = "pair"  # renamed to the data's task ('nsp' / 'sop') in setup, for the metric names
+        self.task = self.data.task  # in the metric names: train/nsp_loss, val/sop_acc, ...
         self.val_pair_loss = MeanMetric()
         self.val_pair_acc = BinaryAccuracy()
 
@@ -81,12 +54,6 @@ class SentencePairMLM(MaskedLM):
     def mlm_head(self) -> torch.nn.Module | None:
         heads = pretraining_heads(self.model)
         return heads[0] if heads else None
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        task = getattr(self.trainer.datamodule, "task", None) if self._trainer else None
-        if task is not None:
-            self.task = task
 
     def losses(self, batch: dict[str, torch.Tensor], inputs: torch.Tensor,
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,7 +66,7 @@ class SentencePairMLM(MaskedLM):
         pair_logits = pair_head(out.pooler_output).float()
         return mlm_loss, F.cross_entropy(pair_logits, batch["pair_label"]), pair_logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.corrupt(batch["input_ids"], self.current_epoch, batch_idx)
         mlm_loss, pair_loss, logits = self.losses(batch, inputs, labels)
         loss = mlm_loss + pair_loss
@@ -109,7 +76,7 @@ class SentencePairMLM(MaskedLM):
                        f"train/{self.task}_acc": accuracy})
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_update(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         inputs, labels = self.corrupt(batch["input_ids"], -1, batch_idx)  # epoch -1: never a training batch's seed
         mlm_loss, pair_loss, logits = self.losses(batch, inputs, labels)
         self.val_nll.update(mlm_loss, weight=(labels != IGNORE).sum())

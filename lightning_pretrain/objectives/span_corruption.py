@@ -1,20 +1,10 @@
 """T5's span corruption (encoder-decoder pretraining): drop ~15% of a block in short spans, ask for them back.
 
-A packed block of `L` raw tokens gets a noise mask with exactly `round(L * noise_density)` noise tokens in
-`round(noise / mean_noise_span_length)` spans, placed uniformly at random (T5's `random_spans_noise_mask`: the
-block always starts with kept tokens and ends with noise). Each noise span becomes one sentinel in the input; the
-target lists the sentinels, each followed by the tokens it replaced, as in the paper's example::
-
-    block    Thank you for inviting me to your party last week .
-    input    Thank you <extra_id_0> me to your party <extra_id_1> week . </s>
-    target   <extra_id_0> for inviting <extra_id_1> last </s>
-
-Sentinels are "descending": `<extra_id_0>` is the last id of the vocabulary, `<extra_id_1>` the one before, as in
-T5's own vocabulary (and HF's Flax collator, which computes them as `len(tokenizer) - i`).
-
-Lengths are fixed by `L` alone (`span_lengths`): inputs `L - noise + spans + 1`, targets `noise + spans + 1`, so
-no padding is ever needed. The data module's `seq_len` is the raw block length `L`; `block_length_for` inverts the
-arithmetic (HF's `compute_input_and_target_lengths`): 512-token inputs need `seq_len: 568` (targets: 114).
+A raw block of `L` tokens gets exactly `round(L * noise_density)` noise tokens in `round(noise / mean_span)` spans
+placed uniformly at random (T5's `random_spans_noise_mask`); each noise span becomes one sentinel in the input and
+the target lists the sentinels, each followed by the tokens it replaced. Sentinels descend from the last id, as in
+T5's vocabulary. Lengths depend on `L` alone (`span_lengths`: no padding); `data.seq_len` is `L`, and
+`block_length_for` inverts the arithmetic (512-token inputs need `seq_len: 568`). Details: docs/design/objectives.md.
 """
 
 from __future__ import annotations
@@ -25,13 +15,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from tokenizers import processors
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
 
-from lightning_pretrain import optim
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.pretraining import PretrainingModule, max_positions
+from lightning_pretrain import architecture
+from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -140,54 +129,38 @@ class SpanCorruption(PretrainingModule):
 
     def __init__(
         self,
-        model: PretrainedConfig | str,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: optim.Schedule = "cosine",
-        attn_implementation: str | None = None,
         noise_density: float = 0.15,
         mean_noise_span_length: float = 3.0,
         num_sentinels: int = 100,
         corruption_seed: int = 0,
+        attn_implementation: str | None = None,
+        **kwargs,
     ):
         """
         Args:
-            model: an HF config to build a fresh encoder-decoder from (`class_path: transformers.T5Config` or
-                `BartConfig` with `init_args`), or a local directory / hub id of a pretrained seq2seq LM.
-            tokenizer: linked from the data module by the CLI. It needs an EOS token; sentinels `<extra_id_i>` it
-                lacks are added (a pretrained model's embeddings are resized to match) and saved with the export.
-            optimizer: optimizer class and its arguments (weight decay applies to matrices only).
-            warmup_steps: optimizer steps of linear LR warmup from 0.
-            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
-            attn_implementation: None (the architecture's default), 'sdpa' or 'eager'.
             noise_density: fraction of each raw block that is dropped and must be predicted (T5: 0.15).
             mean_noise_span_length: average length of a dropped span (T5: 3.0).
-            num_sentinels: sentinel tokens `<extra_id_0..N-1>` available; a block needs one per noise span.
+            num_sentinels: sentinel tokens `<extra_id_0..N-1>` available; a block needs one per noise span. The
+                data's tokenizer needs an EOS token; sentinels it lacks are added to the model's copy (a pretrained
+                model's embeddings grow to match) and saved with the export.
             corruption_seed: base seed of the noise masks; each batch's mask is a function of (seed, epoch, batch,
                 rank), so a resumed run corrupts exactly like an uninterrupted one and validation never changes.
+            attn_implementation: None (the architecture's default), 'sdpa' or 'eager'.
         """
         if not 0 < noise_density < 1 or mean_noise_span_length < 1:
             raise InputError("need 0 < noise_density < 1 and mean_noise_span_length >= 1")
-        if tokenizer is None:
-            raise InputError("the objective needs a tokenizer (the CLI links it from --data.tokenizer)")
-        if tokenizer.eos_token_id is None:
-            raise InputError("span corruption needs a tokenizer with an EOS token (train 'unigram' or 'bpe')")
-        self._given_tokenizer = tokenizer  # what a pretrained checkpoint was sized for, before any sentinel
-        tokenizer, self._added = with_sentinels(tokenizer, num_sentinels)
-        super().__init__(model, tokenizer, optimizer, warmup_steps, lr_schedule, attn_implementation)
+        self.num_sentinels = num_sentinels  # read by model_tokenizer, during the parent's __init__
+        super().__init__(attn_implementation=attn_implementation, **kwargs)
         self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
         self.corruption_seed = corruption_seed
-        ids = tokenizer.convert_tokens_to_ids(sentinel_tokens(num_sentinels))
+        ids = self.tokenizer.convert_tokens_to_ids(sentinel_tokens(num_sentinels))
         self.register_buffer("sentinel_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
 
-    def build_model(self, spec, tokenizer, attn_implementation):
-        if not (isinstance(spec, str) and self._added):
-            return super().build_model(spec, tokenizer, attn_implementation)
-        # check the checkpoint against the tokenizer it came with, then make room for the added sentinels
-        model = super().build_model(spec, self._given_tokenizer, attn_implementation)
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        return model
+    def model_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        # the sentinels are the model's vocabulary, not the data's: they never occur in the tokenized corpus
+        if tokenizer.eos_token_id is None:
+            raise InputError("span corruption needs a tokenizer with an EOS token (train 'unigram' or 'bpe')")
+        return with_sentinels(tokenizer, self.num_sentinels)[0]
 
     def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
         # the decoder's start token keeps the role the architecture gives it (T5, Pegasus: pad; BART: eos),
@@ -210,7 +183,7 @@ class SpanCorruption(PretrainingModule):
 
     def check_seq_len(self, seq_len: int) -> None:
         n = self.lengths(seq_len)
-        limit = max_positions(self.model.config)
+        limit = architecture.max_positions(self.model.config)
         if limit is not None and max(n.inputs, n.targets) > limit:
             raise InputError(f"seq_len={seq_len} gives {n.inputs}-token inputs, more than the model's {limit} "
                              f"positions; lower --data.seq_len")
@@ -225,17 +198,17 @@ class SpanCorruption(PretrainingModule):
     def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise-mask `batch` with a generator seeded by (corruption_seed, *stream, rank): reproducible, resumable."""
         self.lengths(batch.shape[1])
-        g = torch.Generator(device=batch.device).manual_seed(hash((self.corruption_seed, *stream, self.global_rank)) % 2**62)
+        g = seeded_generator(batch.device, self.corruption_seed, *stream, self.global_rank)
         mask = random_spans_noise_mask(batch.shape[0], batch.shape[1], self.noise_density, self.mean_noise_span_length,
                                        generator=g, device=batch.device)
         return span_corrupt(batch, mask, self.sentinel_ids, self.tokenizer.eos_token_id)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.corrupt(batch, self.current_epoch, batch_idx)
         loss = self.model(input_ids=inputs, labels=targets).loss
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         inputs, targets = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(self.model(input_ids=inputs, labels=targets).loss, weight=targets.numel())
