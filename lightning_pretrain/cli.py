@@ -9,15 +9,19 @@ logging and the outside-the-model transforms (`parallel.Parallelize`); TensorBoa
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.export import HFExport
+from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
@@ -34,16 +38,19 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_class_arguments(Compile, "compile")
         parser.add_class_arguments(ActivationCheckpointing, "activation_checkpointing")
-        # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly
+        # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly; a NaN loss or
+        # a SIGTERM ends the run with a resumable checkpoint and a non-zero exit
         parser.add_lightning_class_args(ResumeState, "resume_state")
+        parser.add_lightning_class_args(StopGuard, "stop_guard")
         # data -> model, once, before the model is built: what the data publishes (its tokenizer, lengths, labels)
         parser.link_arguments("data.contract", "model.init_args.data", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is not None and config.get("ckpt_path") == "last":
-            continue_last_run(config.trainer)
+            resolve_last(self.subcommand, config)
         if config is not None:
+            own_run_directory(self.subcommand, config)
             tokenizer_from_backbone(config)
 
     def instantiate_trainer(self, **kwargs):
@@ -52,6 +59,9 @@ class PretrainCLI(LightningCLI):
         transforms = Parallelize(config["activation_checkpointing"], config["compile"])
         kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), transforms]
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is not None and trainer.logger.log_dir:
+            _RUN["dir"] = Path(trainer.logger.log_dir)
+            _RUN["existed"] = _RUN["dir"].exists()
         # Lightning's default writer can leave a truncated last.ckpt when killed mid-write (see checkpoint_io.py);
         # a CheckpointIO the user chose, or a strategy's own (FSDP sharded checkpoints), is left alone
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -71,24 +81,64 @@ def tokenizer_from_backbone(config) -> None:
         data_args.tokenizer = model_args.backbone
 
 
-def continue_last_run(trainer_config) -> None:
-    """`--ckpt_path last`: write into the latest `version_N` that holds a `last*.ckpt`, where Lightning looks for it.
-
-    With the logger's default versioning, every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and
-    Lightning's "last" finds nothing and silently starts from scratch. Pinning the logger's version to the latest run
-    with a last checkpoint continues that run in its own directory (same TensorBoard curves, same checkpoints).
-    """
+def versioned_logger_args(trainer_config):
+    """The init_args of a logger that numbers its runs `version_N` (TensorBoard, CSV), else None."""
     logger = trainer_config.get("logger")
     versioned = hasattr(logger, "get") and str(logger.get("class_path")).endswith(("TensorBoardLogger", "CSVLogger"))
-    args = logger.get("init_args") if versioned else None  # loggers that number their runs version_N
+    return logger.get("init_args") if versioned else None
+
+
+def own_run_directory(subcommand: str, config) -> None:
+    """Only `fit` owns a run directory. validate/test/predict always open a fresh `version_N` (a config saved by a
+    resumed fit pins that run's version, which would rewrite its config.yaml and add to its TensorBoard files), and
+    fit writes into an existing run only to resume it."""
+    args = versioned_logger_args(config.trainer)
+    if args is None or args.get("version") is None:
+        return
+    if subcommand != "fit":
+        args.version = None
+        return
+    version = str(args.version)
+    run = Path(args.get("save_dir") or ".") / (args.get("name") or "") / (
+        version if version.startswith("version_") else f"version_{version}")
+    if not run.is_dir() or not any(run.iterdir()):
+        return
+    ckpt = config.get("ckpt_path")
+    newest = max(run.rglob("*.ckpt"), key=lambda f: f.stat().st_mtime, default=None)
+    # resuming the run from its newest checkpoint continues it; from an older one, it would overwrite later work
+    if ckpt != "last" and not (ckpt and newest and Path(ckpt).resolve() == newest.resolve()):
+        raise InputError(f"{run} already holds a run: resume it with --ckpt_path last, or drop "
+                         f"--trainer.logger.init_args.version to start a new version_N")
+
+
+def latest_run_with_last(trainer_config) -> Path | None:
+    """The newest `version_N` of the configured logger that holds a `last*.ckpt`, where `--ckpt_path last` lives.
+
+    With the logger's default versioning every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and
+    Lightning's "last" would find nothing there and silently start from scratch.
+    """
+    args = versioned_logger_args(trainer_config)
     fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
                     for cb in trainer_config.get("callbacks") or [])
-    if args is None or args.get("version") is not None or fixed_dir:
-        return  # no versioned logger, a version already chosen, or checkpoints in a fixed directory
+    if args is None or fixed_dir:
+        return None  # no versioned logger, or checkpoints in a fixed directory (Lightning finds them itself)
     root = Path(args.get("save_dir") or ".") / (args.get("name") or "")
     runs = [d for d in root.glob("version_*") if d.name[8:].isdigit() and any((d / "checkpoints").glob("last*.ckpt"))]
-    if runs:
-        args.version = max(int(d.name[8:]) for d in runs)
+    return max(runs, key=lambda d: int(d.name[8:])) if runs else None
+
+
+def resolve_last(subcommand: str, config) -> None:
+    """`--ckpt_path last`: fit continues the latest run in its own directory (same TensorBoard curves, same
+    checkpoints); validate/test/predict read that run's newest `last*.ckpt` and write into a fresh version."""
+    run = latest_run_with_last(config.trainer)
+    if run is None:
+        return
+    if subcommand == "fit":
+        args = versioned_logger_args(config.trainer)
+        if args.get("version") is None:
+            args.version = int(run.name[8:])
+    else:
+        config.ckpt_path = str(max(run.glob("checkpoints/last*.ckpt"), key=lambda f: f.stat().st_mtime))
 
 
 TRAINER_DEFAULTS = {
@@ -113,12 +163,35 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    except SIGTERMException as e:  # preempted: the guard saved a resumable checkpoint
+        saved = getattr(e, "checkpoint", None)
+        print(f"error: stopped by SIGTERM at step {getattr(e, 'step', '?')}; "
+              + (f"resumable checkpoint: {saved} (continue with the same command and --ckpt_path last)" if saved
+                 else "no checkpoint was saved"), file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except RunStopped as e:
+        saved = getattr(e, "checkpoint", None)
+        print(f"error: {e}" + (f"; resumable checkpoint of the weights before that step: {saved}" if saved else ""),
+              file=sys.stderr)
+        sys.exit(1)
     except Exception as e:
         cause = _input_error(e)
         if cause is None:
             raise  # a bug: keep the traceback
+        remove_unused_run_dir()
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+_RUN: dict = {}  # the run directory the trainer was given, and whether it existed before this process
+
+
+def remove_unused_run_dir() -> None:
+    """A run refused for bad input leaves no empty `version_N` behind (only what this process created, and never
+    a directory holding a checkpoint)."""
+    run = _RUN.pop("dir", None)
+    if run is not None and not _RUN.pop("existed", True) and run.is_dir() and not any(run.rglob("*.ckpt")):
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _input_error(e: BaseException | None) -> InputError | None:

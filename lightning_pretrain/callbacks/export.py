@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import lightning as L
 import torch
 
 from lightning_pretrain import parallel
+from lightning_pretrain.callbacks.guard import RunStopped
 from lightning_pretrain.errors import InputError
 
 
@@ -50,6 +52,16 @@ class HFExport(L.Callback):
             if trainer.is_global_zero:
                 tokenizer.save_pretrained(root / "tokenizer")
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # every finished run reports its final numbers: when this is the last optimizer step (max_steps) or the last
+        # batch of the last epoch, `should_stop` makes Lightning's epoch loop validate right after it, unless the
+        # val_check_interval already does (a run of 150 steps whose validation is per epoch would otherwise end
+        # with no metrics at all)
+        last_epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and \
+            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if (0 < trainer.max_steps <= trainer.global_step) or last_epoch_end:
+            trainer.should_stop = True
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
@@ -64,7 +76,7 @@ class HFExport(L.Callback):
     def _write(self, trainer, name: str, values: dict[str, float]) -> None:
         root = run_dir(trainer)  # a broadcast: every rank asks
         if self.enabled and trainer.is_global_zero:
-            metrics = {"global_step": trainer.global_step,
+            metrics = {"global_step": checkpoint_step(trainer),
                        **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -76,18 +88,49 @@ class HFExport(L.Callback):
         export = getattr(pl_module, "export_hf", None)
         root = run_dir(trainer)  # a broadcast: every rank asks
         out = root / self.dirname
-        # a sharded (FSDP2) model is gathered to full weights first: a collective, so every rank takes part
         model = getattr(pl_module, "model", None)
-        full = parallel.full_state_dict(model) if export is not None and isinstance(model, torch.nn.Module) else None
+        model = model if isinstance(model, torch.nn.Module) else None
+        bad = [k for k, v in self.last_val.items() if not math.isfinite(v)]
+        if bad or (model is not None and not all_finite(trainer, model)):
+            what = f"validation {', '.join(bad)} not finite" if bad else "non-finite weights"
+            raise RunStopped(f"the run ended at step {trainer.global_step} with {what}: nothing was exported and no "
+                             f"{self.metrics_file} written (lower the learning rate, or use fp32 / bf16)")
+        # a sharded (FSDP2) model is gathered to full weights first: a collective, so every rank takes part
+        full = parallel.full_state_dict(model) if export is not None and model is not None else None
         if trainer.is_global_zero:
             if export is not None:
                 export(out) if full is None else export(out, state_dict=full)
-            metrics = {"step": self.last_val_step, "global_step": trainer.global_step,
-                       **{k: (v if math.isfinite(v) else None) for k, v in self.last_val.items()}}
+                readable_by_umask(out)
+            metrics = {"step": self.last_val_step, "global_step": trainer.global_step, **self.last_val}
             (root / self.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
             if export is not None:
                 print(f"Hugging Face export: {out}")
             print(f"final metrics: {root / self.metrics_file}")
+
+
+def all_finite(trainer: L.Trainer, model: torch.nn.Module) -> bool:
+    """Every parameter finite, on every rank (sharded parameters checked shard by shard)."""
+    local = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
+    ok = all(bool(torch.isfinite(p.detach()).all()) for p in local)
+    return trainer.strategy.reduce_boolean_decision(ok, all=True) if trainer.world_size > 1 else ok
+
+
+def checkpoint_step(trainer: L.Trainer) -> int:
+    """The global step of the model being evaluated: Lightning restores the loops (and so `global_step`) only for
+    fit, so validate/test read it from the checkpoint they loaded (memory-mapped: no weights are read)."""
+    path = trainer.ckpt_path
+    if trainer.state.fn != "fit" and path and Path(path).is_file():
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    return trainer.global_step
+
+
+def readable_by_umask(directory: Path) -> None:
+    """Give the exported files the permissions the user's umask asks for (safetensors writes them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in Path(directory).rglob("*"):
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 # -- training checkpoint -> Hugging Face -------------------------------------------------------------------------
