@@ -8,6 +8,7 @@ logging and the outside-the-model transforms (`parallel.Parallelize`); TensorBoa
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -15,21 +16,48 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI
+import lightning as L
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
-from lightning_pretrain.checkpoint_io import AtomicCheckpointIO
+from lightning_pretrain.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.parallel import ActivationCheckpointing, Compile, Parallelize
 
 
+class OneLineErrors(LightningArgumentParser):
+    """A parser whose errors are one `error:` line (jsonargparse prints the whole usage first, ~70 lines)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        text = user_error(ex) or " ".join(str(message).split())
+        sys.stderr.write(f"error: {text[:600]} (options: --help)\n")
+        self.exit(2)
+
+
 class PretrainCLI(LightningCLI):
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = OneLineErrors(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile,
+                            help="Path to a configuration file in json or yaml format.")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads the checkpoint's hyperparameters right after parsing: a missing, truncated or untrusted
+        # file must be one line here, not a traceback from inside torch.load
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in ("last", "best", "hpc") and not Path(ckpt).is_dir():
+            load_checkpoint_file(ckpt, mmap=True)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -175,11 +203,11 @@ def main(args: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(1)
     except Exception as e:
-        cause = _input_error(e)
-        if cause is None:
+        message = user_error(e)
+        if message is None:
             raise  # a bug: keep the traceback
         remove_unused_run_dir()
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -194,16 +222,40 @@ def remove_unused_run_dir() -> None:
         shutil.rmtree(run, ignore_errors=True)
 
 
-def _input_error(e: BaseException | None) -> InputError | None:
-    """The InputError behind `e`, following explicit causes only (jsonargparse re-raises errors of instantiation
-    `from` the original): an exception merely raised *while handling* an InputError is a bug, not bad input."""
+# OS errors that are the user's to fix (permissions, a full disk, a file where a folder belongs), said in one line
+OS_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+             errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "not a directory", errno.EISDIR: "is a directory",
+             errno.EEXIST: "file exists", errno.ENAMETOOLONG: "file name too long"}
+
+
+def user_error(e: BaseException | None) -> str | None:
+    """The one-line message of an error that is the user's to fix, or None for a bug (which keeps its traceback).
+
+    Follows explicit causes only (jsonargparse re-raises errors of instantiation `from` the original): an exception
+    merely raised *while handling* an InputError is a bug, not bad input.
+    """
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, InputError):
-            return e
+            return worker_message(str(e))
+        if isinstance(e, OSError) and e.errno in OS_ERRORS:
+            where = f": {e.filename}" if e.filename else ""
+            return f"{OS_ERRORS[e.errno]}{where} ({e.strerror or e})"
+        if isinstance(e, MisconfigurationException):  # Lightning's own check of the Trainer's settings
+            return " ".join(str(e).split())
         seen.add(id(e))
         e = e.__cause__
     return None
+
+
+def worker_message(message: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker ("Caught InputError in DataLoader worker
+    process 0. Original Traceback ..." ends with the line "lightning_pretrain.errors.InputError: <message>")."""
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
     """
     if total_steps == float("inf"):
         raise ValueError("the LR schedule needs a finite run: set trainer.max_steps or trainer.max_epochs")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and the run's {int(total_steps)} optimizer "
+                         f"steps (the LR would never reach its peak); lower --model.warmup_steps")
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
     sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
     starts = [group.get("start_step", 0) for group in optimizer.param_groups]
@@ -51,3 +54,12 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
 
 def _from_step(shape, start: int, step: int) -> float:
     return shape(step) if step >= start else 0.0
+
+
+def build_optimizer(factory, groups: list[dict]) -> torch.optim.Optimizer:
+    """The configured optimizer over `groups`; its own argument checks (a negative LR, betas outside [0, 1)) become
+    one-line errors."""
+    try:
+        return factory(groups)
+    except ValueError as e:
+        raise ValueError(f"optimizer: {e} (check --model.optimizer)") from e

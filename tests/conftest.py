@@ -86,4 +86,4 @@ def only_run_dir(root: Path, name: str) -> Path:
 # few-step overrides that make any pretraining config run in seconds
 FAST = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1"]
+        "--trainer.log_every_n_steps", "1", "--model.init_args.warmup_steps", "2"]  # (warmup within the 4 steps)

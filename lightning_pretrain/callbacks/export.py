@@ -22,6 +22,7 @@ import torch
 
 from lightning_pretrain import parallel
 from lightning_pretrain.callbacks.guard import RunStopped
+from lightning_pretrain.checkpoint_io import load_checkpoint_file
 from lightning_pretrain.errors import InputError
 
 
@@ -138,14 +139,14 @@ def load_training_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint as one dict on CPU: a single `.ckpt` file, or a sharded folder (FSDP2) merged."""
     path = Path(path)
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_checkpoint_file(path)
     if not (path / ".metadata").is_file():
         raise InputError(f"{path} is neither a checkpoint file nor a sharded checkpoint folder (no .metadata)")
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     with tempfile.TemporaryDirectory() as tmp:  # torch's public merge writes a file; read it straight back
         dcp_to_torch_save(path, Path(tmp) / "full.pt")
-        state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(Path(tmp) / "full.pt")
     meta = path / "meta.pt"  # Lightning's non-tensor part: epoch, loops, hyperparameters, our hf_config
     return {**(torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}), **state}
 

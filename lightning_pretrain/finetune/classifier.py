@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lightning_pretrain import architecture, optim
 from lightning_pretrain.callbacks.export import run_dir
+from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.trainability import Full, Trainability
@@ -187,7 +188,10 @@ class SequenceClassifier(L.LightningModule):
         groups = self.trainability.param_groups(self.model, self.trainer)
         if not any(g["params"] for g in groups):
             raise InputError("the fine-tuning mode leaves no parameter to train")
-        opt = self.optimizer(groups)
+        try:
+            opt = optim.build_optimizer(self.optimizer, groups)
+        except ValueError as e:
+            raise InputError(str(e)) from e
         for g in opt.param_groups:  # layer-wise LR decay: the group's LR is the optimizer's times its scale
             g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
         warmup = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * total)
@@ -203,6 +207,9 @@ class SequenceClassifier(L.LightningModule):
         if self.trainer.is_global_zero:
             root.mkdir(parents=True, exist_ok=True)
             (root / "labels.json").write_text(json.dumps(self.label_info(), indent=2) + "\n")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint_fits(self, checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["labels"] = self.label_info()

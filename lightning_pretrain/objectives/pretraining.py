@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_pretrain import architecture, optim, parallel
+from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 
@@ -111,6 +112,9 @@ class PretrainingModule(L.LightningModule):
         # Lightning's ModelParallelStrategy asks every module to override this hook.
         pass
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint_fits(self, checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the HF config and class travel with every checkpoint, so a sharded one exports without the run's YAML
         config = self.model.config.to_dict()
@@ -150,9 +154,9 @@ class PretrainingModule(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt = self.optimizer(optim.decay_groups(self.model.named_parameters()))
         total = self.trainer.estimated_stepping_batches
         try:
+            opt = optim.build_optimizer(self.optimizer, optim.decay_groups(self.model.named_parameters()))
             sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total)
         except ValueError as e:
             raise InputError(str(e)) from e
