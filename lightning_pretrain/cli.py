@@ -88,8 +88,7 @@ class PretrainCLI(LightningCLI):
         kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), transforms]
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is not None and trainer.logger.log_dir:
-            _RUN["dir"] = Path(trainer.logger.log_dir)
-            _RUN["existed"] = _RUN["dir"].exists()
+            _RUN.update(dir=Path(trainer.logger.log_dir), existed=Path(trainer.logger.log_dir).exists(), trainer=trainer)
         # Lightning's default writer can leave a truncated last.ckpt when killed mid-write (see checkpoint_io.py);
         # a CheckpointIO the user chose, or a strategy's own (FSDP sharded checkpoints), is left alone
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -215,10 +214,11 @@ _RUN: dict = {}  # the run directory the trainer was given, and whether it exist
 
 
 def remove_unused_run_dir() -> None:
-    """A run refused for bad input leaves no empty `version_N` behind (only what this process created, and never
-    a directory holding a checkpoint)."""
-    run = _RUN.pop("dir", None)
-    if run is not None and not _RUN.pop("existed", True) and run.is_dir() and not any(run.rglob("*.ckpt")):
+    """A run refused for bad input before it trained leaves no empty `version_N` behind (only a directory this
+    process created, never one holding a checkpoint or the logs of a single trained step)."""
+    run, existed, trainer = _RUN.pop("dir", None), _RUN.pop("existed", True), _RUN.pop("trainer", None)
+    trained = trainer is not None and trainer.global_step > 0
+    if run is not None and not existed and not trained and run.is_dir() and not any(run.rglob("*.ckpt")):
         shutil.rmtree(run, ignore_errors=True)
 
 
