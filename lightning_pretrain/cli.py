@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 import lightning as L
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
+from lightning_pretrain.callbacks.progress import progress_bar
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
@@ -84,8 +85,12 @@ class PretrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         callbacks = config["trainer"].get("callbacks") or []
-        transforms = Parallelize(config["activation_checkpointing"], config["compile"])
-        kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), transforms]
+        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]),
+                     Parallelize(config["activation_checkpointing"], config["compile"])]
+        if config["trainer"].get("enable_progress_bar") is not False and not any(
+                isinstance(cb, ProgressBar) for cb in callbacks):
+            callbacks.append(progress_bar())
+        kwargs["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is not None and trainer.logger.log_dir:
             _RUN.update(dir=Path(trainer.logger.log_dir), existed=Path(trainer.logger.log_dir).exists(), trainer=trainer)
