@@ -103,6 +103,7 @@ def cli_args(spec: dict) -> list[str]:
             "--data.init_args.batch_size", str(spec["batch"]), "--data.init_args.num_workers", str(spec["workers"]),
             "--data.init_args.cache_dir", str(Path(spec["out"]) / "cache"),
             "--trainer.max_steps", str(spec["warmup"] + spec["steps"]), "--trainer.limit_val_batches", "0",
+            "--model.init_args.warmup_steps", "2",  # as the HF side (the recipe's warmup outlasts a benchmark)
             "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.accumulate_grad_batches", "1", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
