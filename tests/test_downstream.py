@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import minilm_dir, shared_file
 
-from lightning_pretrain.data.downstream import TextClassification, encode_labels, label_vocabulary, read_table
+from lightning_pretrain.data import TextClassification
+from lightning_pretrain.data.labels import encode_labels, label_vocabulary
+from lightning_pretrain.data.tables import read_table
 from lightning_pretrain.errors import InputError
 
 
@@ -191,7 +193,7 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
     classes differently; with no validation split the test split validates (IMDb, AG News)."""
     import datasets
 
-    from lightning_pretrain.data import downstream
+    from lightning_pretrain.data import tables
 
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["neg", "pos"])})
@@ -199,7 +201,7 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
         "train": datasets.Dataset.from_dict({"text": ["good", "bad", "great"], "label": [1, 0, 1]}, features=features),
         "test": datasets.Dataset.from_dict({"text": ["fine", "awful"], "label": [1, 0]}, features=features),
         "unsupervised": datasets.Dataset.from_dict({"text": ["meh"], "label": [-1]}, features=features)})
-    monkeypatch.setattr(downstream, "load_hub", lambda spec: hub)
+    monkeypatch.setattr(tables, "hub_splits", lambda spec: hub)
     dm = data(source="imdb", labels=["pos", "neg"], cache_dir=str(tmp_path / "c"))
     assert dm.split_source("val").split == "test" and dm.split_source("train").split == "train"
     dm.setup("fit")
@@ -231,3 +233,40 @@ def test_columns_by_position_also_with_a_header(tmp_path):
     assert dm.splits["val"]["labels"] == [1, 0]
     first = dm.tokenizer.decode(dm.splits["val"]["input_ids"][0], skip_special_tokens=True)
     assert first == 'he said the pie business fits. " the pie business fits.'
+
+
+def test_hub_source_split_suffix_names_the_training_split(tmp_path, monkeypatch):
+    """One `id[:config][@split]` syntax for pretraining and fine-tuning sources: `@split` is the training split."""
+    import datasets
+
+    from lightning_pretrain.data import tables
+
+    hub = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": [s, s + "!"], "label": [0, 1]})
+                                for s in ("train", "extra", "validation")})
+    asked = []
+    monkeypatch.setattr(tables, "hub_splits", lambda spec: asked.append(spec) or hub)
+    dm = data(source="some/dataset:cfg@extra", cache_dir=str(tmp_path / "c"))
+    assert dm.split_source("train").describe() == "some/dataset:cfg@extra"
+    assert dm.split_source("val").split == "validation" and set(asked) == {"some/dataset:cfg"}
+    dm.setup("fit")
+    assert dm.splits["train"]["labels"] == [0, 1]
+    with pytest.raises(InputError, match="give one"):
+        data(source="some/dataset@extra", train_split="train")
+
+
+def test_files_are_identified_by_the_shared_remembered_digest(tmp_path):
+    """Fine-tuning files are hashed like corpus files: once, then remembered under their stat key."""
+    import os
+    import time
+
+    from lightning_pretrain.data import sources
+
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nfine,1\nbad,0\n")
+    old = time.time() - 60
+    os.utime(path, (old, old))  # not "racy": old enough to be remembered
+    dm = data(train_file=str(path), val_file=str(path), cache_dir=str(tmp_path / "c"))
+    identity = dm.split_source("train").identity()
+    assert identity == f"file:t.csv:{sources.content_digest(str(path))}"
+    memo = sources.cache.default_root() / "digests"
+    assert any(f.read_text().strip() == identity.rsplit(":", 1)[1] for f in memo.iterdir())

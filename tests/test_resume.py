@@ -127,17 +127,24 @@ def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int 
     (tmp_path / "b").mkdir()
     run_a = tmp_path / "a" / "logs" / "resume" / "version_0"
     run_b = tmp_path / "b" / "logs" / "resume" / "version_0"
-    uninterrupted = launch(tmp_path / "a", *args)
-    killed = launch(tmp_path / "b", *args)
-    kill_after_checkpoint(killed, run_b, kill_after_step)
-    finish(uninterrupted)
-
-    # the checkpoint loads with torch's default weights_only=True (our hparams, RNG and loader states included)
-    ckpt = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed_from = ckpt["global_step"]
-    assert resumed_from >= kill_after_step and ckpt["resume_state"]["ranks"][0]["loaders"], "no mid-run loader state saved"
-
-    out = finish(launch(tmp_path / "b", *args, "--ckpt_path", "last"))
+    started = [launch(tmp_path / "a", *args), launch(tmp_path / "b", *args)]
+    uninterrupted, killed = started
+    try:
+        kill_after_checkpoint(killed, run_b, kill_after_step)
+        # the checkpoint loads with torch's default weights_only=True (our hparams, RNG and loader states included)
+        ckpt = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+        resumed_from = ckpt["global_step"]
+        assert resumed_from >= kill_after_step and ckpt["resume_state"]["ranks"][0]["loaders"], \
+            "no mid-run loader state saved"
+        # the resume starts while the uninterrupted run finishes: its start-up overlaps that run's last steps
+        started.append(launch(tmp_path / "b", *args, "--ckpt_path", "last"))
+        finish(uninterrupted)
+        out = finish(started[-1])
+    finally:  # a failed check leaves no run behind (each has a session of its own: ddp_spawn's ranks go with it)
+        for proc in started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert "Restored all states" in out, out[-3000:]
     assert not (tmp_path / "b" / "logs" / "resume" / "version_1").exists(), "`last` must continue the killed run"
 

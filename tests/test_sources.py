@@ -96,3 +96,33 @@ def test_hub_spec_parsing():
 def test_unreachable_hub_dataset_is_a_clear_error():
     with pytest.raises(InputError, match="could not load hub dataset 'no-such-user/no-such-dataset'"):
         sources.resolve("no-such-user/no-such-dataset").load()
+
+
+def test_hub_ids_and_local_paths_parse_one_way():
+    assert sources.parse_hub("wikitext:wikitext-2-raw-v1@validation") == ("wikitext", "wikitext-2-raw-v1",
+                                                                          "validation")
+    assert sources.parse_hub("imdb") == ("imdb", None, None)
+    assert sources.parse_hub("nyu-mll/multi_nli@train") == ("nyu-mll/multi_nli", None, "train")
+    for local in ("./x", "/abs/file", "~/data", "corpus.txt", "data/*.jsonl", "dev.tsv"):
+        assert sources.looks_local(local), local
+    for hub in ("imdb", "glue:sst2", "nyu-mll/multi_nli@train"):
+        assert not sources.looks_local(hub), hub
+    src = sources.resolve("wikitext:wikitext-2-raw-v1@validation")
+    assert (src.path, src.config, src.split) == ("wikitext", "wikitext-2-raw-v1", "validation")
+
+
+def test_a_library_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    """Only the errors bad input raises become one-line InputErrors; anything else keeps its traceback."""
+    import datasets
+
+    f = tmp_path / "a.jsonl"
+    f.write_text(json.dumps({"text": "x"}) + "\n")
+
+    def bug(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'split'")
+
+    monkeypatch.setattr(datasets, "load_dataset", bug)
+    with pytest.raises(AttributeError):
+        sources.resolve(str(f)).load()
+    with pytest.raises(AttributeError):
+        sources.load_hub("imdb")

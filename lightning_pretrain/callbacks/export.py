@@ -59,7 +59,7 @@ class HFExport(L.Callback):
         # val_check_interval already does (a run of 150 steps whose validation is per epoch would otherwise end
         # with no metrics at all)
         last_epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and \
-            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+            trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
         if (0 < trainer.max_steps <= trainer.global_step) or last_epoch_end:
             trainer.should_stop = True
 

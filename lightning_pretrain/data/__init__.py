@@ -3,6 +3,6 @@
 from lightning_pretrain.data.corpus import PretrainCorpus
 from lightning_pretrain.data.sentence_pairs import SentencePairCorpus
 from lightning_pretrain.data.streaming import StreamingCorpus
-from lightning_pretrain.data.downstream import TextClassification
+from lightning_pretrain.data.classification import TextClassification
 
 __all__ = ["PretrainCorpus", "SentencePairCorpus", "StreamingCorpus", "TextClassification"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -16,54 +15,10 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-def trained_tokenizer(kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str],
-                      cache_root: Path) -> PreTrainedTokenizerBase:
-    """A `kind` tokenizer trained on `texts()`, built once per (kind, size, text identity) and cached."""
-    entry = cache_root / "tokenizers" / cache.cache_key("tokenizer", kind, vocab_size, *text_identity)
-
-    def build(tmp: Path) -> dict:
-        t0 = time.perf_counter()
-        tok = toks.TRAINERS[kind](texts(), vocab_size)
-        tok.save_pretrained(tmp)
-        log.info("trained a %s tokenizer (%d tokens) in %.1fs", kind, len(tok), time.perf_counter() - t0)
-        return {"kind": kind, "vocab_size": len(tok)}
-
-    entry, _ = cache.get_or_build(entry, build, lambda e, m: (e / "tokenizer.json").exists())
-    return toks.load_pretrained(str(entry))
-
-
-def block_loader(arr: np.ndarray, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> StatefulDataLoader:
-    """Batches of rows of a block array, this rank's share of them under DDP.
-
-    StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
-    instead of restarting the epoch (a plain DataLoader cannot).
-    """
-    import torch
-    from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
-
-    dataset = blocks.BlockDataset(arr)
-    sampler = None
-    if world_size > 1:
-        # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
-        # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
-        sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                             drop_last=shuffle)
-    loader = StatefulDataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
-        drop_last=shuffle, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
-    # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
-    # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
-    # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
-    # misses those draws and the epoch *after* a mid-epoch resume would be shuffled differently.
-    loader.generator = torch.Generator().manual_seed(seed + 1)
-    return loader
 
 
 class PretrainCorpus(L.LightningDataModule):
@@ -91,8 +46,9 @@ class PretrainCorpus(L.LightningDataModule):
             tokenizer: 'bpe' (byte-level BPE) or 'wordpiece' to train one on the training text, or a local
                 tokenizer directory / hub id of a pretrained fast tokenizer.
             vocab_size: vocabulary size of a tokenizer trained here (ignored for pretrained tokenizers).
-            seq_len: tokens per packed block (the model's sequence length).
-            batch_size: blocks per batch on each device.
+            seq_len: tokens per example (the model's sequence length): a packed block, or a sentence pair with
+                its [CLS] and [SEP] tokens (padded).
+            batch_size: examples (blocks or pairs) per batch on each device.
             num_workers: DataLoader worker processes (reads are memory-mapped slices, so 0-2 suffice on CPU).
             cache_dir: where tokenized corpora and trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
                 ~/.cache/lightning_pretrain.
@@ -154,9 +110,9 @@ class PretrainCorpus(L.LightningDataModule):
         """The tokenizer (trained on the training split and cached on first use)."""
         if self.tokenizer_spec not in toks.TRAINERS:
             return toks.load_pretrained(self.tokenizer_spec)
-        return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
-                                 lambda: (t for batch in self._texts("train") for t in batch),
-                                 self._text_identity(), self.cache_root)
+        return toks.trained(self.tokenizer_spec, self.vocab_size,
+                            lambda: (t for batch in self._texts("train") for t in batch),
+                            self._text_identity(), self.cache_root)
 
     @property
     def contract(self) -> DataContract:
@@ -213,9 +169,9 @@ class PretrainCorpus(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, arr: np.ndarray, shuffle: bool) -> StatefulDataLoader:
-        trainer = self.trainer
-        return block_loader(arr, self.batch_size, shuffle, self.num_workers, self.seed,
-                            *((trainer.global_rank, trainer.world_size) if trainer else (0, 1)))
+        rank, world_size = rank_and_world(self.trainer)
+        return stateful_loader(blocks.BlockDataset(arr), self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                               num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size)
 
     def train_dataloader(self):
         if len(self.train_blocks) < self.batch_size:

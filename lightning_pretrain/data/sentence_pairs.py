@@ -1,36 +1,12 @@
 """`SentencePairCorpus`: BERT's pretraining pairs ``[CLS] A [SEP] B [SEP]`` for next-sentence (NSP) or ALBERT's
-sentence-order (SOP) prediction, built from the document and sentence boundaries of the corpus.
+sentence-order (SOP) prediction, built from the document (blank-line) and sentence boundaries of the corpus.
 
-Documents and sentences. A document is a row of the source, further cut at blank lines (BERT's input convention:
-one document per blank-line-separated block; WikiText's paragraphs and headings become documents). Sentences end at
-``.``/``!``/``?`` (plus closing quotes or brackets) followed by whitespace and a capital, digit, quote or bracket;
-the whitespace stays with the next sentence, so byte-level BPE tokenizes a pair exactly as the running text.
-
-Pairs (`make_pairs`, after `create_instances_from_document` of google-research/bert). Per document, a target length
-is drawn (`seq_len - 3`, or with probability `short_seq_prob` a random shorter one); consecutive whole sentences are
-gathered into a chunk as long as it stays within the target; the chunk is cut at a random sentence boundary into
-A and B. With probability 1/2 the pair is a negative (label 1):
-  * ``nsp``: B is replaced by a run of sentences from a different document, and the sentences of the chunk after
-    A are put back for the next chunk (nothing is wasted);
-  * ``sop``: A and B are swapped.
-Positives (label 0) are A followed by its true continuation. Three deliberate changes from BERT's script:
-  * a chunk of a single sentence yields no pair (BERT makes it a forced NSP negative, which tilts the labels
-    towards "random"; ALBERT's SOP cannot order one segment): labels stay 50/50;
-  * segments are whole sentences, never truncated (BERT overshoots the target and trims the longer segment at a
-    random end): a cut segment tells which one came last, e.g. "the first segment ends with a full stop" alone
-    scores 77% on SOP pairs built the BERT way (measured on WikiText-2), which a model learns instead of the
-    order. A sentence that cannot fit is left out (a chunk of it alone makes no pair);
-  * a random B is drawn as a true B could be: from a document of two sentences or more, starting after its first
-    sentence. Otherwise a heading or one-line document (half of WikiText's "documents") or an opening sentence
-    ("X is a ...") appears as B only in negatives, a shortcut that lifts NSP accuracy without any understanding.
-
-Pairs are drawn once per seed and cached (token offsets into the tokenized corpus, so `dupe_factor` draws cost
-almost no disk); the MLM masks on top are drawn fresh for every batch by the objective. Re-drawing pairs every
-epoch would need the whole tokenized corpus in every worker and make a resumed run see other data than an
-uninterrupted one; BERT itself pre-generated its pairs (`dupe_factor` 10) for the same reasons.
-
-Each item: ``input_ids``, ``token_type_ids`` (0 on ``[CLS] A [SEP]``, 1 on ``B [SEP]``), ``attention_mask`` and
-``pair_label``, padded to `seq_len`.
+A pair is two runs of whole sentences of one document, A then B, within `seq_len - 3` tokens (`make_pairs`, after
+google-research/bert's `create_instances_from_document`). Half are negatives (label 1): for ``nsp`` B comes from
+another document, for ``sop`` A and B are swapped. Pairs are drawn once per seed and cached as token offsets; the
+MLM masks on top are drawn per batch by the objective. Each item: ``input_ids``, ``token_type_ids``,
+``attention_mask`` and ``pair_label``, padded to `seq_len`. Where and why this departs from BERT's script:
+docs/design/data.md.
 """
 
 from __future__ import annotations
@@ -55,6 +31,7 @@ from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.corpus import PretrainCorpus
+from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -197,52 +174,32 @@ class PairDataset(Dataset):
 
 
 class SentencePairCorpus(PretrainCorpus):
+    """Sentence pairs for NSP / SOP: PretrainCorpus's options (an example is a padded pair) plus the pair task."""
+
     def __init__(
         self,
-        source: str = "builtin",
-        val_source: str | None = None,
-        val_fraction: float = 0.05,
-        text_column: str = "text",
-        tokenizer: str = "wordpiece",
-        vocab_size: int = 8192,
-        seq_len: int = 128,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        seed: int = 1234,
         task: Task = "nsp",
         short_seq_prob: float = 0.1,
         dupe_factor: int = 1,
+        tokenizer: str = "wordpiece",
+        **kwargs,
     ):
         """
         Args:
-            source: 'builtin' (CPython's documentation, ~1.8 MB, offline), a local .txt/.jsonl/.json/.csv/.tsv/.parquet
-                file, directory or glob, or a hub dataset 'id[:config][@split]'. Blank lines separate documents.
-            val_source: validation text in the same forms; when unset, `val_fraction` of the rows is held out.
-            val_fraction: fraction of rows held out for validation when `val_source` is unset.
-            text_column: column holding the text in jsonl/csv/parquet/hub sources.
-            tokenizer: 'wordpiece', 'bpe' or 'unigram' to train one on the training text, or a local tokenizer
-                directory / hub id of a pretrained fast tokenizer; it needs CLS, SEP and PAD tokens.
-            vocab_size: vocabulary size of a tokenizer trained here (ignored for pretrained tokenizers).
-            seq_len: tokens per pair, [CLS] and both [SEP] included; shorter pairs are padded.
-            batch_size: pairs per batch on each device.
-            num_workers: DataLoader worker processes.
-            cache_dir: where tokenized corpora, pairs and trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
-                ~/.cache/lightning_pretrain.
-            seed: seed of the train/validation split, of the pairs drawn and of the shuffling order.
             task: 'nsp' (BERT: B is the next segment or one from another document) or 'sop' (ALBERT: the two
                 consecutive segments in order or swapped). Label 1 marks the negative half.
             short_seq_prob: probability that a document's pairs target a random length below seq_len (BERT: 0.1),
                 so the model also sees short inputs.
             dupe_factor: independent draws of pairs over the training text (BERT: 10): more variety per epoch of a
                 small corpus, at the cost of 40 bytes per pair of cache.
+            tokenizer: 'wordpiece', 'bpe' or 'unigram' to train one on the training text, or a local tokenizer
+                directory / hub id of a pretrained fast tokenizer; it needs CLS, SEP and PAD tokens.
         """
-        super().__init__(source, val_source, val_fraction, text_column, tokenizer, vocab_size, seq_len, batch_size,
-                         num_workers, cache_dir, seed)
+        super().__init__(tokenizer=tokenizer, **kwargs)
         if task not in ("nsp", "sop"):
             raise InputError(f"task must be 'nsp' or 'sop', got {task!r}")
-        if seq_len < 5:
-            raise InputError(f"seq_len must be at least 5 for [CLS] A [SEP] B [SEP], got {seq_len}")
+        if self.seq_len < 5:
+            raise InputError(f"seq_len must be at least 5 for [CLS] A [SEP] B [SEP], got {self.seq_len}")
         if not 0.0 <= short_seq_prob <= 1.0 or dupe_factor < 1:
             raise InputError("need 0 <= short_seq_prob <= 1 and dupe_factor >= 1")
         self.task, self.short_seq_prob, self.dupe_factor = task, short_seq_prob, dupe_factor
@@ -315,14 +272,9 @@ class SentencePairCorpus(PretrainCorpus):
             setattr(self, f"{split}_pairs", dataset)
 
     def _pair_loader(self, dataset: PairDataset, shuffle: bool) -> StatefulDataLoader:
-        # the packed corpus' loader (corpus.block_loader) over pairs instead of blocks: a checkpointed position, and
-        # worker seeds from a generator of their own, so a mid-epoch resume continues exactly
-        loader = StatefulDataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed))
-        loader.generator = torch.Generator().manual_seed(self.seed + 1)
-        return loader
+        rank, world_size = rank_and_world(self.trainer)
+        return stateful_loader(dataset, self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                               num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size)
 
     def train_dataloader(self):
         if len(self.train_pairs) < self.batch_size:

@@ -1,18 +1,10 @@
-"""Where text comes from: the embedded corpus, local files, or a Hugging Face hub dataset.
+"""Where input comes from: the embedded corpus, local files, or a Hugging Face hub dataset (`id[:config][@split]`).
 
-`resolve(spec)` turns the `--data.source` string into a `TextSource` with two methods:
-  * `identity()` — a cheap string that changes whenever the text could change (it goes into cache keys), and
-  * `load()` — a `datasets.Dataset` with one string column, `text`, one document per row.
-
-Spec forms:
-  * ``builtin`` — real English prose that ships with CPython (the `pydoc_data` topics and the standard library's
-    docstrings), so a fresh machine with no internet has a corpus. Its identity is the Python version.
-  * a local file, directory or glob of ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet`` or plain text. Plain
-    text is split into documents at blank lines (paragraphs); the other formats read the ``text_column``. A file
-    named explicitly (or matched by a glob) with any other suffix is plain text (WikiText's ``wiki.valid.raw``,
-    ``.tokens``, ``.md``, no suffix); a directory is searched for the suffixes in `FORMATS` only.
-  * ``dataset_id[:config][@split]`` — anything else is a hub dataset for `datasets.load_dataset`
-    (e.g. ``wikitext:wikitext-103-raw-v1@train``; the split defaults to ``train``).
+`resolve(spec)` turns a `--data.source` string into a text source with `identity()` (a cheap string that changes
+whenever the text could; it goes into cache keys) and `load()` (a `datasets.Dataset` of one `text` column, one
+document per row). The forms (builtin; a file, directory or glob of .jsonl/.json/.csv/.tsv/.parquet or plain text;
+a hub id) are listed in docs/design/data.md. Labelled tables for fine-tuning (`data/tables.py`) share this module's
+hub parsing and loading, its UTF-8 check and its remembered file digests.
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from lightning_pretrain.data import cache
 from lightning_pretrain.errors import InputError
@@ -38,6 +31,10 @@ from lightning_pretrain.errors import InputError
 FORMATS = {".txt": "text", ".text": "text", ".raw": "text", ".tokens": "text", ".md": "text", ".rst": "text",
            ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 _GLOB_CHARS = set("*?[")
+# what reading or loading input raises when the input (not this code) is at fault: missing or unreachable files and
+# hub ids (OSError, ConnectionError), parse and schema errors (pandas/json: ValueError; pyarrow; `datasets` wraps
+# its builders' errors in DatasetGenerationError)
+READ_ERRORS = (OSError, ValueError, pa.ArrowException, datasets.exceptions.DatasetsError)
 # A paragraph break is a blank line, also one holding spaces: WikiText writes its blank lines as " \n", which
 # `datasets`' own `sample_by="paragraph"` (a split on "\n\n") does not see, leaving a whole file as one row.
 _BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
@@ -123,8 +120,8 @@ class LocalSource:
                 kwargs["delimiter"] = "\t"
             try:
                 ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
-            except Exception as e:  # pyarrow/pandas parse errors carry no file name: add it
-                raise InputError(f"could not read {', '.join(files)} as {builder}: {_first_line(e)}") from e
+            except READ_ERRORS as e:  # pyarrow/pandas parse errors carry no file name: add it
+                raise InputError(f"could not read {', '.join(files)} as {builder}: {first_line(e)}") from e
             if builder == "text":  # (a streamed map loses the schema unless it is given)
                 ds = ds.map(_split_paragraphs, batched=True,
                             features=datasets.Features({"text": datasets.Value("string")}))
@@ -176,32 +173,49 @@ class HubSource:
         return f"hub:{self.path}:{self.config}:{self.split}:{self.text_column}:{fp}"
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
-        try:
-            ds = datasets.load_dataset(self.path, self.config, split=self.split, streaming=self.streaming)
-        except Exception as e:  # offline, unknown id, unknown config or split: all user-fixable
-            raise InputError(f"could not load hub dataset '{self.path}'"
-                             f"{f' config {self.config!r}' if self.config else ''} split {self.split!r}: "
-                             f"{_first_line(e)}") from e
+        ds = load_hub(self.path, self.config, self.split, streaming=self.streaming)
         return _text_column(ds, self.text_column, self.path)
+
+
+def load_hub(path: str, config: str | None = None, split: str | None = None, streaming: bool = False, hint: str = ""):
+    """`datasets.load_dataset(path, config, split=split)` (all splits as a DatasetDict when `split` is None); a
+    dataset that cannot be loaded (offline, unknown id, config or split) is one InputError line ending in `hint`."""
+    try:
+        return datasets.load_dataset(path, config, split=split, streaming=streaming)
+    except READ_ERRORS as e:
+        raise InputError(f"could not load hub dataset '{path}'{f' config {config!r}' if config else ''}"
+                         f"{f' split {split!r}' if split else ''}: {first_line(e)}{hint}") from e
 
 
 TextSource = BuiltinSource | LocalSource | HubSource
 
 
 def resolve(spec: str, text_column: str = "text", streaming: bool = False) -> TextSource:
-    """Parse a `--data.source` string (see the module docstring for the forms)."""
+    """Parse a `--data.source` string: 'builtin'; a local file, directory (searched for the suffixes in `FORMATS`)
+    or glob (plain text is split into documents at blank lines; a named file of another suffix is plain text); else
+    a hub dataset 'id[:config][@split]' for `datasets.load_dataset` (the split defaults to 'train')."""
     if not spec or not spec.strip():
         raise InputError("data source is empty: pass 'builtin', a file/directory/glob, or a hub dataset id")
     if spec == "builtin":
         return BuiltinSource()
+    if looks_local(spec):
+        return LocalSource(spec, _local_files(os.path.expanduser(spec)), text_column, streaming)
+    dataset_id, config, split = parse_hub(spec)
+    return HubSource(dataset_id, config, split or "train", text_column, streaming)
+
+
+def looks_local(spec: str) -> bool:
+    """A path (existing, a glob, a known suffix, or starting with . / ~) rather than a hub id."""
     path = os.path.expanduser(spec)
-    looks_local = (os.path.exists(path) or _GLOB_CHARS.intersection(path) or Path(path).suffix.lower() in FORMATS
-                   or path.startswith((".", "/", "~")))
-    if looks_local:
-        return LocalSource(spec, _local_files(path), text_column, streaming)
+    return bool(os.path.exists(path) or _GLOB_CHARS.intersection(path) or Path(path).suffix.lower() in FORMATS
+                or path.startswith((".", "/", "~")))
+
+
+def parse_hub(spec: str) -> tuple[str, str | None, str | None]:
+    """`id[:config][@split]` -> (id, config or None, split or None)."""
     name, _, split = spec.partition("@")
     dataset_id, _, config = name.partition(":")
-    return HubSource(dataset_id, config or None, split or "train", text_column, streaming)
+    return dataset_id, config or None, split or None
 
 
 def _local_files(path: str) -> tuple[str, ...]:
@@ -261,7 +275,8 @@ def _text_column(ds, column: str, where: str):
     return ds
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """`Type: first line` of an exception's root cause (what the user can fix), for one-line InputErrors."""
     cause = e
     while cause.__cause__ is not None or cause.__context__ is not None:  # the root cause names the real problem
         nxt = cause.__cause__ or cause.__context__

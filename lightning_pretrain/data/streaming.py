@@ -1,34 +1,9 @@
 """`StreamingCorpus`: pretraining on text too large to tokenize up front.
 
-Documents are read lazily with `datasets` streaming (a hub dataset, local files, or the builtin corpus), tokenized
-and packed into `seq_len` blocks on the fly inside the DataLoader workers, and each rank x worker reads its own
-shard. Nothing is written to disk but the tokenizer.
-
-Sharding. With N = world_size x max(num_workers, 1) shards:
-  * ``rows`` (default): document i of the stream belongs to shard i mod N, so every shard holds the same number
-    of documents (+-1) whatever the file sizes. Every worker reads (but tokenizes only its 1/N of) the stream;
-    reading is cheap next to tokenizing.
-  * ``files``: shard k reads only its own files (`IterableDataset.shard`), for sources of many similar files
-    (>= N; hub datasets in parquet shards) where reading everything N times would cost bandwidth. Files of
-    unequal size make shards of unequal size: a small shard simply starts its next pass sooner.
-
-Stopping. The stream is endless: after its last document a shard starts the next pass (reshuffled). Training ends
-at `trainer.max_steps`, which every rank reaches at the same step; no rank ever runs dry while the others wait for
-it in a collective (what a finite stream split unevenly across ranks does). `max_steps` is therefore required, and
-the loader reports that many batches as its length (one Lightning "epoch" is the whole run), so Lightning neither
-prefetches past a checkpoint (which would skip a batch on resume) nor guesses the LR schedule's length.
-
-Shuffling. Each shard shuffles its documents within windows of `shuffle_window` documents, with a permutation
-drawn from (seed, pass, window, shard): no shuffle buffer to checkpoint, and the same order after a resume.
-
-Exact resume. A worker's state is a few numbers: the pass, the window, the `datasets` stream position at that
-window's start, and where the next block begins inside the window (document, token offset). `StatefulDataLoader`
-snapshots it with every batch; on resume the worker reopens the stream at that window, re-tokenizes from that
-document and drops `offset` tokens, so the blocks continue exactly. Per-rank states travel in the checkpoint via
-`callbacks.resume.ResumeState`; a run on a different number of shards is refused with a clear error.
-
-Validation: the first `val_documents` documents of `val_source` (default: of `source`, which training then skips,
-matched by content hash) are tokenized and packed in memory.
+Documents are read lazily with `datasets` streaming, tokenized and packed into `seq_len` blocks on the fly in the
+DataLoader workers; each rank x worker reads its own shard, shuffles within windows and cycles endlessly until
+`trainer.max_steps`; a worker's resumable state is a few numbers. Validation: the first `val_documents` documents
+of `val_source` (default: of `source`, which training then skips). In detail: docs/design/data.md.
 """
 
 from __future__ import annotations
@@ -54,9 +29,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.corpus import block_loader, trained_tokenizer
-from lightning_pretrain.errors import InputError
 from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
+from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +250,8 @@ class StreamingCorpus(L.LightningDataModule):
             return toks.load_pretrained(self.tokenizer_spec)
         skip = 0 if self.val_source else self.val_documents
         identity = [self.source.identity(), f"stream:skip{skip}:first{self.tokenizer_documents}"]
-        return trained_tokenizer(self.tokenizer_spec, self.vocab_size,
-                                 lambda: documents(self.stream, skip, self.tokenizer_documents), identity,
-                                 self.cache_root)
+        return toks.trained(self.tokenizer_spec, self.vocab_size,
+                            lambda: documents(self.stream, skip, self.tokenizer_documents), identity, self.cache_root)
 
     @property
     def contract(self) -> DataContract:
@@ -299,7 +273,7 @@ class StreamingCorpus(L.LightningDataModule):
 
     def train_dataset(self) -> BlockStream:
         trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        rank, world = rank_and_world(trainer)
         length = None
         if trainer is not None:
             if trainer.max_steps < 0:
@@ -313,16 +287,14 @@ class StreamingCorpus(L.LightningDataModule):
 
     def train_dataloader(self) -> StatefulDataLoader:
         # Lightning warns about any sized IterableDataset in case its workers yield duplicates; ours read disjoint
-        # shards, and the size is the run's length by design (see the module docstring)
+        # shards, and the size is the run's length by design (docs/design/data.md, Stopping)
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-        return StatefulDataLoader(self.train_dataset(), batch_size=self.batch_size, num_workers=self.num_workers,
-                                  pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-                                  generator=torch.Generator().manual_seed(self.seed + 1))
+        return stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed)
 
     def val_dataloader(self) -> StatefulDataLoader:
-        trainer = self.trainer  # in memory: no workers needed
-        return block_loader(self.val_blocks, self.batch_size, False, 0, self.seed,
-                            *((trainer.global_rank, trainer.world_size) if trainer else (0, 1)))
+        rank, world_size = rank_and_world(self.trainer)  # in memory: no workers needed
+        return stateful_loader(blocks.BlockDataset(self.val_blocks), self.batch_size, seed=self.seed, rank=rank,
+                               world_size=world_size)
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self.val_dataloader()

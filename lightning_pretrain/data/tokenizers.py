@@ -1,27 +1,28 @@
 """Tokenizers: load a pretrained one, or train the objective's natural one on the corpus with `tokenizers`.
 
-`--data.tokenizer` is either the name of a trainable family or a local directory / hub id:
-  * ``bpe``       — byte-level BPE (GPT-2 / RoBERTa style): every byte is representable, no unknown tokens.
-  * ``wordpiece`` — BERT's lower-cased WordPiece with ``##`` continuation pieces and a [CLS] … [SEP] template.
-  * ``unigram``   — SentencePiece-style Unigram LM (T5 / ALBERT / XLNet): NFKC, whitespace collapsed, ``▁`` marks a
-    word start. T5's special ids first (``<pad>``=0, ``</s>``=1, ``<unk>``=2), plus ``<s>`` and ``<mask>`` so the
-    same family serves encoder objectives. Span corruption adds its sentinels itself (objectives/span_corruption.py).
-  * anything else — `AutoTokenizer.from_pretrained(...)` (fast tokenizers only; remote code never runs).
-
-Every tokenizer returned here is a `PreTrainedTokenizerFast` carrying the special tokens the objectives need
-(pad, eos or sep, mask, cls/bos), so `save_pretrained` writes files that `transformers` loads unchanged.
+`--data.tokenizer` is a trainable family — ``bpe`` (byte-level, GPT-2 / RoBERTa), ``wordpiece`` (BERT's lower-cased,
+[CLS] … [SEP] template), ``unigram`` (SentencePiece-style, T5's special ids first; span corruption adds its
+sentinels itself) — or a local directory / hub id for `AutoTokenizer` (fast tokenizers only; no remote code).
+Every tokenizer returned is a `PreTrainedTokenizerFast` with the special tokens the objectives need (pad, eos or
+sep, mask, cls/bos), so `save_pretrained` writes files that `transformers` loads unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lightning_pretrain.data import cache
 from lightning_pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # RoBERTa's special tokens: <s>/</s> double as bos/eos for causal LMs and cls/sep for masked LMs
 _BPE_SPECIALS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
@@ -85,10 +86,26 @@ def train_unigram(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
 TRAINERS = {"bpe": train_bpe, "wordpiece": train_wordpiece, "unigram": train_unigram}
 
 
+def trained(kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str],
+            cache_root: Path) -> PreTrainedTokenizerBase:
+    """A `kind` tokenizer trained on `texts()`, built once per (kind, size, text identity) and cached."""
+    entry = cache_root / "tokenizers" / cache.cache_key("tokenizer", kind, vocab_size, *text_identity)
+
+    def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        tok = TRAINERS[kind](texts(), vocab_size)
+        tok.save_pretrained(tmp)
+        log.info("trained a %s tokenizer (%d tokens) in %.1fs", kind, len(tok), time.perf_counter() - t0)
+        return {"kind": kind, "vocab_size": len(tok)}
+
+    entry, _ = cache.get_or_build(entry, build, lambda e, m: (e / "tokenizer.json").exists())
+    return load_pretrained(str(entry))
+
+
 def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-    except Exception as e:
+    except (OSError, ValueError) as e:  # not found, unreachable, not a tokenizer: the message names the fix
         raise InputError(f"could not load tokenizer '{name_or_path}': not a trainable family "
                          f"({', '.join(TRAINERS)}), a local tokenizer directory, or a reachable hub id "
                          f"({type(e).__name__})") from e

@@ -1,0 +1,68 @@
+"""The one stateful loader every DataModule uses (exact mid-epoch resume, also under DDP), and dynamic padding."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import Dataset, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+
+def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuffle: bool = False,
+                    num_workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                    collate_fn: Callable | None = None, drop_last: bool = False) -> StatefulDataLoader:
+    """Batches of `dataset`, this rank's share of them under DDP.
+
+    StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
+    instead of restarting the epoch (a plain DataLoader cannot). An IterableDataset shards and orders itself: no
+    sampler, no shuffle.
+    """
+    iterable = isinstance(dataset, IterableDataset)
+    if iterable and shuffle:
+        raise ValueError("an IterableDataset orders itself: shuffle must be False")
+    sampler = None
+    if world_size > 1 and not iterable:
+        # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
+        # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
+        sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                             drop_last=drop_last)
+    loader = StatefulDataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None and not iterable else None,
+        sampler=sampler, drop_last=drop_last, collate_fn=collate_fn, num_workers=num_workers,
+        worker_init_fn=_ignore_sigterm if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed))
+    # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
+    # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
+    # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
+    # misses those draws and the epoch *after* a mid-epoch resume would be shuffled differently.
+    loader.generator = torch.Generator().manual_seed(seed + 1)
+    return loader
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    # SLURM and Kubernetes signal every process of a job: the training process stops at the next batch boundary
+    # with a checkpoint (callbacks/guard.py), which a worker dying first would turn into a crash mid-step. Workers
+    # still end with their loader (done event) or when the training process is gone (torch's parent watchdog).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def rank_and_world(trainer) -> tuple[int, int]:
+    """(global rank, world size) of the trainer a DataModule is attached to; (0, 1) outside a Trainer."""
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+class DynamicPadding:
+    """Pad each batch to its own longest sequence (not to max_length); text fields travel along as lists."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows = [dict(r) for r in rows]
+        texts = {k: [r.pop(k) for r in rows] for k in ("text", "text_pair") if k in rows[0]}
+        return {**self.pad(rows), **texts}
