@@ -9,6 +9,7 @@ logging and the outside-the-model transforms (`parallel.Parallelize`); TensorBoa
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -182,6 +183,12 @@ TRAINER_DEFAULTS = {
 
 def main(args: list[str] | None = None) -> None:
     keep_freed_memory()  # CPU steps stop re-faulting their large tensors (see allocator.py)
+    log = logging.getLogger("lightning_pretrain")
+    if not log.handlers and not logging.getLogger().handlers:  # data-preparation progress, cache notices
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     # the corpus is tokenized in this process with the Rust thread pool, before any DataLoader worker forks;
     # saying so explicitly silences tokenizers' fork warning (memory-mapped block workers never tokenize)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

@@ -148,3 +148,100 @@ def test_corpus_too_small_for_a_block(tmp_path):
     f.write_text("one short line\n\nanother short line\n")
     with pytest.raises(InputError, match="fewer than seq_len"):
         make(f, val_source=str(f), seq_len=512)
+
+
+# -- huge documents: bounded memory, the same ids -------------------------------------------------------------------
+
+def long_text(words: int = 6000, seed: int = 0) -> str:
+    """One line-less "document" of prose, odd whitespace and non-ASCII characters."""
+    from conftest import ENGLISH
+
+    rng = random.Random(seed)
+    vocab = " ".join(ENGLISH).split() + ["naïve", "12,345", "“quoted”", "--", "e\u0301", "'s", "x\x1cy"]
+    seps = [" ", " ", " ", "  ", "\n", "\n\n", "\t", " \n ", "\r\n", "\u00a0", "\u3000", ""]
+    return "".join(rng.choice(vocab) + rng.choice(seps) for _ in range(words))
+
+
+def trained_tokenizer(kind: str):
+    from conftest import ENGLISH, minilm_dir
+
+    from lightning_pretrain.data import tokenizers as toks
+
+    if kind == "minilm":
+        return toks.load_pretrained(str(minilm_dir()))
+    return toks.TRAINERS[kind](iter(ENGLISH * 5 + [long_text(2000, seed=9)]), 400)
+
+
+def test_pieces_are_bounded_and_cut_before_the_last_whitespace_of_a_run():
+    text = "ab  cd\n\nef g" * 5 + "x" * 50 + " tail"
+    pieces = blocks.pieces(text, 8)
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 8
+    for before, piece in zip(pieces, pieces[1:]):
+        hard = before == "x" * 8 or piece.startswith("x")  # 50 characters without whitespace: cut anyway
+        assert hard or (piece[0] in " \t\n\r" and not piece[1].isspace()), (before, piece)
+    assert blocks.pieces("short text", 10) == ["short text"] and blocks.pieces("", 10) == [""]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram", "minilm"])
+def test_long_documents_are_encoded_in_bounded_pieces_with_the_same_ids(kind, monkeypatch):
+    monkeypatch.setattr(blocks, "PIECE_CHARS", 500)
+    monkeypatch.setattr(blocks, "BATCH_CHARS", 2000)
+    backend = trained_tokenizer(kind).backend_tokenizer
+    texts = ["a short one", long_text(), "another short one", long_text(seed=1)[:480], "", long_text(800, seed=2)]
+    calls = []
+
+    class Spy:  # records what each tokenizer call is given
+        def encode_batch_fast(self, batch, add_special_tokens):
+            calls.append([len(t) for t in batch])
+            return backend.encode_batch_fast(batch, add_special_tokens=add_special_tokens)
+
+    got = [list(ids) for ids in blocks.encode_texts(Spy(), texts)]
+    assert got == [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    assert max(max(c) for c in calls) <= 500 and max(sum(c) for c in calls) < 2000 + 500
+    assert len(calls) > 10  # the long documents went in pieces, a few calls each
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram"])
+def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind, monkeypatch):
+    """Trainers count pre-tokenized words: the pieces give the same counts. BPE's trainer is deterministic, so its
+    tokenizer is the same too (WordPiece's and Unigram's break ties differently from one run to the next)."""
+    from collections import Counter
+
+    from conftest import ENGLISH
+
+    from lightning_pretrain.data import tokenizers as toks
+
+    monkeypatch.setattr(blocks, "PIECE_CHARS", 300)
+    texts = ENGLISH + [long_text(3000), long_text(500, seed=3)]
+    backend = toks.TRAINERS[kind](iter(texts), 500).backend_tokenizer
+
+    def words(text: str) -> Counter:
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        return Counter(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
+
+    for text in texts:
+        assert sum((words(p) for p in blocks.pieces(text)), Counter()) == words(text)
+    if kind == "bpe":
+        assert toks._learn(kind, lambda: texts, 500).backend_tokenizer.to_str() == backend.to_str()
+
+
+def test_a_single_line_document_packs_like_its_whole_encoding_and_progress_is_logged(tmp_path, monkeypatch, caplog):
+    from conftest import ENGLISH
+
+    monkeypatch.setattr(blocks, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(blocks.Progress, "EVERY", 0.0)  # a progress line at every step
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join([*(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(60)),
+                                   long_text().replace("\n", " ")]) + "\n")
+    with caplog.at_level("INFO", logger="lightning_pretrain"):
+        dm = make(corpus, val_fraction=0.2)
+    tok = dm.tokenizer
+    for split in ("train", "val"):
+        texts = [t for batch in dm._texts(split) for t in batch]
+        expected = blocks.pack([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.eos_token_id, 32)
+        np.testing.assert_array_equal(getattr(dm, f"{split}_blocks"), expected)
+    assert any(len(t) > 20000 for b in dm._texts("train") for t in b) or any(
+        len(t) > 20000 for b in dm._texts("val") for t in b)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("training a bpe tokenizer: ") and "characters so far" in line for line in lines)
+    assert any(line.startswith("tokenizing the train split: ") and "tokens so far" in line for line in lines)

@@ -167,3 +167,56 @@ def test_corpus_holds_out_validation_documents_and_needs_max_steps(unequal_files
         dm.train_dataloader()
     dm.trainer.max_steps = 7
     assert len(dm.train_dataloader()) == 7  # one Lightning epoch = the run: no prefetch past a checkpoint
+
+
+def test_a_huge_document_streams_in_bounded_pieces_and_resumes_inside_it(tmp_path, monkeypatch):
+    from lightning_pretrain.data.tokenizers import load_pretrained
+
+    tokenizer = load_pretrained(str(minilm_dir()))  # as StreamingCorpus loads it: unpadded, untruncated
+    monkeypatch.setattr(blocks, "PIECE_CHARS", 300)  # the long document goes in ~100 pieces
+    docs = [f"document {i} is short" for i in range(5)]
+    docs.insert(2, " ".join(f"word{i % 97} and, more" for i in range(3000)))
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    def make():
+        return BlockStream(stream_of(source), tokenizer, SEQ, shuffle_window=1)
+
+    whole = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(docs, add_special_tokens=False)]
+    expected = blocks.pack(whole, tokenizer.sep_token_id, SEQ)
+    np.testing.assert_array_equal(np.stack(list(itertools.islice(make()._blocks(), len(expected)))), expected)
+    first, cut = make(), len(expected) // 2
+    for _ in itertools.islice(first._blocks(), cut):
+        pass
+    state = first.state_dict()
+    assert (state["window"], state["doc"]) == (2, 0) and state["offset"] > 0  # inside the long document
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = list(itertools.islice(resumed._blocks(), len(expected) - cut))
+    np.testing.assert_array_equal(np.stack(rest), expected[cut:])
+
+
+def test_an_input_error_in_a_loader_worker_ends_the_console_script_in_one_line(tmp_path):
+    """A shard problem raised inside a DataLoader worker: one `error:` line, exit 2, and the process ends (workers
+    ignore SIGTERM, which multiprocessing's exit handler relies on: loaders.py ends them first)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ENGLISH, REPO
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(200)) + "\n")
+    args = ["fit", "-c", str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"), "--trainer.enable_progress_bar",
+            "false", "--trainer.enable_model_summary", "false", "--trainer.max_steps", "2",
+            "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1", "--model.init_args.warmup_steps",
+            "0", "--data.source", str(corpus), "--data.vocab_size", "300", "--data.seq_len", "32",
+            "--data.val_documents", "20", "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "2",
+            "--data.shard_by", "files"]
+    done = subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "DataLoader worker" not in errors[0]
+    assert "shard_by='files' needs at least as many files as ranks x workers (2); the source has 1" in errors[0]
+    assert not list((tmp_path / "logs").rglob("version_*"))

@@ -1,22 +1,36 @@
-"""An on-disk cache whose entries appear atomically: a reader sees a complete entry or none at all.
+"""An on-disk cache whose entries appear atomically and heal: a reader sees a complete, undamaged entry or none.
 
 An entry is a directory named by a hash of everything that decides its content. It is built under a private
 temporary name in the same parent and renamed into place only after its `meta.json` (written last) is on disk,
 so a run killed mid-build leaves a `.partial-*` directory that no reader ever takes for a valid entry (and a
 later build sweeps it away). Two processes building the same entry at once both succeed; the first rename wins.
+`meta.json` records every file's size and digest (`manifest`); a lookup checks them, and an entry whose files were
+truncated, overwritten or deleted since (or that predates the record) is rebuilt. Why sampled digests: `_digest`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lightning_pretrain.errors import InputError
+
+log = logging.getLogger(__name__)
+
 META = "meta.json"
+FILES = "cache_files"  # meta.json key: {path inside the entry: [size in bytes, digest]} of every file built
+WHOLE = 4 << 20  # files up to this size are hashed whole, larger ones at SAMPLES windows of WINDOW bytes
+WINDOW, SAMPLES = 64 << 10, 64
+
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("cache_root", default=None)
 
 
 def cache_key(*parts: object) -> str:
@@ -27,30 +41,120 @@ def default_root() -> Path:
     return Path(os.environ.get("LIGHTNING_PRETRAIN_CACHE", Path.home() / ".cache" / "lightning_pretrain"))
 
 
+def resolve_root(cache_dir: str | None) -> Path:
+    """`--data.cache_dir` (default: `default_root()`), refused in one line when it, or a folder above it, is a file."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_root()
+    for p in (root, *root.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise InputError(f"cache_dir {root} is not a directory: {p} is a file (pass a folder as "
+                                 f"--data.cache_dir or $LIGHTNING_PRETRAIN_CACHE)")
+            break
+    return root
+
+
+def current_root() -> Path:
+    """The cache root of the data module at work (`rooted`), else `default_root()`: where the file-digest memo lives."""
+    return _ROOT.get() or default_root()
+
+
+@contextlib.contextmanager
+def rooted(root: Path) -> Iterator[None]:
+    """Within this block, `current_root()` is `root` (a data module's `--data.cache_dir`)."""
+    token = _ROOT.set(root)
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
 def read_meta(entry: Path) -> dict | None:
     try:
-        return json.loads((entry / META).read_text())
+        meta = json.loads((entry / META).read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
-def get_or_build(entry: Path, build: Callable[[Path], dict], valid: Callable[[Path, dict], bool]) -> tuple[Path, bool]:
+def _digest(path: Path, size: int) -> str:
+    """BLAKE2b of a file: whole up to WHOLE bytes; of a larger one, SAMPLES evenly spaced windows (head and tail
+    included). Checked at every lookup, so it must stay cheap (<= 4 MiB read a file, milliseconds) where a multi-GB
+    block file hashed whole would cost seconds at every start: size catches truncation, the windows overwrites of
+    headers, footers and any sampled region; a change confined to the unsampled middle of a large file is missed."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        if size <= WHOLE:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        else:
+            step = (size - WINDOW) / (SAMPLES - 1)
+            for k in range(SAMPLES):
+                fh.seek(int(k * step))
+                h.update(fh.read(WINDOW))
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, list]:
+    """`{relative path: [size, digest]}` of every file under `folder` but `meta.json`."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.relative_to(folder).as_posix() != META:
+            size = p.stat().st_size
+            files[p.relative_to(folder).as_posix()] = [size, _digest(p, size)]
+    return files
+
+
+def damage(entry: Path, meta: dict) -> str | None:
+    """What is wrong with an entry's files (None: they are as built)."""
+    files = meta.get(FILES)
+    if not isinstance(files, dict):
+        return "it records no file sizes and digests (built by an older version)"
+    for rel, record in files.items():
+        try:
+            size, digest = record
+            actual = (entry / rel).stat().st_size
+            if actual != size:
+                return f"{rel} has {actual} bytes, {size} were written"
+            if _digest(entry / rel, size) != digest:
+                return f"{rel} was changed after it was written"
+        except (OSError, TypeError, ValueError) as e:
+            return f"{rel} cannot be read ({type(e).__name__})"
+    return None
+
+
+def lookup(entry: Path, valid: Callable[[Path, dict], bool] | None = None) -> dict | None:
+    """The metadata of an entry that exists, is undamaged and passes `valid`; else None."""
+    meta = read_meta(entry)
+    if meta is None:
+        return None
+    problem = damage(entry, meta)
+    if problem is None and valid is not None and not valid(entry, meta):
+        problem = "its content does not match its metadata"
+    if problem is not None:
+        log.warning("cache entry %s cannot be used (%s): rebuilding it", entry, problem)
+        return None
+    return meta
+
+
+def get_or_build(entry: Path, build: Callable[[Path], dict],
+                 valid: Callable[[Path, dict], bool] | None = None) -> tuple[Path, bool]:
     """Return `(entry, reused)`. `build(tmp_dir)` fills a fresh directory and returns the metadata to seal it with.
 
-    An existing entry that fails `valid` (files truncated or edited by hand) is moved aside and rebuilt.
+    An existing entry that is damaged or fails `valid` is removed and rebuilt.
     """
-    meta = read_meta(entry)
-    if meta is not None and valid(entry, meta):
+    if lookup(entry, valid) is not None:
         return entry, True
     entry.parent.mkdir(parents=True, exist_ok=True)
-    if entry.exists():
+    if entry.is_symlink() or entry.is_file():
+        entry.unlink()
+    elif entry.exists():
         shutil.rmtree(entry, ignore_errors=True)
     _sweep_partials(entry)
     tmp = entry.parent / f".{entry.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         meta = build(tmp)
-        _write_json_durably(tmp / META, meta)
+        _write_json_durably(tmp / META, {**meta, FILES: manifest(tmp)})
         try:
             os.rename(tmp, entry)
         except OSError:  # another process sealed the same entry first: theirs is as good as ours

@@ -20,8 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data import cache
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.labels import Task, encode_labels, is_unlabelled, label_vocabulary
-from lightning_pretrain.data.loaders import DynamicPadding, rank_and_world, stateful_loader
+from lightning_pretrain.data.labels import Task, check_label_names, encode_labels, label_vocabulary, labelled
+from lightning_pretrain.data.loaders import DynamicPadding, check_loader_options, rank_and_world, stateful_loader
 from lightning_pretrain.data.splits import Splits
 from lightning_pretrain.data.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
@@ -100,8 +100,11 @@ class TextClassification(L.LightningDataModule):
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if task == "regression" and labels:
             raise InputError("--data.labels names classes, and a regression task has none")
+        check_label_names(labels)
         if max_train_examples is not None and max_train_examples < 1:
             raise InputError(f"max_train_examples must be positive, got {max_train_examples}")
+        check_loader_options(num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        cache_root = cache.resolve_root(cache_dir)
         if not any((source, train_file, val_file, test_file, predict_file)):
             raise InputError("no data: pass --data.source (a hub id or a directory) or --data.train_file / "
                              "--data.val_file")
@@ -119,7 +122,7 @@ class TextClassification(L.LightningDataModule):
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_root()
+        self.cache_root = cache_root
         self.seed = seed
         self.splits: dict[str, datasets.Dataset] = {}  # the tokenized splits of the current stage
 
@@ -174,7 +177,9 @@ class TextClassification(L.LightningDataModule):
     def _entry(self, split: str) -> tuple[Path, dict]:
         """The cache entry of a tokenized split (built on first use) and its metadata."""
         names = None if split == "train" or self.task == "regression" else self.label_names
-        key = cache.cache_key("downstream", FORMAT_VERSION, split == "predict", self.inputs.identity(split),
+        with cache.rooted(self.cache_root):  # file digests are remembered under this cache
+            identity = self.inputs.identity(split)
+        key = cache.cache_key("downstream", FORMAT_VERSION, split == "predict", identity,
                               self.header, self.text_column, self.text_pair_column, self.label_column, self.task,
                               self.labels, names, self.label_offset,
                               self.max_train_examples if split == "train" else None, self.seed,
@@ -204,17 +209,15 @@ class TextClassification(L.LightningDataModule):
         where = self.inputs.describe(split)
         meta: dict = {"rows": len(rows["text"]), "labelled": "label" in rows}
         if split == "train" and self.task == "classification":
-            names = list(self.labels) if self.labels else label_vocabulary(rows["label"])
+            names = list(self.labels) if self.labels else label_vocabulary(rows["label"], where, rows.get("where"))
             meta["label_names"] = names
         columns: dict[str, list] = {}
         if "label" in rows:
-            targets = encode_labels(rows["label"], names, self.task, self.label_offset, where)
-            unlabelled = sum(1 for t in targets if is_unlabelled(t, self.task))
-            if unlabelled == len(targets) and split in ("test", "predict"):
-                meta["labelled"] = False  # e.g. GLUE test splits (label -1): fine for predict, refused by test
-            elif unlabelled:
-                raise InputError(f"{where}: {unlabelled} of {len(targets)} rows have no label")
-            else:
+            targets = encode_labels(rows["label"], names, self.task, self.label_offset, where, rows.get("where"))
+            # all rows labelled, or (test, predict: e.g. GLUE's test files, label -1) none; none is refused by test
+            meta["labelled"] = labelled(rows["label"], targets, self.task, split in ("test", "predict"), where,
+                                        rows.get("where"))
+            if meta["labelled"]:
                 columns["labels"] = targets
                 if names:
                     meta["label_counts"] = {n: targets.count(i) for i, n in enumerate(names)}

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
+from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class PretrainCorpus(L.LightningDataModule):
             raise InputError(f"seq_len must be at least 2, got {seq_len}")
         if not 0.0 < val_fraction < 1.0 and val_source is None:
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_loader_options(num_workers, batch_size=batch_size)
+        toks.check_vocab_size(tokenizer, vocab_size)
         self.save_hyperparameters()
         self.source = sources.resolve(source, text_column)
         self.val_source = sources.resolve(val_source, text_column) if val_source else None
@@ -68,7 +70,7 @@ class PretrainCorpus(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_root()
+        self.cache_root = cache.resolve_root(cache_dir)
         self.seed = seed
         self.train_blocks: np.ndarray | None = None
         self.val_blocks: np.ndarray | None = None
@@ -77,6 +79,10 @@ class PretrainCorpus(L.LightningDataModule):
     @cached_property
     def _splits(self):
         """{'train': Dataset, 'val': Dataset} of documents (loaded only on a cache miss)."""
+        with cache.rooted(self.cache_root):  # file digests are remembered under this cache
+            return self._load_splits()
+
+    def _load_splits(self):
         ds = self.source.load().filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
         if len(ds) == 0:
             raise InputError(f"corpus '{self.hparams.source}' is empty (no non-blank text)")
@@ -101,8 +107,9 @@ class PretrainCorpus(L.LightningDataModule):
     @cached_property
     def _identity(self) -> list[str]:
         # a local source's identity hashes every byte of it: once per process, not once per cache lookup
-        val = self.val_source.identity() if self.val_source else f"holdout:{self.val_fraction}:{self.seed}"
-        return [self.source.identity(), val]
+        with cache.rooted(self.cache_root):  # file digests are remembered under this cache
+            val = self.val_source.identity() if self.val_source else f"holdout:{self.val_fraction}:{self.seed}"
+            return [self.source.identity(), val]
 
     # -- tokenizer ----------------------------------------------------------------------------------------------
     @cached_property
@@ -135,7 +142,8 @@ class PretrainCorpus(L.LightningDataModule):
             meta = {"seq_len": self.seq_len, "dtype": dtype.str, "splits": {}}
             for split in ("train", "val"):
                 t0 = time.perf_counter()
-                n = blocks.write_blocks(tmp / f"{split}.bin", blocks.encode_batches(tok, self._texts(split)),
+                progress = blocks.Progress(f"tokenizing the {split} split")
+                n = blocks.write_blocks(tmp / f"{split}.bin", blocks.encode_batches(tok, self._texts(split), progress),
                                         sep, self.seq_len, dtype)
                 meta["splits"][split] = {"n_blocks": n, "seconds": round(time.perf_counter() - t0, 3)}
                 if n == 0:
@@ -158,8 +166,8 @@ class PretrainCorpus(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         entry = self.cache_entry
-        meta = cache.read_meta(entry)
-        if meta is None or not self._entry_is_complete(entry, meta):
+        meta = cache.lookup(entry, self._entry_is_complete)
+        if meta is None:
             self.prepare_data()  # prepare_data is skipped when Trainer(prepare_data_per_node=False) on non-zero ranks
             meta = cache.read_meta(entry)
         for split in ("train", "val"):
@@ -177,7 +185,9 @@ class PretrainCorpus(L.LightningDataModule):
         if len(self.train_blocks) < self.batch_size:
             raise InputError(f"the training split has {len(self.train_blocks)} blocks of {self.seq_len} tokens, fewer "
                              f"than one batch of {self.batch_size}; lower batch_size or seq_len")
-        return self._loader(self.train_blocks, shuffle=True)
+        loader = self._loader(self.train_blocks, shuffle=True)
+        check_val_interval(self.trainer, loader, f"an epoch ({len(self.train_blocks)} blocks of {self.seq_len} tokens)")
+        return loader
 
     def val_dataloader(self):
         return self._loader(self.val_blocks, shuffle=False)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # noqa: F401 (registers its exit handler before ours)
 import signal
+import time
 from collections.abc import Callable
 
 import torch
@@ -10,6 +14,8 @@ from torch.utils.data import Dataset, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from lightning_pretrain.errors import InputError
 
 
 def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuffle: bool = False,
@@ -47,8 +53,54 @@ def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuf
 def _ignore_sigterm(worker_id: int) -> None:
     # SLURM and Kubernetes signal every process of a job: the training process stops at the next batch boundary
     # with a checkpoint (callbacks/guard.py), which a worker dying first would turn into a crash mid-step. Workers
-    # still end with their loader (done event) or when the training process is gone (torch's parent watchdog).
+    # still end with their loader (done event), when the training process is gone (torch's parent watchdog), or
+    # when it exits (`_end_workers`).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@atexit.register  # after multiprocessing.util's own exit handler (imported above), so it runs before it
+def _end_workers(grace: float = 0.5) -> None:
+    """At exit, multiprocessing SIGTERMs the daemonic children (loader workers) and joins them with no time limit;
+    workers that ignore SIGTERM would keep a process that exits with its loader still open (an error raised
+    mid-epoch, whose traceback holds the loader) waiting forever. Those still running after `grace` are killed."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def check_loader_options(num_workers: int, **counts: int | None) -> None:
+    """Refuse a batch size (or another count) below 1 or a negative number of workers, in one line naming it."""
+    for name, count in counts.items():
+        if count is not None and count < 1:
+            raise InputError(f"{name} must be at least 1, got {count}")
+    if num_workers < 0:
+        raise InputError(f"num_workers must be 0 (load in the training process) or more, got {num_workers}")
+
+
+def check_val_interval(trainer, loader, what: str) -> None:
+    """An integer `val_check_interval` beyond the batches of an epoch fails in Lightning with a traceback (and when
+    allowed, with `check_val_every_n_epoch=None`, validation waits for later epochs): refuse it here in one line."""
+    interval = getattr(trainer, "val_check_interval", None)
+    per_epoch = getattr(trainer, "check_val_every_n_epoch", None) is not None
+    if not isinstance(interval, int) or isinstance(interval, bool) or not per_epoch:
+        return
+    if not getattr(trainer, "limit_val_batches", 1):  # validation is off
+        return
+    batches, limit = len(loader), getattr(trainer, "limit_train_batches", None)
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if 0 < batches < interval:
+        raise InputError(f"val_check_interval={interval} is beyond the {batches} training batches of {what}, so "
+                         f"validation would never run: set --trainer.val_check_interval {batches} or less, or a "
+                         f"fraction of the epoch (e.g. 0.5)")
 
 
 def rank_and_world(trainer) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.corpus import PretrainCorpus
-from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
+from lightning_pretrain.data.loaders import check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class TokenizedDocs:
         return len(self.doc_starts) - 1
 
 
-def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[str]]) -> TokenizedDocs:
+def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[str]],
+                       progress: blocks.Progress | None = None) -> TokenizedDocs:
     """Split batches of source rows into documents and sentences, and tokenize every sentence (no special tokens)."""
     backend = tokenizer.backend_tokenizer
     dtype = blocks.token_dtype(len(tokenizer))
@@ -75,10 +76,10 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[
                 found = split_sentences(doc)
                 sentences += found
                 per_doc.append(len(found))
-        encoded = iter(backend.encode_batch_fast(sentences, add_special_tokens=False))
+        encoded = blocks.encode_texts(backend, sentences, progress)  # bounded memory, also for a 50 MB "sentence"
         ids = []
         for n in per_doc:
-            kept = [enc.ids for enc in itertools.islice(encoded, n) if enc.ids]  # a sentence of no token is no sentence
+            kept = [enc for enc in itertools.islice(encoded, n) if len(enc)]  # a sentence of no token is no sentence
             if kept:
                 ids += kept
                 doc_sizes.append(len(kept))
@@ -233,7 +234,8 @@ class SentencePairCorpus(PretrainCorpus):
             meta = {"seq_len": self.seq_len, "task": self.task, "splits": {}}
             for n, split in enumerate(("train", "val")):
                 t0 = time.perf_counter()
-                docs = tokenize_documents(self.tokenizer, self._texts(split))
+                docs = tokenize_documents(self.tokenizer, self._texts(split),
+                                          blocks.Progress(f"tokenizing the {split} split", items="sentences"))
                 draws = self.dupe_factor if split == "train" else 1
                 pairs = np.concatenate([
                     make_pairs(docs, self.seq_len - 3, self.task, random.Random(self.seed * 1000 + 100 * n + k),
@@ -263,8 +265,7 @@ class SentencePairCorpus(PretrainCorpus):
 
     def setup(self, stage: str | None = None) -> None:
         entry = self.cache_entry
-        meta = cache.read_meta(entry)
-        if meta is None or not self._entry_is_complete(entry, meta):
+        if cache.lookup(entry, self._entry_is_complete) is None:
             self.prepare_data()
         for split in ("train", "val"):
             dataset = PairDataset(np.load(entry / f"{split}.tokens.npy", mmap_mode="r"),
@@ -280,7 +281,9 @@ class SentencePairCorpus(PretrainCorpus):
         if len(self.train_pairs) < self.batch_size:
             raise InputError(f"the training split has {len(self.train_pairs)} sentence pairs, fewer than one batch of "
                              f"{self.batch_size}; lower batch_size, raise dupe_factor or use more text")
-        return self._pair_loader(self.train_pairs, shuffle=True)
+        loader = self._pair_loader(self.train_pairs, shuffle=True)
+        check_val_interval(self.trainer, loader, f"an epoch ({len(self.train_pairs)} sentence pairs)")
+        return loader
 
     def val_dataloader(self):
         return self._pair_loader(self.val_pairs, shuffle=False)

@@ -3,14 +3,14 @@
 `resolve(spec)` turns a `--data.source` string into a text source with `identity()` (a cheap string that changes
 whenever the text could; it goes into cache keys) and `load()` (a `datasets.Dataset` of one `text` column, one
 document per row). The forms (builtin; a file, directory or glob of .jsonl/.json/.csv/.tsv/.parquet or plain text;
-a hub id) are listed in docs/design/data.md. Labelled tables for fine-tuning (`data/tables.py`) share this module's
-hub parsing and loading, its UTF-8 check and its remembered file digests.
+a hub id) are listed in docs/design/data.md. Every local file passes `data/validate.py` (encoding, rows, the text
+column's values) before it is read, remembered by content; fine-tuning tables share those checks, the hub loading
+and the remembered file digests.
 """
 
 from __future__ import annotations
 
 import ast
-import codecs
 import glob
 import hashlib
 import os
@@ -24,7 +24,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from lightning_pretrain.data import cache
+from lightning_pretrain.data import cache, records, validate
 from lightning_pretrain.errors import InputError
 
 # file suffix -> `datasets` packaged builder
@@ -98,7 +98,13 @@ class LocalSource:
     text_column: str = "text"
     streaming: bool = False  # read lazily as a `datasets.IterableDataset` instead of converting to Arrow first
 
+    def check(self) -> None:
+        """Refuse files that are not what they claim (see `check_file`), before anything reads or caches them."""
+        for f in self.files:
+            validate.check_file(f, content_digest(f), self.text_column)
+
     def identity(self) -> str:
+        self.check()  # also on a cache hit: a file must pass today's checks to reuse entries built from it
         # v2: paragraphs also break at blank lines holding spaces (older cache entries split differently)
         h = hashlib.sha256(f"local-v2:{self.text_column}".encode())
         for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
@@ -107,16 +113,20 @@ class LocalSource:
         return "local:" + h.hexdigest()
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
+        self.check()
         parts = []
-        for builder in sorted({file_format(f) for f in self.files}):
-            files = [f for f in self.files if file_format(f) == builder]
-            for f in files:
-                if builder != "parquet":
-                    check_utf8(f)
+        for builder, tsv in sorted({(file_format(f), f.lower().endswith(".tsv")) for f in self.files}):
+            files = [f for f in self.files if (file_format(f), f.lower().endswith(".tsv")) == (builder, tsv)]
+            if builder == "json":  # a JSON document of records (not JSON Lines): read as fine-tuning reads it
+                documents = [f for f in files if not records.json_lines(f)]
+                parts.extend(self._json_document(f) for f in documents)
+                files = [f for f in files if f not in documents]
+                if not files:
+                    continue
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
             if builder == "text" and self.streaming:  # a streamed .txt has no schema until read: name its column
                 kwargs["features"] = datasets.Features({"text": datasets.Value("string")})
-            if builder == "csv" and all(f.lower().endswith(".tsv") for f in files):
+            if tsv:
                 kwargs["delimiter"] = "\t"
             try:
                 ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
@@ -129,13 +139,19 @@ class LocalSource:
             parts.append(_text_column(ds, column, self.spec))
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
+    def _json_document(self, path: str) -> datasets.Dataset | datasets.IterableDataset:
+        """A .json file holding a list of records, an object of records or one list field (checked already)."""
+        texts = [record.get(self.text_column) for _, record in records.records(path)[1]]
+        ds = datasets.Dataset.from_dict({"text": texts}, features=datasets.Features({"text": datasets.Value("string")}))
+        return ds.to_iterable_dataset() if self.streaming else ds
+
 
 def content_digest(path: str) -> str:
     """SHA-256 of a file's bytes, remembered under the file's (path, inode, size, mtime): a large corpus is read
     once, not at every start-up (hashing runs at ~1 GB/s), and any write to the file changes the stat key."""
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-    memo = cache.default_root() / "digests"
+    memo = cache.current_root() / "digests"  # the cache of the data module at work (`cache.rooted`)
     try:
         return (memo / key).read_text().strip()
     except OSError:
@@ -174,7 +190,7 @@ class HubSource:
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
         ds = load_hub(self.path, self.config, self.split, streaming=self.streaming)
-        return _text_column(ds, self.text_column, self.path)
+        return _text_column(ds, self.text_column, self.path, strict=True)
 
 
 def load_hub(path: str, config: str | None = None, split: str | None = None, streaming: bool = False, hint: str = ""):
@@ -236,34 +252,22 @@ def _local_files(path: str) -> tuple[str, ...]:
 
 
 def check_utf8(path: str, chunk: int = 1 << 20) -> None:
-    """Fail clearly on binary or non-UTF-8 files instead of training on mojibake."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            if b"\x00" in block:
-                raise InputError(f"{path} looks binary (NUL byte at offset {offset + block.index(0)}), not text")
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path} is not valid UTF-8 (byte offset {offset + e.start}); "
-                                 f"convert it, e.g. `iconv -f latin1 -t utf-8`") from None
-            offset += len(block)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not valid UTF-8 (truncated character at the end)") from None
+    """Fail clearly on binary, UTF-16/32 or non-UTF-8 files instead of training on mojibake."""
+    records.check_encoding(path, chunk)
 
 
 def _split_paragraphs(batch: dict) -> dict:
     return {"text": [p for text in batch["text"] for p in paragraphs(text)]}
 
 
-def _text_column(ds, column: str, where: str):
+def _text_column(ds, column: str, where: str, strict: bool = False):
     names = ds.column_names or []
     if column not in names:
-        raise InputError(f"column '{column}' not found in {where}; available columns: {', '.join(map(str, names))} "
-                         f"(set --data.text_column)")
+        raise validate.column_not_found(column, where, names)
+    feature = (getattr(ds, "features", None) or {}).get(column)
+    if strict and feature is not None and not (isinstance(feature, datasets.Value) and "string" in feature.dtype):
+        # a hub dataset's files are not checked row by row (local files are): its declared type must be text
+        raise InputError(f"the text column {column!r} of {where} holds {feature}, not text (set --data.text_column)")
     if names != ["text"]:
         ds = ds.select_columns([column])
         if column != "text":

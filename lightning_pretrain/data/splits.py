@@ -9,7 +9,7 @@ from functools import cached_property
 
 import torch
 
-from lightning_pretrain.data import sources, tables
+from lightning_pretrain.data import sources, tables, validate
 from lightning_pretrain.data.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
@@ -90,9 +90,9 @@ class Splits:
     def identity(self, split: str) -> str:
         """Changes whenever the split's rows could (a cache key part)."""
         if split == "val" and self.held_out():
-            return f"holdout:{self.source_of('train').identity()}:{self.val_fraction}:{self.seed}"
+            return f"holdout:{self.source_of('train').identity(self.header)}:{self.val_fraction}:{self.seed}"
         suffix = f":minus-holdout:{self.val_fraction}:{self.seed}" if split == "train" and self.held_out() else ""
-        return self._required(split).identity() + suffix
+        return self._required(split).identity(self.header) + suffix
 
     def describe(self, split: str) -> str:
         if split == "val" and self.held_out():
@@ -101,14 +101,17 @@ class Splits:
         return src.describe() if src else split
 
     def rows(self, split: str) -> dict[str, list]:
-        """{'text': [...], 'text_pair': [...] (pairs), 'label': [...] (when labelled)} of one split, untokenized."""
+        """{'text': [...], 'text_pair': [...] (pairs), 'label': [...] (when labelled), 'where': [...]} of one split,
+        untokenized; `where` holds each row's place in its file ("line 17") for messages. Texts must be strings,
+        non-blank except for `predict` (`validate.texts`)."""
         if split == "val" and self.held_out():
             return self._holdout(self.rows("train_all"), "val")
         src = self._required("train" if split == "train_all" else split)
         if src.is_lines:
             if split != "predict":
                 raise InputError(f"{src.spec}: a .txt file has no labels; it can only be a --data.predict_file")
-            return {"text": src.read(self.header).values("text")}
+            table = src.read(self.header)
+            return {"text": table.values("text"), "where": table.where}
         where, table = src.describe(), src.read(self.header)
         text, pair, label = (tables.resolve_column(ref, table.columns)
                              for ref in (self.text_column, self.text_pair_column, self.label_column))
@@ -119,11 +122,13 @@ class Splits:
         if label is None and split in ("train", "train_all", "val"):
             raise InputError(f"label column {self.label_column!r} not found in {where}; available: "
                              f"{', '.join(table.columns)} (set --data.label_column by name or 0-based index)")
-        rows = {"text": [tables.text(v) for v in table.values(text)]}
+        blank_ok = split == "predict"  # a prediction per row, also for a blank one; a labelled example needs text
+        rows = {"text": validate.texts(table.values(text), text, where, table.where, blank_ok)}
         if pair is not None:
-            rows["text_pair"] = [tables.text(v) for v in table.values(pair)]
+            rows["text_pair"] = validate.texts(table.values(pair), pair, where, table.where, blank_ok)
         if label is not None:
             rows["label"] = list(table.values(label))
+        rows["where"] = list(table.where)
         if split == "train" and self.held_out():
             rows = self._holdout(rows, "train")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["text"]):
@@ -134,6 +139,9 @@ class Splits:
     def _holdout(self, rows: dict[str, list], part: str) -> dict[str, list]:
         n = len(rows["text"])
         n_val = max(1, round(n * self.val_fraction))
+        if n_val >= n:
+            raise InputError(f"{self.source_of('train').describe()} has {n} row{'s' if n != 1 else ''}: too few to "
+                             f"hold out val_fraction={self.val_fraction} for validation; pass --data.val_file")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         keep = sorted(order[:n_val] if part == "val" else order[n_val:])
         return {k: [v[i] for i in keep] for k, v in rows.items()}

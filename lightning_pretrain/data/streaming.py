@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
+from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,10 @@ def open_stream(source: sources.TextSource, cache_root: Path) -> datasets.Iterab
             source.load().to_parquet(tmp / "docs.parquet")
             return {"identity": source.identity()}
 
-        entry, _ = cache.get_or_build(cache_root / "builtin" / cache.cache_key(source.identity()), build,
-                                      lambda e, m: (e / "docs.parquet").exists())
-        return datasets.load_dataset("parquet", data_files=str(entry / "docs.parquet"), split="train",
-                                     streaming=True)
-    ds = source.load()
+        entry, _ = cache.get_or_build(cache_root / "builtin" / cache.cache_key(source.identity()), build)
+        return datasets.load_dataset("parquet", data_files=str(entry / "docs.parquet"), split="train", streaming=True)
+    with cache.rooted(cache_root):  # file digests are remembered under this cache
+        ds = source.load()
     return ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else ds
 
 
@@ -145,18 +144,14 @@ class BlockStream(IterableDataset):
         backend = self.tokenizer.backend_tokenizer
         # pending tokens (not yet in a block) and, for each document they belong to, where its token 0 lies in
         # `pending` (negative once its head went into a block) and its place (pass, window, position, document)
-        pending = np.empty(0, dtype=np.int64)
-        starts = np.empty(0, dtype=np.int64)
+        pending, starts = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         places: list[tuple] = []
         while True:  # passes over the shard, endlessly
             tokens_this_pass, whole_pass = 0, position is None and not (window or first_doc or skip)
             for w, w_position, docs in self.windows(shard, n_shards, pass_, window, position):
                 for c0 in range(first_doc, len(docs), ENCODE_DOCS):
                     chunk = docs[c0:c0 + ENCODE_DOCS]
-                    ids = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
-                    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-                    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, (self.sep,)) for x in ids),
-                                       dtype=np.int64, count=int(lengths.sum()))
+                    flat, lengths = blocks.separated(list(blocks.encode_texts(backend, chunk)), self.sep)
                     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) - skip
                     flat, skip = flat[skip:], 0  # resuming inside a document: its head is already trained on
                     tokens_this_pass += len(flat)
@@ -226,15 +221,16 @@ class StreamingCorpus(L.LightningDataModule):
         super().__init__()
         if seq_len < 2:
             raise InputError(f"seq_len must be at least 2, got {seq_len}")
-        if val_documents < 1 or tokenizer_documents < 1 or batch_size < 1 or num_workers < 0:
-            raise InputError("val_documents, tokenizer_documents and batch_size must be >= 1, num_workers >= 0")
+        check_loader_options(num_workers, batch_size=batch_size, val_documents=val_documents,
+                             tokenizer_documents=tokenizer_documents, shuffle_window=shuffle_window)
+        toks.check_vocab_size(tokenizer, vocab_size)
         self.save_hyperparameters()
         self.source = sources.resolve(source, text_column, streaming=True)
         self.val_source = sources.resolve(val_source, text_column, streaming=True) if val_source else None
         self.tokenizer_spec, self.vocab_size, self.tokenizer_documents = tokenizer, vocab_size, tokenizer_documents
         self.val_documents, self.seq_len, self.batch_size = val_documents, seq_len, batch_size
         self.num_workers, self.shard_by, self.shuffle_window = num_workers, shard_by, shuffle_window
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_root()
+        self.cache_root = cache.resolve_root(cache_dir)
         self.seed = seed
         self.val_blocks: np.ndarray | None = None
         self.exclude: frozenset[bytes] = frozenset()
@@ -249,7 +245,8 @@ class StreamingCorpus(L.LightningDataModule):
         if self.tokenizer_spec not in toks.TRAINERS:
             return toks.load_pretrained(self.tokenizer_spec)
         skip = 0 if self.val_source else self.val_documents
-        identity = [self.source.identity(), f"stream:skip{skip}:first{self.tokenizer_documents}"]
+        with cache.rooted(self.cache_root):  # file digests are remembered under this cache
+            identity = [self.source.identity(), f"stream:skip{skip}:first{self.tokenizer_documents}"]
         return toks.trained(self.tokenizer_spec, self.vocab_size,
                             lambda: documents(self.stream, skip, self.tokenizer_documents), identity, self.cache_root)
 
@@ -266,7 +263,8 @@ class StreamingCorpus(L.LightningDataModule):
         if self.val_source is None:
             self.exclude = frozenset(map(doc_hash, val))
         tok = self.tokenizer
-        self.val_blocks = blocks.pack(blocks.encode_batches(tok, [val]), toks.document_separator(tok), self.seq_len)
+        self.val_blocks = blocks.pack(blocks.encode_batches(tok, [val], blocks.Progress("tokenizing validation")),
+                                      toks.document_separator(tok), self.seq_len)
         if len(self.val_blocks) == 0:
             raise InputError(f"the {len(val)} validation documents hold fewer than seq_len={self.seq_len} tokens: "
                              f"raise val_documents or lower seq_len")
@@ -289,7 +287,9 @@ class StreamingCorpus(L.LightningDataModule):
         # Lightning warns about any sized IterableDataset in case its workers yield duplicates; ours read disjoint
         # shards, and the size is the run's length by design (docs/design/data.md, Stopping)
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-        return stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed)
+        loader = stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed)
+        check_val_interval(self.trainer, loader, "this streaming run (max_steps x accumulate_grad_batches)")
+        return loader
 
     def val_dataloader(self) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)  # in memory: no workers needed

@@ -1,26 +1,25 @@
 """Labelled tables: a local .csv/.tsv/.jsonl/.json/.parquet file (or .txt lines) or a hub dataset split, as columns.
 
-TSV is read without quote processing (GLUE's files: MRPC sentences start with a bare `"`); header-less columns are
-named "0", "1", ...; a .json file holds a list of records, an object of records or one list field. Files are
-identified by `sources.content_digest` (remembered across runs), hub splits by the dataset's own fingerprint.
+Files are read by `records.py`, as the corpus reads them, so a ragged row, malformed JSON or a file without rows is
+refused naming its line, and every row keeps its place for later messages. TSV is read without quote processing
+(GLUE's files: MRPC sentences start with a bare `"`); header-less columns are named "0", "1", ...; a .json file
+holds JSON Lines, a list of records, an object of records or one list field. Files are identified by
+`sources.content_digest` (remembered across runs), hub splits by the dataset's own fingerprint.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import datasets
 import pandas as pd
 
-from lightning_pretrain.data import sources
+from lightning_pretrain.data import records, sources, validate
 from lightning_pretrain.errors import InputError
 
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
@@ -29,42 +28,36 @@ Column = int | str
 
 def read_table(path: str, header: bool) -> pd.DataFrame:
     """A local file as a DataFrame of strings (CSV/TSV) or JSON values; header-less columns are named "0", "1", ..."""
+    return _read_table(path, header)[0]
+
+
+def _read_table(path: str, header: bool) -> tuple[pd.DataFrame, list[str]]:
+    """`read_table`, and where each row came from ("line 17", "record 3", "row 5")."""
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"unsupported file type {path} (expected one of {', '.join(SUFFIXES)})")
     if not os.path.isfile(path):
         raise InputError(f"file not found: {path}")
-    if suffix != ".parquet":
-        sources.check_utf8(path)
-    try:
-        if suffix in (".csv", ".tsv"):
-            tsv = suffix == ".tsv"
-            df = pd.read_csv(path, sep="\t" if tsv else ",", header=0 if header else None,
-                             quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, dtype=str,
-                             keep_default_na=False, encoding="utf-8-sig")  # utf-8-sig: MRPC starts with a BOM
-        elif suffix == ".parquet":
+    if suffix == ".parquet":
+        try:
             df = pd.read_parquet(path)
-        elif suffix == ".jsonl":
-            with open(path, encoding="utf-8") as fh:
-                df = pd.DataFrame.from_records([json.loads(line) for line in fh if line.strip()])
-        else:
-            df = pd.DataFrame.from_records(_json_records(json.loads(Path(path).read_text(encoding="utf-8")), path))
-    except sources.READ_ERRORS as e:  # parser errors name the line but not the file
-        raise InputError(f"could not read {path}: {sources.first_line(e)}") from e
+        except sources.READ_ERRORS as e:
+            raise InputError(f"could not read {path}: {sources.first_line(e)}") from e
+        if len(set(map(str, df.columns))) < len(df.columns):
+            raise InputError(f"{path}: a column name appears twice ({', '.join(map(str, df.columns))})")
+        if len(df) == 0:
+            raise InputError(f"{path} holds no rows")
+        where = [f"row {i}" for i in range(len(df))]
+    else:  # TSV without quote processing (GLUE)
+        columns, rows = records.records(path, header, quoting=suffix != ".tsv")
+        where, values = [], []
+        for place, record in rows:
+            where.append(place)
+            values.append(record)
+            columns.extend(k for k in record if k not in columns)  # (JSON records may add keys)
+        df = pd.DataFrame({c: pd.Series([r.get(c) for r in values], dtype=object) for c in columns})
     df.columns = [str(c) for c in df.columns]
-    return df
-
-
-def _json_records(obj, path: str) -> list[dict]:
-    if isinstance(obj, list):
-        return obj
-    if isinstance(obj, dict) and obj and all(isinstance(v, dict) for v in obj.values()):
-        return list(obj.values())  # {"0": {...}, "1": {...}} (the MNLI subsets)
-    if isinstance(obj, dict):
-        lists = [v for v in obj.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return lists[0]  # {"data": [...]}
-    raise InputError(f"{path}: expected a list of records, an object of records, or one list field")
+    return df, where
 
 
 def resolve_column(ref: Column | None, names: list[str]) -> str | None:
@@ -79,11 +72,6 @@ def resolve_column(ref: Column | None, names: list[str]) -> str | None:
     return None
 
 
-def text(v) -> str:
-    """A cell as text (a missing cell is empty)."""
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-
 @functools.lru_cache(maxsize=4)
 def hub_splits(spec: str) -> datasets.DatasetDict:
     """Every split of the hub dataset 'id[:config]' (loaded once per process)."""
@@ -94,10 +82,12 @@ def hub_splits(spec: str) -> datasets.DatasetDict:
 
 @dataclass(frozen=True)
 class Table:
-    """A table's column names and `values(column)`, the column's cells as a list."""
+    """A table's column names, `values(column)` (the column's cells as a list) and `where`: each row's place in its
+    file ("line 17"), for messages."""
 
     columns: list[str]
     values: Callable[[str], list]
+    where: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -108,10 +98,14 @@ class TableSource:
     spec: str  # absolute file path, or hub 'id[:config]'
     split: str = ""  # hub split name
 
-    def identity(self) -> str:
-        """Changes whenever the rows could: the file's content digest, or the hub dataset's own fingerprint."""
+    def identity(self, header: bool = True) -> str:
+        """Changes whenever the rows could: the file's content digest, or the hub dataset's own fingerprint. A file
+        is checked first (`validate.check_file`, read as `header` says), also when its cache entry exists: a file
+        must pass today's checks to reuse entries built from it."""
         if self.kind == "file":
-            return f"file:{Path(self.spec).name}:{sources.content_digest(self.spec)}"
+            digest = sources.content_digest(self.spec)
+            validate.check_file(self.spec, digest, header=header, quoting=not self.spec.lower().endswith(".tsv"))
+            return f"file:{Path(self.spec).name}:{digest}"
         return f"hub:{self.spec}:{self.split}:{getattr(hub_splits(self.spec)[self.split], '_fingerprint', '')}"
 
     def describe(self) -> str:
@@ -126,13 +120,17 @@ class TableSource:
         """The rows; hub class ids become their names, so --data.labels may order the classes freely."""
         if self.is_lines:
             sources.check_utf8(self.spec)
-            with open(self.spec, encoding="utf-8") as fh:
-                lines = [line.rstrip("\r\n") for line in fh if line.strip()]
-            return Table(["text"], lambda column: lines)
+            with open(self.spec, encoding="utf-8-sig") as fh:
+                lines = [(f"line {i}", line.rstrip("\r\n")) for i, line in enumerate(fh, 1) if line.strip()]
+            if not lines:
+                raise InputError(f"{self.spec} holds no text (every line is blank)")
+            return Table(["text"], lambda column: [t for _, t in lines], [w for w, _ in lines])
         if self.kind == "file":
-            df = read_table(self.spec, header)
-            return Table(list(df.columns), lambda column: df[column].tolist())
+            df, where = _read_table(self.spec, header)
+            return Table(list(df.columns), lambda column: df[column].tolist(), where)
         ds = hub_splits(self.spec)[self.split]
+        if len(ds) == 0:
+            raise InputError(f"{self.describe()} holds no rows")
 
         def values(column: str) -> list:
             feature = ds.features.get(column)
@@ -140,4 +138,4 @@ class TableSource:
                 return [feature.int2str(v) if v >= 0 else None for v in ds[column]]
             return ds[column]
 
-        return Table(list(ds.column_names), values)
+        return Table(list(ds.column_names), values, [f"row {i}" for i in range(len(ds))])

@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lightning_pretrain.data import cache
+from lightning_pretrain.data import blocks, cache
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,62 @@ def train_unigram(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
 
 
 TRAINERS = {"bpe": train_bpe, "wordpiece": train_wordpiece, "unigram": train_unigram}
+# the least vocabulary each family can hold: its special tokens, plus the 256 byte symbols for byte-level BPE (and,
+# for wordpiece / unigram, every character of the training text, which only training tells: `_learn`)
+MIN_VOCAB = {"bpe": 256 + 5, "wordpiece": 5 + 1, "unigram": 5 + 1}
+
+
+def check_vocab_size(kind: str, vocab_size: int) -> None:
+    """Refuse a `vocab_size` below what a trained `kind` tokenizer needs (a pretrained one ignores it)."""
+    if kind in MIN_VOCAB and vocab_size < MIN_VOCAB[kind]:
+        need = "256 byte symbols and 5 special tokens" if kind == "bpe" else "5 special tokens and a character"
+        raise InputError(f"vocab_size={vocab_size} is below the minimum of {MIN_VOCAB[kind]} for a '{kind}' tokenizer "
+                         f"({need}); pass --data.vocab_size {MIN_VOCAB[kind]} or more (thousands, for a useful one)")
+
+
+def _learn(kind: str, texts: Callable[[], Iterable[str]], vocab_size: int) -> PreTrainedTokenizerBase:
+    """Train on `texts()` fed in pieces (`blocks.pieces`: the same words are counted, in bounded memory)."""
+    progress = blocks.Progress(f"training a {kind} tokenizer", unit="characters")
+
+    def fed() -> Iterator[str]:
+        for text in texts():
+            for piece in blocks.pieces(text):
+                progress.add(0, len(piece))
+                yield piece
+            progress.add(1, 0)
+
+    try:
+        tok = TRAINERS[kind](fed(), vocab_size)
+    except Exception as e:  # the Rust trainers raise plain `Exception`s
+        if "not large enough to contain all chars" not in str(e):
+            raise
+        tok = None
+    need = _unigram_minimum(texts()) if tok is None else len(tok)
+    if tok is None or len(tok) > vocab_size:  # the trainers keep the alphabet and the specials whatever the size
+        raise InputError(f"vocab_size={vocab_size} is below the minimum of {need} for a '{kind}' tokenizer of this "
+                         f"corpus (its special tokens and every character of the training text); pass "
+                         f"--data.vocab_size {need} or more")
+    return tok
+
+
+def _unigram_minimum(texts: Iterable[str]) -> int:
+    """Unigram's least vocabulary: every non-space character after NFKC, the word boundary "▁" and the specials."""
+    nfkc, chars = normalizers.NFKC(), set()
+    for text in texts:
+        for piece in blocks.pieces(text):
+            chars.update(nfkc.normalize_str(piece))
+    return len({c for c in chars if not c.isspace()}) + 1 + len(set(_UNIGRAM_SPECIALS.values()))
 
 
 def trained(kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str],
             cache_root: Path) -> PreTrainedTokenizerBase:
     """A `kind` tokenizer trained on `texts()`, built once per (kind, size, text identity) and cached."""
+    check_vocab_size(kind, vocab_size)
     entry = cache_root / "tokenizers" / cache.cache_key("tokenizer", kind, vocab_size, *text_identity)
 
     def build(tmp: Path) -> dict:
         t0 = time.perf_counter()
-        tok = TRAINERS[kind](texts(), vocab_size)
+        tok = _learn(kind, texts, vocab_size)
         tok.save_pretrained(tmp)
         log.info("trained a %s tokenizer (%d tokens) in %.1fs", kind, len(tok), time.perf_counter() - t0)
         return {"kind": kind, "vocab_size": len(tok)}
