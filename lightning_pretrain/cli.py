@@ -27,6 +27,7 @@ from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
 from lightning_pretrain.callbacks.progress import progress_bar
+from lightning_pretrain.callbacks.zero_shot import ZeroShot
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
@@ -72,6 +73,8 @@ class PretrainCLI(LightningCLI):
         # a SIGTERM ends the run with a resumable checkpoint and a non-zero exit
         parser.add_lightning_class_args(ResumeState, "resume_state")
         parser.add_lightning_class_args(StopGuard, "stop_guard")
+        # zero-shot benchmarks on the live model during pretraining (off unless --zero_shot.tasks is given)
+        parser.add_lightning_class_args(ZeroShot, "zero_shot")
         # data -> model, once, before the model is built: what the data publishes (its tokenizer, lengths, labels)
         parser.link_arguments("data.contract", "model.init_args.data", apply_on="instantiate")
 

@@ -4,9 +4,9 @@
 
 Training is left exactly as it was: the model goes back to its per-module train/eval modes and the global
 torch / numpy / python (and CUDA) RNG states are restored, so the run's losses are those of a run without it.
-Under DDP / FSDP every rank takes part: lm-eval's data-parallel path gives each rank its share of the documents
-(the same number of forward passes on every rank, which a sharded FSDP model needs), rank 0 aggregates and
-broadcasts the scores. No rank sits idle at a barrier while another scores, and none can wait forever for one.
+Under DDP every rank takes part (tested): lm-eval's data-parallel path gives each rank its share of the documents
+and the same number of forward passes (which a sharded FSDP2 model also needs; untested there), rank 0 aggregates,
+the scores are broadcast. No rank sits idle at a barrier while another scores, none waits on a collective alone.
 """
 
 from __future__ import annotations
