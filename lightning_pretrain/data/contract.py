@@ -17,8 +17,10 @@ class DataContract:
 
     tokenizer: PreTrainedTokenizerBase  # the tokenizer the data was (or will be) encoded with
     seq_len: int | None = None  # tokens per packed block or per sentence pair (pretraining)
-    max_length: int | None = None  # longest tokenized example, special tokens included (fine-tuning)
-    task: str | None = None  # 'nsp' / 'sop' (sentence pairs), 'classification' / 'regression' (fine-tuning)
+    max_length: int | None = None  # longest tokenized example / source / packed row, specials included (fine-tuning)
+    max_target_length: int | None = None  # longest tokenized target (text-to-text)
+    task: str | None = None  # 'nsp' / 'sop' (sentence pairs); 'classification' / 'regression' / 'text_to_text' /
+    # 'sft' (fine-tuning)
     label_names: tuple[str, ...] | None = None  # class names in id order (classification)
 
     @property

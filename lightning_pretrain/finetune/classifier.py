@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
@@ -24,6 +23,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lightning_pretrain import architecture, optim
 from lightning_pretrain.callbacks.export import run_dir
+from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
@@ -128,7 +128,7 @@ class SequenceClassifier(L.LightningModule):
         return self.label_names is None
 
     def configure_callbacks(self):
-        return [self.trainability, PredictionWriter(self.predictions_file)]
+        return [self.trainability, JsonlPredictions(self.predictions_file)]
 
     # -- steps --------------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
@@ -174,13 +174,20 @@ class SequenceClassifier(L.LightningModule):
         mean_loss.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits = self(batch).float()
-        out = {k: batch[k] for k in ("example_id", "text", "text_pair") if k in batch}
-        if self.regression:
-            out["score"] = logits.squeeze(-1)
-        else:
-            out["probabilities"] = logits.softmax(-1)
-        return out
+        """One JSON line per input, in input order: the text(s), and the label with its probability and every
+        class's probability (classification) or the predicted score (regression)."""
+        logits, rows = self(batch).float(), []
+        for i, example_id in enumerate(batch["example_id"].tolist()):
+            row = {"id": example_id, **{k: batch[k][i] for k in ("text", "text_pair") if k in batch}}
+            if self.regression:
+                row["score"] = round(logits[i, 0].item(), 6)
+            else:
+                probs = logits[i].softmax(-1).tolist()
+                best = max(range(len(probs)), key=probs.__getitem__)
+                row.update(label=self.label_names[best], score=round(probs[best], 6),
+                           probabilities={n: round(p, 6) for n, p in zip(self.label_names, probs)})
+            rows.append(row)
+        return {"rows": rows}
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -228,39 +235,3 @@ class SequenceClassifier(L.LightningModule):
                               safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
-
-
-class PredictionWriter(BasePredictionWriter):
-    """JSON lines, one per input in input order: the text(s), and the label with its probability and every class's
-    probability (classification) or the predicted score (regression)."""
-
-    def __init__(self, path: str | None = None):
-        super().__init__(write_interval="batch")
-        self.path, self._fh = path, None
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: SequenceClassifier) -> None:
-        path = Path(self.path) if self.path else run_dir(trainer) / "predictions.jsonl"
-        if trainer.world_size > 1:
-            path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.written, self._fh = path, open(path, "w")
-
-    def write_on_batch_end(self, trainer, pl_module: SequenceClassifier, prediction: dict, batch_indices,
-                           batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        names = pl_module.label_names
-        for i, example_id in enumerate(prediction["example_id"].tolist()):
-            row = {"id": example_id, **{k: prediction[k][i] for k in ("text", "text_pair") if k in prediction}}
-            if names is None:
-                row["score"] = round(prediction["score"][i].item(), 6)
-            else:
-                probs = prediction["probabilities"][i].tolist()
-                best = max(range(len(probs)), key=probs.__getitem__)
-                row.update(label=names[best], score=round(probs[best], 6),
-                           probabilities={n: round(p, 6) for n, p in zip(names, probs)})
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: SequenceClassifier) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-            print(f"predictions: {self.written}")
