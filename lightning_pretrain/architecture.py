@@ -31,6 +31,22 @@ def check_length(config: PretrainedConfig, length: int, what: str) -> None:
                          f"or raise the config's max_position_embeddings / n_positions")
 
 
+def map_decoder_token_ids(config: PretrainedConfig, tokenizer) -> None:
+    """Point a fresh encoder-decoder config's decoder start token (and BART's forced BOS/EOS) at `tokenizer`'s ids,
+    each keeping the role the architecture gives it (T5, Pegasus start with pad; BART with eos)."""
+    try:
+        defaults = type(config)()
+    except (TypeError, ValueError):  # a composite config (EncoderDecoderConfig) has no defaults: read its own values
+        defaults = config
+    for name in ("decoder_start_token_id", "forced_eos_token_id", "forced_bos_token_id"):
+        default = getattr(defaults, name, None)
+        if default is None and name != "decoder_start_token_id":
+            continue
+        role = next((r for r in ("pad_token_id", "eos_token_id", "bos_token_id")
+                     if default is not None and getattr(defaults, r, None) == default), "pad_token_id")
+        setattr(config, name, getattr(tokenizer, role))
+
+
 def plain_head(model: nn.Module) -> nn.Linear | None:
     """The output layer of a causal LM whose logits are just `head(last hidden state)`, else None (logit scaling,
     soft-capping or auxiliary losses: the loss must go through the HF model)."""
@@ -80,31 +96,70 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
-    """`({parameter name: depth}, number of transformer blocks)` of an HF model with a task head.
-
-    Depth counts from the top: 0 is the head (parameters outside `model.base_model`), 1 the top block (with what the
-    backbone applies after its blocks: BERT's pooler, GPT-2's final norm), L the bottom block, L + 1 the embeddings
-    (backbone parameters registered before the first block). The blocks are the longest `nn.ModuleList` in the
-    backbone: BERT's `encoder.layer`, GPT-2's `h`, Llama's `layers`.
-    """
-    backbone = model.base_model
-    if backbone is model:
+def block_stacks(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The stacks of transformer blocks (`transformer_blocks`) of an HF model with a head, top first: an
+    encoder-decoder's `("decoder", blocks)` then `("encoder", blocks)` (T5, BART, EncoderDecoderModel), otherwise the
+    backbone's `("", blocks)` (BERT's `encoder.layer`, GPT-2's `h`, Llama's `layers`)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        parts = [("decoder", model.get_decoder()), ("encoder", model.get_encoder())]
+    elif model.base_model is model:
         raise InputError(f"{type(model).__name__} has no separate backbone (base_model) to count layers in")
-    stacks = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not stacks:
-        raise InputError(f"found no stack of transformer blocks (an nn.ModuleList) in {type(backbone).__name__}")
-    _, stack = max(stacks, key=lambda s: len(s[1]))
-    n_layers = len(stack)
-    block_of = {id(p): i for i, block in enumerate(stack) for p in block.parameters()}
-    backbone_ids = {id(p) for p in backbone.parameters()}
-    depths, seen_block = {}, False
+    else:
+        parts = [("", model.base_model)]
+    stacks = [(name, transformer_blocks(part)) for name, part in parts]
+    for (_, blocks), (_, part) in zip(stacks, parts):
+        if not blocks:
+            raise InputError(f"found no stack of transformer blocks in {type(part).__name__}")
+    return stacks
+
+
+def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
+    """`({parameter name: depth}, number of transformer blocks)` of an HF model with a task or LM head.
+
+    Depth counts from the top: 0 is the head (parameters outside `model.base_model`, and the output layer of a
+    language model, also when it is tied to the input embeddings: the tied matrix trains wherever the head does),
+    1 the top block (with what its part applies after its blocks: BERT's pooler, GPT-2's final norm), L the bottom
+    block, L + 1 the embeddings (parameters registered before the first block, or named `*embed*`, or outside every
+    part). An encoder-decoder's L counts both stacks, the decoder's blocks above the encoder's: depth 1 is the top
+    decoder block, Ld + 1 the top encoder block (with the encoder's final norm), Ld + Le the bottom encoder block.
+    """
+    stacks = block_stacks(model)
+    n_layers = sum(len(blocks) for _, blocks in stacks)
+    head = set() if model.base_model is model else {id(p) for p in model.parameters()} - {
+        id(p) for p in model.base_model.parameters()}
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(output, nn.Module):
+        head.update(id(p) for p in output.parameters())
+    parts = {"decoder": lambda: model.get_decoder(), "encoder": lambda: model.get_encoder(),
+             "": lambda: model.base_model}
+    block_depth, part_top = {}, {}  # part_top: a part's parameters after its blocks go with its top block
+    above = 0
+    for name, blocks in stacks:
+        for i, block in enumerate(blocks):
+            block_depth.update({id(p): above + len(blocks) - i for p in block.parameters()})
+        in_blocks = {id(p) for block in blocks for p in block.parameters()}
+        part_top[above + 1] = ({id(p) for p in parts[name]().parameters()}, in_blocks)
+        above += len(blocks)
+    depths, passed = {}, set()  # passed: the parts whose first block came earlier in registration order
     for name, p in model.named_parameters():
-        if id(p) not in backbone_ids:
+        if id(p) in head:
             depths[name] = 0
-        elif id(p) in block_of:
-            seen_block = True
-            depths[name] = n_layers - block_of[id(p)]
+        elif id(p) in block_depth:
+            depths[name] = block_depth[id(p)]
+            passed.update(top for top, (_, in_blocks) in part_top.items() if id(p) in in_blocks)
         else:
-            depths[name] = 1 if seen_block else n_layers + 1
+            top = next((t for t, (in_part, _) in part_top.items() if id(p) in in_part), None)
+            depths[name] = top if top in passed and "embed" not in name else n_layers + 1
     return depths, n_layers
+
+
+def depth_name(model: nn.Module, depth: int) -> str:
+    """A readable name of a depth for the LR monitor: 'head', 'layer.5' ('decoder.layer.1' / 'encoder.layer.3' in
+    an encoder-decoder), 'embeddings'."""
+    if depth == 0:
+        return "head"
+    for name, blocks in block_stacks(model):
+        if depth <= len(blocks):
+            return f"{name}.layer.{len(blocks) - depth}" if name else f"layer.{len(blocks) - depth}"
+        depth -= len(blocks)
+    return "embeddings"

@@ -106,15 +106,18 @@ class PretrainCLI(LightningCLI):
 
 
 def tokenizer_from_backbone(config) -> None:
-    """Fine-tuning: a data module whose `tokenizer` is unset loads the model's `backbone` tokenizer, so the
-    backbone is typed once (`--model.backbone`) and the tokenizer still reaches the model through the link."""
+    """Fine-tuning: a data module whose `tokenizer` is unset loads the tokenizer of the model's `backbone` (or of its
+    `model` when that names a pretrained directory / hub id), so it is typed once and still reaches the model
+    through the link."""
     model, data = config.get("model"), config.get("data")
     model_args = model.get("init_args") if hasattr(model, "get") else None
     data_args = data.get("init_args") if hasattr(data, "get") else None
     if model_args is None or data_args is None or "tokenizer" not in data_args:
         return
-    if data_args.get("tokenizer") is None and model_args.get("backbone"):
-        data_args.tokenizer = model_args.backbone
+    pretrained = model_args.get("backbone") or (model_args.get("model") if isinstance(model_args.get("model"), str)
+                                                else None)
+    if data_args.get("tokenizer") is None and pretrained:
+        data_args.tokenizer = pretrained
 
 
 def versioned_logger_args(trainer_config):
@@ -147,34 +150,42 @@ def own_run_directory(subcommand: str, config) -> None:
                          f"--trainer.logger.init_args.version to start a new version_N")
 
 
-def latest_run_with_last(trainer_config) -> Path | None:
-    """The newest `version_N` of the configured logger that holds a `last*.ckpt`, where `--ckpt_path last` lives.
-
-    With the logger's default versioning every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and
-    Lightning's "last" would find nothing there and silently start from scratch.
-    """
+def runs_root(trainer_config) -> Path | None:
+    """`<save_dir>/<name>` of the configured versioned logger, where its `version_N` runs live; None without one,
+    or when checkpoints go to a fixed directory (Lightning then finds "last" itself)."""
     args = versioned_logger_args(trainer_config)
     fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
                     for cb in trainer_config.get("callbacks") or [])
-    if args is None or fixed_dir:
-        return None  # no versioned logger, or checkpoints in a fixed directory (Lightning finds them itself)
-    root = Path(args.get("save_dir") or ".") / (args.get("name") or "")
-    runs = [d for d in root.glob("version_*") if d.name[8:].isdigit() and any((d / "checkpoints").glob("last*.ckpt"))]
+    return None if args is None or fixed_dir else Path(args.get("save_dir") or ".") / (args.get("name") or "")
+
+
+def latest_run_with(root: Path, pattern: str) -> Path | None:
+    """The newest `version_N` under `root` whose `checkpoints/` holds a `pattern` file. With the logger's default
+    versioning every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and Lightning's "last" would
+    find nothing there and silently start from scratch."""
+    runs = [d for d in root.glob("version_*") if d.name[8:].isdigit() and any((d / "checkpoints").glob(pattern))]
     return max(runs, key=lambda d: int(d.name[8:])) if runs else None
 
 
 def resolve_last(subcommand: str, config) -> None:
     """`--ckpt_path last`: fit continues the latest run in its own directory (same TensorBoard curves, same
-    checkpoints); validate/test/predict read that run's newest `last*.ckpt` and write into a fresh version."""
-    run = latest_run_with_last(config.trainer)
-    if run is None:
+    checkpoints); validate/test/predict read the newest run's `last*.ckpt` (else its newest checkpoint: presets
+    that keep no `last.ckpt`) and write into a fresh version; with none at all they refuse rather than evaluate
+    freshly initialised weights."""
+    root = runs_root(config.trainer)
+    if root is None:
         return
     if subcommand == "fit":
-        args = versioned_logger_args(config.trainer)
-        if args.get("version") is None:
+        run, args = latest_run_with(root, "last*.ckpt"), versioned_logger_args(config.trainer)
+        if run is not None and args.get("version") is None:
             args.version = int(run.name[8:])
-    else:
-        config.ckpt_path = str(max(run.glob("checkpoints/last*.ckpt"), key=lambda f: f.stat().st_mtime))
+        return
+    run = latest_run_with(root, "last*.ckpt") or latest_run_with(root, "*.ckpt")
+    if run is None:
+        raise InputError(f"--ckpt_path last: no checkpoint in {root}/version_*/checkpoints/; train first, or pass "
+                         f"--ckpt_path FILE")
+    ckpts = list(run.glob("checkpoints/last*.ckpt")) or list(run.glob("checkpoints/*.ckpt"))
+    config.ckpt_path = str(max(ckpts, key=lambda f: f.stat().st_mtime))
 
 
 TRAINER_DEFAULTS = {

@@ -10,6 +10,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
+from lightning_pretrain.errors import InputError
+
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -63,3 +65,23 @@ def build_optimizer(factory, groups: list[dict]) -> torch.optim.Optimizer:
         return factory(groups)
     except ValueError as e:
         raise ValueError(f"optimizer: {e} (check --model.optimizer)") from e
+
+
+def finetune_optimizers(module) -> dict:
+    """Fine-tuning's `configure_optimizers` for a task module (its `model`, `trainability`, `optimizer`,
+    `lr_schedule`, `warmup_steps`, `warmup_ratio`): the optimizer over the trainability policy's groups (a group's
+    LR is the optimizer's times its `lr_scale`: layer-wise decay) and the per-step schedule."""
+    total_steps = module.trainer.estimated_stepping_batches
+    groups = module.trainability.param_groups(module.model, module.trainer)
+    try:
+        if not any(g["params"] for g in groups):
+            raise ValueError("the fine-tuning mode leaves no parameter to train")
+        opt = build_optimizer(module.optimizer, groups)
+        for g in opt.param_groups:
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        warmup_steps = module.warmup_steps
+        if warmup_steps is None:  # an endless run is refused by scheduler_config, with the reason
+            warmup_steps = round(module.warmup_ratio * total_steps) if total_steps != float("inf") else 0
+        return {"optimizer": opt, "lr_scheduler": scheduler_config(opt, module.lr_schedule, warmup_steps, total_steps)}
+    except ValueError as e:
+        raise InputError(str(e)) from e

@@ -1,4 +1,5 @@
-"""`PretrainCorpus`: raw text in, batches of packed token blocks out. It knows nothing of objectives."""
+"""`PretrainCorpus`: raw text in, batches of packed token blocks out (and, for `predict`, the untokenized prompts of
+`predict_file`: data/prompts.py). It knows nothing of objectives."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
+from lightning_pretrain.data.prompts import prompt_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class PretrainCorpus(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 1234,
+        predict_file: str | None = None,
     ):
         """
         Args:
@@ -53,6 +56,8 @@ class PretrainCorpus(L.LightningDataModule):
             cache_dir: where tokenized corpora and trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
                 ~/.cache/lightning_pretrain.
             seed: seed of the train/validation document split and of the shuffling order.
+            predict_file: prompts for `predict`: a UTF-8 text file, one prompt per line (blank lines are skipped);
+                the objective says what a prompt is (a text to continue, or one with mask tokens / sentinels).
         """
         super().__init__()
         if seq_len < 2:
@@ -72,6 +77,7 @@ class PretrainCorpus(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.cache_root = cache.resolve_root(cache_dir)
         self.seed = seed
+        self.predict_file = predict_file
         self.train_blocks: np.ndarray | None = None
         self.val_blocks: np.ndarray | None = None
 
@@ -135,6 +141,8 @@ class PretrainCorpus(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenize and pack both splits once (rank 0); later runs with the same settings reuse the cache."""
+        if self.predicting:  # prompts are read as they are, no block is needed
+            return
         tok = self.tokenizer
         sep, dtype = toks.document_separator(tok), blocks.token_dtype(len(tok))
 
@@ -164,7 +172,13 @@ class PretrainCorpus(L.LightningDataModule):
         except (KeyError, OSError):
             return False
 
+    @property
+    def predicting(self) -> bool:
+        return self.trainer is not None and self.trainer.predicting
+
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            return
         entry = self.cache_entry
         meta = cache.lookup(entry, self._entry_is_complete)
         if meta is None:
@@ -196,4 +210,4 @@ class PretrainCorpus(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self):
-        return self.val_dataloader()
+        return prompt_loader(self.predict_file, self.batch_size, self.trainer)

@@ -7,7 +7,7 @@ import multiprocessing
 import multiprocessing.util  # noqa: F401 (registers its exit handler before ours)
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -15,23 +15,36 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from lightning_pretrain.data.windows import TokenWindows, WindowCollate, Windowed
 from lightning_pretrain.errors import InputError
 
 
 def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuffle: bool = False,
                     num_workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    collate_fn: Callable | None = None, drop_last: bool = False) -> StatefulDataLoader:
+                    collate_fn: Callable | None = None, drop_last: bool = False,
+                    token_counts: Sequence[int] | None = None, accumulate: int = 1,
+                    limit_batches: int | float | None = None) -> StatefulDataLoader:
     """Batches of `dataset`, this rank's share of them under DDP.
 
     StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
     instead of restarting the epoch (a plain DataLoader cannot). An IterableDataset shards and orders itself: no
     sampler, no shuffle.
+    `token_counts` (label tokens per example) adds `window_tokens` to every batch (a mapping): the tokens of its
+    window of `accumulate` batches on this rank (data/windows.py; `windows.training_windows(trainer)` gives
+    `accumulate` and `limit_batches`). Its sampler is then a `TokenWindows` also on one device, shuffled by seed and
+    epoch (Lightning sets the epoch).
     """
     iterable = isinstance(dataset, IterableDataset)
     if iterable and shuffle:
         raise ValueError("an IterableDataset orders itself: shuffle must be False")
     sampler = None
-    if world_size > 1 and not iterable:
+    if token_counts is not None:
+        if iterable:
+            raise ValueError("window_tokens need a map-style dataset: an IterableDataset has no known order")
+        sampler = TokenWindows(dataset, token_counts, batch_size, accumulate, rank=rank, world_size=world_size,
+                               shuffle=shuffle, seed=seed, drop_last=drop_last, limit_batches=limit_batches)
+        dataset, collate_fn = Windowed(dataset), WindowCollate(collate_fn)
+    elif world_size > 1 and not iterable:
         # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
         # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
         sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
@@ -63,6 +76,8 @@ def _end_workers(grace: float = 0.5) -> None:
     """At exit, multiprocessing SIGTERMs the daemonic children (loader workers) and joins them with no time limit;
     workers that ignore SIGTERM would keep a process that exits with its loader still open (an error raised
     mid-epoch, whose traceback holds the loader) waiting forever. Those still running after `grace` are killed."""
+    # torch's loader SIGCHLD handler would raise inside `join` on the workers killed here, leaving the others
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     children = [p for p in multiprocessing.active_children() if p.daemon]
     for p in children:
         p.terminate()

@@ -228,6 +228,8 @@ class SentencePairCorpus(PretrainCorpus):
 
     def prepare_data(self) -> None:
         """Tokenize both splits by sentence and draw the pairs once (rank 0); later runs reuse the cache."""
+        if self.predicting:  # prompts, no pairs (PretrainCorpus.predict_dataloader)
+            return
         self._special_ids()
 
         def build(tmp: Path) -> dict:
@@ -264,6 +266,8 @@ class SentencePairCorpus(PretrainCorpus):
             return False
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            return
         entry = self.cache_entry
         if cache.lookup(entry, self._entry_is_complete) is None:
             self.prepare_data()

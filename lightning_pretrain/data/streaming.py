@@ -31,6 +31,7 @@ from lightning_pretrain.data import blocks, cache, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
+from lightning_pretrain.data.prompts import prompt_loader
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class StreamingCorpus(L.LightningDataModule):
         shuffle_window: int = 2048,
         cache_dir: str | None = None,
         seed: int = 1234,
+        predict_file: str | None = None,
     ):
         """
         Args:
@@ -217,6 +219,7 @@ class StreamingCorpus(L.LightningDataModule):
             cache_dir: where trained tokenizers live; default $LIGHTNING_PRETRAIN_CACHE or
                 ~/.cache/lightning_pretrain.
             seed: seed of the shuffling.
+            predict_file: prompts for `predict`: a UTF-8 text file, one per line (blank lines are skipped).
         """
         super().__init__()
         if seq_len < 2:
@@ -231,7 +234,7 @@ class StreamingCorpus(L.LightningDataModule):
         self.val_documents, self.seq_len, self.batch_size = val_documents, seq_len, batch_size
         self.num_workers, self.shard_by, self.shuffle_window = num_workers, shard_by, shuffle_window
         self.cache_root = cache.resolve_root(cache_dir)
-        self.seed = seed
+        self.seed, self.predict_file = seed, predict_file
         self.val_blocks: np.ndarray | None = None
         self.exclude: frozenset[bytes] = frozenset()
 
@@ -256,6 +259,8 @@ class StreamingCorpus(L.LightningDataModule):
         return DataContract(self.tokenizer, seq_len=self.seq_len)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # prompts only (`predict_dataloader`)
+            return
         val = list(documents(open_stream(self.val_source, self.cache_root) if self.val_source else self.stream,
                              take=self.val_documents))
         if not val:
@@ -298,3 +303,6 @@ class StreamingCorpus(L.LightningDataModule):
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> StatefulDataLoader:
+        return prompt_loader(self.predict_file, self.batch_size, self.trainer)

@@ -84,7 +84,8 @@ class SequenceClassifier(L.LightningModule):
                              "--data's `contract`; use lightning_pretrain.data.TextClassification)")
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        self.save_hyperparameters(ignore=["data", "optimizer", "trainability"])
+        # predictions_file stays out of the hyperparameters: LightningCLI applies a checkpoint's over the command line
+        self.save_hyperparameters(ignore=["data", "optimizer", "trainability", "predictions_file"])
         self.backbone, self.tokenizer = backbone, data.tokenizer
         self.trainability = trainability or Full()
         self.optimizer = optimizer
@@ -191,22 +192,7 @@ class SequenceClassifier(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        total = self.trainer.estimated_stepping_batches
-        groups = self.trainability.param_groups(self.model, self.trainer)
-        if not any(g["params"] for g in groups):
-            raise InputError("the fine-tuning mode leaves no parameter to train")
-        try:
-            opt = optim.build_optimizer(self.optimizer, groups)
-        except ValueError as e:
-            raise InputError(str(e)) from e
-        for g in opt.param_groups:  # layer-wise LR decay: the group's LR is the optimizer's times its scale
-            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
-        warmup = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * total)
-        try:
-            sched = optim.scheduler_config(opt, self.lr_schedule, warmup, total)
-        except ValueError as e:
-            raise InputError(str(e)) from e
-        return {"optimizer": opt, "lr_scheduler": sched}
+        return optim.finetune_optimizers(self)
 
     # -- the labels travel with the run -------------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -19,20 +19,21 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_pretrain import compat, optim
-from lightning_pretrain.architecture import layer_depths
+from lightning_pretrain.architecture import depth_name, layer_depths
 from lightning_pretrain.errors import InputError
 
 
 def depth_groups(model: nn.Module, scale=lambda depth: 1.0, start=lambda depth: 0) -> list[dict]:
     """Optimizer parameter groups per depth (each split into decayed and undecayed parameters), carrying the
-    depth's `lr_scale` and `start_step`, named for the LR monitor ('head', 'layer.5', 'embeddings')."""
-    depths, n_layers = layer_depths(model)
+    depth's `lr_scale` and `start_step`, named for the LR monitor (`architecture.depth_name`: 'head', 'layer.5',
+    'decoder.layer.1', 'embeddings')."""
+    depths, _ = layer_depths(model)
     by_depth: dict[int, list] = {}
     for name, p in model.named_parameters():
         by_depth.setdefault(depths[name], []).append((name, p))
     groups = []
     for depth in sorted(by_depth):
-        label = "head" if depth == 0 else "embeddings" if depth == n_layers + 1 else f"layer.{n_layers - depth}"
+        label = depth_name(model, depth)
         for g in optim.decay_groups(by_depth[depth], depth=depth, lr_scale=scale(depth), start_step=start(depth)):
             g["name"] = label if g.get("weight_decay") != 0.0 else f"{label}.no_decay"
             groups.append(g)
@@ -167,7 +168,10 @@ class GradualUnfreezing(Trainability):
 
 class LoRA(Trainability):
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.1, target_modules: list[str] | None = None):
-        """Low-rank adapters (peft) on the attention projections; the backbone stays frozen, the head trains.
+        """Low-rank adapters (peft) on the attention projections; the backbone stays frozen, a classifier's head
+        trains (a language model's output layer, mostly tied to its input embeddings, stays frozen). peft's task type
+        follows the model: SEQ_CLS for a classifier, SEQ_2_SEQ_LM for an encoder-decoder that generates (T5, BART),
+        CAUSAL_LM for a decoder-only LM.
 
         The export is the merged model (W + BA folded in), which loads without peft; the adapters alone (with
         the trained head) are saved next to it in `hf/adapter/` for `peft.PeftModel.from_pretrained`.
@@ -186,7 +190,9 @@ class LoRA(Trainability):
     def prepare(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        task = TaskType.SEQ_CLS if not model.can_generate() else \
+            TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
+        config = LoraConfig(task_type=task, r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                             target_modules=self.target_modules)
         try:
             return get_peft_model(model, config)

@@ -4,7 +4,8 @@ There is no corruption: the labels are the inputs shifted by one. Packed blocks 
 EOS and attention crosses those boundaries, as in GPT-2's own training. For architectures whose logits are just
 `lm_head(last hidden state)` the output layer and its cross-entropy run in chunks of positions
 (`linear_cross_entropy`), never holding the (tokens x vocab) logits, with the loss and gradients of HF's `labels=`
-loss (tests/test_linear_cross_entropy.py); any other architecture computes its loss through HF.
+loss (tests/test_linear_cross_entropy.py); any other architecture computes its loss through HF. `predict`
+continues each prompt (`generation` options), which starts a document as in the packed blocks: after the separator.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_pretrain import architecture, compat
+from lightning_pretrain.data.tokenizers import document_separator
 from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
 from lightning_pretrain.objectives.pretraining import PretrainingModule
 
@@ -48,3 +50,16 @@ class CausalLM(PretrainingModule):
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         loss = self.lm_loss(batch)
         self.val_nll.update(loss, weight=batch[:, 1:].numel())  # every position but the first is predicted
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One row per prompt: `{"id", "prompt", "generation"}`, the generation holding the new tokens only."""
+        sep = document_separator(self.tokenizer)
+        # in the corpus every document but the first follows the separator: a prompt starts one the same way
+        ids = [[sep, *seq] for seq in self.tokenizer(batch["text"], add_special_tokens=False).input_ids]
+        self.check_prompts(ids, batch, self.generation.max_new_tokens)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else sep
+        inputs = self.pad_prompts(ids, pad, left=True)
+        new = self.generate(batch, inputs, pad)[:, inputs["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return {"rows": [{"id": i, "prompt": prompt, "generation": text}
+                         for i, prompt, text in zip(batch["example_id"].tolist(), batch["text"], texts)]}

@@ -4,7 +4,8 @@
 `mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` a random non-special token,
 the rest stay. The loss and perplexity count the selected positions only. Whole-word masking draws the same
 decisions per word, with word boundaries read from the tokenizer family (WordPiece `##`, byte-level BPE `Ġ`,
-SentencePiece `▁`): docs/design/objectives.md.
+SentencePiece `▁`): docs/design/objectives.md. `predict` lists the `top_k` likeliest tokens at each mask token
+of a prompt (encoded with the tokenizer's own template, as `pipeline("fill-mask")` does).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from lightning_pretrain import architecture
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
+from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
 
 IGNORE = -100  # label value that cross-entropy (ours and HF's) skips
 
@@ -104,6 +105,7 @@ def _word_char(c: str) -> bool:
 
 class MaskedLM(PretrainingModule):
     auto_class = AutoModelForMaskedLM
+    predict_options = (*PretrainingModule.predict_options, "top_k")
 
     def __init__(
         self,
@@ -112,6 +114,7 @@ class MaskedLM(PretrainingModule):
         random_fraction: float = 0.1,
         mask_seed: int = 0,
         whole_word_mask: bool = False,
+        top_k: int = 5,
         **kwargs,
     ):
         """
@@ -125,15 +128,18 @@ class MaskedLM(PretrainingModule):
             whole_word_mask: select words instead of tokens (at `mlm_probability`), predict all pieces of a selected
                 word, and draw the mask/random/keep choice once per word. Works with WordPiece, byte-level BPE and
                 SentencePiece tokenizers.
+            top_k: candidates `predict` lists for each mask token, with their probabilities.
         """
         if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
             raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
         super().__init__(**kwargs)
         tokenizer = self.tokenizer
         if tokenizer.mask_token_id is None:
             raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')")
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
-        self.mask_seed = mask_seed
+        self.mask_seed, self.top_k = mask_seed, top_k
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = torch.arange(len(tokenizer))
         self.register_buffer("special_ids", specials, persistent=False)
@@ -175,3 +181,30 @@ class MaskedLM(PretrainingModule):
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         inputs, labels = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(self.mlm_loss(inputs, labels), weight=(labels != IGNORE).sum())
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One row per prompt: `{"id", "text", "masks", "filled"}`: for each mask token in order, the `top_k` tokens
+        with their probabilities (softmax over the vocabulary), and the text with the likeliest ones put in."""
+        tok = self.tokenizer
+        ids = tok(batch["text"]).input_ids
+        for seq, i, text in zip(ids, batch["example_id"].tolist(), batch["text"]):
+            if tok.mask_token_id not in seq:
+                raise InputError(f"{describe_prompt(i, text)} holds no {tok.mask_token} to fill; write "
+                                 f"{tok.mask_token} where the model should guess a token")
+        self.check_prompts(ids, batch)
+        inputs = self.pad_prompts(ids, tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id)
+        out = self.model(**inputs)
+        # BertForPreTraining (SentencePairMLM) names its vocabulary logits differently
+        logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
+        is_mask = inputs["input_ids"] == tok.mask_token_id
+        top = logits[is_mask].float().softmax(-1).topk(min(self.top_k, logits.shape[-1]))
+        filled = torch.where(is_mask, logits.argmax(-1), inputs["input_ids"])
+        rows, start = [], 0
+        for r, (i, text) in enumerate(zip(batch["example_id"].tolist(), batch["text"])):
+            n = int(is_mask[r].sum())
+            masks = [[{"token": tok.decode([t]), "score": round(p, 6)} for t, p in zip(ids_, ps)]
+                     for ids_, ps in zip(top.indices[start:start + n].tolist(), top.values[start:start + n].tolist())]
+            start += n
+            rows.append({"id": i, "text": text, "masks": masks,
+                         "filled": tok.decode(filled[r][inputs["attention_mask"][r].bool()], skip_special_tokens=True)})
+        return {"rows": rows}

@@ -1,7 +1,8 @@
 """What every pretraining objective shares: the HF model (from a config or a checkpoint) sized to the data's
 tokenizer, the optimizer and LR schedule, token-weighted validation loss/perplexity, and the Hugging Face export.
 An objective subclasses this, takes only the options it adds, and implements `training_loss` and
-`validation_update`; the steps below run them (through FSDP2's sharded root when the model is sharded).
+`validation_update`; the steps below run them (through FSDP2's sharded root when the model is sharded). Its
+`predict_step` turns the raw prompts of a batch into one JSON row each (`JsonlPredictions` writes them).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from torchmetrics import MeanMetric
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_pretrain import architecture, optim, parallel
+from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.generation import Generation
 
 
 def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
@@ -31,8 +34,16 @@ def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def describe_prompt(example_id: int, text: str) -> str:
+    """`prompt 3 ('The quick brown…')`, for messages about one prompt of a predict file."""
+    return f"prompt {example_id} ({text if len(text) <= 40 else text[:40] + '…'!r})"
+
+
 class PretrainingModule(L.LightningModule):
     auto_class: ClassVar[type] = AutoModel  # the transformers Auto class an objective trains and exports
+    # options of `predict` only: the command line's values, never a checkpoint's (LightningCLI applies the saved
+    # hyperparameters of `--ckpt_path FILE` over the command line)
+    predict_options: ClassVar[tuple[str, ...]] = ("generation", "predictions_file")
 
     def __init__(
         self,
@@ -42,6 +53,8 @@ class PretrainingModule(L.LightningModule):
         warmup_steps: int = 100,
         lr_schedule: optim.Schedule = "cosine",
         attn_implementation: str | None = "sdpa",
+        generation: Generation | None = None,
+        predictions_file: str | None = None,
     ):
         """
         Args:
@@ -54,17 +67,23 @@ class PretrainingModule(L.LightningModule):
             lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
             attn_implementation: 'sdpa' (fused kernels), 'eager', 'flash_attention_2' where installed, or None
                 for the architecture's default.
+            generation: how `predict` generates (causal LM continuations, span corruption's fills): greedy by
+                default, `generation.do_sample: true` samples, reproducibly from `generation.seed`.
+            predictions_file: where `predict` writes JSON lines (default `<run dir>/predictions.jsonl`).
         """
         super().__init__()
         if data is None:
             raise InputError("the objective needs its data's contract (the CLI passes --data's `contract`)")
-        self.save_hyperparameters(ignore=["model", "data", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "data", "optimizer", *self.predict_options])
         self.data = data
         self.tokenizer = self.model_tokenizer(data.tokenizer)
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
+        self.generation = generation or Generation()
+        self.predictions_file = predictions_file
         self.model: PreTrainedModel = self.build_model(model, attn_implementation)
+        self.trained_weights = isinstance(model, str)  # a pretrained model, or (on_load_checkpoint) a checkpoint's
         self.val_nll = MeanMetric()  # token-weighted, so val/ppl is exp(mean NLL per predicted token)
 
     # -- the model ----------------------------------------------------------------------------------------------
@@ -114,6 +133,7 @@ class PretrainingModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_fits(self, checkpoint)
+        self.trained_weights = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the HF config and class travel with every checkpoint, so a sharded one exports without the run's YAML
@@ -138,6 +158,48 @@ class PretrainingModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
+
+    def configure_callbacks(self):
+        return [JsonlPredictions(self.predictions_file)]
+
+    # -- predict ------------------------------------------------------------------------------------------------
+    def on_predict_start(self) -> None:
+        # Lightning only warns when `--ckpt_path last` finds no last*.ckpt, then predicts with the fresh weights
+        if not self.trained_weights:
+            raise InputError("predict needs trained weights, and this model was just built from its config: pass "
+                             "--ckpt_path <run>/checkpoints/<file>.ckpt or --model.model <run>/hf (the export)")
+
+    def check_prompts(self, ids: list[list[int]], batch: dict, new_tokens: int = 0) -> None:
+        """Refuse a prompt that does not fit the model's positions (with `new_tokens` generated after it)."""
+        limit = architecture.max_positions(self.model.config)
+        for seq, i, text in zip(ids, batch["example_id"].tolist(), batch["text"]):
+            if limit is not None and len(seq) + new_tokens > limit:
+                raise InputError(f"{describe_prompt(i, text)} is {len(seq)} tokens" + (
+                    f", plus {new_tokens} new ones" if new_tokens else "") + f": more than the model's {limit} "
+                    f"positions; shorten it" + (" or lower --model.init_args.generation.max_new_tokens"
+                                                 if new_tokens else ""))
+
+    def pad_prompts(self, ids: list[list[int]], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask` on the model's device, padded right (or left, for decoder-only
+        generation, so that every prompt ends where generation begins)."""
+        width = max(map(len, ids))
+        rows = [[pad_id] * (width - len(s)) + s if left else s + [pad_id] * (width - len(s)) for s in ids]
+        mask = [[0] * (width - len(s)) + [1] * len(s) if left else [1] * len(s) + [0] * (width - len(s)) for s in ids]
+        return {"input_ids": torch.tensor(rows, device=self.device),
+                "attention_mask": torch.tensor(mask, device=self.device)}
+
+    def generate(self, batch: dict, inputs: dict[str, torch.Tensor], pad_id: int) -> torch.Tensor:
+        """`model.generate` with `self.generation`'s options. HF samples from the global RNG: it is forked, seeded
+        from (generation.seed, the batch's first example id) and restored, so the same prompts and batch size
+        give the same samples and predict leaves every other random stream as it found it."""
+        seed = seeded_generator(torch.device("cpu"), self.generation.seed, int(batch["example_id"][0])).initial_seed()
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
+            return self.model.generate(**inputs, **{**self.generation.kwargs(), "pad_token_id": pad_id})
 
     def on_validation_epoch_end(self) -> None:
         self._log_nll("val")

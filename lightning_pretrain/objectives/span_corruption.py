@@ -5,6 +5,7 @@ placed uniformly at random (T5's `random_spans_noise_mask`); each noise span bec
 the target lists the sentinels, each followed by the tokens it replaced. Sentinels descend from the last id, as in
 T5's vocabulary. Lengths depend on `L` alone (`span_lengths`: no padding); `data.seq_len` is `L`, and
 `block_length_for` inverts the arithmetic (512-token inputs need `seq_len: 568`). Details: docs/design/objectives.md.
+`predict` fills the sentinels of a prompt: it generates the target and splits it at the sentinels.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedToke
 
 from lightning_pretrain.errors import InputError
 from lightning_pretrain import architecture
-from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
+from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,20 @@ def with_sentinels(tokenizer: PreTrainedTokenizerBase, n: int) -> tuple[PreTrain
     return tokenizer, len(tokenizer) - before
 
 
+def target_spans(target: list[int], sentinels: dict[int, str], stop: set[int]) -> dict[str, list[int]]:
+    """The ids that follow each sentinel in a generated target `<extra_id_0> ids <extra_id_1> ids ... </s>`, up to
+    the first `stop` id (EOS, padding); ids before the first sentinel belong to none."""
+    found, current = {}, None
+    for t in target:
+        if t in stop:
+            break
+        if t in sentinels:
+            current = found.setdefault(sentinels[t], [])
+        elif current is not None:
+            current.append(t)
+    return found
+
+
 class SpanCorruption(PretrainingModule):
     auto_class = AutoModelForSeq2SeqLM
 
@@ -163,16 +178,8 @@ class SpanCorruption(PretrainingModule):
         return with_sentinels(tokenizer, self.num_sentinels)[0]
 
     def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
-        # the decoder's start token keeps the role the architecture gives it (T5, Pegasus: pad; BART: eos),
-        # mapped onto this tokenizer's ids; likewise the token BART forces at the end of generation
-        defaults = type(config)()
-        for name in ("decoder_start_token_id", "forced_eos_token_id", "forced_bos_token_id"):
-            default = getattr(defaults, name, None)
-            if default is None and name != "decoder_start_token_id":
-                continue
-            role = next((r for r in ("pad_token_id", "eos_token_id", "bos_token_id")
-                         if default is not None and getattr(defaults, r, None) == default), "pad_token_id")
-            setattr(config, name, getattr(tokenizer, role))
+        # the decoder's start token (and BART's forced BOS/EOS) keeps its role, mapped onto this tokenizer's ids
+        architecture.map_decoder_token_ids(config, tokenizer)
 
     def lengths(self, length: int) -> SpanLengths:
         n = span_lengths(length, self.noise_density, self.mean_noise_span_length)
@@ -192,6 +199,9 @@ class SpanCorruption(PretrainingModule):
 
     def model_input_shape(self, batch: torch.Tensor) -> tuple[tuple[int, int], int]:
         """What the model sees of a raw batch, for the Throughput callback's FLOPs: (sequences, input length), target length."""
+        if isinstance(batch, dict):  # predict's prompts: their encoded length, at most max_new_tokens generated
+            return (len(batch["text"]), max(map(len, self.tokenizer(batch["text"]).input_ids))), \
+                self.generation.max_new_tokens
         n = self.lengths(batch.shape[1])
         return (batch.shape[0], n.inputs), n.targets
 
@@ -212,3 +222,27 @@ class SpanCorruption(PretrainingModule):
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         inputs, targets = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(self.model(input_ids=inputs, labels=targets).loss, weight=targets.numel())
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One row per prompt: `{"id", "text", "spans", "filled"}`: the text generated for each sentinel of the
+        prompt (empty when the model skipped it), and the prompt with the sentinels replaced by their spans."""
+        tok = self.tokenizer
+        ids = tok(batch["text"]).input_ids  # the model's tokenizer: it knows the sentinels and appends EOS
+        names = dict(zip(self.sentinel_ids.tolist(), sentinel_tokens(len(self.sentinel_ids))))
+        asked = [[names[t] for t in seq if t in names] for seq in ids]
+        for sentinels, i, text in zip(asked, batch["example_id"].tolist(), batch["text"]):
+            if not sentinels:
+                raise InputError(f"{describe_prompt(i, text)} holds no sentinel to fill; write <extra_id_0>, "
+                                 f"<extra_id_1>, ... where the model should put back the missing text")
+        self.check_prompts(ids, batch)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out = self.generate(batch, self.pad_prompts(ids, pad), pad)
+        rows = []
+        for seq, sentinels, i, text in zip(out.tolist(), asked, batch["example_id"].tolist(), batch["text"]):
+            found = target_spans(seq[1:], names, {tok.eos_token_id, pad})  # after the decoder's start token
+            spans = {name: tok.decode(found.get(name, []), skip_special_tokens=True).strip() for name in sentinels}
+            filled = text
+            for name, span in spans.items():
+                filled = filled.replace(name, span)
+            rows.append({"id": i, "text": text, "spans": spans, "filled": filled})
+        return {"rows": rows}
