@@ -41,3 +41,23 @@ def test_print_config_shows_inherited_options():
     text = run("fit", "-c", str(REPO / "configs/pretrain/t5_tiny.yaml"), "--print_config")
     for option in ("noise_density:", "num_sentinels:", "warmup_steps:", "lr_schedule:", "attn_implementation:"):
         assert option in text
+
+
+DATA_MODULES = {
+    "lightning_pretrain.data.TextClassification": {"text_column": "column of the (first) text",
+                                                   "max_length": "longest tokenized input"},
+    "lightning_pretrain.data.TextToText": {"train_target_file": "makes train_file parallel text",
+                                           "val_fraction": "default: 0.05"},
+    "lightning_pretrain.data.SFTData": {"prompt_template": "format of a prompt column's text",
+                                        "batch_size": "training rows per batch"},
+}
+DATA_INHERITED = {"train_file": "local training file", "val_split": "hub split used for validation",
+                  "tokenizer": "the model's tokenizer", "eval_batch_size": "validation / test / predict batch size",
+                  "cache_dir": "where tokenized splits live"}
+
+
+@pytest.mark.parametrize("data", sorted(DATA_MODULES))
+def test_data_help_lists_inherited_and_own_options_with_their_docs(data):
+    text = " ".join(run("fit", "--data.help", data).split())
+    for option, doc in {**DATA_MODULES[data], **DATA_INHERITED}.items():
+        assert f"--data.{option}" in text and doc in text, option

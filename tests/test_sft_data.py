@@ -129,6 +129,13 @@ def test_evaluation_batches_left_pad_the_prompts_for_generation(tmp_path, tokeni
     batch = next(iter(dm.predict_dataloader()))
     assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "prompt", "example_id"}
     assert batch["prompt"] == ["Question: what is a fox?", "Question: the dog?"]
+    # a .txt file's prompts get the template the model was trained with, as a table's prompt column does
+    dm = SFTData(predict_file=str(tmp_path / "prompts.txt"), tokenizer=str(tokenizers[0]), cache_dir=str(tmp_path),
+                 prompt_template="Q: {prompt}\nA:")
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["prompt"] == ["Q: Question: what is a fox?\nA:", "Q: Question: the dog?\nA:"]
+    assert dm.tokenizer.decode(batch["prompt_input_ids"][1][batch["prompt_attention_mask"][1].bool()]).endswith("A:")
 
 
 def test_chat_messages_render_with_the_tokenizers_template(tmp_path, tokenizers):

@@ -9,70 +9,40 @@ tokenized once into an atomic hash-keyed cache entry; labels are padded with -10
 
 from __future__ import annotations
 
-import logging
-import time
-from functools import cached_property
-from pathlib import Path
-
 import datasets
-import lightning as L
 import torch
-from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import cache
-from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
+from lightning_pretrain.data.finetune_data import FineTuneData
 from lightning_pretrain.data.pair_splits import PairSplits
-from lightning_pretrain.data.windows import training_windows
 from lightning_pretrain.data.tables import Column
 from lightning_pretrain.errors import InputError
 
-log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+class TextToText(FineTuneData):
+    cache_name = "text_to_text"
+    no_data_hint = ("pass --data.train_file (a table, or parallel text with --data.train_target_file), or "
+                    "--data.source (a hub id or a directory)")
+    tokenizer_hint = (": the model's tokenizer directory (a run's export logs/<name>/version_N/hf holds one) or "
+                      "hub id")
 
-
-class TextToText(L.LightningDataModule):
     def __init__(
         self,
-        source: str | None = None,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         train_target_file: str | None = None,
         val_target_file: str | None = None,
         test_target_file: str | None = None,
         source_column: Column = "source",
         target_column: Column = "target",
-        header: bool | None = None,
         prefix: str = "",
         drop_empty: bool = False,
-        train_split: str | None = None,
-        val_split: str | None = None,
-        test_split: str | None = None,
         val_fraction: float = 0.05,
-        max_train_examples: int | None = None,
-        tokenizer: str | None = None,
         max_source_length: int = 512,
         max_target_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        seed: int = 1234,
+        **kwargs,
     ):
         """
         Args:
-            source: a hub dataset 'id[:config][@split]' (e.g. 'xsum', 'wmt16:de-en'; '@split' names the training
-                split), or a local directory with train.* / dev.* / test.* tables (.csv/.tsv/.jsonl/.json/.parquet).
-            train_file: local training table, or the source side of parallel text (with train_target_file).
-            val_file: local validation table, or the source side of parallel text (with val_target_file).
-            test_file: local test table, or the source side of parallel text (with test_target_file).
-            predict_file: inputs to generate for: a table with the source column, or plain text (.txt or any
-                suffix that is not a table's) holding one source per line; default: the test split's sources.
             train_target_file: makes train_file parallel text: line i of this file is the target of line i there
                 (e.g. train.en / train.de); both files must have the same number of lines.
             val_target_file: the targets of a plain-text val_file, line by line.
@@ -80,69 +50,35 @@ class TextToText(L.LightningDataModule):
             source_column: column of the source text: a name, a 0-based index (header-less CSV/TSV), or
                 'column.key' for a field of a dict column (hub translation sets: 'translation.en').
             target_column: column of the target text (same forms as source_column).
-            header: whether CSV/TSV files have a header line; default: header-less exactly when both columns are
-                given by index.
             prefix: task prefix prepended to every source before tokenization, e.g. 'translate English to German: '
                 (the `source` text in batches and predictions excludes it).
             drop_empty: drop examples whose source or target is blank (a blank line of parallel text) instead of
                 refusing them.
-            train_split: hub split used for training (default 'train').
-            val_split: hub split used for validation (default: the first of validation, dev, valid, test).
-            test_split: hub split used by `test` and `predict` (default: test).
             val_fraction: share of the training examples held out for validation when there is no validation data.
-            max_train_examples: train on a seeded random subset of this many examples (quick CPU runs).
-            tokenizer: the model's tokenizer: a directory (e.g. a run's export `logs/<name>/version_N/hf`) or hub id.
             max_source_length: longest tokenized source (prefix and special tokens included); longer ones are cut,
                 keeping their end token, and counted in the log.
             max_target_length: longest tokenized target (end token included); longer ones are cut likewise.
-            batch_size: training examples per batch on each device.
-            eval_batch_size: validation / test / predict batch size (default: batch_size).
-            num_workers: DataLoader worker processes.
-            cache_dir: where tokenized splits live; default $LIGHTNING_PRETRAIN_CACHE or ~/.cache/lightning_pretrain.
-            seed: seed of the held-out validation examples, of the training subset and of the shuffling order.
         """
-        super().__init__()
         for name, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
             if value < 2:
                 raise InputError(f"{name} must be at least 2 (a token and the end token), got {value}")
-        if not 0.0 < val_fraction < 1.0:
-            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if max_train_examples is not None and max_train_examples < 1:
-            raise InputError(f"max_train_examples must be positive, got {max_train_examples}")
-        check_loader_options(num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size)
-        if not any((source, train_file, val_file, test_file, predict_file)):
-            raise InputError("no data: pass --data.train_file (a table, or parallel text with "
-                             "--data.train_target_file), or --data.source (a hub id or a directory)")
-        self.save_hyperparameters(ignore=["tokenizer"])
-        self.header = header if header is not None else not all(isinstance(c, int)
-                                                                for c in (source_column, target_column))
-        self.inputs = PairSplits(source, {"train": train_file, "val": val_file, "test": test_file,
-                                          "predict": predict_file},
+        super().__init__(val_fraction=val_fraction, **kwargs)
+        self.resolve_header(source_column, target_column)
+        self.inputs = PairSplits(self.source, self.files,
                                  {"train": train_target_file, "val": val_target_file, "test": test_target_file},
-                                 {"train": train_split, "val": val_split, "test": test_split}, source_column,
-                                 target_column, self.header, drop_empty, val_fraction, seed, max_train_examples)
+                                 self.hub_splits, source_column, target_column, self.header, drop_empty,
+                                 self.val_fraction, self.seed, self.max_train_examples)
         self.source_column, self.target_column = source_column, target_column
-        self.prefix, self.drop_empty, self.max_train_examples = prefix, drop_empty, max_train_examples
-        self.tokenizer_spec = tokenizer
+        self.prefix, self.drop_empty = prefix, drop_empty
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.cache_root, self.seed = num_workers, cache.resolve_root(cache_dir), seed
-        self.splits: dict[str, datasets.Dataset] = {}  # the tokenized splits of the current stage
 
     # -- tokenizer and contract ---------------------------------------------------------------------------------
-    @cached_property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The model's tokenizer (one without a pad token pads with EOS: padding is masked, labels use -100)."""
-        if not self.tokenizer_spec:
-            raise InputError("TextToText needs --data.tokenizer: the model's tokenizer directory (a run's export "
-                             "logs/<name>/version_N/hf holds one) or hub id")
-        tok = toks.load_pretrained(self.tokenizer_spec)
+    def configure_tokenizer(self, tok: PreTrainedTokenizerBase) -> None:
+        """Texts end with EOS, else SEP; one without a pad token pads with it (padding is masked, labels use -100)."""
         if tok.eos_token_id is None and tok.sep_token_id is None:
             raise InputError(f"tokenizer '{self.tokenizer_spec}' has neither an EOS nor a SEP token to end texts with")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.sep_token
-        self._tokenizer_fingerprint = toks.fingerprint(tok)
-        return tok
 
     @property
     def end_id(self) -> int:
@@ -166,42 +102,16 @@ class TextToText(L.LightningDataModule):
                             task="text_to_text")
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
-    def _entry(self, split: str) -> tuple[Path, dict]:
-        """The cache entry of a tokenized split (built on first use) and its metadata."""
-        with cache.rooted(self.cache_root):  # file digests are remembered under this cache
-            identity = self.inputs.identity(split)
-        key = cache.cache_key("text_to_text", FORMAT_VERSION, split == "predict", identity, self.header,
-                              self.source_column, self.target_column, self.prefix, self.drop_empty,
-                              self.max_train_examples if split == "train" else None, self.seed,
-                              self.tokenizer_fingerprint, self.max_source_length, self.max_target_length)
+    def cache_parts(self, split: str) -> tuple:
+        return (self.source_column, self.target_column, self.prefix, self.drop_empty, self.max_source_length,
+                self.max_target_length)
 
-        def build(tmp: Path) -> dict:
-            t0 = time.perf_counter()
-            dataset, meta = self._encode(self.inputs.rows(split))
-            quiet = datasets.utils.are_progress_bars_disabled()
-            datasets.disable_progress_bars()  # a bar per tiny shard write is noise
-            try:
-                dataset.save_to_disk(str(tmp / "data"))
-            finally:
-                if not quiet:
-                    datasets.enable_progress_bars()
-            return {**meta, "seconds": round(time.perf_counter() - t0, 3)}
+    def summary(self, meta: dict) -> str:
+        return (f"{meta['rows']} examples ({meta['truncated_sources']} sources cut to {self.max_source_length} "
+                f"tokens, {meta.get('truncated_targets', 0)} targets to {self.max_target_length})")
 
-        entry, reused = cache.get_or_build(self.cache_root / "text_to_text" / key, build,
-                                           lambda e, m: (e / "data").is_dir() and "rows" in m)
-        meta = cache.read_meta(entry)
-        if not reused:
-            log.info("tokenized the %s split: %d examples (%d sources cut to %d tokens, %d targets to %d) in %.1fs "
-                     "-> %s", split, meta["rows"], meta["truncated_sources"], self.max_source_length,
-                     meta.get("truncated_targets", 0), self.max_target_length, meta["seconds"], entry)
-        return entry, meta
-
-    @property
-    def tokenizer_fingerprint(self) -> str:
-        _ = self.tokenizer  # loading it takes the fingerprint
-        return self._tokenizer_fingerprint
-
-    def _encode(self, rows: dict[str, list]) -> tuple[datasets.Dataset, dict]:
+    def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
+        rows = self.inputs.rows(split)
         ids, cut = self._tokenize([self.prefix + s for s in rows["source"]], self.max_source_length, False)
         meta = {"rows": len(ids), "truncated_sources": cut, "longest_source": max(map(len, ids))}
         columns = {"input_ids": ids, "example_id": list(range(len(ids))), "source": rows["source"]}
@@ -227,42 +137,13 @@ class TextToText(L.LightningDataModule):
                 out.append(x)
         return out, cut
 
-    # -- Lightning hooks ----------------------------------------------------------------------------------------
-    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-
-    def prepare_data(self) -> None:
-        """Tokenize the splits this run needs once (rank 0); later runs with the same settings reuse the cache."""
-        stage = getattr(getattr(self.trainer, "state", None), "fn", None) if self.trainer else None
-        for split in self.STAGE_SPLITS.get(str(stage.value) if stage else "fit", ("train", "val")):
-            self._entry(split)
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in self.STAGE_SPLITS.get(stage or "fit", ("train", "val")):
-            entry, _ = self._entry(split)  # built here when prepare_data ran on another node only
-            self.splits[split] = datasets.load_from_disk(str(entry / "data"))
-
-    def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
-        rank, world_size = rank_and_world(self.trainer)
-        windows = {}
-        if split == "train":  # batches carry `window_tokens`: the label tokens of their accumulation window
-            windows = {"token_counts": self.splits[split]["n_labels"], **training_windows(self.trainer)}
-        return stateful_loader(self.splits[split], self.batch_size if shuffle else self.eval_batch_size,
-                               shuffle=shuffle, num_workers=self.num_workers, seed=self.seed, rank=rank,
-                               world_size=world_size, collate_fn=PadPairs(self.tokenizer.pad_token_id), **windows)
+    # -- loaders ------------------------------------------------------------------------------------------------
+    def collate(self, train: bool) -> PadPairs:
+        return PadPairs(self.tokenizer.pad_token_id)
 
     def train_dataloader(self):
-        loader = self._loader("train", shuffle=True)
-        check_val_interval(self.trainer, loader, f"an epoch ({len(self.splits['train'])} examples)")
-        return loader
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader("predict", shuffle=False)
+        rows = self.splits["train"]  # batches carry `window_tokens`: the label tokens of their accumulation window
+        return self.windowed_loader(rows, rows["n_labels"], "examples")
 
 
 class PadPairs:
