@@ -14,6 +14,9 @@ OBJECTIVES = {
     "lightning_pretrain.objectives.MaskedLM": ["mlm_probability", "whole_word_mask", "mask_seed"],
     "lightning_pretrain.objectives.SentencePairMLM": ["mlm_probability", "whole_word_mask"],
     "lightning_pretrain.objectives.SpanCorruption": ["noise_density", "num_sentinels", "corruption_seed"],
+    "lightning_pretrain.objectives.Distillation": ["teacher", "alpha", "init_from_teacher", "mlm_probability"],
+    "lightning_pretrain.objectives.ELECTRA": ["generator_size", "disc_weight", "mlm_probability"],
+    "lightning_pretrain.objectives.Denoising": ["mask_ratio", "poisson_lambda", "permute_ratio", "corruption_seed"],
 }
 INHERITED = {"model": "an HF config to build a fresh model from", "optimizer": "weight decay applies to matrices",
              "warmup_steps": "linear LR warmup", "lr_schedule": "decay after warmup",

@@ -4,8 +4,9 @@
 `mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` a random non-special token,
 the rest stay. The loss and perplexity count the selected positions only. Whole-word masking draws the same
 decisions per word, with word boundaries read from the tokenizer family (WordPiece `##`, byte-level BPE `Ġ`,
-SentencePiece `▁`): docs/design/objectives.md. `predict` lists the `top_k` likeliest tokens at each mask token
-of a prompt (encoded with the tokenizer's own template, as `pipeline("fill-mask")` does).
+SentencePiece `▁`): docs/design/objectives.md. SpanBERT's span masking and boundary objective: span_masking.py.
+`predict` lists the `top_k` likeliest tokens at each mask token of a prompt (encoded with the tokenizer's own
+template, as `pipeline("fill-mask")` does).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 from lightning_pretrain import architecture
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
-
-IGNORE = -100  # label value that cross-entropy (ours and HF's) skips
+from lightning_pretrain.objectives.span_masking import IGNORE, SpanBoundaryHead, span_mask_tokens
 
 
 def mask_tokens(
@@ -114,6 +114,10 @@ class MaskedLM(PretrainingModule):
         random_fraction: float = 0.1,
         mask_seed: int = 0,
         whole_word_mask: bool = False,
+        span_mask: bool = False,
+        span_p: float = 0.2,
+        max_span_words: int = 10,
+        sbo: bool = False,
         top_k: int = 5,
         **kwargs,
     ):
@@ -128,6 +132,13 @@ class MaskedLM(PretrainingModule):
             whole_word_mask: select words instead of tokens (at `mlm_probability`), predict all pieces of a selected
                 word, and draw the mask/random/keep choice once per word. Works with WordPiece, byte-level BPE and
                 SentencePiece tokenizers.
+            span_mask: SpanBERT's masking: contiguous spans of whole words (whatever `whole_word_mask` says)
+                until `mlm_probability` of the tokens are masked, the mask/random/keep choice drawn once per span.
+            span_p: span lengths in words follow a geometric distribution with this p (SpanBERT: 0.2) ...
+            max_span_words: ... restricted to 1..max_span_words (SpanBERT: 10; mean 3.8 words).
+            sbo: add SpanBERT's span-boundary objective (needs `span_mask`): predict each masked token also from
+                its span's two boundary tokens and its offset in the span; loss = MLM + SBO. The SBO head shares
+                the MLM output layer, trains and is checkpointed with the model, and is not exported to `hf/`.
             top_k: candidates `predict` lists for each mask token, with their probabilities.
         """
         if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
@@ -144,8 +155,20 @@ class MaskedLM(PretrainingModule):
         vocab = torch.arange(len(tokenizer))
         self.register_buffer("special_ids", specials, persistent=False)
         self.register_buffer("replacement_ids", vocab[~torch.isin(vocab, specials)], persistent=False)
-        self.whole_word_mask = whole_word_mask
-        if whole_word_mask:
+        if span_mask and not (0 < span_p <= 1 and max_span_words >= 1):
+            raise InputError(f"span masking needs 0 < span_p <= 1 and max_span_words >= 1, got span_p={span_p}, "
+                             f"max_span_words={max_span_words}")
+        if sbo and not span_mask:
+            raise InputError("sbo (span-boundary objective) predicts spans: set span_mask true as well")
+        if sbo and (type(self).training_loss is not MaskedLM.training_loss or self.mlm_head is None):
+            raise InputError(f"sbo is implemented for MaskedLM on BERT-like models (a `cls` / `lm_head`), not "
+                             f"{type(self).__name__} with {type(self.model).__name__}")
+        self.whole_word_mask, self.span_mask, self.span_p, self.max_span_words = (
+            whole_word_mask, span_mask, span_p, max_span_words)
+        # outside `self.model`: trained and checkpointed, never in the HF export
+        self.sbo_head = SpanBoundaryHead(self.model.config.hidden_size, architecture.max_positions(
+            self.model.config) or 512, getattr(self.model.config, "layer_norm_eps", 1e-12)) if sbo else None
+        if whole_word_mask or span_mask:
             begins, joinable = word_boundaries(tokenizer)
             self.register_buffer("word_begins", begins, persistent=False)
             self.register_buffer("word_joinable", joinable, persistent=False)
@@ -159,22 +182,39 @@ class MaskedLM(PretrainingModule):
     def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask `batch` with a generator seeded by (mask_seed, *stream, rank): reproducible, and resumable exactly."""
         g = seeded_generator(batch.device, self.mask_seed, *stream, self.global_rank)
-        words = word_index(batch, self.word_begins, self.word_joinable) if self.whole_word_mask else None
+        by_word = self.whole_word_mask or self.span_mask
+        words = word_index(batch, self.word_begins, self.word_joinable) if by_word else None
+        if self.span_mask:
+            return span_mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids, words,
+                                    self.mlm_probability, self.mask_fraction, self.random_fraction, self.span_p,
+                                    self.max_span_words, generator=g)
         return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
                            self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g, word_ids=words)
 
     def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the selected positions (equal to the HF model's `labels=` loss)."""
+        return self.mlm_and_sbo_loss(inputs, labels, with_sbo=False)[0]
+
+    def mlm_and_sbo_loss(self, inputs: torch.Tensor, labels: torch.Tensor,
+                         with_sbo: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(MLM loss, SBO loss or None)` from one encoder pass, both means over the selected positions."""
         if self.mlm_head is None:  # an architecture whose head we do not know: let HF compute every logit
-            return self.model(input_ids=inputs, labels=labels).loss
+            return self.model(input_ids=inputs, labels=labels).loss, None
         hidden = self.model.base_model(input_ids=inputs).last_hidden_state
         selected = labels != IGNORE
         logits = self.mlm_head(hidden[selected])
-        return F.cross_entropy(logits.float(), labels[selected])
+        mlm = F.cross_entropy(logits.float(), labels[selected])
+        if self.sbo_head is None or not with_sbo:
+            return mlm, None
+        sbo_logits = self.model.get_output_embeddings()(self.sbo_head(hidden, labels))  # the shared decoder
+        return mlm, F.cross_entropy(sbo_logits.float(), labels[selected])
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
-        loss = self.mlm_loss(inputs, labels)
+        loss, sbo = self.mlm_and_sbo_loss(inputs, labels)
+        if sbo is not None:
+            self.log_dict({"train/mlm_loss": loss, "train/sbo_loss": sbo})
+            loss = loss + sbo
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

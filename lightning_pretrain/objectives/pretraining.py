@@ -218,7 +218,9 @@ class PretrainingModule(L.LightningModule):
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
         try:
-            opt = optim.build_optimizer(self.optimizer, optim.decay_groups(self.model.named_parameters()))
+            # every parameter the module registers: the HF model and what an objective trains beside it (SpanBERT's
+            # boundary head, ELECTRA's generator); shared tensors once, a distillation teacher never (unregistered)
+            opt = optim.build_optimizer(self.optimizer, optim.decay_groups(self.named_parameters()))
             sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total)
         except ValueError as e:
             raise InputError(str(e)) from e

@@ -1,0 +1,215 @@
+"""ELECTRA's replaced-token detection: a small masked-LM generator fills the masked positions with tokens sampled
+from its output distribution, and the discriminator (the model that is kept) tells every token apart as original
+or replaced. loss = generator MLM loss + `disc_weight` x discriminator BCE (over every non-padding token).
+
+The masking is `mask_tokens` (all selected tokens become [MASK] by default, as the paper describes); the sample is
+Gumbel-max from a seeded generator, outside autograd; `replace_tokens` labels a sample equal to the original as
+original. The two models share one embeddings module (token, position, type embeddings and their LayerNorm, as
+ELECTRA's code). `val/loss` is the discriminator's mean BCE per token (so `val/ppl` is merely its exp);
+`val/gen_loss` is the generator's MLM loss. Exports `ElectraForPreTraining` to `hf/`, the generator to `hf/generator/`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
+from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, ElectraConfig, ElectraForMaskedLM,
+                          ElectraForPreTraining)
+
+from lightning_pretrain import parallel
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
+from lightning_pretrain.objectives.pretraining import seeded_generator
+
+SAMPLE_STREAM = 1  # appended to the masking seed's key: the sample's random stream differs from the mask's
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits`, distributed as `softmax(logits)` (Gumbel-max); no gradient flows back."""
+    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(min=1e-20)
+    return (logits.detach().float() - torch.log(-torch.log(u))).argmax(-1)
+
+
+def replace_tokens(input_ids: torch.Tensor, selected: torch.Tensor,
+                   sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, labels)` for the discriminator: `input_ids` with `sampled` (one per True of `selected`, in
+    row-major order) at the selected positions, and labels 1 where the token now differs from the original, else 0
+    (a sample that happens to equal the original is labelled original, as in ELECTRA)."""
+    inputs = input_ids.masked_scatter(selected, sampled.to(input_ids.dtype))
+    return inputs, (inputs != input_ids).long()
+
+
+def generator_config(config: ElectraConfig, size: float) -> ElectraConfig:
+    """The discriminator's config with `size` x its hidden width (whole heads of the same head width; the feed-forward
+    width scaled alike) and the same embedding size, vocabulary and positions, so the embeddings can be shared."""
+    head = config.hidden_size // config.num_attention_heads
+    heads = max(1, round(config.num_attention_heads * size))
+    gen = copy.deepcopy(config)
+    gen.hidden_size, gen.num_attention_heads = heads * head, heads
+    gen.intermediate_size = max(1, round(config.intermediate_size * heads / config.num_attention_heads))
+    gen.architectures = None
+    return gen
+
+
+class ElectraLosses(NamedTuple):
+    gen: torch.Tensor  # generator MLM cross-entropy, mean over the selected positions
+    disc: torch.Tensor  # discriminator BCE, mean over the non-padding tokens
+    logits: torch.Tensor  # discriminator logits of the non-padding tokens (1-D)
+    labels: torch.Tensor  # their labels: 1 replaced, 0 original
+    selected: int  # positions the generator predicted
+
+
+class ELECTRA(MaskedLM):
+    auto_class = AutoModelForPreTraining
+
+    def __init__(
+        self,
+        generator_size: float = 0.25,
+        disc_weight: float = 50.0,
+        export_generator: bool = True,
+        mask_fraction: float = 1.0,
+        random_fraction: float = 0.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            generator_size: the generator's hidden width as a fraction of the discriminator's (ELECTRA: 1/4), in
+                whole attention heads of the discriminator's head width; same depth and embedding size. When
+                `model` is a directory with a `generator/` sub-directory (an export of this objective), that
+                generator is loaded instead.
+            disc_weight: weight of the discriminator's loss in the sum (ELECTRA: 50).
+            export_generator: also export the generator, as `ElectraForMaskedLM`, to `<run dir>/hf/generator/`.
+            mask_fraction: share of selected tokens the generator sees as [MASK] (1.0: the paper's description;
+                ELECTRA's released code keeps 15% unchanged: 0.85); the rest stay, and every selected position
+                gets a sampled token in the discriminator's input.
+            random_fraction: share of selected tokens replaced by a random token in the generator's input (0).
+        """
+        if not 0 < generator_size <= 1:
+            raise InputError(f"generator_size must be in (0, 1], got {generator_size}")
+        if disc_weight <= 0:
+            raise InputError(f"disc_weight must be positive, got {disc_weight}")
+        super().__init__(mask_fraction=mask_fraction, random_fraction=random_fraction, **kwargs)
+        if not isinstance(self.model, ElectraForPreTraining):
+            raise InputError(f"ELECTRA trains an ElectraForPreTraining discriminator, not {type(self.model).__name__}; "
+                             f"use --model.init_args.model.class_path transformers.ElectraConfig")
+        self.generator_size, self.disc_weight, self.export_generator = generator_size, disc_weight, export_generator
+        self.generator = self.build_generator(self.hparams.get("attn_implementation"))
+        self.val_gen_nll, self.val_replaced = MeanMetric(), MeanMetric()
+        self.val_disc_acc = BinaryAccuracy()
+
+    def build_generator(self, attn_implementation: str | None) -> ElectraForMaskedLM:
+        """The generator (a previous export's, or a fresh one `generator_size` wide), tied to the discriminator's
+        embeddings module: one set of tensors, trained by both losses."""
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        saved = Path(self.model_dir) / "generator" if self.model_dir else None
+        if saved is not None and (saved / "config.json").is_file():
+            generator = AutoModelForMaskedLM.from_pretrained(saved, **kwargs)
+            generator.train()
+        else:
+            generator = AutoModelForMaskedLM.from_config(generator_config(self.model.config, self.generator_size),
+                                                         **kwargs)
+        own, shared = generator.electra.embeddings, self.model.electra.embeddings
+        if not isinstance(generator, ElectraForMaskedLM) or any(
+                a.shape != b.shape for a, b in zip(own.parameters(), shared.parameters())):
+            raise InputError(f"the generator in {saved} cannot share the discriminator's embeddings (another "
+                             f"architecture, vocabulary or embedding size)")
+        generator.electra.embeddings = shared
+        generator.tie_weights()  # its output layer is the (now shared) token embedding matrix again
+        return generator
+
+    def build_model(self, spec, attn_implementation):
+        # read by build_generator: a previous export's generator/ lives beside the discriminator
+        self.model_dir = spec if isinstance(spec, str) else None
+        return super().build_model(spec, attn_implementation)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if parallel.is_sharded(self.model):  # the Parallelize callback's setup shards it before this hook
+            raise InputError("ELECTRA's generator and discriminator share their embeddings, which FSDP2 sharding "
+                             "cannot split; use a data-parallel strategy (ddp)")
+
+    # -- the losses ---------------------------------------------------------------------------------------------
+    def generator_logits(self, inputs: torch.Tensor, selected: torch.Tensor,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The generator's vocabulary logits at the selected positions only, `(selected, vocab)`."""
+        g = self.generator
+        hidden = g.electra(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
+        return g.generator_lm_head(g.generator_predictions(hidden[selected]))
+
+    def losses(self, batch: torch.Tensor, *stream: int) -> ElectraLosses:
+        inputs, mlm_labels = self.corrupt(batch, *stream)
+        selected = mlm_labels != IGNORE
+        pad = self.tokenizer.pad_token_id
+        real = batch != pad if pad is not None else torch.ones_like(batch, dtype=torch.bool)
+        mask = None if bool(real.all()) else real.long()  # packed pretraining blocks never hold padding
+        gen_logits = self.generator_logits(inputs, selected, mask)
+        gen_loss = F.cross_entropy(gen_logits.float(), mlm_labels[selected])
+        g = seeded_generator(batch.device, self.mask_seed, *stream, self.global_rank, SAMPLE_STREAM)
+        disc_inputs, labels = replace_tokens(batch, selected, sample_tokens(gen_logits, g))
+        logits = self.model(input_ids=disc_inputs, attention_mask=mask).logits[real].float()
+        disc_loss = F.binary_cross_entropy_with_logits(logits, labels[real].float())
+        return ElectraLosses(gen_loss, disc_loss, logits, labels[real], int(selected.sum()))
+
+    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch, self.current_epoch, batch_idx)
+        loss = out.gen + self.disc_weight * out.disc
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/gen_loss": out.gen, "train/disc_loss": out.disc,
+                       "train/disc_acc": ((out.logits > 0).long() == out.labels).float().mean()})
+        return loss
+
+    def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
+        out = self.losses(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
+        self.val_nll.update(out.disc, weight=len(out.labels))
+        self.val_gen_nll.update(out.gen, weight=out.selected)
+        self.val_disc_acc.update((out.logits > 0).long(), out.labels)
+        self.val_replaced.update(out.labels.float().mean(), weight=len(out.labels))
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_electra("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_electra("test")
+
+    def _log_electra(self, prefix: str) -> None:
+        if self.val_gen_nll.update_count == 0:
+            return
+        self.log_dict({f"{prefix}/gen_loss": self.val_gen_nll.compute(),
+                       f"{prefix}/disc_acc": self.val_disc_acc.compute(),
+                       f"{prefix}/replaced_fraction": self.val_replaced.compute()}, prog_bar=True)
+        for metric in (self.val_gen_nll, self.val_disc_acc, self.val_replaced):
+            metric.reset()
+
+    # -- optimisation and export --------------------------------------------------------------------------------
+    def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+        """The discriminator as `ElectraForPreTraining` in `out_dir` (fine-tune it with `SequenceClassifier`, or
+        load its encoder as `ElectraModel`), and the generator as `ElectraForMaskedLM` in `out_dir/generator`."""
+        out = super().export_hf(out_dir, state_dict)
+        if self.export_generator:
+            self.generator.save_pretrained(out / "generator", safe_serialization=True)
+            self.tokenizer.save_pretrained(out / "generator")
+        return out
+
+    # -- predict ------------------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One row per prompt: `{"id", "text", "tokens"}`, each token with the discriminator's probability that it
+        was replaced (`{"token", "replaced"}`)."""
+        tok = self.tokenizer
+        ids = tok(batch["text"]).input_ids
+        self.check_prompts(ids, batch)
+        inputs = self.pad_prompts(ids, tok.pad_token_id if tok.pad_token_id is not None else 0)
+        probs = self.model(**inputs).logits.float().sigmoid()
+        rows = []
+        for r, (seq, i, text) in enumerate(zip(ids, batch["example_id"].tolist(), batch["text"])):
+            rows.append({"id": i, "text": text, "tokens": [
+                {"token": t, "replaced": round(p, 6)}
+                for t, p in zip(tok.convert_ids_to_tokens(seq), probs[r, :len(seq)].tolist())]})
+        return {"rows": rows}

@@ -1,0 +1,180 @@
+"""ELECTRA: discriminator labels are "sampled != original", the sample follows the generator's softmax without a
+gradient, one shared embeddings tensor (once in the optimizer), the generator's width, and a CLI run whose loss
+falls, whose export loads in transformers and whose discriminator fine-tunes with SequenceClassifier."""
+
+import json
+
+import pytest
+import torch
+from conftest import FAST, REPO, cli, only_run_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import (AutoModelForPreTraining, AutoTokenizer, BertConfig, ElectraConfig, ElectraForMaskedLM,
+                          ElectraForPreTraining, ElectraModel)
+
+from lightning_pretrain.callbacks.export import export_checkpoint
+from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives import ELECTRA
+from lightning_pretrain.objectives.electra import generator_config, replace_tokens, sample_tokens
+
+VOCAB, MASK = 200, 4
+TINY = dict(embedding_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)
+
+
+class _Tok:
+    """The facts MaskedLM/ELECTRA read from a tokenizer."""
+    mask_token_id, pad_token_id = MASK, 0
+    bos_token_id = eos_token_id = sep_token_id = cls_token_id = None
+    all_special_ids = [0, 1, 2, 3, 4]
+
+    def __len__(self):
+        return VOCAB
+
+
+def module(**kwargs) -> ELECTRA:
+    torch.manual_seed(0)
+    return ELECTRA(model=ElectraConfig(**TINY), data=DataContract(_Tok()), **kwargs)
+
+
+def batch(rows=4, length=48):
+    return torch.randint(5, VOCAB, (rows, length), generator=torch.Generator().manual_seed(1))
+
+
+def test_replace_tokens_labels_a_sample_equal_to_the_original_as_original():
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    selected = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    sampled = torch.tensor([10, 99, 5, 22, 7])  # row-major: (0,0) same, (0,2) new, (1,1) new, (1,2) same, (1,3) new
+    inputs, labels = replace_tokens(ids, selected, sampled)
+    assert inputs.tolist() == [[10, 11, 99, 13], [20, 5, 22, 7]]
+    assert labels.tolist() == [[0, 0, 1, 0], [0, 1, 0, 1]]
+
+
+def test_sample_follows_the_softmax_reproducibly_and_carries_no_gradient():
+    logits = torch.tensor([0.0, 3.0, 2.0, -1.0]).log_softmax(-1).repeat(40_000, 1).requires_grad_()
+    draw = sample_tokens(logits, torch.Generator().manual_seed(3))
+    assert not draw.requires_grad and draw.grad_fn is None
+    assert torch.equal(draw, sample_tokens(logits, torch.Generator().manual_seed(3)))
+    freq = torch.bincount(draw, minlength=4).float() / len(draw)
+    torch.testing.assert_close(freq, logits[0].detach().softmax(-1), atol=0.01, rtol=0)
+
+
+def test_generator_is_a_quarter_as_wide_with_the_same_embeddings():
+    config = ElectraConfig(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+    gen = generator_config(config, 0.25)
+    assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (64, 1, 256)
+    assert gen.embedding_size == 128 and gen.num_hidden_layers == config.num_hidden_layers
+    assert config.hidden_size == 256  # the discriminator's config is left alone
+
+
+def test_embeddings_are_one_tensor_and_once_in_the_optimizer():
+    m = module()
+    disc, gen = m.model.electra.embeddings, m.generator.electra.embeddings
+    assert gen is disc and m.generator.config.hidden_size == 8 and m.model.config.hidden_size == 32
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        a, b = getattr(disc, name).weight, getattr(gen, name).weight
+        assert a is b and a.data_ptr() == b.data_ptr()
+    assert m.generator.generator_lm_head.weight is disc.word_embeddings.weight  # the generator's tied output layer
+    m.trainer = type("T", (), {"estimated_stepping_batches": 1000})()  # what configure_optimizers reads
+    opt = m.configure_optimizers()["optimizer"]
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    unique = {id(p) for p in [*m.model.parameters(), *m.generator.parameters()]}
+    assert len(listed) == len(set(listed)) == len(unique)
+    assert len(unique) < len(list(m.model.parameters())) + len(list(m.generator.parameters()))
+
+
+def test_a_generator_sampling_the_original_yields_no_replaced_token(monkeypatch):
+    m = module()
+    ids = batch()
+
+    def certain(token):  # a generator whose whole mass is on one token per selected position
+        def logits(inputs, selected, attention_mask):
+            target = ids[selected] if token is None else torch.full((int(selected.sum()),), token)
+            return torch.nn.functional.one_hot(target, VOCAB).float() * 1e4
+        return logits
+
+    monkeypatch.setattr(m, "generator_logits", certain(None))
+    out = m.losses(ids, 0, 0)
+    assert out.selected > 0 and out.labels.sum() == 0 and len(out.labels) == ids.numel()
+    monkeypatch.setattr(m, "generator_logits", certain(MASK))  # never an original (ids >= 5): every selected one
+    out = m.losses(ids, 0, 0)
+    assert out.labels.sum() == out.selected
+
+
+def test_no_gradient_flows_through_the_sample_into_the_generator():
+    m = module()
+    out = m.losses(batch(), 0, 0)
+    out.disc.backward(retain_graph=True)
+    shared = {id(p) for p in m.model.electra.embeddings.parameters()}
+    generator_only = [(n, p) for n, p in m.generator.named_parameters() if id(p) not in shared]
+    assert generator_only and all(p.grad is None for _, p in generator_only), \
+        [n for n, p in generator_only if p.grad is not None]
+    assert m.model.electra.embeddings.word_embeddings.weight.grad is not None  # the shared tensor learns from both
+    out.gen.backward()
+    assert all(p.grad is not None for _, p in generator_only)  # the MLM loss trains them
+
+
+def test_a_model_that_is_not_electra_is_refused():
+    with pytest.raises(InputError, match="ElectraConfig"):
+        ELECTRA(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+                data=DataContract(_Tok()))
+    with pytest.raises(InputError, match="generator_size"):
+        module(generator_size=0.0)
+
+
+@pytest.fixture
+def sst2_like(tmp_path):
+    d = tmp_path / "sst2"
+    d.mkdir()
+    rows = [("a wonderful moving film" if i % 2 else "a dull tedious mess", i % 2) for i in range(32)]
+    for split in ("train", "dev"):
+        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t} {i}\t{y}\n" for i, (t, y) in enumerate(rows)))
+    return d
+
+
+def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpus, sst2_like):
+    cli("fit", "-c", str(REPO / "configs/pretrain/electra_tiny.yaml"), *FAST, "--data.source", str(tiny_corpus),
+        "--data.vocab_size", "500", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
+    run = only_run_dir(workdir, "electra_tiny")
+    acc = EventAccumulator(str(run)).Reload()
+    assert {"train/gen_loss", "train/disc_loss", "val/loss", "val/gen_loss", "val/disc_acc",
+            "val/replaced_fraction"} <= set(acc.Tags()["scalars"])
+    loss = [e.value for e in acc.Scalars("train/loss")]
+    assert len(loss) == 8 and sum(loss[-2:]) < sum(loss[:2]), loss
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["val/replaced_fraction"] < 0.25 and 0 <= metrics["val/disc_acc"] <= 1
+
+    hf = run / "hf"
+    disc = AutoModelForPreTraining.from_pretrained(hf)
+    assert type(disc) is ElectraForPreTraining and type(ElectraModel.from_pretrained(hf)) is ElectraModel
+    gen = ElectraForMaskedLM.from_pretrained(hf / "generator")
+    assert gen.config.hidden_size == disc.config.hidden_size // 4
+    assert torch.equal(gen.electra.embeddings.word_embeddings.weight, disc.electra.embeddings.word_embeddings.weight)
+    tok = AutoTokenizer.from_pretrained(hf)
+    enc = tok(["the quick brown fox"], return_tensors="pt")
+    assert disc(**enc).logits.shape == enc.input_ids.shape  # one replaced/original logit per token
+
+    # the export continues as an ELECTRA run, its saved generator reloaded and tied again
+    again = ELECTRA(model=str(hf), data=DataContract(tok, seq_len=128))
+    assert again.generator.electra.embeddings is again.model.electra.embeddings
+    torch.testing.assert_close(again.generator.generator_predictions.dense.weight,
+                               gen.generator_predictions.dense.weight)
+    with torch.inference_mode():
+        rows = again.eval().predict_step({"text": ["the quick brown fox"], "example_id": torch.tensor([7])}, 0)["rows"]
+    assert rows[0]["id"] == 7 and all(0 <= t["replaced"] <= 1 for t in rows[0]["tokens"])
+    assert [t["token"] for t in rows[0]["tokens"]] == tok.convert_ids_to_tokens(enc.input_ids[0])
+
+    ckpt_file = next((run / "checkpoints").glob("*.ckpt"))
+    exported = export_checkpoint(ckpt_file, workdir / "from_ckpt")  # lightning-pretrain-export: the discriminator
+    assert type(AutoModelForPreTraining.from_pretrained(exported)) is ElectraForPreTraining
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    listed = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
+    assert listed == len({id(p) for p in [*again.model.parameters(), *again.generator.parameters()]})
+
+    cli("fit", "-c", str(REPO / "configs/finetune/sst2.yaml"), "-c", str(REPO / "configs/finetune/modes/full.yaml"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--model.backbone", str(hf), "--data.source", str(sst2_like), "--trainer.max_steps", "2")
+    finetuned = only_run_dir(workdir, "sst2")
+    assert "val/acc" in json.loads((finetuned / "metrics.json").read_text())
+    assert json.loads((finetuned / "hf" / "config.json").read_text())["architectures"] == \
+        ["ElectraForSequenceClassification"]
