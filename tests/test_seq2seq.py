@@ -298,14 +298,39 @@ def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
     assert all(isinstance(r["generation"], str) for r in rows)
 
 
-def test_cli_refuses_a_decoder_only_model(parallel_text, t5_dir, tmp_path):
+def decoder_only(root, t5_dir):
     tok = AutoTokenizer.from_pretrained(t5_dir)
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        tmp_path / "gpt2")
-    tok.save_pretrained(tmp_path / "gpt2")
+        root / "gpt2")
+    tok.save_pretrained(root / "gpt2")
+    return data_args(root, root / "gpt2")
+
+
+def short_target_file(root, t5_dir):
+    (root / "train.de").write_text("".join(DE[i] + "\n" for i in range(7)))  # 7 targets for 16 sources
+    return data_args(root, t5_dir)
+
+
+def empty_target(root, t5_dir):
+    (root / "val.de").write_text(DE[0] + "\n\n" + DE[5] + "\n" + DE[7] + "\n")
+    return data_args(root, t5_dir)
+
+
+def table_without_target(root, t5_dir):
+    (root / "train.jsonl").write_text("".join(json.dumps({"source": EN[i]}) + "\n" for i in range(8)))
+    return [*data_args(root, t5_dir), "--data.train_file", str(root / "train.jsonl"), "--data.train_target_file",
+            "null"]
+
+
+@pytest.mark.parametrize("make_args, expected", [
+    (decoder_only, "without an encoder-decoder"), (short_target_file, "7"), (empty_target, "line 2"),
+    (table_without_target, "target")])
+def test_cli_bad_input_is_one_error_line(parallel_text, t5_dir, make_args, expected):
+    """A decoder-only model, parallel files of different lengths, an empty target, a table without the target
+    column: one `error:` line, exit status 2."""
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-        cli("fit", *CONFIG, *FAST, *data_args(parallel_text, tmp_path / "gpt2"))
+        cli("fit", *CONFIG, *FAST, *make_args(parallel_text, t5_dir))
     assert exit_info.value.code == 2
     lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "without an encoder-decoder" in lines[0] and "CausalSFT" in lines[0]
+    assert len(lines) == 1 and expected in lines[0], err.getvalue()[-2000:]
