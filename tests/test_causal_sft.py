@@ -205,6 +205,19 @@ def test_an_encoder_decoder_is_refused(tokenizer):
                   data=DataContract(tokenizer, max_length=32, task="sft"))
 
 
+def test_an_encoder_that_sees_later_tokens_is_refused(tokenizer):
+    from transformers import BertConfig
+
+    from lightning_pretrain.data.contract import DataContract
+    from lightning_pretrain.errors import InputError
+    from lightning_pretrain.finetune.causal_sft import CausalSFT
+
+    bert = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(InputError, match="attends to later tokens"):  # BertLMHeadModel without is_decoder
+        CausalSFT(model=BertConfig(**bert), data=DataContract(tokenizer, max_length=32, task="sft"))
+    CausalSFT(model=BertConfig(is_decoder=True, **bert), data=DataContract(tokenizer, max_length=32, task="sft"))
+
+
 # -- end to end through the CLI, with configs/finetune/sft_tiny.yaml ------------------------------------------------
 WORDS_SENTIMENT = "the a film movie was is good bad great awful plot actors story fun dull".split()
 

@@ -71,6 +71,24 @@ class CausalSFT(GenerativeFineTune):
                              f"fine-tunes decoder-only models (GPT-2, Llama, ...); fine-tune an encoder-decoder "
                              f"(T5, BART) with Seq2SeqFineTune")
 
+    def check_model(self, model) -> None:
+        # An encoder with a causal-LM class (BERT, RoBERTa without `is_decoder`) attends to later tokens: it would
+        # learn each completion token from the token itself. Asked of the model, not of a list of architectures:
+        # changing the last token must leave the earlier positions' logits unchanged.
+        ids = torch.arange(1, 5).remainder(model.get_input_embeddings().num_embeddings).unsqueeze(0)
+        changed = ids.clone()
+        changed[0, -1] = (changed[0, -1] + 1) % model.get_input_embeddings().num_embeddings
+        training = model.training
+        model.eval()  # dropout off
+        try:
+            with torch.no_grad():
+                a, b = model(input_ids=ids).logits[0, :-1], model(input_ids=changed).logits[0, :-1]
+        finally:
+            model.train(training)
+        if not torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4):
+            raise InputError(f"{type(model).__name__} attends to later tokens (an encoder loaded as a causal LM?): "
+                             f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)")
+
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = packed_inputs(batch, self.hparams.attn_implementation, self.model.dtype)
         return completion_nll(self.model(**inputs).logits, batch["labels"])
