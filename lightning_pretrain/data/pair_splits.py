@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from lightning_pretrain.data import sources, tables, validate
-from lightning_pretrain.data.splits import Splits
+from lightning_pretrain.data.splits import Splits, holdout
 from lightning_pretrain.data.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
@@ -85,14 +85,7 @@ class PairSplits:
         return {k: [v[i] for i in keep] for k, v in rows.items()}
 
     def _holdout(self, rows: dict[str, list], part: str) -> dict[str, list]:
-        n = len(rows["source"])
-        n_val = max(1, round(n * self.val_fraction))
-        if n_val >= n:
-            raise InputError(f"{self.inputs.describe('train')} has {n} example{'s' if n != 1 else ''}: too few to "
-                             f"hold out val_fraction={self.val_fraction} for validation; pass --data.val_file")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        keep = sorted(order[:n_val] if part == "val" else order[n_val:])
-        return {k: [v[i] for i in keep] for k, v in rows.items()}
+        return holdout(rows, part, self.val_fraction, self.seed, self.inputs.describe("train"), "example")
 
 
 def _existing(path: str, split: str) -> str:

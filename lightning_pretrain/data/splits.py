@@ -137,11 +137,17 @@ class Splits:
         return rows
 
     def _holdout(self, rows: dict[str, list], part: str) -> dict[str, list]:
-        n = len(rows["text"])
-        n_val = max(1, round(n * self.val_fraction))
-        if n_val >= n:
-            raise InputError(f"{self.source_of('train').describe()} has {n} row{'s' if n != 1 else ''}: too few to "
-                             f"hold out val_fraction={self.val_fraction} for validation; pass --data.val_file")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        keep = sorted(order[:n_val] if part == "val" else order[n_val:])
-        return {k: [v[i] for i in keep] for k, v in rows.items()}
+        return holdout(rows, part, self.val_fraction, self.seed, self.source_of("train").describe(), "row")
+
+
+def holdout(rows: dict[str, list], part: str, val_fraction: float, seed: int, what: str, unit: str) -> dict[str, list]:
+    """The seeded `val_fraction` of the training `rows` (columns of equal length) held out for validation
+    (`part='val'`), or the rest (`'train'`), each in the original order."""
+    n = len(next(iter(rows.values())))
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise InputError(f"{what} has {n} {unit}{'s' if n != 1 else ''}: too few to hold out "
+                         f"val_fraction={val_fraction} for validation; pass --data.val_file")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    keep = sorted(order[:n_val] if part == "val" else order[n_val:])
+    return {k: [v[i] for i in keep] for k, v in rows.items()}
