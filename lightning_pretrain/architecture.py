@@ -10,6 +10,15 @@ from lightning_pretrain.errors import InputError
 
 # model types whose logits are exactly `get_output_embeddings()(base_model(...).last_hidden_state)`
 PLAIN_HEAD = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3"}
+# model types that count positions from padding_idx + 1 (RoBERTa's embeddings)
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+def position_offset(config: PretrainedConfig) -> int:
+    """The position id of a sequence's first token (0, or RoBERTa's padding_idx + 1)."""
+    if config.model_type in PADDING_OFFSET_POSITIONS and config.pad_token_id is not None:
+        return config.pad_token_id + 1
+    return 0
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
@@ -17,9 +26,7 @@ def max_positions(config: PretrainedConfig) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
-            # RoBERTa reserves padding_idx + 1 positions before the first real one
-            return value - (config.pad_token_id + 1 if config.model_type in {"roberta", "xlm-roberta", "camembert"}
-                            and config.pad_token_id is not None else 0)
+            return value - position_offset(config)  # RoBERTa reserves positions before the first real one
     return None
 
 

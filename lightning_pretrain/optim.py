@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import get_scheduler
+from transformers import get_scheduler, get_wsd_schedule
 
 from lightning_pretrain.errors import InputError
 
-Schedule = Literal["cosine", "linear", "constant"]
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
+
+
+@dataclass(frozen=True)
+class WSD:
+    """Warmup-stable-decay (`lr_schedule: wsd`): warmup, the peak LR held, then a decay over the run's last steps.
+
+    Its point: a stable-phase checkpoint resumed with a new `trainer.max_steps` decays from there (the schedule
+    options are not saved as hyperparameters, so the command line's values win).
+
+    Args:
+        decay_fraction: fraction of the run's optimizer steps spent decaying (its last ones).
+        decay_steps: decay over exactly the last N optimizer steps (overrides decay_fraction).
+        decay_shape: 'linear', 'cosine' or '1-sqrt' (1 - sqrt(progress): Hägele et al. 2024).
+        min_lr_ratio: the LR the decay ends at (and warmup starts from), as a fraction of the peak.
+    """
+
+    decay_fraction: float = 0.2
+    decay_steps: int | None = None
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise InputError(f"wsd.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.decay_steps is not None and self.decay_steps < 0:
+            raise InputError(f"wsd.decay_steps must be >= 0, got {self.decay_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InputError(f"wsd.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def num_decay_steps(self, total_steps: int) -> int:
+        return self.decay_steps if self.decay_steps is not None else round(self.decay_fraction * total_steps)
 
 
 def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float | None = None,
@@ -34,8 +66,10 @@ def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
 
 
 def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int,
-                     total_steps: int | float) -> dict:
-    """Linear warmup then cosine/linear decay (or constant), stepped every optimizer step, as Lightning expects.
+                     total_steps: int | float, wsd: WSD | None = None) -> dict:
+    """Linear warmup then cosine/linear decay (or constant, or `wsd`'s stable phase and late decay), stepped every
+    optimizer step, as Lightning expects. The step-`s` LR is the peak times the schedule at `s`; a decay over `D`
+    steps of a `T`-step run starts at step `T - D` (still the peak) and reaches its end value at step `T`.
 
     A parameter group with a `start_step` key keeps LR 0 until that step, then follows the shared schedule (gradual
     unfreezing: every group exists from step 0, so the optimizer, the scheduler and DDP agree on them throughout,
@@ -46,12 +80,41 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and the run's {int(total_steps)} optimizer "
                          f"steps (the LR would never reach its peak); lower --model.warmup_steps")
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
-    sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
+    if schedule == "wsd":
+        wsd = wsd or WSD()
+        decay = wsd.num_decay_steps(int(total_steps))
+        if warmup_steps + decay > total_steps:
+            raise ValueError(f"wsd: warmup_steps={warmup_steps} + {decay} decay steps exceed the run's "
+                             f"{int(total_steps)} optimizer steps; lower --model.warmup_steps or the wsd decay")
+        sched = get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay,
+                                 num_training_steps=int(total_steps), decay_type=wsd.decay_shape,
+                                 min_lr_ratio=wsd.min_lr_ratio)
+    else:
+        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
+        sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
     starts = [group.get("start_step", 0) for group in optimizer.param_groups]
+    lambdas = sched.lr_lambdas
     if any(starts):  # LambdaLR takes one multiplier per group: the shared shape, gated by the group's start
-        sched = LambdaLR(optimizer, [partial(_from_step, sched.lr_lambdas[0], start) for start in starts])
-    return {"scheduler": sched, "interval": "step", "frequency": 1}
+        lambdas = [partial(_from_step, sched.lr_lambdas[0], start) for start in starts]
+    return {"scheduler": _ResumableLambdaLR(optimizer, lambdas), "interval": "step", "frequency": 1}
+
+
+class _ResumableLambdaLR(LambdaLR):
+    """LambdaLR whose LR after `load_state_dict` is this run's schedule at the checkpoint's step.
+
+    The multipliers are `functools.partial`s, whose arguments a state dict does not carry: a resume keeps the step
+    count and takes this run's total and decay (WSD's decay from a stable-phase checkpoint). But the optimizer's
+    restored LR is the old schedule's, and plain LambdaLR would use it for the first resumed step.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group, base, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas, strict=True):
+            if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers) is updated in place
+                group["lr"].fill_(base * fn(self.last_epoch))
+            else:
+                group["lr"] = base * fn(self.last_epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def _from_step(shape, start: int, step: int) -> float:
@@ -82,6 +145,7 @@ def finetune_optimizers(module) -> dict:
         warmup_steps = module.warmup_steps
         if warmup_steps is None:  # an endless run is refused by scheduler_config, with the reason
             warmup_steps = round(module.warmup_ratio * total_steps) if total_steps != float("inf") else 0
+        # `lr_schedule: wsd` with WSD's defaults: the fine-tuning modules take no `wsd` option
         return {"optimizer": opt, "lr_scheduler": scheduler_config(opt, module.lr_schedule, warmup_steps, total_steps)}
     except ValueError as e:
         raise InputError(str(e)) from e

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from lightning_pretrain.finetune.causal_sft import block_causal_mask, completion_nll, packed_inputs
+from lightning_pretrain.document_attention import document_mask
+from lightning_pretrain.finetune.causal_sft import completion_nll, packed_inputs
 
 VOCAB = 97
 
@@ -56,7 +57,7 @@ def test_block_causal_mask_is_causal_within_each_example_only():
                              [0, 0, 1, 1, 0, 0],
                              [0, 0, 1, 1, 1, 0],
                              [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    mask = block_causal_mask(position_ids, attention_mask)
+    mask = document_mask(position_ids, attention_mask)
     assert mask.shape == (1, 1, 6, 6) and torch.equal(mask[0, 0], expected)
 
 

@@ -126,3 +126,14 @@ def test_a_library_bug_is_not_reported_as_bad_input(tmp_path, monkeypatch):
         sources.resolve(str(f)).load()
     with pytest.raises(AttributeError):
         sources.load_hub("imdb")
+
+
+def test_a_delimiter_line_ends_each_document_of_a_plain_text_file(tmp_path):
+    path = tmp_path / "stories.txt"
+    path.write_text("Once upon a time.\n\nThe end.\n<|endoftext|>\nAnother story.\n  <|endoftext|>  \nLast one.\n")
+    plain, delimited = sources.resolve(str(path)), sources.resolve(str(path), delimiter="<|endoftext|>")
+    assert delimited.load()["text"] == ["Once upon a time.\n\nThe end.", "Another story.", "Last one."]
+    assert len(plain.load()) == 2  # blank lines separate documents when no delimiter is given
+    assert plain.identity() != delimited.identity()  # a cache built one way is never reused for the other
+    streamed = [row["text"] for row in sources.resolve(str(path), streaming=True, delimiter="<|endoftext|>").load()]
+    assert streamed == delimited.load()["text"]

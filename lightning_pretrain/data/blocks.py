@@ -185,3 +185,36 @@ class BlockDataset(Dataset):
         # one fancy-index read of the memmap per batch instead of one per row
         rows = self.blocks[np.asarray(idx)].astype(np.int64)
         return list(torch.from_numpy(rows))
+
+
+def document_positions(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """Position ids that restart at 0 where a document starts: at each row's first token and after every
+    separator (the separator ends its document, so it keeps the document's positions). The block then tells the
+    model where its documents are: torchtitan and HF's `DataCollatorWithFlattening` read boundaries the same way."""
+    length = ids.shape[-1]
+    index = torch.arange(length, device=ids.device).expand_as(ids)
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[..., 0] = True
+    starts[..., 1:] = ids[..., :-1] == sep_id
+    return index - torch.where(starts, index, 0).cummax(-1).values
+
+
+class BlockCollate:
+    """Rows of blocks -> a batch. Plain blocks stack to a `[B, L]` tensor; with `separator` (documents kept apart:
+    `cross_document_attention: false`) the batch is `{"input_ids", "position_ids"}`; rows that come as
+    `(block, source index)` (data mixtures) add `"source"`, a `[B]` tensor of which source each row came from."""
+
+    def __init__(self, separator: int | None = None):
+        self.separator = separator
+
+    def __call__(self, rows: list) -> torch.Tensor | dict[str, torch.Tensor]:
+        mixed = isinstance(rows[0], tuple)
+        ids = torch.stack([r[0] for r in rows] if mixed else rows)
+        if self.separator is None and not mixed:
+            return ids
+        batch = {"input_ids": ids}
+        if self.separator is not None:
+            batch["position_ids"] = document_positions(ids, self.separator)
+        if mixed:
+            batch["source"] = torch.tensor([r[1] for r in rows], dtype=torch.long)
+        return batch

@@ -22,6 +22,8 @@ class DataContract:
     task: str | None = None  # 'nsp' / 'sop' (sentence pairs); 'classification' / 'regression' / 'text_to_text' /
     # 'sft' (fine-tuning)
     label_names: tuple[str, ...] | None = None  # class names in id order (classification)
+    # False: a packed block's documents do not attend to each other; batches carry their `position_ids`
+    cross_document_attention: bool = True
 
     @property
     def longest(self) -> int | None:

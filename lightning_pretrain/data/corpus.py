@@ -7,17 +7,21 @@ import logging
 import time
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import blocks, cache, mixture
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
+from lightning_pretrain.data.loaders import (_ignore_sigterm, check_loader_options, check_val_interval,
+                                             rank_and_world, stateful_loader)
 from lightning_pretrain.data.prompts import prompt_loader
+from lightning_pretrain.data.sources import resolve as resolve_source
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,10 @@ class PretrainCorpus(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 1234,
         predict_file: str | None = None,
+        cross_document_attention: bool = True,
+        document_delimiter: str | None = None,
+        sources: list[mixture.MixtureSource] | None = None,
+        exhaustion: Literal["repeat", "stop"] = "repeat",
     ):
         """
         Args:
@@ -58,6 +66,19 @@ class PretrainCorpus(L.LightningDataModule):
             seed: seed of the train/validation document split and of the shuffling order.
             predict_file: prompts for `predict`: a UTF-8 text file, one prompt per line (blank lines are skipped);
                 the objective says what a prompt is (a text to continue, or one with mask tokens / sentinels).
+            cross_document_attention: True: a packed block is one sequence (GPT-2's and RoBERTa's training). False:
+                each document in a block attends only to itself (block-diagonal attention, block-causal for causal
+                LMs), its position ids restart at 0, and no label is predicted across a boundary; batches carry
+                `position_ids` (objectives that support it: CausalLM, MaskedLM). Boundaries are the separator tokens.
+            document_delimiter: plain-text files: a line holding only this string ends a document (e.g.
+                '<|endoftext|>'); unset: documents are separated by blank lines. Such files are read whole.
+            sources: a weighted data mixture, replacing `source`: a list of {source, weight, name} (any source
+                form; weights > 0, normalised; name: its key in the logs, default derived from the source). Each is
+                tokenized and cached on its own, with its own validation hold-out (or the shared `val_source`);
+                training draws each sample's source with the weights, a pure function of (seed, sample index).
+                Needs trainer.max_steps unless exhaustion='stop'.
+            exhaustion: what a mixture source whose blocks are all used does: 'repeat' (a new seeded order, its
+                epochs logged as train/epochs/<name>) or 'stop' (the run ends there).
         """
         super().__init__()
         if seq_len < 2:
@@ -67,8 +88,10 @@ class PretrainCorpus(L.LightningDataModule):
         check_loader_options(num_workers, batch_size=batch_size)
         toks.check_vocab_size(tokenizer, vocab_size)
         self.save_hyperparameters()
-        self.source = sources.resolve(source, text_column)
-        self.val_source = sources.resolve(val_source, text_column) if val_source else None
+        self.source = resolve_source(source, text_column, delimiter=document_delimiter)
+        self.val_source = (resolve_source(val_source, text_column, delimiter=document_delimiter)
+                           if val_source else None)
+        self.cross_document_attention = cross_document_attention
         self.tokenizer_spec = tokenizer
         self.vocab_size = vocab_size
         self.seq_len = seq_len
@@ -80,6 +103,11 @@ class PretrainCorpus(L.LightningDataModule):
         self.predict_file = predict_file
         self.train_blocks: np.ndarray | None = None
         self.val_blocks: np.ndarray | None = None
+        self.exhaustion = exhaustion
+        self.parts: list[PretrainCorpus] = []  # a mixture: one corpus per source (data/mixture.py)
+        if sources is not None:
+            self.sources, self.mixture_names, self.mixture_weights = mixture.check_sources(sources)
+            self.parts = mixture.cached_parts(self, self.sources)
 
     # -- text ---------------------------------------------------------------------------------------------------
     @cached_property
@@ -122,15 +150,29 @@ class PretrainCorpus(L.LightningDataModule):
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer (trained on the training split and cached on first use)."""
         if self.tokenizer_spec not in toks.TRAINERS:
-            return toks.load_pretrained(self.tokenizer_spec)
-        return toks.trained(self.tokenizer_spec, self.vocab_size,
-                            lambda: (t for batch in self._texts("train") for t in batch),
-                            self._text_identity(), self.cache_root)
+            tok = toks.load_pretrained(self.tokenizer_spec)
+        elif self.parts:  # a mixture's tokenizer learns from every source's training text
+            tok = toks.trained(self.tokenizer_spec, self.vocab_size,
+                               lambda: (t for p in self.parts for batch in p._texts("train") for t in batch),
+                               [i for p in self.parts for i in p._text_identity()], self.cache_root)
+        else:
+            return toks.trained(self.tokenizer_spec, self.vocab_size,
+                                lambda: (t for batch in self._texts("train") for t in batch),
+                                self._text_identity(), self.cache_root)
+        mixture.share_tokenizer(self.parts, tok)
+        return tok
 
     @property
     def contract(self) -> DataContract:
         """What the model needs: the tokenizer and the block length."""
-        return DataContract(self.tokenizer, seq_len=self.seq_len)
+        return DataContract(self.tokenizer, seq_len=self.seq_len,
+                            cross_document_attention=self.cross_document_attention)
+
+    @property
+    def collate(self) -> blocks.BlockCollate:
+        """Stacks blocks; with documents kept apart, adds the position ids that restart at each of them."""
+        return blocks.BlockCollate(None if self.cross_document_attention
+                                   else toks.document_separator(self.tokenizer))
 
     # -- blocks -------------------------------------------------------------------------------------------------
     @property
@@ -142,6 +184,11 @@ class PretrainCorpus(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize and pack both splits once (rank 0); later runs with the same settings reuse the cache."""
         if self.predicting:  # prompts are read as they are, no block is needed
+            return
+        if self.parts:
+            mixture.share_tokenizer(self.parts, self.tokenizer)
+            for part in self.parts:
+                part.prepare_data()
             return
         tok = self.tokenizer
         sep, dtype = toks.document_separator(tok), blocks.token_dtype(len(tok))
@@ -179,6 +226,11 @@ class PretrainCorpus(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             return
+        if self.parts:
+            mixture.share_tokenizer(self.parts, self.tokenizer)
+            for part in self.parts:
+                part.setup(stage)
+            return
         entry = self.cache_entry
         meta = cache.lookup(entry, self._entry_is_complete)
         if meta is None:
@@ -193,9 +245,12 @@ class PretrainCorpus(L.LightningDataModule):
     def _loader(self, arr: np.ndarray, shuffle: bool) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)
         return stateful_loader(blocks.BlockDataset(arr), self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                               collate_fn=self.collate,
                                num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size)
 
     def train_dataloader(self):
+        if self.parts:
+            return self._mixture_loader()
         if len(self.train_blocks) < self.batch_size:
             raise InputError(f"the training split has {len(self.train_blocks)} blocks of {self.seq_len} tokens, fewer "
                              f"than one batch of {self.batch_size}; lower batch_size or seq_len")
@@ -204,7 +259,36 @@ class PretrainCorpus(L.LightningDataModule):
         return loader
 
     def val_dataloader(self):
+        if self.parts:
+            rank, world_size = rank_and_world(self.trainer)
+            return stateful_loader(mixture.val_dataset(self.parts, self.val_source is not None), self.batch_size,
+                                   collate_fn=self.collate, num_workers=self.num_workers, seed=self.seed, rank=rank,
+                                   world_size=world_size)
         return self._loader(self.val_blocks, shuffle=False)
+
+    def _mixture_loader(self) -> StatefulDataLoader:
+        rank, world_size = rank_and_world(self.trainer)
+        dataset = mixture.MixtureBlocks([p.train_blocks for p in self.parts])
+        sampler = mixture.MixtureSampler(dataset, self.mixture_weights, self.batch_size, seed=self.seed, rank=rank,
+                                         world_size=world_size, exhaustion=self.exhaustion, names=self.mixture_names,
+                                         length=mixture.run_length(self.trainer, self.batch_size, self.exhaustion))
+        # stateful_loader's options, with the mixture's own sampler (which that factory takes no argument for)
+        loader = StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                                    collate_fn=self.collate, num_workers=self.num_workers,
+                                    worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None,
+                                    pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+                                    generator=torch.Generator().manual_seed(self.seed + 1))
+        check_val_interval(self.trainer, loader, "this mixture run")
+        return loader
+
+    def mixture_epochs(self, counts) -> list[float]:
+        """Epochs of each mixture source after `counts` samples of each."""
+        return [c / len(p.train_blocks) for c, p in zip(counts, self.parts)]
+
+    def mixture_exhausted(self, loader) -> str | None:
+        """The name of the source that ran out (exhaustion='stop'), None while none has."""
+        s = getattr(getattr(loader, "sampler", None), "exhausted", None)
+        return None if s is None else self.mixture_names[s]
 
     def test_dataloader(self):
         return self.val_dataloader()

@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -97,6 +98,7 @@ class LocalSource:
     files: tuple[str, ...]
     text_column: str = "text"
     streaming: bool = False  # read lazily as a `datasets.IterableDataset` instead of converting to Arrow first
+    delimiter: str | None = None  # plain text: a line holding only this ends a document (None: blank lines do)
 
     def check(self) -> None:
         """Refuse files that are not what they claim (see `check_file`), before anything reads or caches them."""
@@ -106,7 +108,8 @@ class LocalSource:
     def identity(self) -> str:
         self.check()  # also on a cache hit: a file must pass today's checks to reuse entries built from it
         # v2: paragraphs also break at blank lines holding spaces (older cache entries split differently)
-        h = hashlib.sha256(f"local-v2:{self.text_column}".encode())
+        h = hashlib.sha256(f"local-v2:{self.text_column}".encode() + (f":delim:{self.delimiter}".encode()
+                                                                       if self.delimiter is not None else b""))
         for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
             h.update(os.path.basename(f).encode())
             h.update(bytes.fromhex(content_digest(f)))
@@ -123,7 +126,8 @@ class LocalSource:
                 files = [f for f in files if f not in documents]
                 if not files:
                     continue
-            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            # a delimiter line may sit anywhere, also across paragraphs: such a file is read whole, then cut
+            kwargs = {"sample_by": "document" if self.delimiter else "paragraph"} if builder == "text" else {}
             if builder == "text" and self.streaming:  # a streamed .txt has no schema until read: name its column
                 kwargs["features"] = datasets.Features({"text": datasets.Value("string")})
             if tsv:
@@ -133,7 +137,8 @@ class LocalSource:
             except READ_ERRORS as e:  # pyarrow/pandas parse errors carry no file name: add it
                 raise InputError(f"could not read {', '.join(files)} as {builder}: {first_line(e)}") from e
             if builder == "text":  # (a streamed map loses the schema unless it is given)
-                ds = ds.map(_split_paragraphs, batched=True,
+                split = partial(_split_documents, self.delimiter) if self.delimiter else _split_paragraphs
+                ds = ds.map(split, batched=True,
                             features=datasets.Features({"text": datasets.Value("string")}))
             column = "text" if builder == "text" else self.text_column
             parts.append(_text_column(ds, column, self.spec))
@@ -206,16 +211,18 @@ def load_hub(path: str, config: str | None = None, split: str | None = None, str
 TextSource = BuiltinSource | LocalSource | HubSource
 
 
-def resolve(spec: str, text_column: str = "text", streaming: bool = False) -> TextSource:
+def resolve(spec: str, text_column: str = "text", streaming: bool = False,
+            delimiter: str | None = None) -> TextSource:
     """Parse a `--data.source` string: 'builtin'; a local file, directory (searched for the suffixes in `FORMATS`)
-    or glob (plain text is split into documents at blank lines; a named file of another suffix is plain text); else
+    or glob (plain text is split into documents at blank lines, or at lines holding only `delimiter`; a named file
+    of another suffix is plain text); else
     a hub dataset 'id[:config][@split]' for `datasets.load_dataset` (the split defaults to 'train')."""
     if not spec or not spec.strip():
         raise InputError("data source is empty: pass 'builtin', a file/directory/glob, or a hub dataset id")
     if spec == "builtin":
         return BuiltinSource()
     if looks_local(spec):
-        return LocalSource(spec, _local_files(os.path.expanduser(spec)), text_column, streaming)
+        return LocalSource(spec, _local_files(os.path.expanduser(spec)), text_column, streaming, delimiter)
     dataset_id, config, split = parse_hub(spec)
     return HubSource(dataset_id, config, split or "train", text_column, streaming)
 
@@ -254,6 +261,11 @@ def _local_files(path: str) -> tuple[str, ...]:
 def check_utf8(path: str, chunk: int = 1 << 20) -> None:
     """Fail clearly on binary, UTF-16/32 or non-UTF-8 files instead of training on mojibake."""
     records.check_encoding(path, chunk)
+
+
+def _split_documents(delimiter: str, batch: dict) -> dict:
+    line = re.compile(rf"^[ \t]*{re.escape(delimiter)}[ \t]*\r?$", re.MULTILINE)
+    return {"text": [d.strip("\n") for text in batch["text"] for d in line.split(text) if d.strip()]}
 
 
 def _split_paragraphs(batch: dict) -> dict:

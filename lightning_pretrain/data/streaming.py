@@ -27,11 +27,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import blocks, cache, mixture, sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.data.prompts import prompt_loader
+from lightning_pretrain.data.sources import resolve as resolve_source
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,10 @@ class StreamingCorpus(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 1234,
         predict_file: str | None = None,
+        cross_document_attention: bool = True,
+        document_delimiter: str | None = None,
+        sources: list[mixture.MixtureSource] | None = None,
+        exhaustion: Literal["repeat", "stop"] = "repeat",
     ):
         """
         Args:
@@ -220,6 +225,19 @@ class StreamingCorpus(L.LightningDataModule):
                 ~/.cache/lightning_pretrain.
             seed: seed of the shuffling.
             predict_file: prompts for `predict`: a UTF-8 text file, one per line (blank lines are skipped).
+            cross_document_attention: True: a packed block is one sequence (GPT-2's and RoBERTa's training). False:
+                each document in a block attends only to itself (block-diagonal attention, block-causal for causal
+                LMs), its position ids restart at 0, and no label is predicted across a boundary; batches carry
+                `position_ids` (objectives that support it: CausalLM, MaskedLM). Boundaries are the separator tokens.
+            document_delimiter: plain-text files: a line holding only this string ends a document (e.g.
+                '<|endoftext|>'); unset: documents are separated by blank lines. Such files are read whole.
+            sources: a weighted data mixture, replacing `source`: a list of {source, weight, name} (any source
+                form; weights > 0, normalised; name: its key in the logs, default derived from the source). Each is
+                streamed on its own (validation: its first `val_documents`, or the shared `val_source`) and each
+                worker interleaves them by seeded draws with the weights; a trained tokenizer learns from each
+                source's weighted share of `tokenizer_documents`.
+            exhaustion: what a mixture source does at the end of its first pass: 'repeat' (passes logged as
+                train/epochs/<name>) or 'stop' (the run ends there; one device only).
         """
         super().__init__()
         if seq_len < 2:
@@ -228,8 +246,10 @@ class StreamingCorpus(L.LightningDataModule):
                              tokenizer_documents=tokenizer_documents, shuffle_window=shuffle_window)
         toks.check_vocab_size(tokenizer, vocab_size)
         self.save_hyperparameters()
-        self.source = sources.resolve(source, text_column, streaming=True)
-        self.val_source = sources.resolve(val_source, text_column, streaming=True) if val_source else None
+        self.source = resolve_source(source, text_column, streaming=True, delimiter=document_delimiter)
+        self.val_source = (resolve_source(val_source, text_column, streaming=True, delimiter=document_delimiter)
+                           if val_source else None)
+        self.cross_document_attention = cross_document_attention
         self.tokenizer_spec, self.vocab_size, self.tokenizer_documents = tokenizer, vocab_size, tokenizer_documents
         self.val_documents, self.seq_len, self.batch_size = val_documents, seq_len, batch_size
         self.num_workers, self.shard_by, self.shuffle_window = num_workers, shard_by, shuffle_window
@@ -237,6 +257,11 @@ class StreamingCorpus(L.LightningDataModule):
         self.seed, self.predict_file = seed, predict_file
         self.val_blocks: np.ndarray | None = None
         self.exclude: frozenset[bytes] = frozenset()
+        self.exhaustion = exhaustion
+        self.parts: list[StreamingCorpus] = []  # a mixture: one corpus per source (data/mixture.py)
+        if sources is not None:
+            self.sources, self.mixture_names, self.mixture_weights = mixture.check_sources(sources)
+            self.parts = mixture.streaming_parts(self, self.sources, self.mixture_weights)
 
     @cached_property
     def stream(self) -> datasets.IterableDataset:
@@ -246,7 +271,19 @@ class StreamingCorpus(L.LightningDataModule):
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """Pretrained, or trained on the first `tokenizer_documents` training documents (cached)."""
         if self.tokenizer_spec not in toks.TRAINERS:
-            return toks.load_pretrained(self.tokenizer_spec)
+            tok = toks.load_pretrained(self.tokenizer_spec)
+            mixture.share_tokenizer(self.parts, tok)
+            return tok
+        if self.parts:  # each source's share of the documents, one after the other
+            skip = 0 if self.val_source else self.val_documents
+            with cache.rooted(self.cache_root):
+                identity = [f"{p.source.identity()}:stream:skip{skip}:first{p.tokenizer_documents}"
+                            for p in self.parts]
+            tok = toks.trained(self.tokenizer_spec, self.vocab_size,
+                               lambda: (d for p in self.parts for d in documents(p.stream, skip, p.tokenizer_documents)),
+                               identity, self.cache_root)
+            mixture.share_tokenizer(self.parts, tok)
+            return tok
         skip = 0 if self.val_source else self.val_documents
         with cache.rooted(self.cache_root):  # file digests are remembered under this cache
             identity = [self.source.identity(), f"stream:skip{skip}:first{self.tokenizer_documents}"]
@@ -256,10 +293,23 @@ class StreamingCorpus(L.LightningDataModule):
     @property
     def contract(self) -> DataContract:
         """What the model needs: the tokenizer and the block length."""
-        return DataContract(self.tokenizer, seq_len=self.seq_len)
+        return DataContract(self.tokenizer, seq_len=self.seq_len,
+                            cross_document_attention=self.cross_document_attention)
+
+    @property
+    def collate(self) -> blocks.BlockCollate:
+        """Stacks blocks; with documents kept apart, adds the position ids that restart at each of them."""
+        return blocks.BlockCollate(None if self.cross_document_attention
+                                   else toks.document_separator(self.tokenizer))
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":  # prompts only (`predict_dataloader`)
+            return
+        if self.parts:  # validation: every source's held-out documents, or the shared val_source once
+            mixture.share_tokenizer(self.parts, self.tokenizer)
+            for part in self.parts[:1] if self.val_source else self.parts:
+                part.setup(stage)
+            self.val_blocks = np.concatenate([p.val_blocks for p in self.parts if p.val_blocks is not None])
             return
         val = list(documents(open_stream(self.val_source, self.cache_root) if self.val_source else self.stream,
                              take=self.val_documents))
@@ -274,9 +324,16 @@ class StreamingCorpus(L.LightningDataModule):
             raise InputError(f"the {len(val)} validation documents hold fewer than seq_len={self.seq_len} tokens: "
                              f"raise val_documents or lower seq_len")
 
-    def train_dataset(self) -> BlockStream:
+    def train_dataset(self) -> BlockStream | mixture.MixtureStream:
         trainer = self.trainer
         rank, world = rank_and_world(trainer)
+        if self.parts:
+            if self.exhaustion == "stop" and world > 1:
+                raise InputError("exhaustion='stop' of a streaming mixture runs on one device only: each rank's "
+                                 "shards run out at a different batch; use 'repeat' or the cached PretrainCorpus")
+            return mixture.interleave(self.parts, self.mixture_weights, self.mixture_names, self.seed,
+                                      self.exhaustion, mixture.run_length(trainer, self.batch_size, self.exhaustion),
+                                      rank, world)
         length = None
         if trainer is not None:
             if trainer.max_steps < 0:
@@ -292,13 +349,25 @@ class StreamingCorpus(L.LightningDataModule):
         # Lightning warns about any sized IterableDataset in case its workers yield duplicates; ours read disjoint
         # shards, and the size is the run's length by design (docs/design/data.md, Stopping)
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-        loader = stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed)
+        loader = stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed,
+                                 collate_fn=self.collate)
         check_val_interval(self.trainer, loader, "this streaming run (max_steps x accumulate_grad_batches)")
         return loader
+
+    def mixture_epochs(self, counts) -> list[float]:
+        """Completed passes of each mixture source (the fewest over this rank's workers)."""
+        loaders = [dl for dl in (getattr(self.trainer, "train_dataloader", None),) if dl is not None]
+        return mixture.stream_passes(loaders[0], len(self.parts)) if loaders else [0.0] * len(self.parts)
+
+    def mixture_exhausted(self, loader) -> str | None:
+        """The name of the source that ran out (exhaustion='stop'), None while none has."""
+        s = mixture.first_exhausted(loader)
+        return None if s is None else self.mixture_names[s]
 
     def val_dataloader(self) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)  # in memory: no workers needed
         return stateful_loader(blocks.BlockDataset(self.val_blocks), self.batch_size, seed=self.seed, rank=rank,
+                               collate_fn=self.collate,
                                world_size=world_size)
 
     def test_dataloader(self) -> StatefulDataLoader:

@@ -1,11 +1,9 @@
 """`CausalSFT`: supervised fine-tuning of a decoder-only model (GPT-2, Llama, any `AutoModelForCausalLM`) on
 prompt/completion pairs, with the loss on completion tokens only and generation from the prompt for val/test/predict.
 
-Packed rows hold several examples; none attends to another. `position_ids` restart at 0 per example, and the
-attention is block-diagonal causal: with 'sdpa' or 'eager' a [B,1,L,L] mask built here from `position_ids` (CPU and
-GPU alike); with 'flash_attention_2/3' or 'flex_attention' (or the architecture's default) the position ids alone,
-from which transformers derives the varlen boundaries / BlockMask itself (its `DataCollatorWithFlattening`
-convention). tests/test_causal_sft.py proves it: a packed row's per-example losses equal each example run alone.
+Packed rows hold several examples; none attends to another (`document_attention`: `position_ids` restart at 0 per
+example, attention is block-diagonal causal). tests/test_causal_sft.py proves it: a packed row's per-example losses
+equal each example run alone.
 """
 
 from __future__ import annotations
@@ -14,39 +12,20 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from lightning_pretrain.document_attention import document_inputs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.generative import GenerativeFineTune
 
 
-def block_causal_mask(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B,1,L,L] bool, True where a query (row) may attend a key (column): an earlier-or-same token of its own
-    example. A new example starts at each real token whose position id is 0; padding attends only to itself (so no
-    softmax row is empty) and nothing attends to padding."""
-    real = attention_mask.bool()
-    example = ((position_ids == 0) & real).cumsum(-1)
-    length = position_ids.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (example[:, :, None] == example[:, None, :]) & causal & real[:, :, None] & real[:, None, :]
-    return (allowed | torch.eye(length, dtype=torch.bool, device=allowed.device))[:, None]
-
-
 def packed_inputs(batch: dict, attn_implementation: str | None, dtype: torch.dtype = torch.float32) -> dict:
-    """The model's keyword arguments for a (possibly packed) training or teacher-forced batch.
-
-    'sdpa' takes the boolean block mask, 'eager' the same as an additive float mask (its kernels add the mask to
-    the scores); any other implementation gets `position_ids` and no mask: transformers then finds the examples
-    from where the positions restart (varlen flash attention, a FlexAttention BlockMask, or its own 4D mask).
-    """
+    """The model's keyword arguments for a (possibly packed) training or teacher-forced batch: its examples kept
+    apart by `document_attention` (unpacked rows too: their position ids then count the real tokens)."""
     position_ids = batch.get("position_ids")
     if position_ids is None:  # unpacked, right- or left-padded rows: positions count the real tokens
         position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-    inputs = {"input_ids": batch["input_ids"], "position_ids": position_ids, "use_cache": False}
-    if attn_implementation in ("sdpa", "eager"):
-        mask = block_causal_mask(position_ids, batch["attention_mask"])
-        if attn_implementation == "eager":
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        inputs["attention_mask"] = mask
-    return inputs
+    return {"input_ids": batch["input_ids"], "use_cache": False,
+            **document_inputs(position_ids, attn_implementation, causal=True, dtype=dtype,
+                              attention_mask=batch["attention_mask"])}
 
 
 def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

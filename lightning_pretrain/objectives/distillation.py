@@ -90,6 +90,7 @@ def outputs(model: PreTrainedModel, head: torch.nn.Module | None, inputs: torch.
 
 class _Distil:
     """What both distillations share: the teacher, its checks, the student's init, the triple loss."""
+    document_masking = False  # its own losses take plain blocks
 
     def __init__(self, teacher: str, alpha: float = 5.0, beta: float = 2.0, gamma: float = 1.0,
                  temperature: float = 2.0, init_from_teacher: bool | list[int] = False, **kwargs):

@@ -66,6 +66,7 @@ class ElectraLosses(NamedTuple):
 
 
 class ELECTRA(MaskedLM):
+    document_masking = False  # its own losses take plain blocks
     auto_class = AutoModelForPreTraining
 
     def __init__(

@@ -105,6 +105,7 @@ def _word_char(c: str) -> bool:
 
 class MaskedLM(PretrainingModule):
     auto_class = AutoModelForMaskedLM
+    document_masking = True
     predict_options = (*PretrainingModule.predict_options, "top_k")
 
     def __init__(
@@ -191,16 +192,18 @@ class MaskedLM(PretrainingModule):
         return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
                            self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g, word_ids=words)
 
-    def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor, model_inputs: dict | None = None) -> torch.Tensor:
         """Mean cross-entropy over the selected positions (equal to the HF model's `labels=` loss)."""
-        return self.mlm_and_sbo_loss(inputs, labels, with_sbo=False)[0]
+        return self.mlm_and_sbo_loss(inputs, labels, with_sbo=False, model_inputs=model_inputs)[0]
 
-    def mlm_and_sbo_loss(self, inputs: torch.Tensor, labels: torch.Tensor,
-                         with_sbo: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(MLM loss, SBO loss or None)` from one encoder pass, both means over the selected positions."""
+    def mlm_and_sbo_loss(self, inputs: torch.Tensor, labels: torch.Tensor, with_sbo: bool = True,
+                         model_inputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(MLM loss, SBO loss or None)` from one encoder pass, both means over the selected positions;
+        `model_inputs`: the position ids and mask of documents kept apart (`document_batch`)."""
+        model_inputs = model_inputs or {}
         if self.mlm_head is None:  # an architecture whose head we do not know: let HF compute every logit
-            return self.model(input_ids=inputs, labels=labels).loss, None
-        hidden = self.model.base_model(input_ids=inputs).last_hidden_state
+            return self.model(input_ids=inputs, labels=labels, **model_inputs).loss, None
+        hidden = self.model.base_model(input_ids=inputs, **model_inputs).last_hidden_state
         selected = labels != IGNORE
         logits = self.mlm_head(hidden[selected])
         mlm = F.cross_entropy(logits.float(), labels[selected])
@@ -209,18 +212,20 @@ class MaskedLM(PretrainingModule):
         sbo_logits = self.model.get_output_embeddings()(self.sbo_head(hidden, labels))  # the shared decoder
         return mlm, F.cross_entropy(sbo_logits.float(), labels[selected])
 
-    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
-        loss, sbo = self.mlm_and_sbo_loss(inputs, labels)
+    def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
+        ids, model_inputs = self.document_batch(batch)
+        inputs, labels = self.corrupt(ids, self.current_epoch, batch_idx)
+        loss, sbo = self.mlm_and_sbo_loss(inputs, labels, model_inputs=model_inputs)
         if sbo is not None:
             self.log_dict({"train/mlm_loss": loss, "train/sbo_loss": sbo})
             loss = loss + sbo
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
-        inputs, labels = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
-        self.val_nll.update(self.mlm_loss(inputs, labels), weight=(labels != IGNORE).sum())
+    def validation_update(self, batch, batch_idx: int) -> None:
+        ids, model_inputs = self.document_batch(batch)
+        inputs, labels = self.corrupt(ids, -1, batch_idx)  # epoch -1: never a training batch's seed
+        self.val_nll.update(self.mlm_loss(inputs, labels, model_inputs), weight=(labels != IGNORE).sum())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One row per prompt: `{"id", "text", "masks", "filled"}`: for each mask token in order, the `top_k` tokens

@@ -22,6 +22,7 @@ from lightning_pretrain import architecture, optim, parallel
 from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.document_attention import check_implementation, document_inputs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.generation import Generation
 
@@ -34,6 +35,14 @@ def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def model_batch(batch):
+    """A batch as the objective takes it: which source each row came from (data mixtures) is for the logs."""
+    if isinstance(batch, dict) and "source" in batch:
+        batch = {k: v for k, v in batch.items() if k != "source"}
+        return batch["input_ids"] if batch.keys() == {"input_ids"} else batch
+    return batch
+
+
 def describe_prompt(example_id: int, text: str) -> str:
     """`prompt 3 ('The quick brown…')`, for messages about one prompt of a predict file."""
     return f"prompt {example_id} ({text if len(text) <= 40 else text[:40] + '…'!r})"
@@ -44,6 +53,12 @@ class PretrainingModule(L.LightningModule):
     # options of `predict` only: the command line's values, never a checkpoint's (LightningCLI applies the saved
     # hyperparameters of `--ckpt_path FILE` over the command line)
     predict_options: ClassVar[tuple[str, ...]] = ("generation", "predictions_file")
+    # whether `training_loss` / `validation_update` take batches of documents kept apart (`document_batch`)
+    document_masking: ClassVar[bool] = False
+    causal: ClassVar[bool] = False  # whether the model attends only to earlier tokens (its document mask, too)
+    # the LR schedule's options, for the same reason: a stable-phase checkpoint resumed with a new
+    # `trainer.max_steps` and WSD decay takes them from the command line (the run's config.yaml records them)
+    schedule_options: ClassVar[tuple[str, ...]] = ("warmup_steps", "lr_schedule", "wsd")
 
     def __init__(
         self,
@@ -52,6 +67,7 @@ class PretrainingModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 100,
         lr_schedule: optim.Schedule = "cosine",
+        wsd: optim.WSD | None = None,
         attn_implementation: str | None = "sdpa",
         generation: Generation | None = None,
         predictions_file: str | None = None,
@@ -64,7 +80,12 @@ class PretrainingModule(L.LightningModule):
                 The vocabulary size and special token ids come from its tokenizer.
             optimizer: optimizer class and its arguments (weight decay applies to matrices only).
             warmup_steps: optimizer steps of linear LR warmup from 0.
-            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, or 'constant'.
+            lr_schedule: decay after warmup, per step: 'cosine' or 'linear' to 0, 'constant', or 'wsd'
+                (warmup-stable-decay: the peak held, then a decay over the run's last steps; see `wsd`).
+            wsd: shape of lr_schedule 'wsd': the run's last `decay_fraction` (or last `decay_steps` steps) decays
+                ('linear', 'cosine' or '1-sqrt' `decay_shape`) to `min_lr_ratio` of the peak. To decay a stable-phase
+                checkpoint, resume it (`--ckpt_path FILE`) with a new `trainer.max_steps` and `wsd.decay_steps`: the
+                schedule options come from the command line, never from the checkpoint.
             attn_implementation: 'sdpa' (fused kernels), 'eager', 'flash_attention_2' where installed, or None
                 for the architecture's default.
             generation: how `predict` generates (causal LM continuations, span corruption's fills): greedy by
@@ -74,12 +95,14 @@ class PretrainingModule(L.LightningModule):
         super().__init__()
         if data is None:
             raise InputError("the objective needs its data's contract (the CLI passes --data's `contract`)")
-        self.save_hyperparameters(ignore=["model", "data", "optimizer", *self.predict_options])
+        self.save_hyperparameters(ignore=["model", "data", "optimizer", *self.predict_options,
+                                          *self.schedule_options])
         self.data = data
         self.tokenizer = self.model_tokenizer(data.tokenizer)
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
+        self.wsd = wsd
         self.generation = generation or Generation()
         self.predictions_file = predictions_file
         self.model: PreTrainedModel = self.build_model(model, attn_implementation)
@@ -125,6 +148,13 @@ class PretrainingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.data.seq_len is not None:
             self.check_seq_len(self.data.seq_len)
+        if not self.data.cross_document_attention:
+            if not self.document_masking:
+                raise InputError(f"{type(self).__name__} does not keep packed documents apart: drop "
+                                 f"--data.cross_document_attention false (supported by CausalLM and MaskedLM)")
+            problem = check_implementation(self.model.config._attn_implementation, self.causal)
+            if problem:
+                raise InputError(problem)
 
     def configure_model(self) -> None:
         # The model is built in __init__ and sharded from outside (`parallel.Parallelize`, before this hook);
@@ -151,10 +181,19 @@ class PretrainingModule(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return parallel.through_root(self.model, self.training_loss, batch, batch_idx)
+        return parallel.through_root(self.model, self.training_loss, model_batch(batch), batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        parallel.through_root(self.model, self.validation_update, batch, batch_idx)
+        parallel.through_root(self.model, self.validation_update, model_batch(batch), batch_idx)
+
+    def document_batch(self, batch) -> tuple[torch.Tensor, dict]:
+        """`(ids, the model's extra keyword arguments)` of a block batch: none for plain `[B, L]` blocks; for blocks
+        whose documents are kept apart, their restarting position ids and the attention mask that separates them."""
+        if not isinstance(batch, dict):
+            return batch, {}
+        return batch["input_ids"], document_inputs(batch["position_ids"], self.model.config._attn_implementation,
+                                                   self.causal, self.model.dtype,
+                                                   position_offset=architecture.position_offset(self.model.config))
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -221,7 +260,7 @@ class PretrainingModule(L.LightningModule):
             # every parameter the module registers: the HF model and what an objective trains beside it (SpanBERT's
             # boundary head, ELECTRA's generator); shared tensors once, a distillation teacher never (unregistered)
             opt = optim.build_optimizer(self.optimizer, optim.decay_groups(self.named_parameters()))
-            sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total)
+            sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total, self.wsd)
         except ValueError as e:
             raise InputError(str(e)) from e
         return {"optimizer": opt, "lr_scheduler": sched}

@@ -33,6 +33,7 @@ def pretraining_heads(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
 
 
 class SentencePairMLM(MaskedLM):
+    document_masking = False  # its own losses take plain blocks
     auto_class = AutoModelForPreTraining
 
     def __init__(self, **kwargs):

@@ -1,0 +1,148 @@
+"""Documents packed into one block and kept apart (`--data.cross_document_attention false`): each document's logits
+equal the document run alone (GPT-2, Llama, BERT, RoBERTa shapes; sdpa and eager), position ids restart, no label
+crosses a boundary; the data module publishes the positions and the CLI trains with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig, RobertaConfig
+
+from conftest import FAST, REPO, cli, only_run_dir
+from lightning_pretrain import architecture
+from lightning_pretrain.data import PretrainCorpus
+from lightning_pretrain.data.blocks import BlockCollate, document_positions
+from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.document_attention import document_inputs, document_mask
+from lightning_pretrain.objectives import CausalLM
+from lightning_pretrain.objectives.linear_cross_entropy import IGNORE
+
+SEP = 2
+CONFIGS = {
+    "gpt2": (GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=50), True),
+    "llama": (LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=64, vocab_size=50), True),
+    "bert": (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64, vocab_size=50), False),
+    "roberta": (RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=70, vocab_size=50, pad_token_id=1), False),
+}
+
+
+def documents(lengths, seed=0) -> list[torch.Tensor]:
+    """Documents of random non-special ids, each ending in the separator (as the packer writes them)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.cat([torch.randint(4, 50, (n - 1,), generator=g), torch.tensor([SEP])]) for n in lengths]
+
+
+def test_positions_restart_after_every_separator_and_at_the_row_start():
+    ids = torch.tensor([[7, 8, SEP, 9, SEP, SEP, 5, 6], [SEP, 4, 4, 4, SEP, 5, 5, 5]])
+    assert document_positions(ids, SEP).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1], [0, 0, 1, 2, 3, 0, 1, 2]]
+    batch = BlockCollate(SEP)(list(ids))
+    assert torch.equal(batch["input_ids"], ids) and torch.equal(batch["position_ids"], document_positions(ids, SEP))
+    assert torch.equal(BlockCollate(None)(list(ids)), ids)  # documents not kept apart: plain blocks, as before
+
+
+def test_the_mask_keeps_documents_apart_and_is_causal_for_decoders():
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    causal, bidirectional = document_mask(pos)[0, 0], document_mask(pos, causal=False)[0, 0]
+    assert causal.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+    assert bidirectional.tolist() == [[1, 1, 1, 0, 0]] * 3 + [[0, 0, 0, 1, 1]] * 2
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_each_document_of_a_packed_block_sees_only_itself(kind, attn):
+    config, causal = CONFIGS[kind]
+    model = AutoModel.from_config(config, attn_implementation=attn).eval()
+    docs = documents([7, 12, 5, 9], seed=len(kind))
+    block = torch.cat(docs)[None]
+    position_ids = document_positions(block, SEP)
+    offset = architecture.position_offset(config)
+    inputs = document_inputs(position_ids, attn, causal, position_offset=offset)
+    with torch.no_grad():
+        packed = model(input_ids=block, **inputs).last_hidden_state[0]
+        plain = model(input_ids=block, position_ids=position_ids + offset).last_hidden_state[0]
+        start = 0
+        for doc in docs:
+            alone = model(input_ids=doc[None]).last_hidden_state[0]  # the model's own positions and mask
+            torch.testing.assert_close(packed[start:start + len(doc)], alone, rtol=1e-5, atol=1e-5)
+            start += len(doc)
+        # negative control: the same positions without the document mask let documents see each other
+        assert not torch.allclose(packed[7:19], plain[7:19], atol=1e-3)
+
+
+class _Tok:
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, SEP
+    mask_token_id = sep_token_id = cls_token_id = None
+    all_special_ids = [0, 1, SEP]
+
+    def __len__(self):
+        return 50
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_causal_loss_of_a_packed_block_is_the_documents_losses_and_no_label_crosses(chunked):
+    """The block's loss is the token-weighted mean of each document's own loss: no document's first token is
+    predicted from the previous document, every other token is."""
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    module = CausalLM(model=config, data=DataContract(_Tok(), seq_len=33, cross_document_attention=False),
+                      chunked_loss=chunked)
+    module.model.eval()
+    docs = documents([6, 11, 9, 7], seed=3)
+    block = torch.cat(docs)[None]
+    batch = BlockCollate(SEP)([block[0]])
+    labels = module.lm_labels(batch)[0]
+    starts = torch.cumsum(torch.tensor([0] + [len(d) for d in docs[:-1]]), 0)
+    assert (labels[starts] == IGNORE).all() and (labels != IGNORE).sum() == block.shape[1] - len(docs)
+    with torch.no_grad():
+        packed = module.lm_loss(batch)
+        total = sum(module.lm_loss(d[None]) * (len(d) - 1) for d in docs)
+    torch.testing.assert_close(packed, total / (block.shape[1] - len(docs)), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # negative control: across documents the block's loss differs
+        assert abs(module.lm_loss(block) - packed) > 1e-3
+
+
+def test_the_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
+    data = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4,
+                          cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
+    data.prepare_data()
+    data.setup("fit")
+    assert data.contract.cross_document_attention is False
+    batch = next(iter(data.val_dataloader()))
+    sep = data.tokenizer.eos_token_id
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    assert (pos[:, 0] == 0).all() and (ids == sep).any()
+    after = torch.zeros_like(ids, dtype=torch.bool)
+    after[:, 1:] = ids[:, :-1] == sep
+    assert (pos[after] == 0).all() and (pos[~after & (torch.arange(32) > 0)] > 0).all()
+
+
+def test_cli_trains_causal_and_masked_lms_on_documents_kept_apart(workdir, tiny_corpus):
+    for config in ("clm_tiny", "mlm_tiny"):
+        cli("fit", "-c", f"{REPO}/configs/pretrain/{config}.yaml", *FAST,
+            "--data.source", str(tiny_corpus), "--data.cross_document_attention", "false", "--data.vocab_size", "400",
+            "--data.seq_len", "32", "--data.batch_size", "4")
+        assert any((only_run_dir(workdir, config) / "checkpoints").glob("*.ckpt"))
+
+
+def test_an_objective_that_cannot_keep_documents_apart_is_refused(workdir, tiny_corpus, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli("fit", "-c", f"{REPO}/configs/pretrain/t5_tiny.yaml", *FAST, "--data.source", str(tiny_corpus),
+            "--data.cross_document_attention", "false")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: SpanCorruption does not keep packed documents apart")
+
+
+def test_a_streaming_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
+    from lightning_pretrain.data import StreamingCorpus
+
+    data = StreamingCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4, num_workers=0,
+                           val_documents=20, cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
+    data.setup("fit")
+    stream = iter(torch.utils.data.DataLoader(data.train_dataset(), batch_size=4, collate_fn=data.collate))
+    for batch in (next(stream), next(iter(data.val_dataloader()))):
+        torch.testing.assert_close(batch["position_ids"], document_positions(batch["input_ids"],
+                                                                             data.tokenizer.eos_token_id))
+        assert (batch["position_ids"] == 0).sum() > 4  # documents start inside the blocks, not only at row 0
