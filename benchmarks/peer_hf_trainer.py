@@ -1,18 +1,27 @@
-"""This project vs the Hugging Face Trainer recipe of run_clm.py / run_mlm.py: training tokens/s, side by side.
+"""This project vs the HF Trainer recipe of run_clm.py / run_mlm.py vs a plain PyTorch loop: training tokens/s.
 
-Both sides train the same model shape (GPT-2 or BERT, ~11M parameters with a 16k vocabulary; seq 128, batch 32) on
-the same corpus with the same tokenizer and the same optimizer settings, alternating runs (each in a fresh process) so that
-machine drift hits both equally. The HF side is the run_clm/run_mlm recipe: `tokenizer(texts)` + `group_texts`
-blocks, `default_data_collator` (CLM) or `DataCollatorForLanguageModeling(mlm_probability=0.15)` (MLM),
+All sides train the same model shape (GPT-2 or BERT, ~11M parameters with a 16k vocabulary; seq 128, batch 32) on
+the same corpus with the same tokenizer and the same optimizer settings, alternating runs (each in a fresh process)
+so that machine drift hits every side equally. The HF side is the run_clm/run_mlm recipe: `tokenizer(texts)` +
+`group_texts` blocks, `default_data_collator` (CLM) or `DataCollatorForLanguageModeling(mlm_probability=0.15)` (MLM),
 `Trainer` with its default fused AdamW and a cosine schedule. Our side is `PretrainCorpus` + `CausalLM` / `MaskedLM`
 under `lightning.Trainer` with TensorBoard logging on, and the glibc allocator setting that
 `lightning-pretrain` applies at start-up (lightning_pretrain/allocator.py); `hf+malloc` shows the HF recipe with that
 same setting, so the table separates what the allocator buys from what the rest of the stack does; `ours-hf-loss`
-(not run by default) is our CLM side with the HF model's own loss instead of the chunked linear cross-entropy. Tokenization is excluded from both timings: only steady-state
-optimizer steps count (the first `--warmup` steps of each run are discarded).
+(not run by default) is our CLM side with the HF model's own loss instead of the chunked linear cross-entropy.
+`raw` is the limit our stack is measured against: our module's `training_step` (the same loss: CLM's chunked linear
+cross-entropy, MLM's masked-positions-only head), the same cached batches from our loader, the same fused AdamW,
+parameter groups and cosine schedule and the same allocator setting, in a plain `for` loop (`loss.backward();
+opt.step(); sched.step(); opt.zero_grad(set_to_none=True)`): no Trainer, no logging. Tokenization is excluded from
+every timing: only steady-state optimizer steps count (the first `--warmup` steps of each run are discarded).
 
-    python benchmarks/peer_hf_trainer.py                       # both objectives, builtin corpus
-    python benchmarks/peer_hf_trainer.py --objective clm --steps 30 --repeats 2
+Each repeat also measures the machine's fp32 matmul ceiling in a fresh process (best of 5 `--matmul-size`² matmuls,
+the same thread count as the training runs); each side's achieved model FLOP/s (tokens/s x FLOPs per token, PaLM's
+6N + 12·L·H·Q·T of lightning_pretrain/callbacks/throughput.py, identical for all sides; MLM counts the full output
+layer, which our side and `raw` skip for unmasked positions) is reported as a fraction of it.
+
+    python benchmarks/peer_hf_trainer.py                       # both objectives, builtin corpus, 3 repeats
+    python benchmarks/peer_hf_trainer.py --objective clm --steps 30 --repeats 5 --sides hf,ours,raw
     python benchmarks/peer_hf_trainer.py --tiny                # a 1-minute smoke run (tiny model, few steps)
 """
 
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -38,9 +48,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
+from lightning_pretrain import optim  # noqa: E402
 from lightning_pretrain.allocator import keep_freed_memory  # noqa: E402
+from lightning_pretrain.callbacks.throughput import batch_flops  # noqa: E402
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
 from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
+
+WARMUP_STEPS = 5  # of the LR schedule, on every side
 
 
 def shapes(tiny: bool):
@@ -51,6 +65,11 @@ def shapes(tiny: bool):
         "mlm": BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
                           max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
     }
+
+
+def adamw(params):
+    """Our side's optimizer (as configs/pretrain/*.yaml: fused AdamW); `raw` uses the very same."""
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
 
 
 class StepClock:
@@ -101,13 +120,19 @@ def run_hf(objective, config, tokenizer, texts, args) -> float:
     with tempfile.TemporaryDirectory() as out:
         targs = transformers.TrainingArguments(
             output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-            learning_rate=1e-3, weight_decay=0.01, warmup_steps=5, lr_scheduler_type="cosine", report_to=[],
-            save_strategy="no", eval_strategy="no", logging_steps=50, disable_tqdm=True, seed=0,
+            learning_rate=1e-3, weight_decay=0.01, warmup_steps=WARMUP_STEPS, lr_scheduler_type="cosine",
+            report_to=[], save_strategy="no", eval_strategy="no", logging_steps=50, disable_tqdm=True, seed=0,
             dataloader_drop_last=True)
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=lm, data_collator=collator,
                                        callbacks=[Clock()])
         trainer.train()
     return clock.tokens_per_s(args.batch_size * args.seq_len)
+
+
+def our_module(objective, config, dm, chunked_loss: bool = True):
+    extra = {"chunked_loss": chunked_loss} if objective == "clm" else {}
+    cls = CausalLM if objective == "clm" else MaskedLM
+    return cls(model=config, data=dm.contract, warmup_steps=WARMUP_STEPS, optimizer=adamw, **extra)
 
 
 def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> float:
@@ -117,10 +142,7 @@ def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> 
         def on_train_batch_end(self, trainer, *a):
             clock.tick(trainer.global_step)
 
-    extra = {"chunked_loss": chunked_loss} if objective == "clm" else {}
-    cls = CausalLM if objective == "clm" else MaskedLM
-    module = cls(model=config, data=dm.contract, warmup_steps=5,
-                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, fused=True), **extra)
+    module = our_module(objective, config, dm, chunked_loss)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=50,
                         logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective), callbacks=[Clock()])
@@ -128,9 +150,49 @@ def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> 
     return clock.tokens_per_s(args.batch_size * args.seq_len)
 
 
+def run_raw(objective, config, dm, args) -> float:
+    """`ours` without Lightning: the module's own `training_step`, loader, optimizer groups and schedule."""
+    module = our_module(objective, config, dm)
+    module.train()
+    # what `configure_optimizers` builds (it needs a Trainer only for the run's step count)
+    opt = optim.build_optimizer(adamw, optim.decay_groups(module.named_parameters()))
+    sched = optim.scheduler_config(opt, "cosine", WARMUP_STEPS, args.steps)["scheduler"]
+    dm.setup("fit")
+    clock, step = StepClock(args.warmup), 0
+    with warnings.catch_warnings():
+        # training_loss calls self.log, which without a Trainer only warns and returns
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        while step < args.steps:  # epochs, as Lightning goes on to the next one
+            for i, batch in enumerate(dm.train_dataloader()):
+                loss = module.training_step(batch, i)
+                loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                clock.tick(step)
+                if step == args.steps:
+                    break
+    return clock.tokens_per_s(args.batch_size * args.seq_len)
+
+
+def matmul_gflops(n: int, repeats: int = 5) -> float:
+    """The fp32 GEMM ceiling: GFLOP/s of the best of `repeats` (n x n) @ (n x n) products, after one warm-up."""
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=c)  # thread pool start-up, page faults
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
 def measure(side: str, objective: str, args) -> dict:
     """One timed run in this process (the driver starts a fresh process per run)."""
-    if side in ("ours", "ours-hf-loss", "hf+malloc"):
+    if side == "matmul":
+        return {"gflops": matmul_gflops(args.matmul_size)}
+    if side in ("ours", "ours-hf-loss", "hf+malloc", "raw"):
         keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
     L.seed_everything(args.seed, verbose=False)
     config = shapes(args.tiny)[objective]
@@ -140,29 +202,46 @@ def measure(side: str, objective: str, args) -> dict:
     if side in ("ours", "ours-hf-loss"):
         with tempfile.TemporaryDirectory() as logdir:
             return {"tok_s": run_ours(objective, config, dm, args, logdir, chunked_loss=side == "ours")}
+    if side == "raw":
+        return {"tok_s": run_raw(objective, config, dm, args)}
     texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
     return {"tok_s": run_hf(objective, config, dm.tokenizer, texts, args)}
+
+
+def worker(side: str, objective: str, passthrough: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", side, objective],
+                          capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{side} {objective} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[7:])
+
+
+def ratio(med: dict, a: str, b: str) -> str:
+    return f"{med[a] / med[b]:.2f}" if a in med and b in med else "-"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objective", choices=["clm", "mlm", "both"], default="both")
-    p.add_argument("--source", default="builtin", help="corpus for both sides (PretrainCorpus --data.source forms)")
+    p.add_argument("--source", default="builtin", help="corpus for all sides (PretrainCorpus --data.source forms)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the median is reported")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side; the median is reported")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=16384)
-    p.add_argument("--sides", default="hf,ours,hf+malloc",
-                   help="hf: the HF recipe as is; ours: lightning_pretrain; hf+malloc: HF with our allocator setting; "
+    p.add_argument("--matmul-size", type=int, default=4096, help="side of the square fp32 matmul of the ceiling")
+    p.add_argument("--sides", default="hf,ours,raw,hf+malloc",
+                   help="hf: the HF recipe as is; ours: lightning_pretrain; raw: our module, batches, loss and "
+                        "optimizer in a plain loop; hf+malloc: HF with our allocator setting; "
                         "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tiny:
-        args.steps, args.warmup, args.repeats, args.vocab_size = 6, 2, 1, 1000
+        args.steps, args.warmup, args.repeats, args.vocab_size, args.matmul_size = 6, 2, 1, 1000, 256
     if args.worker:
         print("RESULT " + json.dumps(measure(*args.worker, args)))
         return
@@ -171,32 +250,43 @@ def main():
     objectives = ["clm", "mlm"] if args.objective == "both" else [args.objective]
     sides = args.sides.split(",")
     passthrough = [a for a in sys.argv[1:] if a not in ("--objective",) and a not in objectives + ["both"]]
-    results = {}
+    results, ceilings = {}, []
     for objective in objectives:
         config = shapes(args.tiny)[objective]
         dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
                             vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
         dm.prepare_data()  # tokenizer + blocks cached once, outside every timing
-        cls = CausalLM if objective == "clm" else MaskedLM
-        n_params = sum(p.numel() for p in cls(config, dm.tokenizer).parameters())
-        print(f"{objective}: {n_params / 1e6:.1f}M parameters")
+        model = our_module(objective, config, dm).model
+        n_params = sum(p.numel() for p in model.parameters())
+        flops_per_token = batch_flops(model, (args.batch_size, args.seq_len)) / (args.batch_size * args.seq_len)
+        print(f"{objective}: {n_params / 1e6:.1f}M parameters, {flops_per_token / 1e6:.1f} MFLOP per token")
         runs = {side: [] for side in sides}
         for r in range(args.repeats):
+            ceilings.append(worker("matmul", objective, passthrough)["gflops"])
+            print(f"[{objective} repeat {r}] {'matmul':<12} {ceilings[-1]:>10,.1f} GFLOP/s", flush=True)
             for side in sides:  # alternate, so drift of the machine hits every side alike
-                proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", side, objective],
-                                      capture_output=True, text=True)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{side} {objective} run failed:\n{proc.stderr[-3000:]}")
-                runs[side].append(json.loads(line[7:])["tok_s"])
-                print(f"[{objective} repeat {r}] {side:<10} {runs[side][-1]:>10,.0f} tok/s", flush=True)
-        results[objective] = (n_params, {side: statistics.median(v) for side, v in runs.items()})
+                runs[side].append(worker(side, objective, passthrough)["tok_s"])
+                print(f"[{objective} repeat {r}] {side:<12} {runs[side][-1]:>10,.0f} tok/s", flush=True)
+        results[objective] = (n_params, flops_per_token, {side: statistics.median(v) for side, v in runs.items()},
+                              {side: (min(v), max(v)) for side, v in runs.items()})
+    ceiling = statistics.median(ceilings)
     print(f"\nshape: seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}, {args.steps} steps "
-          f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run")
-    print(f"{'objective':<10}{'params':>9}" + "".join(f"{s + ' tok/s':>18}" for s in sides) + f"{'ours/hf':>9}")
-    for objective, (n, med) in results.items():
-        ratio = f"{med['ours'] / med['hf']:>8.2f}x" if "ours" in med and "hf" in med else ""
-        print(f"{objective:<10}{n / 1e6:>8.1f}M" + "".join(f"{med[s]:>18,.0f}" for s in sides) + ratio)
+          f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run; "
+          f"fp32 matmul ceiling {ceiling:,.1f} GFLOP/s ({args.matmul_size}² matmul, median of {len(ceilings)} "
+          f"processes, range {min(ceilings):,.1f}-{max(ceilings):,.1f}), {torch.get_num_threads()} threads\n")
+    print("| objective | params | MFLOP/token | " + " | ".join(f"{s} tok/s" for s in sides)
+          + " | ours/raw | ours/hf | hf/raw |")
+    print("|---|---:|---:|" + "---:|" * len(sides) + "---:|---:|---:|")
+    for objective, (n, fpt, med, _) in results.items():
+        print(f"| {objective} | {n / 1e6:.1f}M | {fpt / 1e6:.1f} | " + " | ".join(f"{med[s]:,.0f}" for s in sides)
+              + f" | {ratio(med, 'ours', 'raw')} | {ratio(med, 'ours', 'hf')} | {ratio(med, 'hf', 'raw')} |")
+    print("\nachieved model GFLOP/s (share of the fp32 matmul ceiling); tok/s range over the repeats\n")
+    print("| objective | " + " | ".join(sides) + " |")
+    print("|---|" + "---:|" * len(sides))
+    for objective, (_, fpt, med, spread) in results.items():
+        cells = [f"{med[s] * fpt / 1e9:,.1f} ({med[s] * fpt / 1e9 / ceiling:.0%}); "
+                 f"{spread[s][0]:,.0f}-{spread[s][1]:,.0f}" for s in sides]
+        print(f"| {objective} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -69,12 +69,16 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_class_arguments(Compile, "compile")
         parser.add_class_arguments(ActivationCheckpointing, "activation_checkpointing")
-        # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly; a NaN loss or
-        # a SIGTERM ends the run with a resumable checkpoint and a non-zero exit
+        # every checkpoint carries each rank's RNG and data position, so `--ckpt_path` resumes exactly; a step with a
+        # NaN loss or gradient is skipped, and too many in a row or a SIGTERM end the run with a resumable checkpoint
+        # and a non-zero exit (on for every run: pretraining and fine-tuning)
         parser.add_lightning_class_args(ResumeState, "resume_state")
         parser.add_lightning_class_args(StopGuard, "stop_guard")
         # zero-shot benchmarks on the live model during pretraining (off unless --zero_shot.tasks is given)
         parser.add_lightning_class_args(ZeroShot, "zero_shot")
+        # a data mixture's realised proportions and per-source epochs (a no-op without --data.sources)
+        from lightning_pretrain.callbacks.mixture import MixtureLog
+        parser.add_lightning_class_args(MixtureLog, "mixture_log")
         # data -> model, once, before the model is built: what the data publishes (its tokenizer, lengths, labels)
         parser.link_arguments("data.contract", "model.init_args.data", apply_on="instantiate")
 

@@ -48,18 +48,24 @@ def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_is_exact(tmp_path, 
     assert {s: expected[s] for s in got} == got  # bit-identical losses after the SIGTERM resume
 
 
-def test_non_finite_loss_stops_before_backward_keeps_a_checkpoint_and_exports_nothing(workdir, tiny_corpus):
+def test_non_finite_steps_in_a_row_stop_the_run_keep_a_checkpoint_and_export_nothing(workdir, tiny_corpus):
+    """An LR of 1e6 breaks the model after its first step: the following steps are skipped (the guard, on by
+    default), and `--stop_guard.max_bad_steps` of them in a row end the run with exit 1 and the last good weights.
+    (tests/test_loss_guard.py tests the skipping itself.)"""
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
         cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST, *TINY_GPT2, "--data.source",
-            str(tiny_corpus), "--model.init_args.warmup_steps", "0", "--model.init_args.optimizer.init_args.lr", "1e6")
+            str(tiny_corpus), "--model.init_args.warmup_steps", "0", "--model.init_args.optimizer.init_args.lr", "1e6",
+            "--trainer.max_steps", "8", "--stop_guard.max_bad_steps", "2")
     assert exit_info.value.code == 1
     errors = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "training loss became" in errors[0] and "at step" in errors[0], err.getvalue()
+    assert len(errors) == 1 and "2 optimizer step(s) in a row had a non-finite" in errors[0], err.getvalue()
+    assert "last.ckpt" in errors[0] and "Traceback" not in err.getvalue()
     run = only_run_dir(workdir, "clm_tiny")
     assert not (run / "hf").exists() and not (run / "metrics.json").exists()
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())  # saved before backward
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"]["StopGuard"]["skipped_steps"] == 2 and ckpt["global_step"] < 8
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
 def test_a_run_that_ends_between_validations_still_reports_final_metrics(workdir, tiny_corpus):

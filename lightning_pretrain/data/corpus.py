@@ -11,15 +11,13 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
-import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data import blocks, cache, mixture
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.loaders import (_ignore_sigterm, check_loader_options, check_val_interval,
-                                             rank_and_world, stateful_loader)
+from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.data.prompts import prompt_loader
 from lightning_pretrain.data.sources import resolve as resolve_source
 from lightning_pretrain.errors import InputError
@@ -272,22 +270,18 @@ class PretrainCorpus(L.LightningDataModule):
         sampler = mixture.MixtureSampler(dataset, self.mixture_weights, self.batch_size, seed=self.seed, rank=rank,
                                          world_size=world_size, exhaustion=self.exhaustion, names=self.mixture_names,
                                          length=mixture.run_length(self.trainer, self.batch_size, self.exhaustion))
-        # stateful_loader's options, with the mixture's own sampler (which that factory takes no argument for)
-        loader = StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                                    collate_fn=self.collate, num_workers=self.num_workers,
-                                    worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None,
-                                    pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-                                    generator=torch.Generator().manual_seed(self.seed + 1))
+        loader = stateful_loader(dataset, self.batch_size, sampler=sampler, drop_last=True, collate_fn=self.collate,
+                                 num_workers=self.num_workers, seed=self.seed)
         check_val_interval(self.trainer, loader, "this mixture run")
         return loader
 
-    def mixture_epochs(self, counts) -> list[float]:
+    def mixture_epochs(self, counts, loader=None) -> list[float]:
         """Epochs of each mixture source after `counts` samples of each."""
         return [c / len(p.train_blocks) for c, p in zip(counts, self.parts)]
 
     def mixture_exhausted(self, loader) -> str | None:
         """The name of the source that ran out (exhaustion='stop'), None while none has."""
-        s = getattr(getattr(loader, "sampler", None), "exhausted", None)
+        s = getattr(getattr(loader, "sampler", None), "ran_out", None)
         return None if s is None else self.mixture_names[s]
 
     def test_dataloader(self):

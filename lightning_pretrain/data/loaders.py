@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
@@ -23,7 +23,7 @@ def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuf
                     num_workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
                     collate_fn: Callable | None = None, drop_last: bool = False,
                     token_counts: Sequence[int] | None = None, accumulate: int = 1,
-                    limit_batches: int | float | None = None) -> StatefulDataLoader:
+                    limit_batches: int | float | None = None, sampler: Sampler | None = None) -> StatefulDataLoader:
     """Batches of `dataset`, this rank's share of them under DDP.
 
     StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
@@ -32,19 +32,21 @@ def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuf
     `token_counts` (label tokens per example) adds `window_tokens` to every batch (a mapping): the tokens of its
     window of `accumulate` batches on this rank (data/windows.py; `windows.training_windows(trainer)` gives
     `accumulate` and `limit_batches`). Its sampler is then a `TokenWindows` also on one device, shuffled by seed and
-    epoch (Lightning sets the epoch).
+    epoch (Lightning sets the epoch). A `sampler` of the caller's (a data mixture's) orders the rows instead,
+    already for this rank: it must be resumable (`state_dict`) for an exact resume.
     """
     iterable = isinstance(dataset, IterableDataset)
+    if (iterable or shuffle or token_counts is not None) and sampler is not None:
+        raise ValueError("a sampler orders a map-style dataset by itself: no shuffle, token_counts or iterable")
     if iterable and shuffle:
         raise ValueError("an IterableDataset orders itself: shuffle must be False")
-    sampler = None
-    if token_counts is not None:
+    if sampler is None and token_counts is not None:
         if iterable:
             raise ValueError("window_tokens need a map-style dataset: an IterableDataset has no known order")
         sampler = TokenWindows(dataset, token_counts, batch_size, accumulate, rank=rank, world_size=world_size,
                                shuffle=shuffle, seed=seed, drop_last=drop_last, limit_batches=limit_batches)
         dataset, collate_fn = Windowed(dataset), WindowCollate(collate_fn)
-    elif world_size > 1 and not iterable:
+    elif sampler is None and world_size > 1 and not iterable:
         # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
         # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
         sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,

@@ -1,0 +1,69 @@
+"""`MixtureLog`: what a data mixture (`--data.sources`) actually fed the model: the cumulative proportion of each
+source's samples, `train/mixture/<name>`, and its epochs (streaming: completed passes), `train/epochs/<name>`,
+summed over ranks and continued across a resume; and, with exhaustion='stop', the end of the run when a source ran
+out. A no-op for batches without "source" (any other data)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_pretrain import compat
+
+log = logging.getLogger(__name__)
+
+
+class MixtureLog(L.Callback):
+    def __init__(self):
+        """Logs the realised mixture of a `--data.sources` run (nothing to configure)."""
+        self._base: torch.Tensor | None = None  # global counts of the run before a resume
+        self._local: torch.Tensor | None = None  # this rank's counts since it started
+        self._total: torch.Tensor | None = None  # global counts at the last batch
+
+    @staticmethod
+    def _loader(trainer):
+        loaders = compat.train_loaders(trainer)
+        return loaders[0] if loaders else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not (isinstance(batch, dict) and "source" in batch):
+            return
+        dm = trainer.datamodule
+        k = len(dm.mixture_names)
+        if self._local is None:
+            self._local = torch.zeros(k, dtype=torch.float64)
+        self._local += torch.bincount(batch["source"].detach().cpu(), minlength=k).double()
+        counts = self._local
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        total = counts if self._base is None else counts + self._base
+        self._total = total
+        epochs = torch.tensor(dm.mixture_epochs(total.tolist(), self._loader(trainer)), dtype=torch.float64)
+        if trainer.world_size > 1:  # streaming: each rank its own passes
+            epochs = trainer.strategy.reduce(epochs.to(pl_module.device), reduce_op="mean").cpu()
+        share = total / total.sum()
+        metrics = {**{f"train/mixture/{n}": float(share[i]) for i, n in enumerate(dm.mixture_names)},
+                   **{f"train/epochs/{n}": float(epochs[i]) for i, n in enumerate(dm.mixture_names)}}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if getattr(dm, "exhaustion", None) != "stop" or not getattr(dm, "parts", None):
+            return
+        name = dm.mixture_exhausted(self._loader(trainer))
+        if name is not None and not trainer.should_stop:
+            samples = int(self._total.sum()) if self._total is not None else 0
+            log.info("data mixture: source '%s' ran out after %d samples; exhaustion='stop' ends the run", name,
+                     samples)
+            # else Lightning would start another epoch on the spent mixture (an empty one, again and again)
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": None if self._total is None else self._total.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("counts") is not None:
+            self._base = torch.tensor(state["counts"], dtype=torch.float64)
