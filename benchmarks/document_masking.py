@@ -78,7 +78,8 @@ def main() -> None:
                 plain, apart = statistics.median(runs[False]), statistics.median(runs[True])
                 rows.append((objective, seq_len, batch_size, docs, plain, apart))
                 print(f"{objective} seq {seq_len} batch {batch_size} ({docs:.1f} documents/block): packed "
-                      f"{plain:,.0f} tok/s, documents apart {apart:,.0f} tok/s ({apart / plain:.3f}x)", flush=True)
+                      f"{plain:,.0f} tok/s, documents apart {apart:,.0f} tok/s ({apart / plain:.3f}x); runs: packed "
+                      f"{[round(x) for x in runs[False]]}, apart {[round(x) for x in runs[True]]}", flush=True)
     print("\n| objective | seq | batch | documents/block | packed tok/s | documents apart tok/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for objective, seq_len, batch_size, docs, plain, apart in rows:

@@ -48,7 +48,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
-from lightning_pretrain import optim  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
+
+from lightning_pretrain import optim, parallel  # noqa: E402
+from lightning_pretrain.callbacks.guard import StopGuard  # noqa: E402
+from lightning_pretrain.callbacks.mixture import MixtureLog  # noqa: E402
+from lightning_pretrain.callbacks.resume import ResumeState  # noqa: E402
+from lightning_pretrain.callbacks.throughput import Throughput  # noqa: E402
 from lightning_pretrain.allocator import keep_freed_memory  # noqa: E402
 from lightning_pretrain.callbacks.throughput import batch_flops  # noqa: E402
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
@@ -73,12 +79,16 @@ def adamw(params):
 
 
 class StepClock:
-    """Wall time between the end of step `warmup` and the end of the last step."""
+    """Wall time between the end of step `warmup` and the end of the last step; and of the first step from the
+    clock's creation (torch.compile's compilation included)."""
 
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+        self.created, self.first_step_s = time.perf_counter(), None
 
     def tick(self, step: int) -> None:
+        if step == 1:
+            self.first_step_s = time.perf_counter() - self.created
         if step == self.warmup:
             self.start = time.perf_counter()
         self.end, self.steps = time.perf_counter(), step
@@ -135,25 +145,34 @@ def our_module(objective, config, dm, chunked_loss: bool = True):
     return cls(model=config, data=dm.contract, warmup_steps=WARMUP_STEPS, optimizer=adamw, **extra)
 
 
-def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True) -> float:
-    clock = StepClock(args.warmup)
+def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True,
+             compile_scope: str | None = None) -> StepClock:
+    """`lightning-pretrain fit` as the CLI builds it: TensorBoard and the default callbacks (LR monitor, throughput,
+    exact-resume state, the stop/skip guard with its per-step gradient norm, the mixture log)."""
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer, *a):
             clock.tick(trainer.global_step)
 
     module = our_module(objective, config, dm, chunked_loss)
+    defaults = [LearningRateMonitor(logging_interval="step"), Throughput(), ResumeState(), StopGuard(), MixtureLog(),
+                parallel.Parallelize(compile=parallel.Compile(enabled=compile_scope is not None,
+                                                              scope=compile_scope or "blocks"))]
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=50,
-                        logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective), callbacks=[Clock()])
+                        logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective),
+                        callbacks=[*defaults, Clock()])
+    clock = StepClock(args.warmup)
     trainer.fit(module, datamodule=dm)
-    return clock.tokens_per_s(args.batch_size * args.seq_len)
+    return clock
 
 
-def run_raw(objective, config, dm, args) -> float:
+def run_raw(objective, config, dm, args, compile_scope: str | None = None) -> StepClock:
     """`ours` without Lightning: the module's own `training_step`, loader, optimizer groups and schedule."""
     module = our_module(objective, config, dm)
     module.train()
+    if compile_scope is not None:
+        parallel.parallelize(module.model, compile=parallel.Compile(enabled=True, scope=compile_scope))
     # what `configure_optimizers` builds (it needs a Trainer only for the run's step count)
     opt = optim.build_optimizer(adamw, optim.decay_groups(module.named_parameters()))
     sched = optim.scheduler_config(opt, "cosine", WARMUP_STEPS, args.steps)["scheduler"]
@@ -173,7 +192,7 @@ def run_raw(objective, config, dm, args) -> float:
                 clock.tick(step)
                 if step == args.steps:
                     break
-    return clock.tokens_per_s(args.batch_size * args.seq_len)
+    return clock
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
@@ -192,18 +211,23 @@ def measure(side: str, objective: str, args) -> dict:
     """One timed run in this process (the driver starts a fresh process per run)."""
     if side == "matmul":
         return {"gflops": matmul_gflops(args.matmul_size)}
-    if side in ("ours", "ours-hf-loss", "hf+malloc", "raw"):
+    base, _, compiled = side.partition("+compile")
+    scope = (compiled.removeprefix("-") or "blocks") if "+compile" in side else None
+    if base in ("ours", "ours-hf-loss", "hf+malloc", "raw"):
         keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
     L.seed_everything(args.seed, verbose=False)
     config = shapes(args.tiny)[objective]
     dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
                         vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
     dm.prepare_data()  # a cache hit: the driver built it
-    if side in ("ours", "ours-hf-loss"):
+    tokens = args.batch_size * args.seq_len
+    if base in ("ours", "ours-hf-loss"):
         with tempfile.TemporaryDirectory() as logdir:
-            return {"tok_s": run_ours(objective, config, dm, args, logdir, chunked_loss=side == "ours")}
-    if side == "raw":
-        return {"tok_s": run_raw(objective, config, dm, args)}
+            clock = run_ours(objective, config, dm, args, logdir, chunked_loss=base == "ours", compile_scope=scope)
+        return {"tok_s": clock.tokens_per_s(tokens), "first_step_s": clock.first_step_s}
+    if base == "raw":
+        clock = run_raw(objective, config, dm, args, compile_scope=scope)
+        return {"tok_s": clock.tokens_per_s(tokens), "first_step_s": clock.first_step_s}
     texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
     return {"tok_s": run_hf(objective, config, dm.tokenizer, texts, args)}
 
@@ -235,7 +259,8 @@ def main():
     p.add_argument("--sides", default="hf,ours,raw,hf+malloc",
                    help="hf: the HF recipe as is; ours: lightning_pretrain; raw: our module, batches, loss and "
                         "optimizer in a plain loop; hf+malloc: HF with our allocator setting; "
-                        "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM)")
+                        "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM); "
+                        "ours+compile / raw+compile (blocks) and ours+compile-model / raw+compile-model: torch.compile")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)
@@ -260,15 +285,21 @@ def main():
         n_params = sum(p.numel() for p in model.parameters())
         flops_per_token = batch_flops(model, (args.batch_size, args.seq_len)) / (args.batch_size * args.seq_len)
         print(f"{objective}: {n_params / 1e6:.1f}M parameters, {flops_per_token / 1e6:.1f} MFLOP per token")
-        runs = {side: [] for side in sides}
+        runs, first = {side: [] for side in sides}, {side: [] for side in sides}
         for r in range(args.repeats):
             ceilings.append(worker("matmul", objective, passthrough)["gflops"])
             print(f"[{objective} repeat {r}] {'matmul':<12} {ceilings[-1]:>10,.1f} GFLOP/s", flush=True)
             for side in sides:  # alternate, so drift of the machine hits every side alike
-                runs[side].append(worker(side, objective, passthrough)["tok_s"])
-                print(f"[{objective} repeat {r}] {side:<12} {runs[side][-1]:>10,.0f} tok/s", flush=True)
+                result = worker(side, objective, passthrough)
+                runs[side].append(result["tok_s"])
+                first[side].append(result.get("first_step_s"))
+                print(f"[{objective} repeat {r}] {side:<12} {runs[side][-1]:>10,.0f} tok/s" + (
+                    f"  (first step {first[side][-1]:.1f} s)" if first[side][-1] is not None else ""), flush=True)
         results[objective] = (n_params, flops_per_token, {side: statistics.median(v) for side, v in runs.items()},
                               {side: (min(v), max(v)) for side, v in runs.items()})
+        firsts = {s: statistics.median(v) for s, v in first.items() if v and None not in v}
+        print(f"{objective}: first step (s, median; compilation included): "
+              + ", ".join(f"{s} {v:.1f}" for s, v in firsts.items()))
     ceiling = statistics.median(ceilings)
     print(f"\nshape: seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}, {args.steps} steps "
           f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run; "
