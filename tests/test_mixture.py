@@ -81,7 +81,7 @@ def take(it, n):
 
 
 def same(a, b) -> bool:
-    return all(torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["source"], y["source"])
+    return all(torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["mixture_source"], y["mixture_source"])
                for x, y in zip(a, b, strict=True))
 
 
@@ -96,7 +96,7 @@ def test_cached_mixture_resumes_exactly(workers):
     resumed = cached_loader(workers)
     resumed.load_state_dict(state)
     assert same(take(iter(resumed), 27), uninterrupted[13:])
-    assert uninterrupted[0]["source"].dtype == torch.long and set(uninterrupted[0]) == {"input_ids", "source"}
+    assert uninterrupted[0]["mixture_source"].dtype == torch.long and set(uninterrupted[0]) == {"input_ids", "mixture_source"}
     # negative control: a fresh loader starts over
     assert not same(take(iter(cached_loader(workers)), 27), uninterrupted[13:])
 
@@ -156,7 +156,7 @@ def test_streaming_mixture_resumes_exactly_and_counts_passes(tokenizer):
     resumed = stream_loader(tokenizer)
     resumed.load_state_dict(state)
     assert same(take(iter(resumed), 19), uninterrupted[11:])
-    share = torch.cat([b["source"] for b in uninterrupted]).float().mean()
+    share = torch.cat([b["mixture_source"] for b in uninterrupted]).float().mean()
     assert 0.3 < share < 0.7  # two equal weights
     passes = ms.stream_passes(first, 2)
     assert passes[1] >= 1 and passes[1] > passes[0]  # the small source 'b' is read again ('repeat')
@@ -171,7 +171,7 @@ def test_streaming_stop_ends_at_the_end_of_a_pass(tokenizer):
     while alone.state_dict().get("pass", 0) == 0:  # the blocks that begin in its first pass
         next(it)
         one_pass += 1
-    assert int(sum((b["source"] == 1).sum() for b in batches)) == one_pass
+    assert int(sum((b["mixture_source"] == 1).sum() for b in batches)) == one_pass
     assert len(take(iter(stream_loader(tokenizer)), len(batches) + 5)) == len(batches) + 5  # 'repeat' goes on
 
 

@@ -1,7 +1,7 @@
 """`MixtureLog`: what a data mixture (`--data.sources`) actually fed the model: the cumulative proportion of each
 source's samples, `train/mixture/<name>`, and its epochs (streaming: completed passes), `train/epochs/<name>`,
 summed over ranks and continued across a resume; and, with exhaustion='stop', the end of the run when a source ran
-out. A no-op for batches without "source" (any other data)."""
+out. A no-op for batches without "mixture_source" (any other data)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,13 @@ class MixtureLog(L.Callback):
         return loaders[0] if loaders else None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not (isinstance(batch, dict) and "source" in batch):
+        if not (isinstance(batch, dict) and "mixture_source" in batch):
             return
         dm = trainer.datamodule
         k = len(dm.mixture_names)
         if self._local is None:
             self._local = torch.zeros(k, dtype=torch.float64)
-        self._local += torch.bincount(batch["source"].detach().cpu(), minlength=k).double()
+        self._local += torch.bincount(batch["mixture_source"].detach().cpu(), minlength=k).double()
         counts = self._local
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()

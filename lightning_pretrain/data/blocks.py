@@ -202,7 +202,7 @@ def document_positions(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
 class BlockCollate:
     """Rows of blocks -> a batch. Plain blocks stack to a `[B, L]` tensor; with `separator` (documents kept apart:
     `cross_document_attention: false`) the batch is `{"input_ids", "position_ids"}`; rows that come as
-    `(block, source index)` (data mixtures) add `"source"`, a `[B]` tensor of which source each row came from."""
+    `(block, source index)` (data mixtures) add `"mixture_source"`, a `[B]` tensor of the source of each row."""
 
     def __init__(self, separator: int | None = None):
         self.separator = separator
@@ -216,5 +216,5 @@ class BlockCollate:
         if self.separator is not None:
             batch["position_ids"] = document_positions(ids, self.separator)
         if mixed:
-            batch["source"] = torch.tensor([r[1] for r in rows], dtype=torch.long)
+            batch["mixture_source"] = torch.tensor([r[1] for r in rows], dtype=torch.long)
         return batch

@@ -4,7 +4,7 @@ Cached (PretrainCorpus): each source is its own corpus (cache entry, validation 
 the training order as a pure function of (seed, global sample index), so its resumable state is a few counts.
 Streaming (StreamingCorpus): one `BlockStream` per source, interleaved per worker by seeded draws (mixture_stream.py).
 A source that runs out is repeated (epochs per source) or ends the run (`exhaustion`). Rows are `(block, source)`;
-`BlockCollate` turns them into a batch with `"source"`, which callbacks/mixture.py logs. docs/design/data.md.
+`BlockCollate` turns them into a batch with `"mixture_source"`, which callbacks/mixture.py logs. docs/design/data.md.
 """
 
 from __future__ import annotations

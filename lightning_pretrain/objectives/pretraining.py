@@ -37,8 +37,8 @@ def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
 
 def model_batch(batch):
     """A batch as the objective takes it: which source each row came from (data mixtures) is for the logs."""
-    if isinstance(batch, dict) and "source" in batch:
-        batch = {k: v for k, v in batch.items() if k != "source"}
+    if isinstance(batch, dict) and "mixture_source" in batch:
+        batch = {k: v for k, v in batch.items() if k != "mixture_source"}
         return batch["input_ids"] if batch.keys() == {"input_ids"} else batch
     return batch
 
