@@ -63,13 +63,15 @@ from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
 WARMUP_STEPS = 5  # of the LR schedule, on every side
 
 
-def shapes(tiny: bool):
-    h, layers, heads, ffn = (64, 2, 2, 256) if tiny else (256, 8, 8, 1024)
+def shapes(tiny: bool, large: bool = False, positions: int = 128):
+    """The benchmark's model shapes: ~11M parameters; `large`: GPT-2 small / BERT-base widths (12 x 768)."""
+    h, layers, heads, ffn = (64, 2, 2, 256) if tiny else (768, 12, 12, 3072) if large else (256, 8, 8, 1024)
     return {
-        "clm": GPT2Config(n_embd=h, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=128,
+        "clm": GPT2Config(n_embd=h, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=positions,
                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
         "mlm": BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-                          max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                          max_position_embeddings=positions, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0),
     }
 
 
@@ -216,7 +218,7 @@ def measure(side: str, objective: str, args) -> dict:
     if base in ("ours", "ours-hf-loss", "hf+malloc", "raw"):
         keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
     L.seed_everything(args.seed, verbose=False)
-    config = shapes(args.tiny)[objective]
+    config = shapes(args.tiny, args.large, max(128, args.seq_len))[objective]
     dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
                         vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
     dm.prepare_data()  # a cache hit: the driver built it
@@ -262,6 +264,8 @@ def main():
                         "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM); "
                         "ours+compile / raw+compile (blocks) and ours+compile-model / raw+compile-model: torch.compile")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
+    p.add_argument("--large", action="store_true", help="GPT-2 small / BERT-base widths (12 layers x 768): the "
+                   "framework's share of a bigger step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -277,7 +281,7 @@ def main():
     passthrough = [a for a in sys.argv[1:] if a not in ("--objective",) and a not in objectives + ["both"]]
     results, ceilings = {}, []
     for objective in objectives:
-        config = shapes(args.tiny)[objective]
+        config = shapes(args.tiny, args.large, max(128, args.seq_len))[objective]
         dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
                             vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
         dm.prepare_data()  # tokenizer + blocks cached once, outside every timing
