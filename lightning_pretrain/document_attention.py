@@ -29,17 +29,28 @@ def document_mask(position_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     return (allowed | torch.eye(length, dtype=torch.bool, device=allowed.device))[:, None]
 
 
+def one_row(attn_implementation: str | None) -> bool:
+    """Whether a batch's rows must be laid end to end as one row: transformers finds the documents of varlen
+    flash attention from the position ids of a single row only (`_is_packed_sequence`); every row starts at
+    position 0, so the row boundaries stay document boundaries."""
+    return attn_implementation not in EXPLICIT_MASK
+
+
 def document_inputs(position_ids: torch.Tensor, attn_implementation: str | None, causal: bool = True,
                     dtype: torch.dtype = torch.float32, attention_mask: torch.Tensor | None = None,
                     position_offset: int = 0) -> dict[str, torch.Tensor]:
     """The model's `position_ids` and `attention_mask` keyword arguments for rows of packed documents.
 
     'sdpa' takes the boolean mask, 'eager' the same as an additive float mask (its kernels add the mask to the
-    scores); another implementation gets the position ids and no mask (decoders only: `check_implementation`).
-    `position_offset`: where the model's positions start (RoBERTa's are counted from its padding id + 1).
+    scores); another implementation gets the position ids and no mask (decoders only: `check_implementation`), as
+    one row when `one_row` says so (the caller lays its ids and labels out the same way). `position_offset`: where the model's positions start (RoBERTa's are counted from its padding id + 1).
     """
     inputs = {"position_ids": position_ids + position_offset if position_offset else position_ids}
-    if attn_implementation in EXPLICIT_MASK:
+    if one_row(attn_implementation):
+        inputs["position_ids"] = inputs["position_ids"].reshape(1, -1)
+        # transformers reads the documents off the positions only without a KV cache (its masking_utils)
+        inputs["use_cache"] = False
+    else:
         mask = document_mask(position_ids, attention_mask, causal)
         if attn_implementation == "eager":
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

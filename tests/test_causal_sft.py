@@ -75,8 +75,9 @@ def test_packed_rows_give_each_example_its_own_loss(kind, attn):
     batch = pack(rows, 24)
     inputs = packed_inputs(batch, attn)
     assert ("attention_mask" in inputs) == (attn != "flash_attention_2")
+    assert inputs["input_ids"].shape[0] == (1 if attn == "flash_attention_2" else 2)  # varlen reads one row
     with torch.no_grad():
-        logits = model(**inputs).logits
+        logits = model(**inputs).logits.reshape(*batch["input_ids"].shape, -1)  # (varlen: the rows were one)
         naive = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       position_ids=batch["position_ids"], use_cache=False).logits  # 2D mask: attends across
     token_nll = {}

@@ -146,3 +146,28 @@ def test_a_streaming_corpus_publishes_restarting_positions(tiny_corpus, tmp_path
         torch.testing.assert_close(batch["position_ids"], document_positions(batch["input_ids"],
                                                                              data.tokenizer.eos_token_id))
         assert (batch["position_ids"] == 0).sum() > 4  # documents start inside the blocks, not only at row 0
+
+
+@pytest.mark.parametrize("attn", ["flash_attention_2", "flex_attention"])
+def test_varlen_kernels_get_one_row_of_restarting_positions(attn, monkeypatch):
+    """With flash/flex attention a causal LM gets no mask: the batch's rows laid end to end as one row (transformers
+    reads varlen boundaries from a single row's positions) and no KV cache. On CPU, transformers' sdpa builds the
+    document mask from those positions (flash attention is GPU-only): the loss equals the documents run alone."""
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=64)
+    module = CausalLM(model=config, data=DataContract(_Tok(), seq_len=16, cross_document_attention=False))
+    module.model.eval()
+    rows = [documents([6, 10], seed=1), documents([9, 4, 3], seed=2)]
+    batch = BlockCollate(SEP)([torch.cat(r) for r in rows])
+    monkeypatch.setattr(module.model.config, "_attn_implementation", attn)  # what document_batch reads
+    ids, inputs = module.document_batch(batch)
+    assert ids.shape == (1, 32) and inputs["position_ids"].shape == (1, 32) and "attention_mask" not in inputs
+    assert inputs["use_cache"] is False
+    monkeypatch.undo()  # the kernels themselves: sdpa with transformers' own packed-sequence mask
+    with torch.no_grad():
+        out = module.model.base_model(input_ids=ids, **inputs).last_hidden_state[0]
+        start = 0
+        for doc in (d for r in rows for d in r):
+            alone = module.model.base_model(input_ids=doc[None]).last_hidden_state[0]
+            torch.testing.assert_close(out[start:start + len(doc)], alone, rtol=1e-5, atol=1e-5)
+            start += len(doc)

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from lightning_pretrain.document_attention import document_inputs
+from lightning_pretrain.document_attention import document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.generative import GenerativeFineTune
 
@@ -23,7 +23,8 @@ def packed_inputs(batch: dict, attn_implementation: str | None, dtype: torch.dty
     position_ids = batch.get("position_ids")
     if position_ids is None:  # unpacked, right- or left-padded rows: positions count the real tokens
         position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": batch["input_ids"], "use_cache": False,
+    ids = batch["input_ids"].reshape(1, -1) if one_row(attn_implementation) else batch["input_ids"]
+    return {"input_ids": ids, "use_cache": False,
             **document_inputs(position_ids, attn_implementation, causal=True, dtype=dtype,
                               attention_mask=batch["attention_mask"])}
 
@@ -69,8 +70,9 @@ class CausalSFT(GenerativeFineTune):
                              f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)")
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = packed_inputs(batch, self.hparams.attn_implementation, self.model.dtype)
-        return completion_nll(self.model(**inputs).logits, batch["labels"])
+        inputs = packed_inputs(batch, self.model.config._attn_implementation, self.model.dtype)
+        # (rows laid end to end for varlen kernels: each example's first label is -100, so none crosses a row)
+        return completion_nll(self.model(**inputs).logits, batch["labels"].reshape(inputs["input_ids"].shape))
 
     def generate_batch(self, batch: dict) -> list[str]:
         """Continue the left-padded prompts; only the new tokens are decoded (the completion)."""

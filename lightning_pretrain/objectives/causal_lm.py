@@ -46,7 +46,7 @@ class CausalLM(PretrainingModule):
     def lm_loss(self, batch) -> torch.Tensor:
         """Mean next-token cross-entropy over every predicted position (all but the last)."""
         ids, inputs = self.document_batch(batch)
-        labels = self.lm_labels(batch)
+        labels = ids.masked_fill(inputs["position_ids"] == 0, IGNORE) if inputs else ids  # as `lm_labels`
         head = architecture.plain_head(self.model)
         # a model compiled whole (`--compile.scope model`) fuses its own head and loss: call it as a whole
         if compat.is_compiled(self.model) or not (self.chunked_loss and head is not None):

@@ -22,7 +22,7 @@ from lightning_pretrain import architecture, optim, parallel
 from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.document_attention import check_implementation, document_inputs
+from lightning_pretrain.document_attention import check_implementation, document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.generation import Generation
 
@@ -188,12 +188,14 @@ class PretrainingModule(L.LightningModule):
 
     def document_batch(self, batch) -> tuple[torch.Tensor, dict]:
         """`(ids, the model's extra keyword arguments)` of a block batch: none for plain `[B, L]` blocks; for blocks
-        whose documents are kept apart, their restarting position ids and the attention mask that separates them."""
+        whose documents are kept apart, their restarting position ids and the attention mask that separates them
+        (varlen kernels: the rows laid end to end as one, `document_attention.one_row`)."""
         if not isinstance(batch, dict):
             return batch, {}
-        return batch["input_ids"], document_inputs(batch["position_ids"], self.model.config._attn_implementation,
-                                                   self.causal, self.model.dtype,
-                                                   position_offset=architecture.position_offset(self.model.config))
+        implementation = self.model.config._attn_implementation
+        ids = batch["input_ids"].reshape(1, -1) if one_row(implementation) else batch["input_ids"]
+        return ids, document_inputs(batch["position_ids"], implementation, self.causal, self.model.dtype,
+                                    position_offset=architecture.position_offset(self.model.config))
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
