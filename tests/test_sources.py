@@ -137,3 +137,9 @@ def test_a_delimiter_line_ends_each_document_of_a_plain_text_file(tmp_path):
     assert plain.identity() != delimited.identity()  # a cache built one way is never reused for the other
     streamed = [row["text"] for row in sources.resolve(str(path), streaming=True, delimiter="<|endoftext|>").load()]
     assert streamed == delimited.load()["text"]
+
+
+@pytest.mark.parametrize("delimiter", ["", "  ", "a\nb"])
+def test_a_delimiter_must_be_one_non_blank_line(tmp_path, delimiter):
+    with pytest.raises(InputError, match="document_delimiter"):
+        sources.resolve(str(tmp_path), delimiter=delimiter)

@@ -219,6 +219,9 @@ def resolve(spec: str, text_column: str = "text", streaming: bool = False,
     a hub dataset 'id[:config][@split]' for `datasets.load_dataset` (the split defaults to 'train')."""
     if not spec or not spec.strip():
         raise InputError("data source is empty: pass 'builtin', a file/directory/glob, or a hub dataset id")
+    if delimiter is not None and (not delimiter.strip() or "\n" in delimiter):
+        raise InputError(f"document_delimiter {delimiter!r} must be the text of one non-blank line (e.g. "
+                         f"'<|endoftext|>'); leave it unset to separate documents at blank lines")
     if spec == "builtin":
         return BuiltinSource()
     if looks_local(spec):
