@@ -22,6 +22,7 @@ class MixtureLog(L.Callback):
         self._base: torch.Tensor | None = None  # global counts of the run before a resume
         self._local: torch.Tensor | None = None  # this rank's counts since it started
         self._total: torch.Tensor | None = None  # global counts at the last batch
+        self._epochs: torch.Tensor | None = None  # epochs of each source, as last read
 
     @staticmethod
     def _loader(trainer):
@@ -41,9 +42,13 @@ class MixtureLog(L.Callback):
             counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
         total = counts if self._base is None else counts + self._base
         self._total = total
-        epochs = torch.tensor(dm.mixture_epochs(total.tolist(), self._loader(trainer)), dtype=torch.float64)
-        if trainer.world_size > 1:  # streaming: each rank its own passes
-            epochs = trainer.strategy.reduce(epochs.to(pl_module.device), reduce_op="mean").cpu()
+        if self._epochs is None or trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            # streaming reads the passes out of the loader's state: refreshed at the logging cadence, not per step
+            epochs = torch.tensor(dm.mixture_epochs(total.tolist(), self._loader(trainer)), dtype=torch.float64)
+            if trainer.world_size > 1:  # streaming: each rank its own passes
+                epochs = trainer.strategy.reduce(epochs.to(pl_module.device), reduce_op="mean").cpu()
+            self._epochs = epochs
+        epochs = self._epochs
         share = total / total.sum()
         metrics = {**{f"train/mixture/{n}": float(share[i]) for i, n in enumerate(dm.mixture_names)},
                    **{f"train/epochs/{n}": float(epochs[i]) for i, n in enumerate(dm.mixture_names)}}

@@ -112,6 +112,11 @@ class BlockStream(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self._cursor or self._start or {})
 
+    @property
+    def passes(self) -> int:
+        """Completed passes over the shard before the next block (read without copying the state)."""
+        return (self._cursor or self._start or {}).get("pass", 0)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._start = copy.deepcopy(state) or None
 

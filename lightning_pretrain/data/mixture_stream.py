@@ -50,7 +50,10 @@ class MixtureStream(IterableDataset):
         return self.length
 
     def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._cursor or self._start or {})
+        # each stream's state is taken when asked (torchdata asks once per batch), not copied at every block
+        if self._cursor is None:
+            return copy.deepcopy(self._start or {})
+        return {**self._cursor, "streams": [st.state_dict() for st in self.streams]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._start = copy.deepcopy(state) or None
@@ -70,14 +73,14 @@ class MixtureStream(IterableDataset):
                 src = np.random.default_rng([self.seed, 2, shard, chunk]).choice(len(self.weights), CHUNK,
                                                                                   p=self.weights)
             s = int(src[n % CHUNK])
-            if self.exhaustion == "stop" and self.streams[s].state_dict().get("pass", 0) >= 1:
+            if self.exhaustion == "stop" and self.streams[s].passes >= 1:
                 exhausted = s  # its next block would begin its second pass
                 log.info("data mixture: source '%s' ran out (one pass of shard %d) after %d blocks of that shard; "
                          "exhaustion='stop' ends the run", self.names[s], shard, n)
             else:
                 block = next(iters[s])
                 n += 1
-            self._cursor = {"draws": n, "exhausted": exhausted, "streams": [st.state_dict() for st in self.streams]}
+            self._cursor = {"draws": n, "exhausted": exhausted}
             if exhausted is None:
                 yield block, s
 
