@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 import lightning as L
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,15 +24,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_pretrain.allocator import keep_freed_memory
+from lightning_pretrain.callbacks.budget import TimeBudget
 from lightning_pretrain.callbacks.export import HFExport
 from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
 from lightning_pretrain.callbacks.progress import progress_bar
 from lightning_pretrain.callbacks.zero_shot import ZeroShot
 from lightning_pretrain.callbacks.resume import ResumeState
+from lightning_pretrain.callbacks.summary import Summary
 from lightning_pretrain.callbacks.throughput import Throughput
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.parallel import ActivationCheckpointing, Compile, Parallelize
+from lightning_pretrain.quiet import quiet_known_noise
 
 
 class OneLineErrors(LightningArgumentParser):
@@ -74,6 +77,9 @@ class PretrainCLI(LightningCLI):
         # and a non-zero exit (on for every run: pretraining and fine-tuning)
         parser.add_lightning_class_args(ResumeState, "resume_state")
         parser.add_lightning_class_args(StopGuard, "stop_guard")
+        # --trainer.max_time as a time budget: the total steps fixed from the measured throughput, the LR schedule
+        # decayed by the end (a no-op without max_time)
+        parser.add_lightning_class_args(TimeBudget, "time_budget")
         # zero-shot benchmarks on the live model during pretraining (off unless --zero_shot.tasks is given)
         parser.add_lightning_class_args(ZeroShot, "zero_shot")
         # a data mixture's realised proportions and per-source epochs (a no-op without --data.sources)
@@ -98,6 +104,9 @@ class PretrainCLI(LightningCLI):
         if config["trainer"].get("enable_progress_bar") is not False and not any(
                 isinstance(cb, ProgressBar) for cb in callbacks):
             callbacks.append(progress_bar())
+        if config["trainer"].get("enable_model_summary") is not False and not any(
+                isinstance(cb, ModelSummary) for cb in callbacks):
+            callbacks.append(Summary())  # Lightning's, less its FLOPs column (0 without an example input)
         kwargs["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is not None and trainer.logger.log_dir:
@@ -201,6 +210,7 @@ TRAINER_DEFAULTS = {
 
 def main(args: list[str] | None = None) -> None:
     keep_freed_memory()  # CPU steps stop re-faulting their large tensors (see allocator.py)
+    quiet_known_noise()  # Lightning's tips and deprecations raised inside libraries (quiet.py)
     log = logging.getLogger("lightning_pretrain")
     if not log.handlers and not logging.getLogger().handlers:  # data-preparation progress, cache notices
         handler = logging.StreamHandler()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -65,8 +66,8 @@ def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
     return [g for g in groups if g["params"]]
 
 
-def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int,
-                     total_steps: int | float, wsd: WSD | None = None) -> dict:
+def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int | None,
+                     total_steps: int | float, wsd: WSD | None = None, warmup_ratio: float = 0.0) -> dict:
     """Linear warmup then cosine/linear decay (or constant, or `wsd`'s stable phase and late decay), stepped every
     optimizer step, as Lightning expects. The step-`s` LR is the peak times the schedule at `s`; a decay over `D`
     steps of a `T`-step run starts at step `T - D` (still the peak) and reaches its end value at step `T`.
@@ -74,9 +75,25 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
     A parameter group with a `start_step` key keeps LR 0 until that step, then follows the shared schedule (gradual
     unfreezing: every group exists from step 0, so the optimizer, the scheduler and DDP agree on them throughout,
     also after a resume, and the schedule is a pure function of the step).
+
+    `warmup_steps=None` warms up over `warmup_ratio` of the total. The scheduler keeps how to rebuild its
+    multipliers for another total: `retarget` (the time budget's).
     """
+    starts = [group.get("start_step", 0) for group in optimizer.param_groups]
+    build = partial(schedule_lambdas, starts, schedule, warmup_steps, wsd=wsd, warmup_ratio=warmup_ratio)
+    return {"scheduler": _ResumableLambdaLR(optimizer, build(total_steps), rebuild=build), "interval": "step",
+            "frequency": 1}
+
+
+def schedule_lambdas(starts: list[int], schedule: Schedule, warmup_steps: int | None, total_steps: int | float,
+                     wsd: WSD | None = None, warmup_ratio: float = 0.0) -> list:
+    """The per-group LR multipliers (functions of the step) of `scheduler_config`, for groups starting at `starts`;
+    ValueError for a run they do not fit."""
     if total_steps == float("inf"):
-        raise ValueError("the LR schedule needs a finite run: set trainer.max_steps or trainer.max_epochs")
+        raise ValueError("the LR schedule needs a finite run: set trainer.max_steps, trainer.max_epochs or "
+                         "trainer.max_time (a time budget)")
+    if warmup_steps is None:
+        warmup_steps = round(warmup_ratio * total_steps)
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and the run's {int(total_steps)} optimizer "
                          f"steps (the LR would never reach its peak); lower --model.warmup_steps")
@@ -86,17 +103,40 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
         if warmup_steps + decay > total_steps:
             raise ValueError(f"wsd: warmup_steps={warmup_steps} + {decay} decay steps exceed the run's "
                              f"{int(total_steps)} optimizer steps; lower --model.warmup_steps or the wsd decay")
-        sched = get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay,
+        sched = get_wsd_schedule(_stand_in(), num_warmup_steps=warmup_steps, num_decay_steps=decay,
                                  num_training_steps=int(total_steps), decay_type=wsd.decay_shape,
                                  min_lr_ratio=wsd.min_lr_ratio)
     else:
         name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
-        sched = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
-    starts = [group.get("start_step", 0) for group in optimizer.param_groups]
-    lambdas = sched.lr_lambdas
-    if any(starts):  # LambdaLR takes one multiplier per group: the shared shape, gated by the group's start
-        lambdas = [partial(_from_step, sched.lr_lambdas[0], start) for start in starts]
-    return {"scheduler": _ResumableLambdaLR(optimizer, lambdas), "interval": "step", "frequency": 1}
+        sched = get_scheduler(name, _stand_in(), num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
+    # LambdaLR takes one multiplier per group: the shared shape, gated by the group's start
+    return [partial(_from_step, sched.lr_lambdas[0], start) if start else sched.lr_lambdas[0] for start in starts]
+
+
+def _stand_in() -> torch.optim.Optimizer:
+    """An optimizer for HF's schedule constructors to build their multipliers on (a LambdaLR sets the LR of the
+    optimizer it is given: never the run's, which may be mid-run)."""
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+
+def retarget(scheduler: LambdaLR, total_steps: int, taken_steps: int = 0) -> None:
+    """Point `scheduler_config`'s scheduler at a run of `total_steps` optimizer steps (the time budget fixes the
+    total mid-run): its multipliers become those it would have had if built for that total, and the current LR
+    follows at once. The `taken_steps` steps already taken must keep their multipliers (ValueError otherwise, as
+    for a total the warmup or decay does not fit): the LR is then the new schedule's at every step of the run."""
+    rebuild = getattr(scheduler, "rebuild", None)
+    if rebuild is None:
+        raise ValueError(f"{type(scheduler).__name__} cannot change its total; use optim.scheduler_config")
+    lambdas = rebuild(total_steps)
+    for i, (old, new) in enumerate(zip(scheduler.lr_lambdas, lambdas, strict=True)):
+        changed = next((s for s in range(taken_steps) if not math.isclose(old(s), new(s), rel_tol=1e-9,
+                                                                           abs_tol=1e-12)), None)
+        if changed is not None:
+            raise ValueError(f"the LR schedule of a {total_steps}-step run differs at step {changed} (group {i}), "
+                             f"which was already taken: the first {taken_steps} steps must not depend on the "
+                             f"total (lie within the warmup)")
+    scheduler.lr_lambdas = lambdas
+    scheduler.apply_current_lr()
 
 
 class _ResumableLambdaLR(LambdaLR):
@@ -104,11 +144,25 @@ class _ResumableLambdaLR(LambdaLR):
 
     The multipliers are `functools.partial`s, whose arguments a state dict does not carry: a resume keeps the step
     count and takes this run's total and decay (WSD's decay from a stable-phase checkpoint). But the optimizer's
-    restored LR is the old schedule's, and plain LambdaLR would use it for the first resumed step.
+    restored LR is the old schedule's, and plain LambdaLR would use it for the first resumed step. `rebuild(total)`
+    makes the multipliers for another total (`retarget`); it is not part of the state dict.
     """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_lambdas, rebuild=None):
+        self.rebuild = rebuild
+        super().__init__(optimizer, lr_lambdas)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("rebuild", None)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        self.apply_current_lr()
+
+    def apply_current_lr(self) -> None:
+        """Set every group's LR to the schedule's at the current step."""
         for group, base, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas, strict=True):
             if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable optimizers) is updated in place
                 group["lr"].fill_(base * fn(self.last_epoch))
@@ -142,10 +196,11 @@ def finetune_optimizers(module) -> dict:
         opt = build_optimizer(module.optimizer, groups)
         for g in opt.param_groups:
             g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
-        warmup_steps = module.warmup_steps
-        if warmup_steps is None:  # an endless run is refused by scheduler_config, with the reason
-            warmup_steps = round(module.warmup_ratio * total_steps) if total_steps != float("inf") else 0
-        # `lr_schedule: wsd` with WSD's defaults: the fine-tuning modules take no `wsd` option
-        return {"optimizer": opt, "lr_scheduler": scheduler_config(opt, module.lr_schedule, warmup_steps, total_steps)}
+        # warmup_steps None: warmup_ratio of the total (also of one a time budget fixes later); an endless run is
+        # refused by scheduler_config, with the reason. `lr_schedule: wsd` with WSD's defaults: the fine-tuning
+        # modules take no `wsd` option
+        sched = scheduler_config(opt, module.lr_schedule, module.warmup_steps, total_steps,
+                                 warmup_ratio=module.warmup_ratio)
+        return {"optimizer": opt, "lr_scheduler": sched}
     except ValueError as e:
         raise InputError(str(e)) from e

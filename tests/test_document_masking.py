@@ -62,14 +62,74 @@ def test_each_document_of_a_packed_block_sees_only_itself(kind, attn):
     inputs = document_inputs(position_ids, attn, causal, position_offset=offset)
     with torch.no_grad():
         packed = model(input_ids=block, **inputs).last_hidden_state[0]
-        plain = model(input_ids=block, position_ids=position_ids + offset).last_hidden_state[0]
+        # negative control: continuous positions 0..L-1 and no mask (what `cross_document_attention true` feeds the
+        # model), under which documents see each other on every transformers version (5.25 reads restarting
+        # position ids of an encoder as packed documents, so restarting positions alone are no control)
+        continuous = torch.arange(block.shape[1])[None] + offset
+        plain = model(input_ids=block, position_ids=continuous).last_hidden_state[0]
         start = 0
         for doc in docs:
             alone = model(input_ids=doc[None]).last_hidden_state[0]  # the model's own positions and mask
             torch.testing.assert_close(packed[start:start + len(doc)], alone, rtol=1e-5, atol=1e-5)
             start += len(doc)
-        # negative control: the same positions without the document mask let documents see each other
         assert not torch.allclose(packed[7:19], plain[7:19], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_by_default_the_documents_of_a_block_see_each_other(kind, tiny_corpus, tmp_path):
+    """`cross_document_attention true` (the default): the batch carries no restarting position ids, and the
+    objective feeds the model exactly what continuous positions 0..L-1 without a mask give — documents attend to
+    each other on every transformers version (5.25 reads restarting positions as packed documents)."""
+    from lightning_pretrain.objectives import MaskedLM
+
+    data = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4,
+                          cache_dir=str(tmp_path / "cache"))
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    assert isinstance(batch, torch.Tensor) and data.contract.cross_document_attention  # plain blocks
+    config, causal = CONFIGS[kind]
+    objective = CausalLM if causal else MaskedLM
+    module = objective(model=config.__class__(**{**config.to_dict(), "vocab_size": 400}), data=data.contract).eval()
+    ids, inputs = module.document_batch(batch)
+    assert inputs == {}
+    sep = data.tokenizer.eos_token_id if causal else data.tokenizer.sep_token_id
+    assert (ids[:, 1:-1] == sep).any(), "the blocks hold several documents"
+    offset = architecture.position_offset(module.model.config)
+    with torch.no_grad():
+        fed = module.model.base_model(input_ids=ids, **inputs).last_hidden_state
+        continuous = module.model.base_model(
+            input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids) + offset).last_hidden_state
+        apart = module.model.base_model(input_ids=ids, **document_inputs(
+            document_positions(ids, sep), "sdpa", causal, position_offset=offset)).last_hidden_state
+    torch.testing.assert_close(fed, continuous, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fed, apart, atol=1e-3)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_with_documents_kept_apart_our_mask_is_the_only_mask(kind, attn):
+    """`cross_document_attention false`: the model applies the mask we pass and nothing derived from the restarting
+    position ids on top of it (transformers looks for packed documents only when no mask is given). Shown by
+    passing a mask that lets documents see each other with the same restarting positions: if transformers
+    intersected its own packed mask with ours, the two runs would be identical."""
+    config, causal = CONFIGS[kind]
+    model = AutoModel.from_config(config, attn_implementation=attn).eval()
+    block = torch.cat(documents([7, 12, 5, 9], seed=len(kind)))[None]
+    position_ids = document_positions(block, SEP)
+    offset = architecture.position_offset(config)
+    kept_apart = document_inputs(position_ids, attn, causal, position_offset=offset)
+    together = dict(kept_apart)
+    length = block.shape[1]
+    everything = torch.ones(length, length, dtype=torch.bool)
+    everything = (everything.tril() if causal else everything)[None, None]
+    together["attention_mask"] = (everything if attn == "sdpa" else
+                                  torch.zeros(everything.shape).masked_fill(~everything, torch.finfo(torch.float32).min))
+    with torch.no_grad():
+        apart = model(input_ids=block, **kept_apart).last_hidden_state[0]
+        seen = model(input_ids=block, **together).last_hidden_state[0]
+    torch.testing.assert_close(apart[:7], seen[:7], rtol=1e-5, atol=1e-5) if causal else None  # nothing before doc 1
+    assert not torch.allclose(apart[7:19], seen[7:19], atol=1e-3)
 
 
 class _Tok:

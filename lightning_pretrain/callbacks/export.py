@@ -24,6 +24,7 @@ from lightning_pretrain import parallel
 from lightning_pretrain.callbacks.guard import RunStopped
 from lightning_pretrain.checkpoint_io import load_checkpoint_file
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.quiet import no_save_bars
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -100,7 +101,8 @@ class HFExport(L.Callback):
         full = parallel.full_state_dict(model) if export is not None and model is not None else None
         if trainer.is_global_zero:
             if export is not None:
-                export(out) if full is None else export(out, state_dict=full)
+                with no_save_bars():  # transformers' 'Writing model shards' bar for one small file
+                    export(out) if full is None else export(out, state_dict=full)
                 readable_by_umask(out)
             metrics = {"step": self.last_val_step, "global_step": trainer.global_step, **self.last_val}
             (root / self.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -189,6 +191,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
 
 def main(argv: list[str] | None = None) -> None:
     """`lightning-pretrain-export CHECKPOINT --out DIR [--tokenizer DIR]`."""
+    from lightning_pretrain.quiet import quiet_known_noise
+
+    quiet_known_noise()
     parser = argparse.ArgumentParser(prog="lightning-pretrain-export",
                                      description="Export a training checkpoint (sharded folder or .ckpt file) to a "
                                                  "Hugging Face directory.")

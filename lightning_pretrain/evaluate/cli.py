@@ -149,6 +149,9 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    from lightning_pretrain.quiet import quiet_known_noise
+
+    quiet_known_noise()
     args = parser().parse_args(argv)
     args.argv = argv
     try:
