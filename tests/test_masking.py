@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
+from transformers import (BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM, RobertaConfig,
+                          RobertaForMaskedLM)
 
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens
@@ -66,11 +67,14 @@ class _Tok:
 @pytest.mark.parametrize("config", [
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
     RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+    ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     layer_types=["full_attention", "sliding_attention"], local_attention=16),
 ])
 def test_sparse_head_loss_equals_hf_loss(config):
     """Our loss on masked positions only equals the HF model's full-logit `labels=` loss, gradients included."""
     module = MaskedLM(model=config, data=DataContract(_Tok()))
-    assert isinstance(module.model, (BertForMaskedLM, RobertaForMaskedLM)) and module.mlm_head is not None
+    assert isinstance(module.model, (BertForMaskedLM, RobertaForMaskedLM, ModernBertForMaskedLM))
+    assert module.mlm_head is not None
     module.model.eval()  # dropout off so both paths see the same network
     ids, inputs, labels = draw(shape=(4, 64))
     ours = module.mlm_loss(inputs, labels)

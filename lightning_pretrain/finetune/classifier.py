@@ -27,6 +27,7 @@ from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.finetune.backbone_load import load_pretrained
 from lightning_pretrain.finetune.trainability import Full, Trainability
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -108,10 +109,13 @@ class SequenceClassifier(L.LightningModule):
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.backbone, ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs)
+            model, report = load_pretrained(AutoModelForSequenceClassification, self.backbone,
+                                            ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs)
         except (OSError, ValueError) as e:
             raise InputError(f"could not load backbone '{self.backbone}': {str(e).splitlines()[0]}") from e
+        report.log()
+        # what the checkpoint did not provide (e.g. an MLM export's pooler and the head) and what it had unused
+        self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             raise InputError(f"the tokenizer has {len(self.tokenizer)} tokens but '{self.backbone}' embeds only "
                              f"{model.get_input_embeddings().num_embeddings}; use the backbone's own tokenizer")

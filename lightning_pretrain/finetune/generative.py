@@ -26,6 +26,7 @@ from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.finetune.backbone_load import load_pretrained
 from lightning_pretrain.finetune.text_metrics import text_metrics
 from lightning_pretrain.finetune.trainability import Full, Trainability
 from lightning_pretrain.generation import Generation
@@ -96,6 +97,9 @@ class GenerativeFineTune(L.LightningModule):
         names = list(metrics) if metrics is not None else list(self.default_metrics)
         self.val_metrics = text_metrics(names).clone(prefix="val/")
         self.test_metrics = text_metrics(names).clone(prefix="test/")
+        # the weights the checkpoint did not provide / left unused (set by build_model; None: not known)
+        self.newly_initialised: list[str] | None = None
+        self.unused_weights: list[str] | None = None
         model = self.build_model(model, attn_implementation)
         self.check_model(model)
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -157,9 +161,13 @@ class GenerativeFineTune(L.LightningModule):
             try:
                 config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
                 self.check_config(config, spec)
-                return self.auto_class.from_pretrained(spec, config=config, trust_remote_code=False, **kwargs)
+                model, report = load_pretrained(self.auto_class, spec, config=config, trust_remote_code=False,
+                                                **kwargs)
             except (OSError, ValueError) as e:
                 raise InputError(f"could not load pretrained model '{spec}': {str(e).splitlines()[0]}") from e
+            report.log()
+            self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
+            return model
         config = copy.deepcopy(spec)
         self.check_config(config, type(config).__name__)
         config.vocab_size = len(self.tokenizer)
@@ -167,7 +175,9 @@ class GenerativeFineTune(L.LightningModule):
             if getattr(self.tokenizer, name, None) is not None:
                 setattr(config, name, getattr(self.tokenizer, name))
         self.adapt_config(config)
-        return self.auto_class.from_config(config, **kwargs)
+        model = self.auto_class.from_config(config, **kwargs)
+        self.newly_initialised, self.unused_weights = sorted(n for n, _ in model.named_parameters()), []
+        return model
 
     def configure_model(self) -> None:
         pass  # built in __init__; Lightning's ModelParallelStrategy asks every module to override this hook

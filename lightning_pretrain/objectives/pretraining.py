@@ -136,6 +136,8 @@ class PretrainingModule(L.LightningModule):
             value = getattr(self.tokenizer, name, None)
             if value is not None:
                 setattr(config, name, value)
+            elif isinstance(getattr(config, name, None), int) and getattr(config, name) >= config.vocab_size:
+                setattr(config, name, None)  # a default of the architecture's own vocabulary (ModernBERT's bos 50281)
         self.adapt_config(config, self.tokenizer)
         return self.auto_class.from_config(config, **kwargs)
 
