@@ -1,11 +1,15 @@
 """ELECTRA: discriminator labels are "sampled != original", the sample follows the generator's softmax without a
-gradient, one shared embeddings tensor (once in the optimizer), the generator's width, and a CLI run whose loss
-falls, whose export loads in transformers and whose discriminator fine-tunes with SequenceClassifier."""
+gradient, one shared embeddings tensor (once in the optimizer), the generator's width, the losses equal torch's and
+HF's, a fixed batch is overfit, the prior-bias start, replaced-token detection metrics (hand-computed, logged the
+Lightning way), and a CLI run whose loss falls, whose export loads in transformers and whose discriminator
+fine-tunes with SequenceClassifier."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import FAST, REPO, cli, only_run_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import (AutoModelForPreTraining, AutoTokenizer, BertConfig, ElectraConfig, ElectraForMaskedLM,
@@ -15,7 +19,10 @@ from lightning_pretrain.callbacks.export import export_checkpoint
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives import ELECTRA
-from lightning_pretrain.objectives.electra import generator_config, replace_tokens, sample_tokens
+from lightning_pretrain.objectives.electra import (SAMPLE_STREAM, ElectraLosses, detection_metrics, generator_config,
+                                                   replace_tokens, sample_tokens, update_detection)
+from lightning_pretrain.objectives.masked_lm import IGNORE
+from lightning_pretrain.objectives.pretraining import seeded_generator
 
 VOCAB, MASK = 200, 4
 TINY = dict(embedding_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
@@ -114,6 +121,104 @@ def test_no_gradient_flows_through_the_sample_into_the_generator():
     assert all(p.grad is not None for _, p in generator_only)  # the MLM loss trains them
 
 
+def test_the_discriminator_s_inputs_labels_and_losses_by_hand():
+    m = module().eval()  # dropout off: the passes below are compared with the objective's
+    ids = batch()
+    out = m.losses(ids, 0, 0)
+    inputs, mlm_labels = m.corrupt(ids, 0, 0)
+    selected = mlm_labels != IGNORE
+    assert (inputs[selected] == MASK).all() and torch.equal(inputs[~selected], ids[~selected])  # mask_fraction 1
+    # replay the sample (its own seeded stream) and rebuild the discriminator's input: the labels are aligned with it
+    g = seeded_generator(ids.device, m.mask_seed, 0, 0, m.global_rank, SAMPLE_STREAM)
+    sampled = sample_tokens(m.generator_logits(inputs, selected, None), g)
+    disc_inputs = ids.clone()
+    disc_inputs[selected] = sampled
+    labels = (disc_inputs != ids).long()
+    assert torch.equal(labels.flatten(), out.labels) and labels[~selected].sum() == 0
+    assert out.selected == int(selected.sum()) and 0 < out.labels.sum() <= out.selected
+    # the generator's loss is HF's own MLM loss; the discriminator's is torch's BCE and HF's own `labels=` loss
+    torch.testing.assert_close(out.gen, m.generator(input_ids=inputs, labels=mlm_labels).loss)
+    hf = m.model(input_ids=disc_inputs, labels=labels)
+    torch.testing.assert_close(hf.logits.flatten(), out.logits)
+    torch.testing.assert_close(out.disc, F.binary_cross_entropy_with_logits(out.logits, out.labels.float()))
+    torch.testing.assert_close(out.disc, hf.loss)
+
+
+def test_a_fixed_batch_is_overfit_and_every_parameter_learns():
+    m = module()
+    ids = batch()
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    first = m.losses(ids, 0, 0)
+    (first.gen + 50 * first.disc).backward()
+    # both losses reach every parameter: the discriminator's head and encoder, the generator, the shared embeddings
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), \
+        [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    for _ in range(60):
+        opt.zero_grad()
+        out = m.losses(ids, 0, 0)
+        (out.gen + 50 * out.disc).backward()
+        opt.step()
+    out = m.losses(ids, 0, 0)
+    recall = ((out.logits > 0) & out.labels.bool()).sum() / out.labels.sum()
+    assert out.gen < first.gen - 1 and out.disc < 0.5 * first.disc and recall > 0.5, (out, recall)
+
+
+def test_a_fresh_discriminator_starts_at_the_prior_log_odds():
+    bias = module(mlm_probability=0.2).model.discriminator_predictions.dense_prediction.bias
+    torch.testing.assert_close(bias.sigmoid(), torch.tensor([0.2]))  # the BCE of the constant prior from step 0
+    assert module(prior_bias=False).model.discriminator_predictions.dense_prediction.bias.abs().max() < 1e-6
+
+
+def _losses(logits, labels, gen=2.0, selected=3) -> ElectraLosses:
+    return ElectraLosses(torch.tensor(gen), torch.tensor(0.0), torch.tensor(logits), torch.tensor(labels), selected)
+
+
+def test_detection_metrics_equal_hand_computed_ones():
+    metrics = detection_metrics("val")
+    # batch 1: calls (logit > 0) 1 1 0 0 0 1 against labels 1 0 1 0 0 1: TP 2, FP 1, FN 1, TN 2
+    update_detection(metrics, _losses([2.0, 0.5, -1.0, -3.0, -0.1, 4.0], [1, 0, 1, 0, 0, 1], gen=2.0, selected=3))
+    # batch 2: calls 0 1 0 0 against labels 1 1 0 0: TP 1, FN 1, TN 2
+    update_detection(metrics, _losses([-2.0, 1.0, -1.0, -1.0], [1, 1, 0, 0], gen=5.0, selected=1))
+    tp, fp, fn, tn = 3, 1, 2, 4
+    got = {k: float(v) for k, v in metrics.compute().items()}
+    expect = {"val/disc_acc": (tp + tn) / 10, "val/disc_precision": tp / (tp + fp), "val/disc_recall": tp / (tp + fn),
+              "val/disc_f1": 2 * tp / (2 * tp + fp + fn),
+              "val/gen_loss": (2.0 * 3 + 5.0 * 1) / 4,  # per selected position
+              "val/replaced_fraction": 5 / 10,  # per token
+              # AUROC: the share of (replaced, original) pairs ranked right, by hand over the 5 x 5 pairs
+              "val/disc_auroc": sum((p > n) + 0.5 * (p == n) for p in (2.0, -1.0, 4.0, -2.0, 1.0)
+                                    for n in (0.5, -3.0, -0.1, -1.0, -1.0)) / 25}
+    assert got.keys() == expect.keys()
+    for k in expect:
+        assert got[k] == pytest.approx(expect[k], abs=1e-6), k
+
+
+def test_an_all_original_discriminator_has_recall_zero():
+    metrics = detection_metrics("val")
+    update_detection(metrics, _losses([-1.8] * 8, [1, 0, 0, 0, 1, 0, 0, 0]))
+    got = {k: float(v) for k, v in metrics.compute().items()}
+    assert got["val/disc_recall"] == got["val/disc_precision"] == got["val/disc_f1"] == 0.0
+    assert got["val/disc_acc"] == 1 - got["val/replaced_fraction"] == 0.75 and got["val/disc_auroc"] == 0.5
+
+
+def test_lightning_logs_the_detection_metrics_per_stage_and_resets_them(tmp_path):
+    m = module().eval()  # as validate and test run it: dropout off
+    batches = [(batch(rows=2, length=32) + i - 5) % (VOCAB - 5) + 5 for i in range(3)]
+    outs = [m.losses(b, -1, i) for i, b in enumerate(batches)]
+    calls, labels = torch.cat([(o.logits > 0).long() for o in outs]), torch.cat([o.labels for o in outs])
+    tp = int((calls & labels).sum())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    for stage, run in (("val", trainer.validate), ("test", trainer.test), ("val", trainer.validate)):
+        metrics = run(m, dataloaders=torch.utils.data.DataLoader(torch.cat(batches), batch_size=2), verbose=False)[0]
+        assert metrics[f"{stage}/disc_recall"] == pytest.approx(tp / max(int(labels.sum()), 1), abs=1e-6)
+        assert metrics[f"{stage}/disc_precision"] == pytest.approx(tp / max(int(calls.sum()), 1), abs=1e-6)
+        assert metrics[f"{stage}/replaced_fraction"] == pytest.approx(float(labels.float().mean()), abs=1e-6)
+        assert metrics[f"{stage}/loss"] == pytest.approx(
+            sum(float(o.disc) * len(o.labels) for o in outs) / len(labels), abs=1e-5)
+        assert not any(k.startswith("val/" if stage == "test" else "test/") for k in metrics)
+
+
 def test_a_model_that_is_not_electra_is_refused():
     with pytest.raises(InputError, match="ElectraConfig"):
         ELECTRA(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
@@ -137,12 +242,14 @@ def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpu
         "--data.vocab_size", "500", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
     run = only_run_dir(workdir, "electra_tiny")
     acc = EventAccumulator(str(run)).Reload()
-    assert {"train/gen_loss", "train/disc_loss", "val/loss", "val/gen_loss", "val/disc_acc",
+    assert {"train/gen_loss", "train/disc_loss", "train/disc_recall", "val/loss", "val/gen_loss", "val/disc_acc",
+            "val/disc_precision", "val/disc_recall", "val/disc_f1", "val/disc_auroc",
             "val/replaced_fraction"} <= set(acc.Tags()["scalars"])
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert len(loss) == 8 and sum(loss[-2:]) < sum(loss[:2]), loss
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 < metrics["val/replaced_fraction"] < 0.25 and 0 <= metrics["val/disc_acc"] <= 1
+    assert all(0 <= metrics[f"val/disc_{k}"] <= 1 for k in ("precision", "recall", "f1", "auroc"))
 
     hf = run / "hf"
     disc = AutoModelForPreTraining.from_pretrained(hf)

@@ -2,23 +2,26 @@
 from its output distribution, and the discriminator (the model that is kept) tells every token apart as original
 or replaced. loss = generator MLM loss + `disc_weight` x discriminator BCE (over every non-padding token).
 
-The masking is `mask_tokens` (all selected tokens become [MASK] by default, as the paper describes); the sample is
-Gumbel-max from a seeded generator, outside autograd; `replace_tokens` labels a sample equal to the original as
-original. The two models share one embeddings module (token, position, type embeddings and their LayerNorm, as
-ELECTRA's code). `val/loss` is the discriminator's mean BCE per token (so `val/ppl` is merely its exp);
-`val/gen_loss` is the generator's MLM loss. Exports `ElectraForPreTraining` to `hf/`, the generator to `hf/generator/`.
+The masking is `mask_tokens` (all selected tokens become [MASK] by default); the sample is Gumbel-max, seeded, outside
+autograd; a sample equal to the original is labelled original. The two models share one embeddings module (as
+ELECTRA's code). `val/loss` is the discriminator's mean BCE per token, `val/gen_loss` the generator's MLM loss;
+`val/disc_{acc,precision,recall,f1,auroc}` score the detection (replaced = positive; calling every token original
+gives recall 0). Exports `ElectraForPreTraining` to `hf/`, the generator to `hf/generator/`.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision,
+                                         BinaryRecall)
+from torchmetrics.functional.classification import binary_precision, binary_recall
 from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, ElectraConfig, ElectraForMaskedLM,
                           ElectraForPreTraining)
 
@@ -45,6 +48,11 @@ def replace_tokens(input_ids: torch.Tensor, selected: torch.Tensor,
     return inputs, (inputs != input_ids).long()
 
 
+def prior_logit(p: float) -> float:
+    """The log-odds `log(p / (1 - p))`: a logit whose sigmoid is `p`."""
+    return math.log(p / (1 - p))
+
+
 def generator_config(config: ElectraConfig, size: float) -> ElectraConfig:
     """The discriminator's config with `size` x its hidden width (whole heads of the same head width; the feed-forward
     width scaled alike) and the same embedding size, vocabulary and positions, so the embeddings can be shared."""
@@ -65,6 +73,30 @@ class ElectraLosses(NamedTuple):
     selected: int  # positions the generator predicted
 
 
+def detection_metrics(prefix: str) -> MetricCollection:
+    """Replaced-token detection, "replaced" being the positive class: accuracy, precision, recall and F1 of the
+    discriminator's calls (logit > 0) over the non-padding tokens, their AUROC (threshold-free: above 0.5 once the
+    discriminator ranks replaced tokens higher, before any crosses probability 1/2), the generator's MLM loss and the
+    share of tokens replaced. A discriminator that calls every token original has recall 0 (and precision 0)."""
+    return MetricCollection({
+        "gen_loss": MeanMetric(), "replaced_fraction": MeanMetric(), "disc_acc": BinaryAccuracy(),
+        "disc_precision": BinaryPrecision(), "disc_recall": BinaryRecall(), "disc_f1": BinaryF1Score(),
+        # fixed thresholds, every 0.05 in logit space: constant memory, whatever the size of the validation set
+        "disc_auroc": BinaryAUROC(thresholds=torch.linspace(-10, 10, 401).sigmoid())},
+        prefix=f"{prefix}/", compute_groups=False)
+
+
+def update_detection(metrics: MetricCollection, out: ElectraLosses) -> None:
+    """Add one batch's losses and calls to `detection_metrics`."""
+    prefix = metrics.prefix
+    metrics[f"{prefix}gen_loss"].update(out.gen, weight=out.selected)
+    metrics[f"{prefix}replaced_fraction"].update(out.labels.float().mean(), weight=len(out.labels))
+    calls = (out.logits > 0).long()
+    for name in ("disc_acc", "disc_precision", "disc_recall", "disc_f1"):
+        metrics[f"{prefix}{name}"].update(calls, out.labels)
+    metrics[f"{prefix}disc_auroc"].update(out.logits.sigmoid(), out.labels)
+
+
 class ELECTRA(MaskedLM):
     document_masking = False  # its own losses take plain blocks
     auto_class = AutoModelForPreTraining
@@ -76,6 +108,7 @@ class ELECTRA(MaskedLM):
         export_generator: bool = True,
         mask_fraction: float = 1.0,
         random_fraction: float = 0.0,
+        prior_bias: bool = True,
         **kwargs,
     ):
         """
@@ -90,6 +123,11 @@ class ELECTRA(MaskedLM):
                 ELECTRA's released code keeps 15% unchanged: 0.85); the rest stay, and every selected position
                 gets a sampled token in the discriminator's input.
             random_fraction: share of selected tokens replaced by a random token in the generator's input (0).
+            prior_bias: start a fresh discriminator's output bias at the log-odds of `mlm_probability` (about the
+                share of tokens replaced), not at 0 (ELECTRA's code), so the first steps need not learn that constant.
+                Without it, tiny discriminators at lr 2e-3 learned it through the encoder, squeezing its outputs
+                towards one vector (once wholly: every logit equal), before learning even that special tokens are
+                never replaced.
         """
         if not 0 < generator_size <= 1:
             raise InputError(f"generator_size must be in (0, 1], got {generator_size}")
@@ -101,8 +139,12 @@ class ELECTRA(MaskedLM):
                              f"use --model.init_args.model.class_path transformers.ElectraConfig")
         self.generator_size, self.disc_weight, self.export_generator = generator_size, disc_weight, export_generator
         self.generator = self.build_generator(self.hparams.get("attn_implementation"))
-        self.val_gen_nll, self.val_replaced = MeanMetric(), MeanMetric()
-        self.val_disc_acc = BinaryAccuracy()
+        self.prior_bias = prior_bias
+        if prior_bias and not self.trained_weights:
+            with torch.no_grad():
+                self.model.discriminator_predictions.dense_prediction.bias.fill_(prior_logit(self.mlm_probability))
+        # per evaluation stage (validation, test): Lightning computes, logs and resets each at the epoch's end
+        self.eval_metrics = torch.nn.ModuleDict({stage: detection_metrics(stage) for stage in ("val", "test")})
 
     def build_generator(self, attn_implementation: str | None) -> ElectraForMaskedLM:
         """The generator (a previous export's, or a fresh one `generator_size` wide), tied to the discriminator's
@@ -161,33 +203,21 @@ class ELECTRA(MaskedLM):
         out = self.losses(batch, self.current_epoch, batch_idx)
         loss = out.gen + self.disc_weight * out.disc
         self.log("train/loss", loss, prog_bar=True)
+        calls = (out.logits > 0).long()
         self.log_dict({"train/gen_loss": out.gen, "train/disc_loss": out.disc,
-                       "train/disc_acc": ((out.logits > 0).long() == out.labels).float().mean()})
+                       "train/disc_acc": (calls == out.labels).float().mean(),
+                       "train/disc_precision": binary_precision(calls, out.labels),
+                       "train/disc_recall": binary_recall(calls, out.labels)})
         return loss
 
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         out = self.losses(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(out.disc, weight=len(out.labels))
-        self.val_gen_nll.update(out.gen, weight=out.selected)
-        self.val_disc_acc.update((out.logits > 0).long(), out.labels)
-        self.val_replaced.update(out.labels.float().mean(), weight=len(out.labels))
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self._log_electra("val")
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._log_electra("test")
-
-    def _log_electra(self, prefix: str) -> None:
-        if self.val_gen_nll.update_count == 0:
-            return
-        self.log_dict({f"{prefix}/gen_loss": self.val_gen_nll.compute(),
-                       f"{prefix}/disc_acc": self.val_disc_acc.compute(),
-                       f"{prefix}/replaced_fraction": self.val_replaced.compute()}, prog_bar=True)
-        for metric in (self.val_gen_nll, self.val_disc_acc, self.val_replaced):
-            metric.reset()
+        metrics = self.eval_metrics["test" if self._trainer is not None and self.trainer.testing else "val"]
+        update_detection(metrics, out)
+        # the metric objects themselves: Lightning computes them (synchronised across ranks) at the epoch's end
+        for name, metric in metrics.items():
+            self.log(name, metric, prog_bar=name.endswith(("gen_loss", "disc_acc", "disc_recall")))
 
     # -- optimisation and export --------------------------------------------------------------------------------
     def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
