@@ -65,17 +65,6 @@ def validations_per_step(trainer: L.Trainer, s_per_step: float) -> float:
     return per_batch * trainer.accumulate_grad_batches
 
 
-def refresh_progress_bar(trainer: L.Trainer) -> None:
-    """Our bars say `N steps` from the fixed total on (they write their description only at each epoch's start)."""
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, progress.RichBar) and bar.progress is not None and bar.train_progress_bar_id is not None:
-        description = bar._get_train_description(trainer.current_epoch)
-        theme = bar.theme.description
-        bar.progress.update(bar.train_progress_bar_id, description=f"[{theme}]{description}" if theme else description)
-    elif isinstance(bar, progress.TQDMBar) and bar._train_progress_bar is not None:
-        bar.train_progress_bar.set_description(progress._describe(trainer, trainer.current_epoch))
-
-
 class TimeBudget(L.Callback):
     def __init__(self, measure_steps: int = 20, skip_steps: int = 2, reserve: float = 0.03, hard_stop: float = 1.5):
         """
@@ -278,7 +267,7 @@ class TimeBudget(L.Callback):
         for config in trainer.lr_scheduler_configs:
             optim.retarget(config.scheduler, total, taken_steps=taken)
         trainer.fit_loop.epoch_loop.max_steps = total
-        refresh_progress_bar(trainer)
+        progress.refresh(trainer)  # our bars say `N steps` from the fixed total on
 
     def _log(self, trainer: L.Trainer, message: str) -> None:
         """Say `message` once, and record the total in the run's `hparams.yaml` (TensorBoard and CSV loggers: their

@@ -27,6 +27,13 @@ class RichBar(RichProgressBar):
     def get_metrics(self, trainer, pl_module) -> dict:
         return _metrics(super().get_metrics(trainer, pl_module))
 
+    def refresh_description(self, trainer) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            theme = self.theme.description
+            self.progress.update(self.train_progress_bar_id,
+                                 description=f"[{theme}]{description}" if theme else description)
+
 
 class TQDMBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer, *_) -> None:
@@ -35,6 +42,18 @@ class TQDMBar(TQDMProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return _metrics(super().get_metrics(trainer, pl_module))
+
+    def refresh_description(self, trainer) -> None:
+        if self._train_progress_bar is not None:
+            self.train_progress_bar.set_description(_describe(trainer, trainer.current_epoch))
+
+
+def refresh(trainer) -> None:
+    """Rewrite our bar's description now (the bars write it only at each epoch's start): after the run's total
+    changed mid-epoch (the time budget fixing it)."""
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, (RichBar, TQDMBar)):
+        bar.refresh_description(trainer)
 
 
 def progress_bar():
