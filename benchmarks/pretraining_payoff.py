@@ -279,9 +279,9 @@ def read_labelled(path: str, text_col, label_col, pair_col, names: list[str] | N
                   infer_names: bool) -> tuple[list[dict], list[str], int]:
     """The labelled rows of a table as {'text', ('text_pair'), 'label': class name}, the class names, and how many
     rows had no label (left out). Reads and checks the file as fine-tuning does (`lightning_pretrain.data`)."""
-    from lightning_pretrain.data import labels as L
-    from lightning_pretrain.data import tables, validate
-
+    from lightning_pretrain.data.finetune import labels as L
+    from lightning_pretrain.data.sources import tables
+    from lightning_pretrain.data.sources import validate
     header = not all(isinstance(c, int) for c in (text_col, label_col, pair_col) if c is not None)
     df, where = tables._read_table(os.path.abspath(os.path.expanduser(path)), header)
     found = {k: tables.resolve_column(ref, list(df.columns))
@@ -321,8 +321,7 @@ def corpus_options(args, data_dir: Path) -> tuple[list[str], str]:
     suffix = Path(corpus).suffix.lower()
     if suffix in TABLE_SUFFIXES and Path(corpus).is_file():
         if isinstance(col, int):
-            from lightning_pretrain.data import tables
-
+            from lightning_pretrain.data.sources import tables
             df, _ = tables._read_table(os.path.abspath(corpus), header=False)
             name = tables.resolve_column(col, list(df.columns))
             if name is None:

@@ -7,7 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from lightning_pretrain.data import PretrainCorpus, blocks, cache
+from lightning_pretrain.data import PretrainCorpus, cache
+
+from lightning_pretrain.data.pretrain import blocks
 from lightning_pretrain.errors import InputError
 
 SEP = 0
@@ -166,7 +168,6 @@ def trained_tokenizer(kind: str):
     from conftest import ENGLISH, minilm_dir
 
     from lightning_pretrain.data import tokenizers as toks
-
     if kind == "minilm":
         return toks.load_pretrained(str(minilm_dir()))
     return toks.TRAINERS[kind](iter(ENGLISH * 5 + [long_text(2000, seed=9)]), 400)
@@ -210,7 +211,6 @@ def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind,
     from conftest import ENGLISH
 
     from lightning_pretrain.data import tokenizers as toks
-
     monkeypatch.setattr(blocks, "PIECE_CHARS", 300)
     texts = ENGLISH + [long_text(3000), long_text(500, seed=3)]
     backend = toks.TRAINERS[kind](iter(texts), 500).backend_tokenizer

@@ -19,8 +19,10 @@ import pytest
 from conftest import ENGLISH, REPO, minilm_dir
 from test_finetune_modes import NEGATIVE, POSITIVE, tiny_backbone  # noqa: F401 (fixture)
 
-from lightning_pretrain.data import PretrainCorpus, SentencePairCorpus, TextClassification, cache, sources
-from lightning_pretrain.data.streaming import open_stream
+from lightning_pretrain.data import PretrainCorpus, SentencePairCorpus, TextClassification, cache
+
+from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data.pretrain.streaming import open_stream
 from lightning_pretrain.errors import InputError
 
 

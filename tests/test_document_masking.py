@@ -11,7 +11,7 @@ from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig, Roberta
 from conftest import FAST, REPO, cli, only_run_dir
 from lightning_pretrain import architecture
 from lightning_pretrain.data import PretrainCorpus
-from lightning_pretrain.data.blocks import BlockCollate, document_positions
+from lightning_pretrain.data.pretrain.blocks import BlockCollate, document_positions
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.document_attention import document_inputs, document_mask
 from lightning_pretrain.objectives import CausalLM
@@ -197,7 +197,6 @@ def test_an_objective_that_cannot_keep_documents_apart_is_refused(workdir, tiny_
 
 def test_a_streaming_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
     from lightning_pretrain.data import StreamingCorpus
-
     data = StreamingCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4, num_workers=0,
                            val_documents=20, cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
     data.setup("fit")

@@ -7,8 +7,8 @@ import torch
 from conftest import minilm_dir, shared_file
 
 from lightning_pretrain.data import TextClassification
-from lightning_pretrain.data.labels import encode_labels, label_vocabulary
-from lightning_pretrain.data.tables import read_table
+from lightning_pretrain.data.finetune.labels import encode_labels, label_vocabulary
+from lightning_pretrain.data.sources.tables import read_table
 from lightning_pretrain.errors import InputError
 
 
@@ -193,8 +193,7 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
     classes differently; with no validation split the test split validates (IMDb, AG News)."""
     import datasets
 
-    from lightning_pretrain.data import tables
-
+    from lightning_pretrain.data.sources import tables
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["neg", "pos"])})
     hub = datasets.DatasetDict({
@@ -239,8 +238,7 @@ def test_hub_source_split_suffix_names_the_training_split(tmp_path, monkeypatch)
     """One `id[:config][@split]` syntax for pretraining and fine-tuning sources: `@split` is the training split."""
     import datasets
 
-    from lightning_pretrain.data import tables
-
+    from lightning_pretrain.data.sources import tables
     hub = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": [s, s + "!"], "label": [0, 1]})
                                 for s in ("train", "extra", "validation")})
     asked = []
@@ -259,8 +257,7 @@ def test_files_are_identified_by_the_shared_remembered_digest(tmp_path):
     import os
     import time
 
-    from lightning_pretrain.data import sources
-
+    from lightning_pretrain.data.sources import text as sources
     path = tmp_path / "t.csv"
     path.write_text("text,label\nfine,1\nbad,0\n")
     old = time.time() - 60

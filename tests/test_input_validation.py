@@ -8,10 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA
 
-from lightning_pretrain.data import records, sources, validate
-from lightning_pretrain.data.labels import check_label_names, encode_labels, label_vocabulary, labelled
-from lightning_pretrain.data.splits import Splits
-from lightning_pretrain.data.tables import read_table
+from lightning_pretrain.data.sources import records
+
+from lightning_pretrain.data.sources import text as sources
+
+from lightning_pretrain.data.sources import validate
+from lightning_pretrain.data.finetune.labels import check_label_names, encode_labels, label_vocabulary, labelled
+from lightning_pretrain.data.finetune.splits import Splits
+from lightning_pretrain.data.sources.tables import read_table
 from lightning_pretrain.errors import InputError
 
 

@@ -13,11 +13,11 @@ import torch
 from conftest import ENGLISH, REPO, cli
 from test_resume import TINY, check_kill_and_resume, events_files
 
-from lightning_pretrain.data import mixture as mx
-from lightning_pretrain.data import mixture_stream as ms
+from lightning_pretrain.data.pretrain import mixture as mx
+from lightning_pretrain.data.pretrain import mixture_stream as ms
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.blocks import BlockCollate
-from lightning_pretrain.data.streaming import BlockStream
+from lightning_pretrain.data.pretrain.blocks import BlockCollate
+from lightning_pretrain.data.pretrain.streaming import BlockStream
 from lightning_pretrain.errors import InputError
 
 SIZES = [50, 30, 20]

@@ -12,9 +12,9 @@ from transformers import (AlbertConfig, AlbertForPreTraining, AutoModelForPreTra
                           BertForPreTraining)
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.sentence_pairs import (PairDataset, SentencePairCorpus, TokenizedDocs, make_pairs,
+from lightning_pretrain.data.pretrain.sentence_pairs import (PairDataset, SentencePairCorpus, TokenizedDocs, make_pairs,
                                                     split_sentences, tokenize_documents)
-from lightning_pretrain.data.sources import paragraphs
+from lightning_pretrain.data.sources.text import paragraphs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import IGNORE
 from lightning_pretrain.data.contract import DataContract

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lightning_pretrain.data import sources
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.errors import InputError
 
 

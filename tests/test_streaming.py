@@ -17,8 +17,10 @@ import torch
 from conftest import minilm_dir
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_pretrain.data import blocks, sources
-from lightning_pretrain.data.streaming import BlockStream, StreamingCorpus, doc_hash, open_stream
+from lightning_pretrain.data.pretrain import blocks
+
+from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data.pretrain.streaming import BlockStream, StreamingCorpus, doc_hash, open_stream
 from lightning_pretrain.errors import InputError
 
 SEQ = 16

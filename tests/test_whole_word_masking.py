@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.sources import builtin_documents
+from lightning_pretrain.data.sources.text import builtin_documents
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens, word_boundaries, word_index

@@ -19,7 +19,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lightning_pretrain.data import blocks, cache
+from lightning_pretrain.data import cache
+
+from lightning_pretrain.data.pretrain import blocks
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
 
-from lightning_pretrain.data import blocks, sources as srcs
+from lightning_pretrain.data.pretrain import blocks
+
+from lightning_pretrain.data.sources import text as srcs
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -211,7 +213,7 @@ class MixtureSampler(DistributedSampler):
 
 def cached_parts(corpus, entries: Sequence[MixtureSource]) -> list:
     """One PretrainCorpus per source, sharing the mixture's settings (and, once built, its tokenizer)."""
-    from lightning_pretrain.data.corpus import PretrainCorpus
+    from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
 
     h = corpus.hparams
     return [PretrainCorpus(source=e.source, val_source=h.val_source, val_fraction=h.val_fraction,

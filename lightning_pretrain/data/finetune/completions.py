@@ -18,7 +18,7 @@ from jinja2.exceptions import TemplateError
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data.records import describe
+from lightning_pretrain.data.sources.records import describe
 from lightning_pretrain.errors import InputError
 
 CHUNK = 2000  # texts per tokenizer call

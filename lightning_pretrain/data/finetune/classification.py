@@ -11,11 +11,11 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.finetune_data import FineTuneData
-from lightning_pretrain.data.labels import Task, check_label_names, encode_labels, label_vocabulary, labelled
+from lightning_pretrain.data.finetune.base import FineTuneData
+from lightning_pretrain.data.finetune.labels import Task, check_label_names, encode_labels, label_vocabulary, labelled
 from lightning_pretrain.data.loaders import DynamicPadding
-from lightning_pretrain.data.splits import Splits
-from lightning_pretrain.data.tables import Column, TableSource
+from lightning_pretrain.data.finetune.splits import Splits
+from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
 

@@ -20,7 +20,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import cache
+
+from lightning_pretrain.data.pretrain import blocks
+
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.errors import InputError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from lightning_pretrain.data.records import describe
+from lightning_pretrain.data.sources.records import describe
 from lightning_pretrain.errors import InputError
 
 Task = Literal["classification", "regression"]

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from lightning_pretrain.data.mixture import CHUNK, Exhaustion, MixtureSource
+from lightning_pretrain.data.pretrain.mixture import CHUNK, Exhaustion, MixtureSource
 
 log = logging.getLogger(__name__)
 
 
 def streaming_parts(corpus, entries: Sequence[MixtureSource], weights: np.ndarray) -> list:
     """One StreamingCorpus per source; a trained tokenizer learns from each source's share of its documents."""
-    from lightning_pretrain.data.streaming import StreamingCorpus
+    from lightning_pretrain.data.pretrain.streaming import StreamingCorpus
 
     h = corpus.hparams
     return [StreamingCorpus(source=e.source, val_source=h.val_source, val_documents=h.val_documents,

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import torch
 
-from lightning_pretrain.data import sources, tables, validate
-from lightning_pretrain.data.splits import Splits, holdout
-from lightning_pretrain.data.tables import Column, TableSource
+from lightning_pretrain.data.sources import text as sources
+
+from lightning_pretrain.data.sources import tables
+
+from lightning_pretrain.data.sources import validate
+from lightning_pretrain.data.finetune.splits import Splits, holdout
+from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
 

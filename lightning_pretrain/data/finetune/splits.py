@@ -9,8 +9,12 @@ from functools import cached_property
 
 import torch
 
-from lightning_pretrain.data import sources, tables, validate
-from lightning_pretrain.data.tables import Column, TableSource
+from lightning_pretrain.data.sources import text as sources
+
+from lightning_pretrain.data.sources import tables
+
+from lightning_pretrain.data.sources import validate
+from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
 # file stems that name a split in a local directory (GLUE: train.tsv, dev.tsv, test.tsv; MNLI: dev_matched.tsv)

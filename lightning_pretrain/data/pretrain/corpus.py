@@ -14,12 +14,16 @@ import numpy as np
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache, mixture
+from lightning_pretrain.data import cache
+
+from lightning_pretrain.data.pretrain import blocks
+
+from lightning_pretrain.data.pretrain import mixture
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
-from lightning_pretrain.data.prompts import prompt_loader
-from lightning_pretrain.data.sources import resolve as resolve_source
+from lightning_pretrain.data.sources.prompts import prompt_loader
+from lightning_pretrain.data.sources.text import resolve as resolve_source
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,11 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from lightning_pretrain.data import cache, records, validate
+from lightning_pretrain.data import cache
+
+from lightning_pretrain.data.sources import records
+
+from lightning_pretrain.data.sources import validate
 from lightning_pretrain.errors import InputError
 
 # file suffix -> `datasets` packaged builder

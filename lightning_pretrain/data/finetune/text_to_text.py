@@ -14,9 +14,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.finetune_data import FineTuneData
-from lightning_pretrain.data.pair_splits import PairSplits
-from lightning_pretrain.data.tables import Column
+from lightning_pretrain.data.finetune.base import FineTuneData
+from lightning_pretrain.data.finetune.pair_splits import PairSplits
+from lightning_pretrain.data.sources.tables import Column
 from lightning_pretrain.errors import InputError
 
 

@@ -19,7 +19,11 @@ from typing import Literal
 import datasets
 import pandas as pd
 
-from lightning_pretrain.data import records, sources, validate
+from lightning_pretrain.data.sources import records
+
+from lightning_pretrain.data.sources import text as sources
+
+from lightning_pretrain.data.sources import validate
 from lightning_pretrain.errors import InputError
 
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")

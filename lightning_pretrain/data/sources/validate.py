@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightning_pretrain.data import cache
-from lightning_pretrain.data.records import check_encoding, describe, records
+from lightning_pretrain.data.sources.records import check_encoding, describe, records
 from lightning_pretrain.errors import InputError
 
 _NUMBER = re.compile(r"[+-]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")

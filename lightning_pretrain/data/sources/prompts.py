@@ -10,7 +10,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
-from lightning_pretrain.data.records import check_encoding
+from lightning_pretrain.data.sources.records import check_encoding
 from lightning_pretrain.errors import InputError
 
 TABLES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")

@@ -21,8 +21,8 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data import cache
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
-from lightning_pretrain.data.tables import Column
-from lightning_pretrain.data.windows import training_windows
+from lightning_pretrain.data.sources.tables import Column
+from lightning_pretrain.data.pretrain.windows import training_windows
 from lightning_pretrain.errors import InputError
 
 

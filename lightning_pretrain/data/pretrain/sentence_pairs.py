@@ -27,10 +27,14 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import blocks, cache, sources
+from lightning_pretrain.data import cache
+
+from lightning_pretrain.data.pretrain import blocks
+
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.corpus import PretrainCorpus
+from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
 from lightning_pretrain.data.loaders import check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.errors import InputError
 

@@ -1,0 +1,1 @@
+"""Fine-tuning data: labels, splits, and the DataModules of each task family."""
