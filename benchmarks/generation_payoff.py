@@ -5,7 +5,8 @@ fine-tuned from random initialisation (same steps, same data, same seed). Every 
     python benchmarks/generation_payoff.py --multi30k ../shared/data/multi30k --pretrain_steps 1500 --epochs 1 \
         --out logs/bench_generation
 
-`--pretrained DIR` reuses an existing span-corruption export instead of pretraining. Prints a Markdown table of
+`--pretrain_config` picks the recipe (default configs/pretrain/t5_laptop.yaml: span corruption mixed with a prefix
+LM), `--pretrain_args "..."` adds options to it. `--pretrained DIR` reuses an existing span-corruption export instead of pretraining. Prints a Markdown table of
 sacreBLEU / chrF / teacher-forced loss on Multi30k `val` (1,014 sentences, never trained on) for both arms.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--multi30k", default=str(REPO.parent / "shared" / "data" / "multi30k"))
     parser.add_argument("--pretrained", help="an existing span-corruption export (skips pretraining)")
     parser.add_argument("--pretrain_steps", type=int, default=1500)
+    parser.add_argument("--pretrain_config", default=str(REPO / "configs/pretrain/t5_laptop.yaml"))
+    parser.add_argument("--pretrain_args", default="", help="more options of the pretraining run, one string")
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of each arm")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning LR of both arms")
@@ -55,11 +59,12 @@ def main() -> None:
         pretrained = Path(args.pretrained)
     else:
         seconds["pretrain"] = fit([
-            "-c", str(REPO / "configs/pretrain/t5_tiny.yaml"), f"--seed_everything={args.seed}",
+            "-c", args.pretrain_config, f"--seed_everything={args.seed}", "--trainer.max_time=null",
             f"--data.source={data}/train.*", f"--data.val_source={data}/val.*",
             f"--data.vocab_size={args.vocab_size}", "--data.batch_size=32",
             f"--trainer.max_steps={args.pretrain_steps}", "--trainer.val_check_interval=500",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.logger.init_args.name=pretrain"])
+            f"--trainer.logger.init_args.save_dir={out}", "--trainer.logger.init_args.name=pretrain",
+            *shlex.split(args.pretrain_args)])
         pretrained = latest_run(out / "pretrain") / "hf"
     config = json.loads((pretrained / "config.json").read_text())
     scratch = {"class_path": "transformers.T5Config", "init_args": {k: config[k] for k in T5_FIELDS if k in config}}

@@ -65,7 +65,7 @@ def mlm_head(model: nn.Module) -> nn.Module | None:
     """BERT's `cls` / RoBERTa's `lm_head` / ModernBERT's `head` + `decoder`: hidden states to vocabulary logits (None
     for other architectures), so the loss computes logits only at the selected positions."""
     head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
-    if head is None and model.config.model_type == "modernbert":
+    if head is None and model.config.model_type == "modernbert" and hasattr(model, "decoder"):
         head = nn.Sequential(model.head, model.decoder)
     return head
 

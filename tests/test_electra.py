@@ -5,6 +5,7 @@ Lightning way), and a CLI run whose loss falls, whose export loads in transforme
 fine-tunes with SequenceClassifier."""
 
 import json
+import math
 
 import lightning as L
 import pytest
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST, REPO, cli, only_run_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import (AutoModelForPreTraining, AutoTokenizer, BertConfig, ElectraConfig, ElectraForMaskedLM,
-                          ElectraForPreTraining, ElectraModel)
+from transformers import (AutoModelForPreTraining, AutoModelForSequenceClassification, AutoTokenizer, ElectraConfig,
+                          ElectraForMaskedLM, ElectraForPreTraining, ElectraModel, LlamaConfig, ModernBertConfig,
+                          ModernBertForMaskedLM, ModernBertForTokenClassification)
 
 from lightning_pretrain.callbacks.export import export_checkpoint
 from lightning_pretrain.data.contract import DataContract
@@ -219,9 +221,9 @@ def test_lightning_logs_the_detection_metrics_per_stage_and_resets_them(tmp_path
         assert not any(k.startswith("val/" if stage == "test" else "test/") for k in metrics)
 
 
-def test_a_model_that_is_not_electra_is_refused():
-    with pytest.raises(InputError, match="ElectraConfig"):
-        ELECTRA(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+def test_a_model_without_a_masked_lm_head_is_refused():
+    with pytest.raises(InputError, match="masked-LM head"):
+        ELECTRA(model=LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
                 data=DataContract(_Tok()))
     with pytest.raises(InputError, match="generator_size"):
         module(generator_size=0.0)
@@ -285,3 +287,34 @@ def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpu
     assert "val/acc" in json.loads((finetuned / "metrics.json").read_text())
     assert json.loads((finetuned / "hf" / "config.json").read_text())["architectures"] == \
         ["ElectraForSequenceClassification"]
+
+
+MODERNBERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  max_position_embeddings=64, layer_types=["full_attention"] * 2)
+
+
+def test_a_rotary_modernbert_discriminator_trains_beside_a_narrower_generator_of_its_own(tmp_path):
+    torch.manual_seed(0)
+    m = ELECTRA(model=ModernBertConfig(**MODERNBERT), data=DataContract(_Tok()), generator_size=0.25)
+    assert type(m.model) is ModernBertForTokenClassification and m.model.config.num_labels == 1
+    assert type(m.generator) is ModernBertForMaskedLM and m.generator.config.hidden_size == 16
+    assert not m.shares_embeddings  # a narrower ModernBERT embeds in its own width
+    assert m.output_layer().bias.item() == pytest.approx(math.log(0.15 / 0.85))  # the prior bias
+    out = m.losses(batch(), 0, 0)
+    assert out.logits.dim() == 1 and out.logits.numel() == batch().numel() and out.selected > 0
+    (out.gen + m.disc_weight * out.disc).backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []  # both losses reach every parameter
+
+    # the export: a token classifier that SequenceClassifier's Auto class loads, and a reloadable generator
+    tok = _Tok()
+    tok.save_pretrained = lambda d: None
+    m.tokenizer = tok
+    hf = m.export_hf(tmp_path / "hf")
+    assert type(ModernBertForMaskedLM.from_pretrained(hf / "generator")) is ModernBertForMaskedLM
+    clf, info = AutoModelForSequenceClassification.from_pretrained(hf, num_labels=2, ignore_mismatched_sizes=True,
+                                                                   output_loading_info=True)
+    fresh = [k if isinstance(k, str) else k[0] for k in [*info["mismatched_keys"], *info["missing_keys"]]]
+    assert fresh and {k.split(".")[0] for k in fresh} == {"classifier"}  # the encoder and its head carry over
+    again = ELECTRA(model=str(hf), data=DataContract(_Tok()))
+    torch.testing.assert_close(again.generator.state_dict(), m.generator.state_dict())
+    torch.testing.assert_close(again.model.state_dict(), m.model.state_dict())

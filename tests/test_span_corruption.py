@@ -14,7 +14,8 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, Bart
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.objectives.span_corruption import (SpanCorruption, block_length_for, random_spans_noise_mask,
+from lightning_pretrain.objectives.span_corruption import (SpanCorruption, block_length_for, prefix_lm,
+                                                           random_spans_noise_mask,
                                                            span_corrupt, span_lengths, with_sentinels)
 
 SETTINGS = [(0.15, 3.0), (0.3, 5.0), (0.5, 2.0)]
@@ -157,7 +158,7 @@ def test_objective_learns_on_t5_and_bart(config, cls, unigram):
     ids = [i for text in ENGLISH for i in unigram(text, add_special_tokens=False).input_ids]
     batch = torch.tensor(ids[: 4 * 60]).view(4, 60)
     opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    inputs, targets = module.corrupt(batch, 0, 0)
+    [(inputs, targets)] = module.corrupt(batch, 0, 0)
     losses = []
     for _ in range(30):  # one fixed corrupted batch: a working objective memorises it
         loss = module.model(input_ids=inputs, labels=targets).loss
@@ -167,7 +168,8 @@ def test_objective_learns_on_t5_and_bart(config, cls, unigram):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     # the same (seed, epoch, batch) draws the same corruption; another batch index another one
-    assert torch.equal(module.corrupt(batch, 0, 0)[0], inputs) and not torch.equal(module.corrupt(batch, 0, 1)[0], inputs)
+    assert torch.equal(module.corrupt(batch, 0, 0)[0][0], inputs)
+    assert not torch.equal(module.corrupt(batch, 0, 1)[0][0], inputs)
     with pytest.raises(InputError, match="50 noise spans but only 20 sentinels"):
         module.check_seq_len(1000)
     if cls is BartForConditionalGeneration:  # learned positions: the corrupted input must fit them
@@ -185,7 +187,7 @@ def test_pretrained_checkpoint_without_sentinels_gets_them_and_resized_embedding
     assert module.model.get_input_embeddings().num_embeddings == len(bpe) + 10 == len(module.tokenizer)
     assert module.model.training  # from_pretrained's eval mode is undone
     batch = torch.tensor([bpe(" ".join(ENGLISH), add_special_tokens=False).input_ids[:48]])
-    inputs, targets = module.corrupt(batch, 0, 0)
+    [(inputs, targets)] = module.corrupt(batch, 0, 0)
     assert module.model(input_ids=inputs, labels=targets).loss.isfinite()
 
 
@@ -226,3 +228,26 @@ def test_t5_base_recipe_is_t5_base_sized_and_its_optimizer_steps(unigram):
     before = tiny.shared.weight.detach().clone()
     opt.step()
     assert not torch.equal(before, tiny.shared.weight)
+
+
+def test_prefix_lm_rows_are_a_block_start_then_its_continuation(unigram):
+    blocks = torch.arange(10, 30).view(2, 10)
+    inputs, targets = prefix_lm(blocks, 4, 99, 1)
+    assert inputs.tolist() == [[10, 11, 12, 13, 99, 1], [20, 21, 22, 23, 99, 1]]
+    assert targets.tolist() == [[99, 14, 15, 16, 17, 18, 19, 1], [99, 24, 25, 26, 27, 28, 29, 1]]
+
+    torch.manual_seed(0)
+    module = SpanCorruption(model=TINY_T5, data=DataContract(unigram), num_sentinels=20, prefix_lm_fraction=0.25)
+    batch = torch.randint(5, len(unigram), (8, 60), generator=torch.Generator().manual_seed(0))
+    (span_in, span_out), (pre_in, pre_out) = module.corrupt(batch, 0, 0)
+    assert len(span_in) == 6 and len(pre_in) == 2  # the last quarter of the rows
+    split = pre_in.shape[1] - 2
+    assert 15 <= split <= 45 and pre_out.shape[1] == 60 - split + 2
+    assert torch.equal(pre_in[:, :split], batch[6:, :split]) and torch.equal(pre_out[:, 1:-1], batch[6:, split:])
+    assert set(pre_in[:, split].tolist()) == {int(module.sentinel_ids[0])}  # <extra_id_0>, as T5 writes one span
+    loss, count = module.nll(batch, 0, 0)  # the token-weighted mean over both kinds of rows
+    expected = sum(module.model(input_ids=i, labels=o).loss * o.numel() for i, o in module.corrupt(batch, 0, 0))
+    assert count == span_out.numel() + pre_out.numel()
+    torch.testing.assert_close(loss, expected / count)
+    with pytest.raises(InputError, match="prefix_lm_fraction"):
+        SpanCorruption(model=TINY_T5, data=DataContract(unigram), num_sentinels=20, prefix_lm_fraction=1.5)

@@ -2,11 +2,12 @@
 from its output distribution, and the discriminator (the model that is kept) tells every token apart as original
 or replaced. loss = generator MLM loss + `disc_weight` x discriminator BCE (over every non-padding token).
 
-The masking is `mask_tokens` (all selected tokens become [MASK] by default); the sample is Gumbel-max, seeded, outside
-autograd; a sample equal to the original is labelled original. The two models share one embeddings module (as
-ELECTRA's code). `val/loss` is the discriminator's mean BCE per token, `val/gen_loss` the generator's MLM loss;
-`val/disc_{acc,precision,recall,f1,auroc}` score the detection (replaced = positive; calling every token original
-gives recall 0). Exports `ElectraForPreTraining` to `hf/`, the generator to `hf/generator/`.
+Two architectures: ELECTRA's own (`ElectraConfig`: `ElectraForPreTraining` + `ElectraForMaskedLM` sharing one
+embeddings module) and any encoder with a token-classification head, e.g. ModernBERT (rotary positions, which learn
+where to attend far sooner on a CPU budget: benchmarks/RESULTS.md): the discriminator is its
+`...ForTokenClassification` with one output, the generator its narrower `...ForMaskedLM` with its own embeddings.
+Masking is `mask_tokens`; the Gumbel-max sample is seeded, outside autograd. Metrics: `val/loss` (disc BCE),
+`val/gen_loss`, `val/disc_{acc,precision,recall,f1,auroc}` (replaced = positive). Exports `hf/` and `hf/generator/`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision,
                                          BinaryRecall)
 from torchmetrics.functional.classification import binary_precision, binary_recall
-from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, ElectraConfig, ElectraForMaskedLM,
-                          ElectraForPreTraining)
+from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForTokenClassification,
+                          ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, PretrainedConfig)
 
-from lightning_pretrain import parallel
+from lightning_pretrain import architecture, parallel
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
 from lightning_pretrain.objectives.pretraining import seeded_generator
@@ -53,16 +54,22 @@ def prior_logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def generator_config(config: ElectraConfig, size: float) -> ElectraConfig:
+def generator_config(config: PretrainedConfig, size: float) -> PretrainedConfig:
     """The discriminator's config with `size` x its hidden width (whole heads of the same head width; the feed-forward
-    width scaled alike) and the same embedding size, vocabulary and positions, so the embeddings can be shared."""
+    width scaled alike) and the same vocabulary and positions (ELECTRA: the same embedding size, so the embeddings can
+    be shared). A discriminator's one-output token head does not carry over."""
     head = config.hidden_size // config.num_attention_heads
     heads = max(1, round(config.num_attention_heads * size))
     gen = copy.deepcopy(config)
     gen.hidden_size, gen.num_attention_heads = heads * head, heads
     gen.intermediate_size = max(1, round(config.intermediate_size * heads / config.num_attention_heads))
-    gen.architectures = None
+    gen.architectures, gen.num_labels = None, 2
     return gen
+
+
+def discriminator_class(config: PretrainedConfig):
+    """ELECTRA's own pretraining head, else the architecture's token classifier (one output per token)."""
+    return AutoModelForPreTraining if isinstance(config, ElectraConfig) else AutoModelForTokenClassification
 
 
 class ElectraLosses(NamedTuple):
@@ -134,34 +141,57 @@ class ELECTRA(MaskedLM):
         if disc_weight <= 0:
             raise InputError(f"disc_weight must be positive, got {disc_weight}")
         super().__init__(mask_fraction=mask_fraction, random_fraction=random_fraction, **kwargs)
-        if not isinstance(self.model, ElectraForPreTraining):
-            raise InputError(f"ELECTRA trains an ElectraForPreTraining discriminator, not {type(self.model).__name__}; "
-                             f"use --model.init_args.model.class_path transformers.ElectraConfig")
+        if not (isinstance(self.model, ElectraForPreTraining) or (
+                type(self.model).__name__.endswith("ForTokenClassification") and self.model.config.num_labels == 1)):
+            raise InputError(f"ELECTRA trains an ElectraForPreTraining or a one-output ...ForTokenClassification "
+                             f"discriminator, not {type(self.model).__name__}; use --model.init_args.model.class_path "
+                             f"transformers.ElectraConfig (or transformers.ModernBertConfig)")
         self.generator_size, self.disc_weight, self.export_generator = generator_size, disc_weight, export_generator
         self.generator = self.build_generator(self.hparams.get("attn_implementation"))
         self.prior_bias = prior_bias
         if prior_bias and not self.trained_weights:
             with torch.no_grad():
-                self.model.discriminator_predictions.dense_prediction.bias.fill_(prior_logit(self.mlm_probability))
+                self.output_layer().bias.fill_(prior_logit(self.mlm_probability))
         # per evaluation stage (validation, test): Lightning computes, logs and resets each at the epoch's end
         self.eval_metrics = torch.nn.ModuleDict({stage: detection_metrics(stage) for stage in ("val", "test")})
 
-    def build_generator(self, attn_implementation: str | None) -> ElectraForMaskedLM:
-        """The generator (a previous export's, or a fresh one `generator_size` wide), tied to the discriminator's
-        embeddings module: one set of tensors, trained by both losses."""
+    def output_layer(self) -> torch.nn.Linear:
+        """The discriminator's last layer (one logit per token)."""
+        if isinstance(self.model, ElectraForPreTraining):
+            return self.model.discriminator_predictions.dense_prediction
+        return self.model.classifier
+
+    @property
+    def shares_embeddings(self) -> bool:
+        return self.generator.get_input_embeddings() is self.model.get_input_embeddings()
+
+    def build_generator(self, attn_implementation: str | None) -> torch.nn.Module:
+        """The generator (a previous export's, or a fresh one `generator_size` wide). ELECTRA's is tied to the
+        discriminator's embeddings module (one set of tensors, trained by both losses); another architecture's
+        embeddings are as wide as its hidden states, so a narrower generator keeps its own."""
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         saved = Path(self.model_dir) / "generator" if self.model_dir else None
         if saved is not None and (saved / "config.json").is_file():
             generator = AutoModelForMaskedLM.from_pretrained(saved, **kwargs)
             generator.train()
         else:
-            generator = AutoModelForMaskedLM.from_config(generator_config(self.model.config, self.generator_size),
-                                                         **kwargs)
+            try:
+                generator = AutoModelForMaskedLM.from_config(generator_config(self.model.config, self.generator_size),
+                                                             **kwargs)
+            except ValueError as e:  # no masked-LM class for this architecture (a decoder)
+                raise InputError(f"ELECTRA needs an encoder with a masked-LM head for its generator; "
+                                 f"{type(self.model.config).__name__} has none (use transformers.ElectraConfig or "
+                                 f"transformers.ModernBertConfig)") from e
+        if generator.config.model_type != self.model.config.model_type or generator.config.vocab_size != \
+                self.model.config.vocab_size:
+            raise InputError(f"the generator in {saved} is not a {self.model.config.model_type} masked LM of the "
+                             f"discriminator's vocabulary")
+        if not isinstance(self.model, ElectraForPreTraining):
+            return generator
         own, shared = generator.electra.embeddings, self.model.electra.embeddings
-        if not isinstance(generator, ElectraForMaskedLM) or any(
-                a.shape != b.shape for a, b in zip(own.parameters(), shared.parameters())):
+        if any(a.shape != b.shape for a, b in zip(own.parameters(), shared.parameters())):
             raise InputError(f"the generator in {saved} cannot share the discriminator's embeddings (another "
-                             f"architecture, vocabulary or embedding size)")
+                             f"vocabulary or embedding size)")
         generator.electra.embeddings = shared
         generator.tie_weights()  # its output layer is the (now shared) token embedding matrix again
         return generator
@@ -169,11 +199,22 @@ class ELECTRA(MaskedLM):
     def build_model(self, spec, attn_implementation):
         # read by build_generator: a previous export's generator/ lives beside the discriminator
         self.model_dir = spec if isinstance(spec, str) else None
+        config = spec if isinstance(spec, PretrainedConfig) else None
+        if config is None:
+            try:
+                config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+            except (OSError, ValueError) as e:
+                raise InputError(f"could not load pretrained model '{spec}': {str(e).splitlines()[0]}") from e
+        self.auto_class = discriminator_class(config)
         return super().build_model(spec, attn_implementation)
+
+    def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
+        if not isinstance(config, ElectraConfig):
+            config.num_labels = 1  # the token classifier's one logit: replaced or not
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if parallel.is_sharded(self.model):  # the Parallelize callback's setup shards it before this hook
+        if parallel.is_sharded(self.model) and self.shares_embeddings:  # Parallelize shards before this hook
             raise InputError("ELECTRA's generator and discriminator share their embeddings, which FSDP2 sharding "
                              "cannot split; use a data-parallel strategy (ddp)")
 
@@ -182,8 +223,15 @@ class ELECTRA(MaskedLM):
                          attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The generator's vocabulary logits at the selected positions only, `(selected, vocab)`."""
         g = self.generator
-        hidden = g.electra(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
-        return g.generator_lm_head(g.generator_predictions(hidden[selected]))
+        hidden = g.base_model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
+        if isinstance(g, ElectraForMaskedLM):
+            return g.generator_lm_head(g.generator_predictions(hidden[selected]))
+        return architecture.mlm_head(g)(hidden[selected])
+
+    def disc_logits(self, **inputs) -> torch.Tensor:
+        """One logit per token, `(batch, length)` (a token classifier's `(batch, length, 1)` squeezed)."""
+        logits = self.model(**inputs).logits
+        return logits.squeeze(-1) if logits.dim() == 3 else logits
 
     def losses(self, batch: torch.Tensor, *stream: int) -> ElectraLosses:
         inputs, mlm_labels = self.corrupt(batch, *stream)
@@ -195,7 +243,7 @@ class ELECTRA(MaskedLM):
         gen_loss = F.cross_entropy(gen_logits.float(), mlm_labels[selected])
         g = seeded_generator(batch.device, self.mask_seed, *stream, self.global_rank, SAMPLE_STREAM)
         disc_inputs, labels = replace_tokens(batch, selected, sample_tokens(gen_logits, g))
-        logits = self.model(input_ids=disc_inputs, attention_mask=mask).logits[real].float()
+        logits = self.disc_logits(input_ids=disc_inputs, attention_mask=mask)[real].float()
         disc_loss = F.binary_cross_entropy_with_logits(logits, labels[real].float())
         return ElectraLosses(gen_loss, disc_loss, logits, labels[real], int(selected.sum()))
 
@@ -221,8 +269,8 @@ class ELECTRA(MaskedLM):
 
     # -- optimisation and export --------------------------------------------------------------------------------
     def export_hf(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
-        """The discriminator as `ElectraForPreTraining` in `out_dir` (fine-tune it with `SequenceClassifier`, or
-        load its encoder as `ElectraModel`), and the generator as `ElectraForMaskedLM` in `out_dir/generator`."""
+        """The discriminator (`ElectraForPreTraining`, or e.g. `ModernBertForTokenClassification`) in `out_dir`:
+        fine-tune it with `SequenceClassifier`; the generator (`...ForMaskedLM`) in `out_dir/generator`."""
         out = super().export_hf(out_dir, state_dict)
         if self.export_generator:
             self.generator.save_pretrained(out / "generator", safe_serialization=True)
@@ -237,7 +285,7 @@ class ELECTRA(MaskedLM):
         ids = tok(batch["text"]).input_ids
         self.check_prompts(ids, batch)
         inputs = self.pad_prompts(ids, tok.pad_token_id if tok.pad_token_id is not None else 0)
-        probs = self.model(**inputs).logits.float().sigmoid()
+        probs = self.disc_logits(**inputs).float().sigmoid()
         rows = []
         for r, (seq, i, text) in enumerate(zip(ids, batch["example_id"].tolist(), batch["text"])):
             rows.append({"id": i, "text": text, "tokens": [

@@ -5,7 +5,8 @@ placed uniformly at random (T5's `random_spans_noise_mask`); each noise span bec
 the target lists the sentinels, each followed by the tokens it replaced. Sentinels descend from the last id, as in
 T5's vocabulary. Lengths depend on `L` alone (`span_lengths`: no padding); `data.seq_len` is `L`, and
 `block_length_for` inverts the arithmetic (512-token inputs need `seq_len: 568`). Details: docs/design/objectives.md.
-`predict` fills the sentinels of a prompt: it generates the target and splits it at the sentinels.
+`prefix_lm_fraction` mixes in UL2's S-denoiser in the same format (a block's start, `<extra_id_0>`, and the rest as
+the target), so the decoder also learns to write and end long text. `predict` fills the sentinels of a prompt.
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ def span_corrupt(blocks: torch.Tensor, noise_mask: torch.Tensor, sentinel_ids: t
     return inputs, targets
 
 
+def prefix_lm(blocks: torch.Tensor, split: int, sentinel_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """UL2's S-denoiser written as span corruption with one noise span, the whole suffix: `(inputs, targets)` =
+    (the first `split` tokens, `<extra_id_0>`, EOS) and (`<extra_id_0>`, the remaining tokens, EOS)."""
+    rows = blocks.shape[0]
+
+    def column(v: int) -> torch.Tensor:
+        return torch.full((rows, 1), v, dtype=blocks.dtype, device=blocks.device)
+
+    return (torch.cat([blocks[:, :split], column(sentinel_id), column(eos_id)], 1),
+            torch.cat([column(sentinel_id), blocks[:, split:], column(eos_id)], 1))
+
+
 def sentinel_tokens(n: int) -> list[str]:
     return [f"<extra_id_{i}>" for i in range(n)]
 
@@ -148,6 +161,7 @@ class SpanCorruption(PretrainingModule):
         mean_noise_span_length: float = 3.0,
         num_sentinels: int = 100,
         corruption_seed: int = 0,
+        prefix_lm_fraction: float = 0.0,
         attn_implementation: str | None = None,
         **kwargs,
     ):
@@ -160,14 +174,19 @@ class SpanCorruption(PretrainingModule):
                 model's embeddings grow to match) and saved with the export.
             corruption_seed: base seed of the noise masks; each batch's mask is a function of (seed, epoch, batch,
                 rank), so a resumed run corrupts exactly like an uninterrupted one and validation never changes.
+            prefix_lm_fraction: share of each batch's blocks trained as a prefix LM instead (UL2's S-denoiser: the
+                first 25-75% of the block in, the rest out, one split per batch). Span corruption alone teaches the
+                decoder only short sentinel-delimited fragments; continuations teach it to write on and to stop.
             attn_implementation: None (the architecture's default), 'sdpa' or 'eager'.
         """
         if not 0 < noise_density < 1 or mean_noise_span_length < 1:
             raise InputError("need 0 < noise_density < 1 and mean_noise_span_length >= 1")
+        if not 0.0 <= prefix_lm_fraction <= 1.0:
+            raise InputError(f"prefix_lm_fraction must be in [0, 1], got {prefix_lm_fraction}")
         self.num_sentinels = num_sentinels  # read by model_tokenizer, during the parent's __init__
         super().__init__(attn_implementation=attn_implementation, **kwargs)
         self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
-        self.corruption_seed = corruption_seed
+        self.corruption_seed, self.prefix_lm_fraction = corruption_seed, prefix_lm_fraction
         ids = self.tokenizer.convert_tokens_to_ids(sentinel_tokens(num_sentinels))
         self.register_buffer("sentinel_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
 
@@ -205,23 +224,42 @@ class SpanCorruption(PretrainingModule):
         n = self.lengths(batch.shape[1])
         return (batch.shape[0], n.inputs), n.targets
 
-    def corrupt(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise-mask `batch` with a generator seeded by (corruption_seed, *stream, rank): reproducible, resumable."""
+    def corrupt(self, batch: torch.Tensor, *stream: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`[(inputs, targets), ...]`: span corruption of the batch's first rows, the prefix LM of the last
+        `prefix_lm_fraction` of them, from a generator seeded by (corruption_seed, *stream, rank): reproducible,
+        resumable."""
         self.lengths(batch.shape[1])
         g = seeded_generator(batch.device, self.corruption_seed, *stream, self.global_rank)
-        mask = random_spans_noise_mask(batch.shape[0], batch.shape[1], self.noise_density, self.mean_noise_span_length,
-                                       generator=g, device=batch.device)
-        return span_corrupt(batch, mask, self.sentinel_ids, self.tokenizer.eos_token_id)
+        rows, length = batch.shape
+        prefix_rows = round(rows * self.prefix_lm_fraction)
+        parts = []
+        if rows - prefix_rows:
+            mask = random_spans_noise_mask(rows - prefix_rows, length, self.noise_density,
+                                           self.mean_noise_span_length, generator=g, device=batch.device)
+            parts.append(span_corrupt(batch[:rows - prefix_rows], mask, self.sentinel_ids,
+                                      self.tokenizer.eos_token_id))
+        if prefix_rows:
+            split = int(torch.randint(length // 4, 3 * length // 4 + 1, (1,), generator=g, device=batch.device))
+            parts.append(prefix_lm(batch[rows - prefix_rows:], split, int(self.sentinel_ids[0]),
+                                   self.tokenizer.eos_token_id))
+        return parts
+
+    def nll(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, int]:
+        """(mean NLL per target token over every part of the batch, number of target tokens)."""
+        total, count = 0.0, 0
+        for inputs, targets in self.corrupt(batch, *stream):
+            total = total + self.model(input_ids=inputs, labels=targets).loss * targets.numel()
+            count += targets.numel()
+        return total / count, count
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        inputs, targets = self.corrupt(batch, self.current_epoch, batch_idx)
-        loss = self.model(input_ids=inputs, labels=targets).loss
+        loss = self.nll(batch, self.current_epoch, batch_idx)[0]
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
-        inputs, targets = self.corrupt(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
-        self.val_nll.update(self.model(input_ids=inputs, labels=targets).loss, weight=targets.numel())
+        loss, count = self.nll(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
+        self.val_nll.update(loss, weight=count)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One row per prompt: `{"id", "text", "spans", "filled"}`: the text generated for each sentinel of the
