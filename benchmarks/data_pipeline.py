@@ -3,7 +3,7 @@
 For each corpus x tokenizer it prints, in tokens per second of the corpus's text:
   * ``rust ceiling``   one `encode_batch_fast` call over all documents already in memory: the tokenizer alone,
                        on all cores; no pipeline can beat it (``rust 1 thread``: the same on one core).
-  * ``cache build``    what `PretrainCorpus.prepare_data` runs on a cache miss: `blocks.encode_batches` over the
+  * ``cache build``    what `PretrainCorpus.prepare_data` runs on a cache miss: `encoding.encode_batches` over the
                        `datasets` rows, `blocks.write_blocks` packing into a uint16 file (target >= 1M tokens/s on
                        2 cores with a fast tokenizer).
   * ``stream 1 proc``  `StreamingCorpus`'s `BlockStream` in this process (Rust thread pool), window shuffle on;
@@ -56,7 +56,7 @@ dm.setup("fit")
 batch = next(iter(dm.train_dataloader()))
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "data_s": t2 - t1, "blocks": len(dm.train_blocks) + len(dm.val_blocks)}))
-""" % SEQ_LEN
+""" % SEQ_LEN  # noqa: UP031 (the script is a template; braces would need escaping)
 
 
 def best(fn, repeats: int) -> float:
@@ -90,11 +90,11 @@ def tokenizer_for(name: str, corpus: str, texts: list[str], cache: Path):
 
 def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> dict:
     import datasets
-    import numpy as np
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from lightning_pretrain.data.pretrain import blocks
+    from lightning_pretrain.data import encoding
     from lightning_pretrain.data import tokenizers as toks
+    from lightning_pretrain.data.pretrain import blocks
     from lightning_pretrain.data.pretrain.streaming import BlockStream
 
     backend = tok.backend_tokenizer
@@ -113,7 +113,7 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
     r["rust 1 thread"] = n_tokens / best(lambda: backend.encode_batch_fast(texts, add_special_tokens=False), repeats)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     r["cache build"] = n_tokens / best(
-        lambda: blocks.write_blocks(out, blocks.encode_batches(tok, batches()), sep, SEQ_LEN, dtype), repeats)
+        lambda: blocks.write_blocks(out, encoding.encode_batches(tok, batches()), sep, SEQ_LEN, dtype), repeats)
 
     # where the cache build's time goes
     encodings: list = []
@@ -149,7 +149,7 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
             next(it)
 
     r["stream 2 wkrs"] = n_batches * 32 * SEQ_LEN / best(stream_workers, repeats)
-    del it, loader
+    it = loader = None  # the workers end before the next measurement
     return r
 
 

@@ -57,7 +57,7 @@ def main() -> None:
         runs = sorted((save_dir / arm).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
         metrics = json.loads((runs[-1] / "metrics.json").read_text()) if status == 0 and runs else {}
         rows.append((arm, metrics.get("val/loss"), metrics.get("val/ppl"), wall, status))
-    print(f"\n| arm | steps | val/loss (MLM) | val/ppl | wall s |\n|---|---|---|---|---|")
+    print("\n| arm | steps | val/loss (MLM) | val/ppl | wall s |\n|---|---|---|---|---|")
     for arm, loss, ppl, wall, status in rows:
         shown = f"{loss:.3f} | {ppl:.1f}" if loss is not None else f"failed (exit {status}) | -"
         print(f"| {arm} | {args.steps} | {shown} | {wall:.0f} |")

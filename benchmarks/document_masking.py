@@ -72,7 +72,7 @@ def main() -> None:
                 runs = {True: [], False: []}
                 for r in range(args.repeats):
                     for apart in (r % 2 == 0, r % 2 == 1):  # alternate which side goes first
-                        module = cls(model=config, data=data.contract)
+                        module = cls(model=config, data=data.publish())
                         feed = batches if apart else [b["input_ids"] for b in batches]  # plain blocks: a tensor
                         runs[apart].append(tokens_per_s(module, feed, batch_size * seq_len, args.steps, args.warmup))
                 plain, apart = statistics.median(runs[False]), statistics.median(runs[True])

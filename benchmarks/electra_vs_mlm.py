@@ -105,7 +105,7 @@ def main() -> None:
     tokens = 16 * 128
     for arm, (pre, tuned) in rows.items():
         flops = steps[arm] * tokens * flops_per_token(arm)
-        fmt = lambda k: f"{pre[k]:.3f}" if k in pre else "–"  # noqa: E731
+        fmt = lambda k, pre=pre: f"{pre[k]:.3f}" if k in pre else "–"  # noqa: E731
         print(f"| {arm} | {steps[arm]} | {flops:.2e} | {fmt('val/loss')} | {fmt('val/gen_loss')} | "
               f"{fmt('val/disc_acc')} | {100 * tuned['val/acc']:.2f} | {seconds[f'pretrain_{arm}']:.0f} |")
     print("\nwall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -134,8 +133,13 @@ def probe(train_x, train_y, test_x, test_y, l2s=(1e-4, 1e-3, 1e-2, 1e-1), seed=0
 # -- models ----------------------------------------------------------------------------------------------------------
 def load(path: str, random_init: bool, seed: int):
     """(encoder, tokenizer, what a ForSequenceClassification load newly initialises, MLM model or None)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from lightning_pretrain.finetune.backbone_load import group_names, load_pretrained
 

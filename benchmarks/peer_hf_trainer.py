@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,17 +46,18 @@ import datasets  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
 from transformers import BertConfig, GPT2Config  # noqa: E402
 
-from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
-
 from lightning_pretrain import optim, parallel  # noqa: E402
+from lightning_pretrain.allocator import keep_freed_memory  # noqa: E402
 from lightning_pretrain.callbacks.guard import StopGuard  # noqa: E402
 from lightning_pretrain.callbacks.mixture import MixtureLog  # noqa: E402
 from lightning_pretrain.callbacks.resume import ResumeState  # noqa: E402
-from lightning_pretrain.callbacks.throughput import Throughput  # noqa: E402
-from lightning_pretrain.allocator import keep_freed_memory  # noqa: E402
-from lightning_pretrain.callbacks.throughput import batch_flops  # noqa: E402
+from lightning_pretrain.callbacks.throughput import (
+    Throughput,  # noqa: E402
+    batch_flops,  # noqa: E402
+)
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
 from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
 
@@ -99,30 +100,40 @@ class StepClock:
         return (self.steps - self.warmup) * tokens_per_step / (self.end - self.start)
 
 
-def run_hf(objective, config, tokenizer, texts, args) -> float:
-    """The run_clm.py / run_mlm.py recipe, trimmed to what affects training speed."""
+def hf_blocks(tokenizer, texts, seq_len: int, labels: bool = True) -> datasets.Dataset:
+    """run_clm.py / run_mlm.py's data: `tokenizer(texts)`, then `group_texts` into `seq_len` blocks (the remainder of
+    each map batch dropped); `labels` (CLM) copies the ids."""
     raw = datasets.Dataset.from_dict({"text": texts})
     tokenized = raw.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
 
     def group_texts(examples):  # run_clm.py's group_texts
         concatenated = {k: sum(examples[k], []) for k in examples}
-        total = (len(concatenated["input_ids"]) // args.seq_len) * args.seq_len
-        result = {k: [t[i: i + args.seq_len] for i in range(0, total, args.seq_len)] for k, t in concatenated.items()}
-        if objective == "clm":
+        total = (len(concatenated["input_ids"]) // seq_len) * seq_len
+        result = {k: [t[i: i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
+        if labels:
             result["labels"] = result["input_ids"].copy()
         return result
 
-    lm = tokenized.map(group_texts, batched=True)
-    config = copy.deepcopy(config)  # sized to the same tokenizer as our side (run_clm.py resizes embeddings so)
+    return tokenized.map(group_texts, batched=True)
+
+
+def hf_model(objective, config, tokenizer):
+    """(model, data collator) of the recipe: a fresh model from `config` sized to the tokenizer (run_clm.py resizes
+    the embeddings so) with its special token ids."""
+    config = copy.deepcopy(config)
     config.vocab_size = len(tokenizer)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = (tokenizer.pad_token_id, tokenizer.bos_token_id,
                                                                      tokenizer.eos_token_id)
     if objective == "clm":
-        model = transformers.AutoModelForCausalLM.from_config(config)
-        collator = transformers.default_data_collator
-    else:
-        model = transformers.AutoModelForMaskedLM.from_config(config)
-        collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+        return transformers.AutoModelForCausalLM.from_config(config), transformers.default_data_collator
+    return (transformers.AutoModelForMaskedLM.from_config(config),
+            transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+
+
+def run_hf(objective, config, tokenizer, texts, args) -> float:
+    """The run_clm.py / run_mlm.py recipe, trimmed to what affects training speed."""
+    lm = hf_blocks(tokenizer, texts, args.seq_len, labels=objective == "clm")
+    model, collator = hf_model(objective, config, tokenizer)  # sized to the same tokenizer as our side
     clock = StepClock(args.warmup)
 
     class Clock(transformers.TrainerCallback):
@@ -144,7 +155,7 @@ def run_hf(objective, config, tokenizer, texts, args) -> float:
 def our_module(objective, config, dm, chunked_loss: bool = True):
     extra = {"chunked_loss": chunked_loss} if objective == "clm" else {}
     cls = CausalLM if objective == "clm" else MaskedLM
-    return cls(model=config, data=dm.contract, warmup_steps=WARMUP_STEPS, optimizer=adamw, **extra)
+    return cls(model=config, data=dm.publish(), warmup_steps=WARMUP_STEPS, optimizer=adamw, **extra)
 
 
 def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True,
@@ -230,7 +241,7 @@ def measure(side: str, objective: str, args) -> dict:
     if base == "raw":
         clock = run_raw(objective, config, dm, args, compile_scope=scope)
         return {"tok_s": clock.tokens_per_s(tokens), "first_step_s": clock.first_step_s}
-    texts = [t for batch in dm._texts("train") for t in batch]  # the same documents our side trains on
+    texts = [t for batch in dm.parts[0].texts("train") for t in batch]  # the same documents our side trains on
     return {"tok_s": run_hf(objective, config, dm.tokenizer, texts, args)}
 
 

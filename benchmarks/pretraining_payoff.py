@@ -280,8 +280,7 @@ def read_labelled(path: str, text_col, label_col, pair_col, names: list[str] | N
     """The labelled rows of a table as {'text', ('text_pair'), 'label': class name}, the class names, and how many
     rows had no label (left out). Reads and checks the file as fine-tuning does (`lightning_pretrain.data`)."""
     from lightning_pretrain.data.finetune import labels as L
-    from lightning_pretrain.data.sources import tables
-    from lightning_pretrain.data.sources import validate
+    from lightning_pretrain.data.sources import tables, validate
     header = not all(isinstance(c, int) for c in (text_col, label_col, pair_col) if c is not None)
     df, where = tables._read_table(os.path.abspath(os.path.expanduser(path)), header)
     found = {k: tables.resolve_column(ref, list(df.columns))
@@ -526,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
         test_rows, _, test_unlabelled = read_labelled(args.test_file, args.test_text_column, args.test_label_column,
                                                       args.test_text_pair_column, names, args.test_label_offset, False)
     except InputError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if test_unlabelled:
         raise SystemExit(f"error: {args.test_file}: {test_unlabelled} rows have no label; the test file must be "
                          f"labelled throughout")
@@ -542,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             train_idx, val_idx = split_labelled(len(train_rows), args.labels, args.val_fraction, seed)
         except ValueError as e:
-            raise SystemExit(f"error: {e}")
+            raise SystemExit(f"error: {e}") from None
         folder = data_dir / f"seed{seed}"
         splits[seed] = {"train": write_jsonl(folder / "train.jsonl", [train_rows[i] for i in train_idx]),
                         "val": write_jsonl(folder / "val.jsonl", [train_rows[i] for i in val_idx])}

@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
 from peer_hf_trainer import adamw, our_module, shapes  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
@@ -82,7 +81,7 @@ def main() -> None:
           f"per step (all threads)\n\n| category | share |\n|---|---:|")
     for group, t in sorted(by_group.items(), key=lambda kv: -kv[1]):
         print(f"| {group} | {t / total:.1%} |")
-    print(f"\n| op | share | calls/step |\n|---|---:|---:|")
+    print("\n| op | share | calls/step |\n|---|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         print(f"| {e.key} | {e.self_cpu_time_total / total:.1%} | {e.count / args.steps:.0f} |")
 

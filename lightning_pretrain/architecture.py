@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import PretrainedConfig
 
+from lightning_pretrain import compat
 from lightning_pretrain.errors import InputError
 
 # model types whose logits are exactly `get_output_embeddings()(base_model(...).last_hidden_state)`
@@ -96,7 +97,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
     blocks = outermost(lambda m: isinstance(m, GradientCheckpointingLayer))
     if not blocks:
-        names = set(getattr(model, "_no_split_modules", None) or ())
+        names = compat.no_split_modules(model)
         counts: dict[str, int] = {}
         for module in model.modules():
             counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1

@@ -64,13 +64,28 @@ def load_checkpoint_file(path, map_location=None, mmap: bool = False) -> dict[st
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}" if not path.exists() else f"{path} is not a checkpoint file")
     try:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:  # weights_only refused an object: no code from the file has run
-        raise InputError(f"{path} is not a trusted checkpoint: it holds Python objects that safe (weights_only) "
-                         f"loading refuses, so it was not written by lightning-pretrain; nothing in it was run") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path} is not a readable checkpoint (truncated, or not a PyTorch file): {first}") from e
+        state = torch.load(path, map_location=map_location or "cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # weights_only refused an object: no code from the file has run
+            raise InputError(f"{path} is not a trusted checkpoint: it holds Python objects that safe (weights_only) "
+                             f"loading refuses, so it was not written by lightning-pretrain; nothing in it was "
+                             f"run") from e
+        raise unreadable(path, e) from e
+    except OSError as e:  # torch's zip reader on a file cut short: "[Errno 22] Invalid argument"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EISDIR):
+            raise  # the CLI says these with the path
+        raise unreadable(path, e) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError, TypeError,
+            IndexError, MemoryError, OverflowError) as e:  # what torch's readers raise on bytes that are not theirs
+        raise unreadable(path, e) from e
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a {type(state).__name__}, not a training checkpoint")
+    return state
+
+
+def unreadable(path: Path, e: BaseException) -> InputError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"{path} is not a readable checkpoint (truncated, or not a PyTorch file): {first[:300]}")
 
 
 def check_checkpoint_fits(module: torch.nn.Module, checkpoint: dict[str, Any], what: str = "the checkpoint") -> None:

@@ -1,39 +1,38 @@
 """`lightning-pretrain {fit,validate,test,predict}`: LightningCLI with the model and data chosen by `class_path`.
 
-The glue beyond LightningCLI: the data module's `contract` (tokenizer, lengths, task, labels) is handed to the
-model's constructor, once, in one direction; every run gets the HF export, an LR monitor, exact resume, throughput
+The glue beyond LightningCLI: the data module's contract (tokenizer, lengths, task, labels: `publish`) is handed to
+the model's constructor, once, in one direction; every run gets the HF export, an LR monitor, exact resume, throughput
 logging and the outside-the-model transforms (`parallel.Parallelize`); TensorBoard logs land in
 `logs/<name>/version_N/`; bad input ends as one `error: ...` line with exit status 2.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
+import math
 import os
-import shutil
-import signal
-import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 import lightning as L
 from jsonargparse import ActionConfigFile
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.trainer.states import TrainerStatus
 
+from lightning_pretrain import entry, runs
 from lightning_pretrain.allocator import keep_freed_memory
 from lightning_pretrain.callbacks.budget import TimeBudget
 from lightning_pretrain.callbacks.export import HFExport
-from lightning_pretrain.callbacks.guard import RunStopped, StopGuard
+from lightning_pretrain.callbacks.guard import StopGuard
 from lightning_pretrain.callbacks.progress import progress_bar
-from lightning_pretrain.callbacks.zero_shot import ZeroShot
 from lightning_pretrain.callbacks.resume import ResumeState
 from lightning_pretrain.callbacks.summary import Summary
 from lightning_pretrain.callbacks.throughput import Throughput
+from lightning_pretrain.callbacks.zero_shot import ZeroShot
 from lightning_pretrain.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
-from lightning_pretrain.errors import InputError
+from lightning_pretrain.data.contract import publish
+from lightning_pretrain.errors import LIBRARIES, InputError, refused_values
 from lightning_pretrain.parallel import ActivationCheckpointing, Compile, Parallelize
 from lightning_pretrain.quiet import quiet_known_noise
 
@@ -42,9 +41,21 @@ class OneLineErrors(LightningArgumentParser):
     """A parser whose errors are one `error:` line (jsonargparse prints the whole usage first, ~70 lines)."""
 
     def error(self, message: str, ex: Exception | None = None):
-        text = user_error(ex) or " ".join(str(message).split())
-        sys.stderr.write(f"error: {text[:600]} (options: --help)\n")
-        self.exit(2)
+        text = entry.user_error(ex) or " ".join(str(message).split())
+        hint = "" if text.endswith("(options: --help)") else " (options: --help)"  # a subcommand's parser said it
+        raise entry.UsageError(f"{text[:600]}{hint}") from ex
+
+
+class ConfigAfterChecks(SaveConfigCallback):
+    """Lightning saves config.yaml at setup; a fit saves it once training starts, when the data, the model and the
+    checkpoint it resumes from have all been read: a refused resume leaves the run's config.yaml as it was."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
 
 
 class PretrainCLI(LightningCLI):
@@ -60,6 +71,9 @@ class PretrainCLI(LightningCLI):
         # LightningCLI reads the checkpoint's hyperparameters right after parsing: a missing, truncated or untrusted
         # file must be one line here, not a traceback from inside torch.load
         subcommand = self.config.get("subcommand")
+        seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:  # numpy's seed range
+            raise InputError(f"--seed_everything must be in [0, 2**32 - 1] (or true: a random seed), got {seed}")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in ("last", "best", "hpc") and not Path(ckpt).is_dir():
             load_checkpoint_file(ckpt, mmap=True)
@@ -86,15 +100,25 @@ class PretrainCLI(LightningCLI):
         from lightning_pretrain.callbacks.mixture import MixtureLog
         parser.add_lightning_class_args(MixtureLog, "mixture_log")
         # data -> model, once, before the model is built: what the data publishes (its tokenizer, lengths, labels)
-        parser.link_arguments("data.contract", "model.init_args.data", apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.data", compute_fn=publish, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is not None and config.get("ckpt_path") == "last":
-            resolve_last(self.subcommand, config)
-        if config is not None:
-            own_run_directory(self.subcommand, config)
-            tokenizer_from_backbone(config)
+        if config is None:
+            return
+        check_settings(self.subcommand, config)
+        if config.get("ckpt_path") == "last":
+            ckpt = runs.resolve_last(self.subcommand, config)
+            if ckpt is not None:  # read before anything of the run changes (a cut file fails here, not mid-setup)
+                load_checkpoint_file(ckpt, mmap=True)
+        runs.own_run_directory(self.subcommand, config)
+        tokenizer_from_backbone(config)
+
+    def instantiate_classes(self) -> None:
+        # a library refusing a configured value (zero heads, an unknown attention kernel, Trainer options that
+        # exclude each other) is the user's to fix; an error raised in this package's code stays a bug
+        with refused_values("these settings cannot be built", (*LIBRARIES, "lightning")):
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -109,8 +133,10 @@ class PretrainCLI(LightningCLI):
             callbacks.append(Summary())  # Lightning's, less its FLOPs column (0 without an example input)
         kwargs["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
-        if trainer.logger is not None and trainer.logger.log_dir:
-            _RUN.update(dir=Path(trainer.logger.log_dir), existed=Path(trainer.logger.log_dir).exists(), trainer=trainer)
+        if not trainer.loggers:  # `--trainer.logger false`: nothing to log the LR to (metrics.json is still written)
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+        runs.track(trainer)
+        _TRAINER.append(trainer)
         # Lightning's default writer can leave a truncated last.ckpt when killed mid-write (see checkpoint_io.py);
         # a CheckpointIO the user chose, or a strategy's own (FSDP sharded checkpoints), is left alone
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -133,72 +159,60 @@ def tokenizer_from_backbone(config) -> None:
         data_args.tokenizer = pretrained
 
 
-def versioned_logger_args(trainer_config):
-    """The init_args of a logger that numbers its runs `version_N` (TensorBoard, CSV), else None."""
-    logger = trainer_config.get("logger")
-    versioned = hasattr(logger, "get") and str(logger.get("class_path")).endswith(("TensorBoardLogger", "CSVLogger"))
-    return logger.get("init_args") if versioned else None
+def check_settings(subcommand: str, config) -> None:
+    """Refuse trainer settings that make no sense (Lightning would divide by zero, silently not clip, or train nothing
+    and export the untrained model); warn in one line about options that the other options make unused (a config
+    file may carry them for a later run)."""
+    trainer = config.get("trainer") or {}
+    accumulate, clip = trainer.get("accumulate_grad_batches"), trainer.get("gradient_clip_val")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise InputError(f"--trainer.accumulate_grad_batches must be at least 1, got {accumulate}")
+    if isinstance(clip, (int, float)) and not (math.isfinite(clip) and clip >= 0):
+        raise InputError(f"--trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), "
+                         f"got {clip}")
+    logger = trainer.get("logger")
+    suffix = logger.get("init_args", {}).get("filename_suffix") if hasattr(logger, "get") else None
+    if suffix and os.sep in str(suffix):  # TensorBoard appends it to its events file's name
+        raise InputError(f"--trainer.logger.init_args.filename_suffix must be a name ending, not a path: {suffix}")
+    for key in ("max_steps", "max_epochs", "limit_train_batches"):
+        if subcommand == "fit" and trainer.get(key) is not None and trainer.get(key) == 0:
+            raise InputError(f"--trainer.{key} 0 trains nothing (the export would be the untrained model); "
+                             f"give it a positive value")
+    model, data = (section.get("init_args") if hasattr(section, "get") else None
+                   for section in (config.get("model"), config.get("data")))
+    for value in (model.values() if hasattr(model, "values") else ()):  # an HF config built from the command line
+        if hasattr(value, "get") and str(value.get("class_path", "")).startswith("transformers."):
+            bad = {k: v for k, v in (value.get("init_args") or {}).items()
+                   if k in MODEL_SIZES and isinstance(v, int) and not isinstance(v, bool) and v < 1}
+            if bad:
+                raise InputError(f"model config {', '.join(f'{k}={v}' for k, v in bad.items())}: sizes and counts "
+                                 f"must be at least 1")
+    if hasattr(model, "get") and model.get("wsd") is not None and model.get("lr_schedule") not in (None, "wsd"):
+        entry.warn(f"--model.init_args.wsd is not used: lr_schedule is {model.get('lr_schedule')!r} (set "
+                   f"--model.init_args.lr_schedule wsd to use it)")
+    if hasattr(data, "get") and data.get("sources") and data.get("source") not in (None, class_default(
+            config.data, "source")):
+        entry.warn(f"--data.source {data.get('source')} is not read: --data.sources names the corpus")
 
 
-def own_run_directory(subcommand: str, config) -> None:
-    """Only `fit` owns a run directory. validate/test/predict always open a fresh `version_N` (a config saved by a
-    resumed fit pins that run's version, which would rewrite its config.yaml and add to its TensorBoard files), and
-    fit writes into an existing run only to resume it."""
-    args = versioned_logger_args(config.trainer)
-    if args is None or args.get("version") is None:
-        return
-    if subcommand != "fit":
-        args.version = None
-        return
-    version = str(args.version)
-    run = Path(args.get("save_dir") or ".") / (args.get("name") or "") / (
-        version if version.startswith("version_") else f"version_{version}")
-    if not run.is_dir() or not any(run.iterdir()):
-        return
-    ckpt = config.get("ckpt_path")
-    newest = max(run.rglob("*.ckpt"), key=lambda f: f.stat().st_mtime, default=None)
-    # resuming the run from its newest checkpoint continues it; from an older one, it would overwrite later work
-    if ckpt != "last" and not (ckpt and newest and Path(ckpt).resolve() == newest.resolve()):
-        raise InputError(f"{run} already holds a run: resume it with --ckpt_path last, or drop "
-                         f"--trainer.logger.init_args.version to start a new version_N")
+# sizes and counts of an HF config that must be >= 1 (a model with -1 heads builds, then fails in its first forward)
+MODEL_SIZES = {"n_head", "num_attention_heads", "num_heads", "num_key_value_heads", "n_embd", "hidden_size", "d_model",
+               "n_layer", "num_hidden_layers", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers",
+               "encoder_attention_heads", "decoder_attention_heads", "vocab_size", "intermediate_size", "n_inner",
+               "d_ff", "d_kv", "encoder_ffn_dim", "decoder_ffn_dim", "n_positions", "max_position_embeddings"}
 
 
-def runs_root(trainer_config) -> Path | None:
-    """`<save_dir>/<name>` of the configured versioned logger, where its `version_N` runs live; None without one,
-    or when checkpoints go to a fixed directory (Lightning then finds "last" itself)."""
-    args = versioned_logger_args(trainer_config)
-    fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
-                    for cb in trainer_config.get("callbacks") or [])
-    return None if args is None or fixed_dir else Path(args.get("save_dir") or ".") / (args.get("name") or "")
+def class_default(section, name: str):
+    """The default of constructor argument `name` of the class a config section names (None if unknown)."""
+    import importlib
+    import inspect
 
-
-def latest_run_with(root: Path, pattern: str) -> Path | None:
-    """The newest `version_N` under `root` whose `checkpoints/` holds a `pattern` file. With the logger's default
-    versioning every run opens a fresh `version_N+1/` whose `checkpoints/` is empty, and Lightning's "last" would
-    find nothing there and silently start from scratch."""
-    runs = [d for d in root.glob("version_*") if d.name[8:].isdigit() and any((d / "checkpoints").glob(pattern))]
-    return max(runs, key=lambda d: int(d.name[8:])) if runs else None
-
-
-def resolve_last(subcommand: str, config) -> None:
-    """`--ckpt_path last`: fit continues the latest run in its own directory (same TensorBoard curves, same
-    checkpoints); validate/test/predict read the newest run's `last*.ckpt` (else its newest checkpoint: presets
-    that keep no `last.ckpt`) and write into a fresh version; with none at all they refuse rather than evaluate
-    freshly initialised weights."""
-    root = runs_root(config.trainer)
-    if root is None:
-        return
-    if subcommand == "fit":
-        run, args = latest_run_with(root, "last*.ckpt"), versioned_logger_args(config.trainer)
-        if run is not None and args.get("version") is None:
-            args.version = int(run.name[8:])
-        return
-    run = latest_run_with(root, "last*.ckpt") or latest_run_with(root, "*.ckpt")
-    if run is None:
-        raise InputError(f"--ckpt_path last: no checkpoint in {root}/version_*/checkpoints/; train first, or pass "
-                         f"--ckpt_path FILE")
-    ckpts = list(run.glob("checkpoints/last*.ckpt")) or list(run.glob("checkpoints/*.ckpt"))
-    config.ckpt_path = str(max(ckpts, key=lambda f: f.stat().st_mtime))
+    module, _, cls = str(section.get("class_path", "")).rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), cls)).parameters.get(name)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 TRAINER_DEFAULTS = {
@@ -208,6 +222,7 @@ TRAINER_DEFAULTS = {
 }
 
 
+@entry.console
 def main(args: list[str] | None = None) -> None:
     keep_freed_memory()  # CPU steps stop re-faulting their large tensors (see allocator.py)
     quiet_known_noise()  # Lightning's tips and deprecations raised inside libraries (quiet.py)
@@ -220,6 +235,7 @@ def main(args: list[str] | None = None) -> None:
     # the corpus is tokenized in this process with the Rust thread pool, before any DataLoader worker forks;
     # saying so explicitly silences tokenizers' fork warning (memory-mapped block workers never tokenize)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    _TRAINER.clear()
     try:
         PretrainCLI(
             args=args,
@@ -227,75 +243,19 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=1234,
+            save_config_callback=ConfigAfterChecks,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
-    except SIGTERMException as e:  # preempted: the guard saved a resumable checkpoint
-        saved = getattr(e, "checkpoint", None)
-        print(f"error: stopped by SIGTERM at step {getattr(e, 'step', '?')}; "
-              + (f"resumable checkpoint: {saved} (continue with the same command and --ckpt_path last)" if saved
-                 else "no checkpoint was saved"), file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
-    except RunStopped as e:
-        saved = getattr(e, "checkpoint", None)
-        print(f"error: {e}" + (f"; resumable checkpoint of the weights before that step: {saved}" if saved else ""),
-              file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise  # a bug: keep the traceback
-        remove_unused_run_dir()
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    except SystemExit as e:  # Lightning ends a Ctrl-C it caught (before the guard could stop the run) with exit(1)
+        if e.code == 1 and _TRAINER and _TRAINER[-1].state.status == TrainerStatus.INTERRUPTED:
+            raise KeyboardInterrupt from e
+        raise
+    finally:
+        _TRAINER.clear()
 
 
-_RUN: dict = {}  # the run directory the trainer was given, and whether it existed before this process
-
-
-def remove_unused_run_dir() -> None:
-    """A run refused for bad input before it trained leaves no empty `version_N` behind (only a directory this
-    process created, never one holding a checkpoint or the logs of a single trained step)."""
-    run, existed, trainer = _RUN.pop("dir", None), _RUN.pop("existed", True), _RUN.pop("trainer", None)
-    trained = trainer is not None and trainer.global_step > 0
-    if run is not None and not existed and not trained and run.is_dir() and not any(run.rglob("*.ckpt")):
-        shutil.rmtree(run, ignore_errors=True)
-
-
-# OS errors that are the user's to fix (permissions, a full disk, a file where a folder belongs), said in one line
-OS_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
-             errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "not a directory", errno.EISDIR: "is a directory",
-             errno.EEXIST: "file exists", errno.ENAMETOOLONG: "file name too long"}
-
-
-def user_error(e: BaseException | None) -> str | None:
-    """The one-line message of an error that is the user's to fix, or None for a bug (which keeps its traceback).
-
-    Follows explicit causes only (jsonargparse re-raises errors of instantiation `from` the original): an exception
-    merely raised *while handling* an InputError is a bug, not bad input.
-    """
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, InputError):
-            return worker_message(str(e))
-        if isinstance(e, OSError) and e.errno in OS_ERRORS:
-            where = f": {e.filename}" if e.filename else ""
-            return f"{OS_ERRORS[e.errno]}{where} ({e.strerror or e})"
-        if isinstance(e, MisconfigurationException):  # Lightning's own check of the Trainer's settings
-            return " ".join(str(e).split())
-        seen.add(id(e))
-        e = e.__cause__
-    return None
-
-
-def worker_message(message: str) -> str:
-    """The original message of an error re-raised from a DataLoader worker ("Caught InputError in DataLoader worker
-    process 0. Original Traceback ..." ends with the line "lightning_pretrain.errors.InputError: <message>")."""
-    if message.startswith("Caught ") and "Original Traceback" in message:
-        last = message.rstrip().splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return message
+_TRAINER: list[L.Trainer] = []  # the trainer of the command being run
 
 
 if __name__ == "__main__":

@@ -11,13 +11,30 @@ from typing import Any
 import torch
 from torch import nn
 
-CHECKED = {"lightning": "2.6.6", "torch": "2.13.0", "torchdata": "0.11.0"}
+CHECKED = {"lightning": "2.6.6", "torch": "2.13.0", "torchdata": "0.11.0", "transformers": "5.25"}
 
 
 # -- torch ------------------------------------------------------------------------------------------------------
 def is_compiled(module: nn.Module) -> bool:
     """`module.compile()` ran (torch 2.13: `nn.Module.compile` stores the compiled call in `_compiled_call_impl`)."""
     return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def grad_scaler_scale(scaler) -> torch.Tensor | None:
+    """A GradScaler's current scale, None before its first step (torch 2.13: `_scale`; `get_scale()` syncs)."""
+    return scaler._scale
+
+
+# -- transformers -----------------------------------------------------------------------------------------------
+def attn_implementation(config) -> str | None:
+    """The attention kernel a model was built with (transformers 5.25: `config._attn_implementation`)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def no_split_modules(model: nn.Module) -> set[str]:
+    """Class names of a model's blocks that must not be split across devices (transformers 5.25:
+    `PreTrainedModel._no_split_modules`); empty for a model that names none."""
+    return set(getattr(model, "_no_split_modules", None) or ())
 
 
 # -- torchdata --------------------------------------------------------------------------------------------------
@@ -64,6 +81,51 @@ def compute_dtype(precision_plugin) -> torch.dtype:
     return _plugin_to_compute_dtype(precision_plugin)
 
 
+def trainer_of(module):
+    """The Trainer a LightningModule is attached to, None when it is not (lightning 2.6.6: `_trainer`; the public
+    `trainer` property raises instead)."""
+    return module._trainer
+
+
+def val_check_time_interval(trainer) -> float | None:
+    """Seconds between validations when `val_check_interval` is a time, else None (lightning 2.6.6:
+    `_val_check_time_interval`)."""
+    return getattr(trainer, "_val_check_time_interval", None)
+
+
+def summary_kwargs(callback) -> dict:
+    """The keyword arguments ModelSummary hands its table (lightning 2.6.6: `_summarize_kwargs`), to add columns."""
+    return callback._summarize_kwargs
+
+
+def tqdm_train_bar_exists(bar) -> bool:
+    """TQDMProgressBar has built its training bar (lightning 2.6.6: the property raises before `_train_progress_bar`
+    exists)."""
+    return bar._train_progress_bar is not None
+
+
 def monitor_throughputs(monitor) -> dict:
     """ThroughputMonitor's per-stage `Throughput` trackers (lightning 2.6.6: `_throughputs`)."""
     return monitor._throughputs
+
+
+# -- data/ (added with the data rooms) -----------------------------------------------------------------------------
+def train_batches_run(batches: int, limit: int | float | None) -> int:
+    """How many of an epoch's `batches` Lightning runs under `limit_train_batches` (lightning 2.6.6:
+    `trainer.connectors.data_connector._parse_num_batches`); no limit, or one Lightning refuses, leaves it whole."""
+    from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    if limit is None or isinstance(limit, bool):
+        return batches
+    try:
+        run = int(_parse_num_batches(RunningStage.TRAINING, batches, limit))
+    except MisconfigurationException:  # a fraction of less than one batch: Lightning refuses it before any epoch
+        return batches
+    return run if run > 0 else batches
+
+
+def dataset_fingerprint(dataset) -> str | None:
+    """A `datasets.Dataset`'s content fingerprint, None for a streamed one (datasets 5.2.0: `_fingerprint`)."""
+    return getattr(dataset, "_fingerprint", None)

@@ -26,8 +26,10 @@ class Generation:
             raise InputError(f"generation.max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise InputError(f"generation.num_beams must be at least 1, got {self.num_beams}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:  # (NaN too)
             raise InputError(f"generation.temperature must be > 0, got {self.temperature}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"generation.repetition_penalty must be > 0 (1: none), got {self.repetition_penalty}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise InputError(f"generation.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:

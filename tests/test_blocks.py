@@ -7,8 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from lightning_pretrain.data import PretrainCorpus, cache
-
+from lightning_pretrain.data import PretrainCorpus, cache, encoding
 from lightning_pretrain.data.pretrain import blocks
 from lightning_pretrain.errors import InputError
 
@@ -70,7 +69,7 @@ def make(corpus, **kw):
 def test_blocks_match_a_direct_tokenization(tiny_corpus):
     dm = make(tiny_corpus)
     tok = dm.tokenizer
-    texts = [t for batch in dm._texts("train") for t in batch]
+    texts = [t for batch in dm.parts[0].texts("train") for t in batch]
     expected = blocks.pack([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.eos_token_id, 32)
     np.testing.assert_array_equal(dm.train_blocks, expected)
     assert len(dm.val_blocks) > 0
@@ -140,8 +139,8 @@ def test_truncated_entry_is_rebuilt_not_loaded(tiny_corpus):
 
 def test_held_out_validation_is_disjoint_documents(tiny_corpus):
     dm = make(tiny_corpus, val_fraction=0.1)
-    train = set(t for b in dm._texts("train") for t in b)
-    val = set(t for b in dm._texts("val") for t in b)
+    train = set(t for b in dm.parts[0].texts("train") for t in b)
+    val = set(t for b in dm.parts[0].texts("val") for t in b)
     assert val and not (train & val)
 
 
@@ -175,18 +174,18 @@ def trained_tokenizer(kind: str):
 
 def test_pieces_are_bounded_and_cut_before_the_last_whitespace_of_a_run():
     text = "ab  cd\n\nef g" * 5 + "x" * 50 + " tail"
-    pieces = blocks.pieces(text, 8)
+    pieces = encoding.pieces(text, 8)
     assert "".join(pieces) == text and max(map(len, pieces)) <= 8
     for before, piece in zip(pieces, pieces[1:]):
         hard = before == "x" * 8 or piece.startswith("x")  # 50 characters without whitespace: cut anyway
         assert hard or (piece[0] in " \t\n\r" and not piece[1].isspace()), (before, piece)
-    assert blocks.pieces("short text", 10) == ["short text"] and blocks.pieces("", 10) == [""]
+    assert encoding.pieces("short text", 10) == ["short text"] and encoding.pieces("", 10) == [""]
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram", "minilm"])
 def test_long_documents_are_encoded_in_bounded_pieces_with_the_same_ids(kind, monkeypatch):
-    monkeypatch.setattr(blocks, "PIECE_CHARS", 500)
-    monkeypatch.setattr(blocks, "BATCH_CHARS", 2000)
+    monkeypatch.setattr(encoding, "PIECE_CHARS", 500)
+    monkeypatch.setattr(encoding, "BATCH_CHARS", 2000)
     backend = trained_tokenizer(kind).backend_tokenizer
     texts = ["a short one", long_text(), "another short one", long_text(seed=1)[:480], "", long_text(800, seed=2)]
     calls = []
@@ -196,7 +195,7 @@ def test_long_documents_are_encoded_in_bounded_pieces_with_the_same_ids(kind, mo
             calls.append([len(t) for t in batch])
             return backend.encode_batch_fast(batch, add_special_tokens=add_special_tokens)
 
-    got = [list(ids) for ids in blocks.encode_texts(Spy(), texts)]
+    got = [list(ids) for ids in encoding.encode_texts(Spy(), texts)]
     assert got == [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     assert max(max(c) for c in calls) <= 500 and max(sum(c) for c in calls) < 2000 + 500
     assert len(calls) > 10  # the long documents went in pieces, a few calls each
@@ -211,7 +210,7 @@ def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind,
     from conftest import ENGLISH
 
     from lightning_pretrain.data import tokenizers as toks
-    monkeypatch.setattr(blocks, "PIECE_CHARS", 300)
+    monkeypatch.setattr(encoding, "PIECE_CHARS", 300)
     texts = ENGLISH + [long_text(3000), long_text(500, seed=3)]
     backend = toks.TRAINERS[kind](iter(texts), 500).backend_tokenizer
 
@@ -220,7 +219,7 @@ def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind,
         return Counter(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
 
     for text in texts:
-        assert sum((words(p) for p in blocks.pieces(text)), Counter()) == words(text)
+        assert sum((words(p) for p in encoding.pieces(text)), Counter()) == words(text)
     if kind == "bpe":
         assert toks._learn(kind, lambda: texts, 500).backend_tokenizer.to_str() == backend.to_str()
 
@@ -228,8 +227,8 @@ def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind,
 def test_a_single_line_document_packs_like_its_whole_encoding_and_progress_is_logged(tmp_path, monkeypatch, caplog):
     from conftest import ENGLISH
 
-    monkeypatch.setattr(blocks, "PIECE_CHARS", 1000)
-    monkeypatch.setattr(blocks.Progress, "EVERY", 0.0)  # a progress line at every step
+    monkeypatch.setattr(encoding, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(encoding.Progress, "EVERY", 0.0)  # a progress line at every step
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join([*(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(60)),
                                    long_text().replace("\n", " ")]) + "\n")
@@ -237,11 +236,11 @@ def test_a_single_line_document_packs_like_its_whole_encoding_and_progress_is_lo
         dm = make(corpus, val_fraction=0.2)
     tok = dm.tokenizer
     for split in ("train", "val"):
-        texts = [t for batch in dm._texts(split) for t in batch]
+        texts = [t for batch in dm.parts[0].texts(split) for t in batch]
         expected = blocks.pack([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.eos_token_id, 32)
         np.testing.assert_array_equal(getattr(dm, f"{split}_blocks"), expected)
-    assert any(len(t) > 20000 for b in dm._texts("train") for t in b) or any(
-        len(t) > 20000 for b in dm._texts("val") for t in b)
+    assert any(len(t) > 20000 for b in dm.parts[0].texts("train") for t in b) or any(
+        len(t) > 20000 for b in dm.parts[0].texts("val") for t in b)
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("training a bpe tokenizer: ") and "characters so far" in line for line in lines)
     assert any(line.startswith("tokenizing the train split: ") and "tokens so far" in line for line in lines)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import REPO, cli, only_run_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from test_finetune_modes import classifier, sentiment_csv, tiny_backbone  # noqa: F401 (fixtures)
 
 from lightning_pretrain import optim
@@ -206,7 +205,7 @@ def test_impossible_budgets_are_one_error_line(workdir, tiny_corpus, capsys, ext
     (None, 2, 16),  # a warmup_ratio is fine while max_epochs (2 x 8 batches) ends the run first
     (None, None, "a warmup_ratio's warmup follows the total: set --model.warmup_steps instead"),
 ], ids=["warmup_steps", "warmup_ratio_within_max_epochs", "warmup_ratio_refused"])
-def test_fine_tuning_fixes_its_total_too(tiny_backbone, sentiment_csv, tmp_path, warmup, max_epochs, outcome):
+def test_fine_tuning_fixes_its_total_too(tiny_backbone, sentiment_csv, tmp_path, warmup, max_epochs, outcome):  # noqa: F811
     model, dm = classifier(tiny_backbone, sentiment_csv, Full(), tmp_path, schedule="linear")
     model.warmup_steps, model.warmup_ratio = warmup, 0.1
     trainer = L.Trainer(accelerator="cpu", max_time="00:00:01:00", max_epochs=max_epochs, logger=False,

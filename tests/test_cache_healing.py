@@ -20,9 +20,8 @@ from conftest import ENGLISH, REPO, minilm_dir
 from test_finetune_modes import NEGATIVE, POSITIVE, tiny_backbone  # noqa: F401 (fixture)
 
 from lightning_pretrain.data import PretrainCorpus, SentencePairCorpus, TextClassification, cache
-
-from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.data.pretrain.streaming import open_stream
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.errors import InputError
 
 
@@ -190,7 +189,7 @@ def test_the_file_digest_memo_lives_under_the_data_modules_cache(tmp_path, tiny_
         os.utime(f, (old, old))  # old enough to be remembered
     default = cache.default_root() / "digests"
     before = sorted(default.iterdir()) if default.exists() else []
-    PretrainCorpus(source=str(tiny_corpus), cache_dir=str(tmp_path / "c1"))._identity
+    _ = PretrainCorpus(source=str(tiny_corpus), cache_dir=str(tmp_path / "c1")).parts[0].identity
     TextClassification(train_file=str(table), val_file=str(table), tokenizer=str(minilm_dir()),
                        cache_dir=str(tmp_path / "c2"))._entry("train")
     for root, f in (("c1", tiny_corpus), ("c2", table)):

@@ -306,7 +306,7 @@ def test_accumulation_is_exact_through_sft_data(sft_files, pack):
         data = SFTData(train_file="train.jsonl", val_file="dev.jsonl", tokenizer="base", max_length=48, pack=pack,
                        batch_size=batch_size)
         torch.manual_seed(0)
-        module = CausalSFT(model=tiny_config("gpt2"), data=data.contract, lr_schedule="constant", warmup_steps=0,
+        module = CausalSFT(model=tiny_config("gpt2"), data=data.publish(), lr_schedule="constant", warmup_steps=0,
                            optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
         return fit_one_step(module, data, accumulate)
 

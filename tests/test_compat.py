@@ -84,3 +84,54 @@ def test_train_loaders_and_loading_their_state(tmp_path):
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[Probe()], default_root_dir=tmp_path).fit(_Tiny(), loader)
     assert seen == [[4, 5], [6, 7]]
+
+
+def test_train_batches_run_is_lightnings_count():
+    counts = {limit: compat.train_batches_run(8, limit) for limit in (None, 5, 20, 0.5, 1.0)}
+    assert counts == {None: 8, 5: 5, 20: 8, 0.5: 4, 1.0: 8}
+    assert compat.train_batches_run(8, 0.01) == 8  # a fraction Lightning refuses before any epoch: left whole
+
+
+def test_dataset_fingerprint():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    changed = ds.map(lambda row: {"text": row["text"] + "!"})
+    assert compat.dataset_fingerprint(ds) and compat.dataset_fingerprint(changed) != compat.dataset_fingerprint(ds)
+    assert compat.dataset_fingerprint(ds.to_iterable_dataset()) is None  # a stream has none
+
+
+def test_grad_scaler_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    assert compat.grad_scaler_scale(scaler) is None  # no scale tensor before the first use
+    scaler.scale(torch.ones(()))
+    assert float(compat.grad_scaler_scale(scaler)) == 8.0
+
+
+def test_attn_implementation_and_no_split_modules():
+    from transformers import AutoModel, BertConfig
+
+    model = AutoModel.from_config(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=64, vocab_size=50), attn_implementation="eager")
+    assert compat.attn_implementation(model.config) == "eager"
+    assert "BertLayer" in compat.no_split_modules(model)
+    assert compat.no_split_modules(torch.nn.Linear(2, 2)) == set()
+
+
+def test_trainer_links_time_interval_summary_kwargs_and_tqdm_bar():
+    from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    model = BoringModel()
+    assert compat.trainer_of(model) is None
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, val_check_interval={"seconds": 30},
+                        check_val_every_n_epoch=None, enable_progress_bar=True, callbacks=[TQDMProgressBar()])
+    assert compat.val_check_time_interval(trainer) == 30
+    assert compat.val_check_time_interval(L.Trainer(logger=False, enable_checkpointing=False)) is None
+    bar = trainer.progress_bar_callback
+    assert compat.tqdm_train_bar_exists(bar) is False
+    trainer.fit(model)
+    assert compat.trainer_of(model) is trainer
+    assert compat.tqdm_train_bar_exists(bar) is True
+    summary = ModelSummary()
+    assert isinstance(compat.summary_kwargs(summary), dict)

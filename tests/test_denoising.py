@@ -9,10 +9,15 @@ from collections import Counter
 import pytest
 import torch
 from conftest import ENGLISH, FAST, REPO, cli, only_run_dir
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration,
-                          PreTrainedTokenizerFast)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
 
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract

@@ -169,8 +169,8 @@ def test_student_equal_to_teacher_has_zero_kl_and_cos_and_the_hf_hard_loss(tmp_p
     for module in (mlm, clm):
         module.eval()  # no dropout: the student computes exactly what the teacher does
         logged = {}
-        module.log = lambda name, value, **_: logged.update({name: value})
-        module.log_dict = lambda values, **_: logged.update(values)
+        module.log = lambda name, value, logged=logged, **_: logged.update({name: value})
+        module.log_dict = lambda values, logged=logged, **_: logged.update(values)
         loss = module.training_loss(batch, 0)
         assert logged["train/kl_loss"].item() == pytest.approx(0, abs=1e-5)
         assert logged["train/cos_loss"].item() == pytest.approx(0, abs=1e-5)

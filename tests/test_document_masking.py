@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAST, REPO, cli, only_run_dir
 from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig, RobertaConfig
 
-from conftest import FAST, REPO, cli, only_run_dir
 from lightning_pretrain import architecture
 from lightning_pretrain.data import PretrainCorpus
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.data.pretrain.blocks import BlockCollate, document_positions
-from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.document_attention import document_inputs, document_mask
 from lightning_pretrain.objectives import CausalLM
-from lightning_pretrain.objectives.linear_cross_entropy import IGNORE
 
 SEP = 2
 CONFIGS = {
@@ -87,7 +86,7 @@ def test_by_default_the_documents_of_a_block_see_each_other(kind, tiny_corpus, t
     data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
-    assert isinstance(batch, torch.Tensor) and data.contract.cross_document_attention  # plain blocks
+    assert isinstance(batch, torch.Tensor) and data.publish().cross_document_attention  # plain blocks
     config, causal = CONFIGS[kind]
     objective = CausalLM if causal else MaskedLM
     module = objective(model=config.__class__(**{**config.to_dict(), "vocab_size": 400}), data=data.contract).eval()
@@ -154,7 +153,7 @@ def test_causal_loss_of_a_packed_block_is_the_documents_losses_and_no_label_cros
     batch = BlockCollate(SEP)([block[0]])
     labels = module.lm_labels(batch)[0]
     starts = torch.cumsum(torch.tensor([0] + [len(d) for d in docs[:-1]]), 0)
-    assert (labels[starts] == IGNORE).all() and (labels != IGNORE).sum() == block.shape[1] - len(docs)
+    assert (labels[starts] == IGNORE_INDEX).all() and (labels != IGNORE_INDEX).sum() == block.shape[1] - len(docs)
     with torch.no_grad():
         packed = module.lm_loss(batch)
         total = sum(module.lm_loss(d[None]) * (len(d) - 1) for d in docs)
@@ -168,7 +167,7 @@ def test_the_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
                           cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
     data.prepare_data()
     data.setup("fit")
-    assert data.contract.cross_document_attention is False
+    assert data.publish().cross_document_attention is False
     batch = next(iter(data.val_dataloader()))
     sep = data.tokenizer.eos_token_id
     ids, pos = batch["input_ids"], batch["position_ids"]

@@ -8,8 +8,13 @@ from conftest import minilm_dir, shared_file
 
 from lightning_pretrain.data import TextClassification
 from lightning_pretrain.data.finetune.labels import encode_labels, label_vocabulary
-from lightning_pretrain.data.sources.tables import read_table
+from lightning_pretrain.data.sources.tables import Table, TableSource
 from lightning_pretrain.errors import InputError
+
+
+def read_table(path: str, header: bool) -> Table:
+    """A local table as the fine-tuning splits read it."""
+    return TableSource("file", path).read(header)
 
 
 def data(**kwargs) -> TextClassification:
@@ -70,7 +75,7 @@ def test_headerless_tsv_by_column_index_without_quote_processing(tmp_path):
     # CoLA's layout: source, label, original label (blank), sentence; a bare quote must not swallow lines
     path = write(tmp_path / "train.tsv", 'gj04\t1\t\t"Quoted start, no end.\nclc95\t0\t*\tThe more you eat.\n')
     table = read_table(path, header=False)
-    assert list(table.columns) == ["0", "1", "2", "3"] and len(table) == 2
+    assert table.columns == ["0", "1", "2", "3"] and len(table.where) == 2
     dm = data(train_file=path, val_file=path, text_column=3, label_column=1, cache_dir=str(tmp_path / "c"))
     assert dm.header is False
     dm.setup("fit")
@@ -181,11 +186,11 @@ def test_real_glue_files(tmp_path):
     dm.setup("validate")
     assert len(dm.splits["val"]) == 872
     cola = read_table(str(shared_file("glue/CoLA/dev.tsv")), header=False)
-    assert cola.shape == (1043, 4) and set(cola["1"]) == {"0", "1"}
+    assert (len(cola.where), len(cola.columns)) == (1043, 4) and set(cola.values("1")) == {"0", "1"}
     mrpc = read_table(str(shared_file("glue/MRPC/dev.tsv")), header=True)
-    assert mrpc.shape == (408, 5) and list(mrpc.columns)[0] == "Quality"
+    assert (len(mrpc.where), len(mrpc.columns)) == (408, 5) and mrpc.columns[0] == "Quality"
     stsb = read_table(str(shared_file("glue/STS-B/dev.tsv")), header=True)
-    assert stsb.shape == (1500, 10) and float(stsb["score"][0]) == 5.0
+    assert (len(stsb.where), len(stsb.columns)) == (1500, 10) and float(stsb.values("score")[0]) == 5.0
 
 
 def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
@@ -202,11 +207,11 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
         "unsupervised": datasets.Dataset.from_dict({"text": ["meh"], "label": [-1]}, features=features)})
     monkeypatch.setattr(tables, "hub_splits", lambda spec: hub)
     dm = data(source="imdb", labels=["pos", "neg"], cache_dir=str(tmp_path / "c"))
-    assert dm.split_source("val").split == "test" and dm.split_source("train").split == "train"
+    assert dm.inputs.source_of("val").split == "test" and dm.inputs.source_of("train").split == "train"
     dm.setup("fit")
     assert dm.splits["train"]["labels"] == [0, 1, 0] and dm.splits["val"]["labels"] == [0, 1]
     with pytest.raises(InputError, match="has no split 'validation'"):
-        data(source="imdb", val_split="validation").split_source("val")
+        data(source="imdb", val_split="validation").inputs.source_of("val")
 
 
 def test_ag_news_csv_with_one_based_class_ids(tmp_path):
@@ -244,8 +249,8 @@ def test_hub_source_split_suffix_names_the_training_split(tmp_path, monkeypatch)
     asked = []
     monkeypatch.setattr(tables, "hub_splits", lambda spec: asked.append(spec) or hub)
     dm = data(source="some/dataset:cfg@extra", cache_dir=str(tmp_path / "c"))
-    assert dm.split_source("train").describe() == "some/dataset:cfg@extra"
-    assert dm.split_source("val").split == "validation" and set(asked) == {"some/dataset:cfg"}
+    assert dm.inputs.source_of("train").describe() == "some/dataset:cfg@extra"
+    assert dm.inputs.source_of("val").split == "validation" and set(asked) == {"some/dataset:cfg"}
     dm.setup("fit")
     assert dm.splits["train"]["labels"] == [0, 1]
     with pytest.raises(InputError, match="give one"):
@@ -257,13 +262,14 @@ def test_files_are_identified_by_the_shared_remembered_digest(tmp_path):
     import os
     import time
 
+    from lightning_pretrain.data import cache
     from lightning_pretrain.data.sources import text as sources
     path = tmp_path / "t.csv"
     path.write_text("text,label\nfine,1\nbad,0\n")
     old = time.time() - 60
     os.utime(path, (old, old))  # not "racy": old enough to be remembered
     dm = data(train_file=str(path), val_file=str(path), cache_dir=str(tmp_path / "c"))
-    identity = dm.split_source("train").identity()
+    identity = dm.inputs.source_of("train").identity()
     assert identity == f"file:t.csv:{sources.content_digest(str(path))}"
-    memo = sources.cache.default_root() / "digests"
+    memo = cache.default_root() / "digests"
     assert any(f.read_text().strip() == identity.rsplit(":", 1)[1] for f in memo.iterdir())

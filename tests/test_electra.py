@@ -13,17 +13,33 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST, REPO, cli, only_run_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import (AutoModelForPreTraining, AutoModelForSequenceClassification, AutoTokenizer, ElectraConfig,
-                          ElectraForMaskedLM, ElectraForPreTraining, ElectraModel, LlamaConfig, ModernBertConfig,
-                          ModernBertForMaskedLM, ModernBertForTokenClassification)
+from transformers import (
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    ElectraModel,
+    LlamaConfig,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    ModernBertForTokenClassification,
+)
 
 from lightning_pretrain.callbacks.export import export_checkpoint
-from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives import ELECTRA
-from lightning_pretrain.objectives.electra import (SAMPLE_STREAM, ElectraLosses, detection_metrics, generator_config,
-                                                   replace_tokens, sample_tokens, update_detection)
-from lightning_pretrain.objectives.masked_lm import IGNORE
+from lightning_pretrain.objectives.electra import (
+    SAMPLE_STREAM,
+    ElectraLosses,
+    detection_metrics,
+    generator_config,
+    replace_tokens,
+    sample_tokens,
+    update_detection,
+)
 from lightning_pretrain.objectives.pretraining import seeded_generator
 
 VOCAB, MASK = 200, 4
@@ -128,7 +144,7 @@ def test_the_discriminator_s_inputs_labels_and_losses_by_hand():
     ids = batch()
     out = m.losses(ids, 0, 0)
     inputs, mlm_labels = m.corrupt(ids, 0, 0)
-    selected = mlm_labels != IGNORE
+    selected = mlm_labels != IGNORE_INDEX
     assert (inputs[selected] == MASK).all() and torch.equal(inputs[~selected], ids[~selected])  # mask_fraction 1
     # replay the sample (its own seeded stream) and rebuild the discriminator's input: the labels are aligned with it
     g = seeded_generator(ids.device, m.mask_seed, 0, 0, m.global_rank, SAMPLE_STREAM)

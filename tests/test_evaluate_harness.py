@@ -9,8 +9,14 @@ import random
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertTokenizerFast, GPT2Config, GPT2LMHeadModel,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 WORDS = ("the cat dog bird sat ran flew on under a mat log tree big small red blue green house garden water "
          "because therefore quickly slowly happy sad").split()

@@ -84,3 +84,62 @@ def test_masked_lm_multiple_choice_is_the_argmax_of_pll(tiny_bert, task_files, t
         acc += max(range(len(lls)), key=lambda i: lls[i]) == r["gold"]
         acc_norm += max(range(len(lls)), key=lambda i: lls[i] / len(r["choices"][i])) == r["gold"]
     assert (got["acc"], got["acc_norm"]) == pytest.approx((acc / len(rows), acc_norm / len(rows)))
+
+
+@pytest.mark.parametrize("arch, attn", [("bert", "eager"), ("bert", "sdpa"), ("roberta", "sdpa")])
+def test_last_layer_at_the_masked_position_equals_the_full_forward(arch, attn):
+    """evaluate/last_layer.py runs a BERT-family encoder's last layer for the masked position only."""
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    from lightning_pretrain.evaluate.last_layer import bert_last_layer, hidden_at
+
+    config_class, model_class = (BertConfig, BertModel) if arch == "bert" else (RobertaConfig, RobertaModel)
+    torch.manual_seed(0)
+    model = model_class(config_class(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64, vocab_size=100, pad_token_id=1,
+                                     attn_implementation=attn), add_pooling_layer=False).eval()
+    assert bert_last_layer(model) is model.encoder.layer[-1]
+    ids = torch.randint(5, 100, (5, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = mask[4, 3:] = 0  # padded rows
+    at = torch.tensor([0, 11, 6, 3, 2])
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).last_hidden_state[torch.arange(5), at]
+        assert torch.allclose(hidden_at(model, ids, mask, at), full, atol=1e-5)
+        one = model(input_ids=ids[:1]).last_hidden_state[0, at[0]]  # no padding: no mask at all for sdpa
+        assert torch.allclose(hidden_at(model, ids[:1], torch.ones_like(ids[:1]), at[:1])[0], one, atol=1e-5)
+    assert not model.encoder.layer[-1]._forward_pre_hooks  # the hook is gone
+
+
+def test_batched_deduplicated_pll_equals_one_forward_per_copy(tiny_bert):  # noqa: F811
+    """The batched scorer (distinct masked inputs only, many per forward) gives the scores of the plain definition:
+    one full forward per masked copy. Single-token continuations of one context are one masked input."""
+    from lightning_pretrain.evaluate.models import build_lm
+
+    model, tok, _ = tiny_bert
+
+    class Request:
+        def __init__(self, *args):
+            self.args = args
+
+    contexts = ["the cat sat on the mat because", "a big red house under the", "dog"]
+    answers = [" happy", " sad", " water", " tree", " the cat ran quickly", " slowly"]
+    requests = [Request(c, a) for c in contexts for a in answers] + [Request(contexts[0], " happy")]
+    for batch_size in (1, 3, 64):
+        lm = build_lm(model, tok, "masked", batch_size=batch_size)
+        rows = []
+
+        def counted(ids, mask, at, forward=lm.scorer._forward, rows=rows):
+            rows.append(len(ids))
+            return forward(ids, mask, at)
+
+        lm.scorer._forward = counted
+        got = lm.loglikelihood(requests)
+        inputs = set()
+        for req, (logp, _greedy) in zip(requests, got):
+            ctx, cont = lm.encode_pair(*req.args)
+            whole = ctx + cont
+            positions = list(range(len(ctx), len(whole)))
+            assert logp == pytest.approx(sum(pll_by_hand(model, tok, whole, positions)), abs=1e-5)
+            inputs |= {(p, tuple(whole[:p]), tuple(whole[p + 1:])) for p in positions}
+        assert sum(rows) == len(inputs) < sum(len(lm.encode_pair(*r.args)[1]) for r in requests)

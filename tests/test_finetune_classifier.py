@@ -15,8 +15,7 @@ from test_finetune_modes import NEGATIVE, POSITIVE, sentiment_csv, tiny_backbone
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from lightning_pretrain.data import TextClassification
-from lightning_pretrain.finetune import SequenceClassifier
-from lightning_pretrain.finetune import glue
+from lightning_pretrain.finetune import SequenceClassifier, glue
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.log_every_n_steps", "1"]
@@ -45,7 +44,7 @@ def scalars(run_dir) -> dict[str, list]:
 def test_one_batch_overfit_reaches_full_train_accuracy(tiny_backbone, sentiment_csv, tmp_path):  # noqa: F811
     dm = TextClassification(train_file=str(sentiment_csv), val_file=str(sentiment_csv), tokenizer=str(tiny_backbone),
                             batch_size=16, cache_dir=str(tmp_path / "cache"))
-    model = SequenceClassifier(str(tiny_backbone), data=dm.contract,
+    model = SequenceClassifier(str(tiny_backbone), data=dm.publish(),
                                optimizer=partial(torch.optim.AdamW, lr=3e-3), warmup_steps=0, lr_schedule="constant")
     accuracy = []
 

@@ -12,10 +12,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from test_finetune_modes import sentiment_csv, tiny_backbone  # noqa: F401 (fixtures)
 from transformers import AutoModelForSequenceClassification
 
+from lightning_pretrain.architecture import layer_depths
 from lightning_pretrain.data import TextClassification
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune import GradualUnfreezing, SequenceClassifier
-from lightning_pretrain.architecture import layer_depths
 
 
 class RankRecorder(L.Callback):
@@ -42,7 +42,7 @@ class RankRecorder(L.Callback):
 def test_gradual_unfreezing_under_ddp_spawn(tiny_backbone, sentiment_csv, tmp_path):  # noqa: F811
     dm = TextClassification(train_file=str(sentiment_csv), val_file=str(sentiment_csv), tokenizer=str(tiny_backbone),
                             batch_size=4, cache_dir=str(tmp_path / "cache"))
-    model = SequenceClassifier(str(tiny_backbone), data=dm.contract,
+    model = SequenceClassifier(str(tiny_backbone), data=dm.publish(),
                                trainability=GradualUnfreezing(every_n_steps=2),
                                optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=0, lr_schedule="linear")
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="spawn",

@@ -10,8 +10,14 @@ import pytest
 import torch
 from conftest import REPO, cli, minilm_dir, only_run_dir
 from test_finetune_classifier import QUIET, sst2_like  # noqa: F401 (fixture)
-from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT2Config,
-                          GPT2LMHeadModel)
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.finetune import CausalSFT, SequenceClassifier

@@ -10,10 +10,17 @@ import torch
 from conftest import minilm_dir
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel, pipeline
 
-from lightning_pretrain.data import TextClassification
-from lightning_pretrain.finetune import (Frozen, Full, GradualUnfreezing, LayerwiseLRDecay, LoRA, SequenceClassifier,
-                                         TopK)
 from lightning_pretrain.architecture import layer_depths
+from lightning_pretrain.data import TextClassification
+from lightning_pretrain.finetune import (
+    Frozen,
+    Full,
+    GradualUnfreezing,
+    LayerwiseLRDecay,
+    LoRA,
+    SequenceClassifier,
+    TopK,
+)
 
 POSITIVE = ["a wonderful moving film", "great acting and a lovely story", "brilliant, funny and warm",
             "i loved every minute", "superb direction and a fine cast", "charming and delightful"]
@@ -48,7 +55,7 @@ def sentiment_csv(tmp_path_factory) -> Path:
 def classifier(backbone, data_file, trainability, tmp_path, lr=1e-3, schedule="constant", **data_kwargs):
     dm = TextClassification(train_file=str(data_file), val_file=str(data_file), tokenizer=str(backbone),
                             batch_size=8, cache_dir=str(tmp_path / "cache"), **data_kwargs)
-    model = SequenceClassifier(str(backbone), data=dm.contract, trainability=trainability,
+    model = SequenceClassifier(str(backbone), data=dm.publish(), trainability=trainability,
                                optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
                                warmup_steps=0, lr_schedule=schedule)
     return model, dm

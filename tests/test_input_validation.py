@@ -2,26 +2,29 @@
 pretraining corpus and the fine-tuning tables: every refusal names the file and the line (or record, or row)."""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA
 
-from lightning_pretrain.data.sources import records
-
-from lightning_pretrain.data.sources import text as sources
-
-from lightning_pretrain.data.sources import validate
 from lightning_pretrain.data.finetune.labels import check_label_names, encode_labels, label_vocabulary, labelled
 from lightning_pretrain.data.finetune.splits import Splits
-from lightning_pretrain.data.sources.tables import read_table
+from lightning_pretrain.data.sources import records, validate
+from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data.sources.tables import Table, TableSource
 from lightning_pretrain.errors import InputError
 
 
 def write(path, content: str | bytes) -> str:
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return str(path)
+
+
+def read_table(path: str, header: bool) -> Table:
+    """A local table as the fine-tuning splits read it."""
+    return TableSource("file", os.path.abspath(path)).read(header)
 
 
 def corpus(path: str, column: str = "text"):
@@ -65,8 +68,8 @@ def test_ragged_rows_of_headerless_and_quoted_files(tmp_path):
 def test_duplicate_and_blank_column_names(tmp_path):
     with pytest.raises(InputError, match="names column 'text' twice"):
         corpus(write(tmp_path / "d.csv", "text,label,text\na,1,b\n"))
-    df = read_table(write(tmp_path / "blank.csv", "text,label,\na,1,\n"), header=True)
-    assert list(df.columns) == ["text", "label", "Unnamed: 2"]  # pandas' name for a blank header field
+    table = read_table(write(tmp_path / "blank.csv", "text,label,\na,1,\n"), header=True)
+    assert table.columns == ["text", "label", "Unnamed: 2"]  # pandas' name for a blank header field
     with pytest.raises(InputError, match="appears 2 times"):
         pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), tmp_path / "d.parquet")
         corpus(str(tmp_path / "d.parquet"))
@@ -145,7 +148,7 @@ def test_corpus_and_fine_tuning_read_the_same_json_layouts(tmp_path, content):
     path = write(tmp_path / "d.json", content if isinstance(content, str) else json.dumps(content))
     assert corpus(path)["text"] == ["a b", "c d"]
     assert [row["text"] for row in sources.resolve(path, streaming=True).load()] == ["a b", "c d"]
-    assert read_table(path, header=True)["text"].tolist() == ["a b", "c d"]
+    assert read_table(path, header=True).values("text") == ["a b", "c d"]
 
 
 @pytest.mark.parametrize("content,says", [("42", "the top level is the number 42"),

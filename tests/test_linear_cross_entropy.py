@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, LlamaConfig
 
-from lightning_pretrain.objectives import CausalLM, causal_lm
 from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.objectives import CausalLM, causal_lm
 from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
 
 

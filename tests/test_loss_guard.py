@@ -12,8 +12,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from test_linear_cross_entropy import _Tok
 from lightning.pytorch.plugins.precision import MixedPrecision
+from test_linear_cross_entropy import _Tok
 from transformers import GPT2Config
 
 from lightning_pretrain.callbacks.guard import NonFiniteLoss, StopGuard
@@ -165,5 +165,5 @@ def test_fp16_loss_scaling_skips_nan_steps_with_fused_and_plain_adamw_and_its_ow
 def test_nonsense_settings_are_refused():
     with pytest.raises(InputError, match="max_bad_steps must be at least 1"):
         StopGuard(max_bad_steps=0)
-    with pytest.raises(InputError, match="must not be negative"):
+    with pytest.raises(InputError, match="must be finite and not negative"):
         StopGuard(spike_rtol=-1)

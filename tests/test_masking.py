@@ -2,11 +2,17 @@
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM, RobertaConfig,
-                          RobertaForMaskedLM)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
-from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
+from lightning_pretrain.objectives.masked_lm import MaskedLM, mask_tokens
 
 VOCAB, MASK = 1000, 4
 SPECIALS = torch.tensor([0, 1, 2, 3, 4])
@@ -25,7 +31,7 @@ def draw(prob=0.15, mask_fraction=0.8, random_fraction=0.1, seed=0, shape=(64, 5
 def test_rates_and_split(prob, mask_fraction, random_fraction):
     ids, inputs, labels = draw(prob, mask_fraction, random_fraction)
     selectable = ~torch.isin(ids, SPECIALS)
-    selected = labels != IGNORE
+    selected = labels != IGNORE_INDEX
     n = selected.sum().item()
     assert abs(n / selectable.sum().item() - prob) < 0.01
     as_mask = (inputs == MASK) & selected
@@ -42,10 +48,10 @@ def test_specials_never_touched_and_unselected_positions_unchanged():
     for seed in range(20):
         ids, inputs, labels = draw(prob=0.5, seed=seed, shape=(8, 256))
         special = torch.isin(ids, SPECIALS)
-        assert (labels[special] == IGNORE).all()
+        assert (labels[special] == IGNORE_INDEX).all()
         assert torch.equal(inputs[special], ids[special])
-        assert torch.equal(inputs[labels == IGNORE], ids[labels == IGNORE])
-        assert not torch.isin(inputs[(labels != IGNORE) & (inputs != MASK)], SPECIALS).any()  # random never special
+        assert torch.equal(inputs[labels == IGNORE_INDEX], ids[labels == IGNORE_INDEX])
+        assert not torch.isin(inputs[(labels != IGNORE_INDEX) & (inputs != MASK)], SPECIALS).any()  # random never special
 
 
 def test_same_generator_seed_same_mask():

@@ -13,11 +13,11 @@ import torch
 from conftest import ENGLISH, REPO, cli
 from test_resume import TINY, check_kill_and_resume, events_files
 
+from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.pretrain import mixture as mx
 from lightning_pretrain.data.pretrain import mixture_stream as ms
-from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.pretrain.block_stream import BlockStream
 from lightning_pretrain.data.pretrain.blocks import BlockCollate
-from lightning_pretrain.data.pretrain.streaming import BlockStream
 from lightning_pretrain.errors import InputError
 
 SIZES = [50, 30, 20]
@@ -96,7 +96,8 @@ def test_cached_mixture_resumes_exactly(workers):
     resumed = cached_loader(workers)
     resumed.load_state_dict(state)
     assert same(take(iter(resumed), 27), uninterrupted[13:])
-    assert uninterrupted[0]["mixture_source"].dtype == torch.long and set(uninterrupted[0]) == {"input_ids", "mixture_source"}
+    first_batch = uninterrupted[0]
+    assert first_batch["mixture_source"].dtype == torch.long and set(first_batch) == {"input_ids", "mixture_source"}
     # negative control: a fresh loader starts over
     assert not same(take(iter(cached_loader(workers)), 27), uninterrupted[13:])
 
@@ -181,6 +182,37 @@ def two_corpora(tmp_path):
     a.write_text("\n\n".join(f"{ENGLISH[i % 6]} Alpha paragraph {i}." for i in range(300)) + "\n")
     b.write_text("\n\n".join(f"{ENGLISH[(i + 3) % 6]} Beta note {i} of {i * 7 % 13}." for i in range(40)) + "\n")
     return a, b
+
+
+def test_a_mixture_reads_its_sources_itself_and_publishes_its_state(tmp_path):
+    """No child data modules: the corpus holds one source reader per entry, builds the streams for its own rank,
+    and publishes names, epochs and the spent source as one value (what callbacks/mixture.py reads)."""
+    from types import SimpleNamespace
+
+    import lightning as L
+    from conftest import minilm_dir
+
+    from lightning_pretrain.data import PretrainCorpus, StreamingCorpus
+
+    a, b = two_corpora(tmp_path)
+    mix = [{"source": str(a), "weight": 0.7}, {"source": str(b), "weight": 0.3, "name": "beta"}]
+    common = {"sources": mix, "tokenizer": str(minilm_dir()), "seq_len": 16, "batch_size": 4,
+              "cache_dir": str(tmp_path / "cache")}
+    dm = PretrainCorpus(**common)
+    assert len(dm.parts) == 2 and not any(isinstance(p, L.LightningDataModule) for p in dm.parts)
+    with pytest.raises(RuntimeError, match="publish"):
+        dm.contract  # noqa: B018 (the contract is a value made known by publish, never computed on reading)
+    assert dm.publish() is dm.contract and dm.contract.seq_len == 16
+    dm.setup("fit")
+    state = dm.mixture_state([7, 3], None)
+    assert state == mx.MixtureState(("alpha", "beta"), (7 / len(dm.parts[0].train_blocks),
+                                                        3 / len(dm.parts[1].train_blocks)), None)
+    assert PretrainCorpus(**{**common, "sources": None, "source": str(a)}).mixture_state([5], None) is None
+    streaming = StreamingCorpus(**common, num_workers=0, val_documents=5)
+    streaming.trainer = SimpleNamespace(global_rank=1, world_size=2, max_steps=10, accumulate_grad_batches=1)
+    dataset = streaming.train_dataset()
+    assert isinstance(dataset, ms.MixtureStream) and len(dataset) == 40
+    assert [(s.rank, s.world_size) for s in dataset.streams] == [(1, 2), (1, 2)]  # built for this rank
 
 
 def scalars(run):

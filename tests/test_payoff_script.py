@@ -10,7 +10,6 @@ import random
 import sys
 
 import pytest
-
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pretraining_payoff", REPO / "benchmarks" / "pretraining_payoff.py")

@@ -7,8 +7,7 @@ import re
 import pytest
 import torch
 from conftest import ENGLISH, FAST, REPO, cli
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                          BertConfig)
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer, BertConfig
 
 from lightning_pretrain.data import PretrainCorpus, StreamingCorpus
 from lightning_pretrain.data.contract import DataContract

@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from conftest import REPO
+
 from lightning_pretrain.quiet import KNOWN_WARNINGS, quiet_known_noise
 
 

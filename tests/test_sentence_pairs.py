@@ -7,17 +7,28 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import ENGLISH, FAST, REPO, cli, minilm_dir, only_run_dir, shared_file
-from transformers import (AlbertConfig, AlbertForPreTraining, AutoModelForPreTraining, AutoTokenizer, BertConfig,
-                          BertForPreTraining)
+from conftest import FAST, REPO, cli, minilm_dir, only_run_dir, shared_file
+from transformers import (
+    AlbertConfig,
+    AlbertForPreTraining,
+    AutoModelForPreTraining,
+    AutoTokenizer,
+    BertConfig,
+    BertForPreTraining,
+)
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.pretrain.sentence_pairs import (PairDataset, SentencePairCorpus, TokenizedDocs, make_pairs,
-                                                    split_sentences, tokenize_documents)
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
+from lightning_pretrain.data.pretrain.sentence_pairs import (
+    PairDataset,
+    SentencePairCorpus,
+    TokenizedDocs,
+    make_pairs,
+    split_sentences,
+    tokenize_documents,
+)
 from lightning_pretrain.data.sources.text import paragraphs
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.masked_lm import IGNORE
-from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 
 
@@ -187,7 +198,7 @@ def test_losses_equal_hf_pretraining_loss(config, cls):
     out = module.model(input_ids=inputs, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"],
                        labels=labels, **{label_kw: batch["pair_label"]})
     torch.testing.assert_close(mlm + pair, out.loss)
-    assert (labels[batch["attention_mask"] == 0] == IGNORE).all()  # padding is never a prediction target
+    assert (labels[batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding is never a prediction target
 
 
 def test_architecture_without_pair_head_is_refused():
@@ -222,7 +233,7 @@ def test_help_and_print_config_show_every_option_with_its_documentation(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for option, doc in [("source", "'builtin' (CPython's documentation"), ("val_source", "validation text"),
                         ("seq_len", "tokens per example"), ("batch_size", "examples (blocks or pairs) per batch"),
-                        ("vocab_size", "vocabulary size of a tokenizer"), ("seed", "seed of the train/validation"),
+                        ("vocab_size", "vocabulary size of a tokenizer"), ("seed", "seed of the held-out validation documents"),
                         ("tokenizer", "it needs CLS, SEP and PAD tokens"), ("task", "'nsp' (BERT"),
                         ("short_seq_prob", "random length below seq_len"), ("dupe_factor", "independent draws")]:
         assert f"--data.{option} " in text and doc in text, option

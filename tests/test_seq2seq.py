@@ -10,16 +10,29 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.strategies import DDPStrategy
 import pytest
 import torch
 from conftest import FAST, REPO, cli, only_run_dir
+from lightning.pytorch.strategies import DDPStrategy
 from peft import PeftModelForCausalLM, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BertConfig,
-                          BertForSequenceClassification, BertModel, GenerationConfig, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from lightning_pretrain.architecture import layer_depths
 from lightning_pretrain.data.contract import DataContract

@@ -92,7 +92,7 @@ def test_labels_only_on_completion_tokens_unpacked_and_packed(tmp_path, tokenize
     assert sorted(seen) == sorted(want)  # every example once, whole
     rows = len(dm.train_dataloader().dataset)
     assert (rows < len(train)) if pack else rows == len(train)
-    assert dm.contract.task == "sft" and dm.contract.max_length == (40 if pack else max(map(len, want | expected(
+    assert dm.publish().task == "sft" and dm.contract.max_length == (40 if pack else max(map(len, want | expected(
         dm, pairs(5, 40)))))
 
 

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lightning_pretrain.data.sources import formats, prompts
 from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data.sources.tables import TableSource
 from lightning_pretrain.errors import InputError
 
 
@@ -143,3 +145,35 @@ def test_a_delimiter_line_ends_each_document_of_a_plain_text_file(tmp_path):
 def test_a_delimiter_must_be_one_non_blank_line(tmp_path, delimiter):
     with pytest.raises(InputError, match="document_delimiter"):
         sources.resolve(str(tmp_path), delimiter=delimiter)
+
+
+# -- the formats table: every reader takes a table suffix as the table says -----------------------------------------
+ROWS = [{"text": "first document, with a comma", "label": "1"}, {"text": "second document", "label": "0"}]
+
+
+def write_table(path, fmt: formats.Format) -> None:
+    """`ROWS` in the layout `fmt` describes (one writer per kind of file: a new kind adds one here)."""
+    if fmt.builder == "csv":
+        sep = fmt.delimiter
+        quote = (lambda v: f'"{v}"' if sep in v else v) if fmt.quoting else (lambda v: v)
+        path.write_text("".join(sep.join(quote(v) for v in row.values()) + "\n" for row in [dict(
+            text="text", label="label"), *ROWS]))
+    elif fmt.builder == "json":
+        path.write_text("\n".join(map(json.dumps, ROWS)) + "\n" if fmt.lines else json.dumps(ROWS))
+    else:
+        assert fmt.builder == "parquet", f"{path.suffix}: no writer for its kind in this test"
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+
+
+@pytest.mark.parametrize("suffix", formats.TABLES)
+def test_every_table_format_reads_the_same_rows_everywhere(tmp_path, suffix):
+    path = tmp_path / f"t{suffix}"
+    write_table(path, formats.FORMATS[suffix])
+    texts = [row["text"] for row in ROWS]
+    assert sources.resolve(str(path)).load()["text"] == texts  # the corpus
+    assert [row["text"] for row in sources.resolve(str(path), streaming=True).load()] == texts  # streamed
+    table = TableSource("file", str(path)).read(header=True)  # a fine-tuning split
+    assert table.values("text") == texts and [str(v) for v in table.values("label")] == ["1", "0"]
+    with pytest.raises(InputError, match="prompts are plain text"):
+        prompts.read_prompts(str(path))
+    assert sorted(sources.resolve(str(tmp_path)).load()["text"]) == sorted(texts)  # found in a directory

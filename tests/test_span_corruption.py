@@ -8,15 +8,27 @@ import numpy as np
 import pytest
 import torch
 from conftest import ENGLISH, FAST, REPO, cli, only_run_dir
-from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.errors import InputError
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.objectives.span_corruption import (SpanCorruption, block_length_for, prefix_lm,
-                                                           random_spans_noise_mask,
-                                                           span_corrupt, span_lengths, with_sentinels)
+from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.span_corruption import (
+    SpanCorruption,
+    block_length_for,
+    prefix_lm,
+    random_spans_noise_mask,
+    span_corrupt,
+    span_lengths,
+    with_sentinels,
+)
 
 SETTINGS = [(0.15, 3.0), (0.3, 5.0), (0.5, 2.0)]
 

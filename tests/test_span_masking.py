@@ -14,12 +14,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForMaskedLM, BertConfig
 
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives import MaskedLM
 from lightning_pretrain.objectives.masked_lm import word_boundaries, word_index
-from lightning_pretrain.objectives.span_masking import (IGNORE, SpanBoundaryHead, span_boundaries, span_length_probs,
-                                                        span_mask_tokens)
+from lightning_pretrain.objectives.span_masking import (
+    SpanBoundaryHead,
+    span_boundaries,
+    span_length_probs,
+    span_mask_tokens,
+)
 
 TINY_BERT = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
@@ -79,7 +83,7 @@ def test_budget_span_lengths_and_80_10_10_per_span(tok, texts):
     for seed in range(3):
         batch = padded_rows(tok, ids, seed=seed)
         words, specials, inputs, labels = corrupt(tok, batch, seed)
-        chosen = labels != IGNORE
+        chosen = labels != IGNORE_INDEX
         special = torch.isin(batch, specials)
         assert not (chosen & special).any()  # never a special token, never padding
         assert torch.equal(labels[chosen], batch[chosen]) and torch.equal(inputs[~chosen], batch[~chosen])
@@ -109,13 +113,13 @@ def test_seeded_and_options(texts):
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[1], c[1])
     # max_span_words=1: every span is one word; a 30% budget is kept
     words, specials, _, labels = corrupt(tok, batch, 0, max_span_words=1, mlm_probability=0.3)
-    assert all(words[r, a] == words[r, b] for r, a, b in spans_of(labels != IGNORE))
+    assert all(words[r, a] == words[r, b] for r, a, b in spans_of(labels != IGNORE_INDEX))
     selectable = (~torch.isin(batch, specials)).sum().item()
-    assert abs((labels != IGNORE).sum().item() / selectable - 0.3) < 0.05
+    assert abs((labels != IGNORE_INDEX).sum().item() / selectable - 0.3) < 0.05
 
 
 def test_span_boundaries_and_sbo_head_on_a_hand_built_case():
-    labels = torch.full((2, 8), IGNORE)
+    labels = torch.full((2, 8), IGNORE_INDEX)
     labels[0, 2:5] = torch.tensor([11, 12, 13])  # one span of 3 in row 0: boundaries 1 and 5
     labels[1, 1] = 21  # one of 1 in row 1 (boundaries 0, 2) and one of 2 (boundaries 4, 7)
     labels[1, 5:7] = torch.tensor([22, 23])
@@ -145,12 +149,12 @@ def test_masked_lm_sbo_loss_and_refusals(texts):
     module = MaskedLM(model=TINY_BERT, data=DataContract(tok), span_mask=True, sbo=True).eval()  # no dropout
     batch = padded_rows(tok, texts, rows=4, length=64)
     inputs, labels = module.corrupt(batch, 0, 0)
-    assert (labels != IGNORE).sum() > 0
+    assert (labels != IGNORE_INDEX).sum() > 0
     mlm, sbo = module.mlm_and_sbo_loss(inputs, labels)
     hidden = module.model.base_model(input_ids=inputs).last_hidden_state
     logits = module.model.get_output_embeddings()(module.sbo_head(hidden, labels))  # the MLM decoder, shared
-    assert logits.shape == ((labels != IGNORE).sum().item(), len(tok))
-    assert torch.allclose(sbo, F.cross_entropy(logits, labels[labels != IGNORE]))
+    assert logits.shape == ((labels != IGNORE_INDEX).sum().item(), len(tok))
+    assert torch.allclose(sbo, F.cross_entropy(logits, labels[labels != IGNORE_INDEX]))
     assert torch.allclose(mlm, module.model(input_ids=inputs, labels=labels).loss, atol=1e-5)
     assert not any("sbo" in k for k in module.model.state_dict())  # the head is not part of the HF model
     with pytest.raises(InputError, match="span_mask"):

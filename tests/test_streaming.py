@@ -17,10 +17,11 @@ import torch
 from conftest import minilm_dir
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_pretrain.data import encoding
 from lightning_pretrain.data.pretrain import blocks
-
+from lightning_pretrain.data.pretrain.block_stream import BlockStream, doc_hash, open_stream
+from lightning_pretrain.data.pretrain.streaming import StreamingCorpus
 from lightning_pretrain.data.sources import text as sources
-from lightning_pretrain.data.pretrain.streaming import BlockStream, StreamingCorpus, doc_hash, open_stream
 from lightning_pretrain.errors import InputError
 
 SEQ = 16
@@ -86,7 +87,7 @@ def test_blocks_are_the_shards_documents_packed_and_cycle_endlessly(unequal_file
     folder, _ = unequal_files
     stream = BlockStream(stream_of(folder), tokenizer, SEQ, rank=1, world_size=2, shuffle_window=4, seed=7)
     docs = shard_documents(stream, 1, 2)
-    expected = blocks.pack(blocks.encode_batches(tokenizer, [docs]), tokenizer.sep_token_id, SEQ)
+    expected = blocks.pack(encoding.encode_batches(tokenizer, [docs]), tokenizer.sep_token_id, SEQ)
     got = list(itertools.islice(stream._blocks(), 3 * len(expected)))  # three passes and more
     np.testing.assert_array_equal(np.stack(got[:len(expected)]), expected)
     # the second pass is reshuffled, and the partial block at the end of a pass carries over into it
@@ -119,7 +120,7 @@ def test_multiworker_loader_resumes_exactly_on_each_rank(unequal_files, tokenize
     """Two ranks x two workers through torchdata's StatefulDataLoader: state after 5 batches, the next 6 agree."""
     folder, docs = unequal_files
     for rank in range(2):
-        def loader():
+        def loader(rank=rank):
             ds = BlockStream(stream_of(folder), tokenizer, SEQ, rank=rank, world_size=2, shuffle_window=2)
             return StatefulDataLoader(ds, batch_size=2, num_workers=2)
 
@@ -161,7 +162,7 @@ def test_corpus_holds_out_validation_documents_and_needs_max_steps(unequal_files
     dm = StreamingCorpus(source=str(folder), val_documents=5, tokenizer=str(minilm_dir()), seq_len=SEQ,
                          batch_size=2, num_workers=0, shuffle_window=4, cache_dir=str(tmp_path / "cache"))
     dm.setup("fit")
-    assert dm.exclude == frozenset(map(doc_hash, docs[:5])) and dm.val_blocks.shape[1] == SEQ
+    assert dm.parts[0].exclude == frozenset(map(doc_hash, docs[:5])) and dm.val_blocks.shape[1] == SEQ
     trained = set(shard_documents(dm.train_dataset(), 0, 1))
     assert trained == set(docs[5:])
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1, max_steps=-1, accumulate_grad_batches=1)
@@ -175,7 +176,7 @@ def test_a_huge_document_streams_in_bounded_pieces_and_resumes_inside_it(tmp_pat
     from lightning_pretrain.data.tokenizers import load_pretrained
 
     tokenizer = load_pretrained(str(minilm_dir()))  # as StreamingCorpus loads it: unpadded, untruncated
-    monkeypatch.setattr(blocks, "PIECE_CHARS", 300)  # the long document goes in ~100 pieces
+    monkeypatch.setattr(encoding, "PIECE_CHARS", 300)  # the long document goes in ~100 pieces
     docs = [f"document {i} is short" for i in range(5)]
     docs.insert(2, " ".join(f"word{i % 97} and, more" for i in range(3000)))
     source = tmp_path / "docs.jsonl"

@@ -6,6 +6,8 @@ from transformers import AutoTokenizer
 
 from lightning_pretrain.data import PretrainCorpus
 from lightning_pretrain.data import tokenizers as toks
+
+
 def test_unigram_layout_and_round_trip(tmp_path):
     tok = toks.train_unigram(ENGLISH * 30, 300)
     assert 100 < len(tok) <= 300

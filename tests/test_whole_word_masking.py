@@ -10,10 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.data.sources.text import builtin_documents
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM, mask_tokens, word_boundaries, word_index
+from lightning_pretrain.objectives.masked_lm import MaskedLM, mask_tokens, word_boundaries, word_index
 
 SENTENCE = "Hello, world! The tokenizers' 1990s prizes weren't unbelievable; they were predictable."
 FAMILIES = ["bpe", "wordpiece", "unigram", "minilm"]
@@ -97,7 +97,7 @@ def test_whole_words_rate_and_80_10_10_per_word(tokenizers, texts, family):
     multi_piece = 0
     for seed in range(3):
         blocks, words, inputs, labels, specials = corrupt_blocks(tok, texts, seed)
-        selected = labels != IGNORE
+        selected = labels != IGNORE_INDEX
         n_words = words.max(1).values + 1
         exists = torch.arange(words.shape[1])[None, :] < n_words[:, None]
         # all pieces of a word share the decision: selected in all or in none
@@ -113,7 +113,7 @@ def test_whole_words_rate_and_80_10_10_per_word(tokenizers, texts, family):
                                 (unchanged & chosen & ~masked).sum()], dtype=torch.float)
         sizes = torch.zeros(words.shape, dtype=torch.long).scatter_add_(1, words, torch.ones_like(words))
         multi_piece += (chosen & (sizes > 1)).sum().item()
-        assert (labels[selected] == blocks[selected]).all() and (labels[~selected] == IGNORE).all()
+        assert (labels[selected] == blocks[selected]).all() and (labels[~selected] == IGNORE_INDEX).all()
     selectable, chosen, as_mask, as_kept = counts.tolist()
     as_random = chosen - as_mask - as_kept  # a random piece equal to the original counts as random (rare)
     assert abs(chosen / selectable - 0.15) < 0.015
@@ -139,8 +139,8 @@ def test_masked_lm_option_masks_whole_words(tokenizers, texts):
     ids = [i for t in texts[:60] for i in tok(t, add_special_tokens=False).input_ids]
     batch = torch.tensor(ids[: 8 * 64]).view(8, 64)
     inputs, labels = module.corrupt(batch, 0, 0)
-    pieces = [tok.convert_ids_to_tokens(i) for i in batch[labels != IGNORE].tolist()]
-    selected = (labels != IGNORE)
+    pieces = [tok.convert_ids_to_tokens(i) for i in batch[labels != IGNORE_INDEX].tolist()]
+    selected = (labels != IGNORE_INDEX)
     # a selected "##" piece never follows an unselected piece of its word
     continuation = torch.tensor([[tok.convert_ids_to_tokens(i).startswith("##") for i in row] for row in batch.tolist()])
     assert not (continuation[:, 1:] & selected[:, 1:] & ~selected[:, :-1]).any()

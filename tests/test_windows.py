@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_pretrain.data.loaders import stateful_loader
-from lightning_pretrain.data.pretrain.windows import TokenWindows, training_windows, window_totals
+from lightning_pretrain.data.windows import TokenWindows, training_windows, window_totals
 
 N = 22
 COUNTS = [(7 * i) % 5 + 1 + i for i in range(N)]  # distinct enough that a wrong grouping changes a sum

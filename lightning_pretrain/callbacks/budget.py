@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_pretrain import optim
+from lightning_pretrain import compat, optim
 from lightning_pretrain.callbacks import progress
 from lightning_pretrain.errors import InputError
 
@@ -54,7 +54,7 @@ def validations_per_step(trainer: L.Trainer, s_per_step: float) -> float:
     """How many validation runs an optimizer step brings on average (Lightning's `val_check_interval` logic)."""
     if not trainer.enable_validation:
         return 0.0
-    interval_s = getattr(trainer, "_val_check_time_interval", None)  # val_check_interval given as a time
+    interval_s = compat.val_check_time_interval(trainer)  # val_check_interval given as a time
     if interval_s:
         return s_per_step / interval_s
     every = trainer.val_check_batch

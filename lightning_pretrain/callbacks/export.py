@@ -1,34 +1,26 @@
-"""Hugging Face exports. `HFExport`: at the end of `fit`, the model under `<run dir>/hf/` and the final metrics in
-`<run dir>/metrics.json`; at the end of `validate` / `test`, `<run dir>/{validate,test}_metrics.json`; the tokenizer
-in `<run dir>/tokenizer/` as soon as fit starts, so a run cut short still has it. `lightning-pretrain-export`
-turns any training checkpoint (a `.ckpt` file or an FSDP2 sharded folder) into a Hugging Face directory:
-
-    lightning-pretrain-export logs/run/version_0/checkpoints/last.ckpt --out exported/
+"""`HFExport`: at the end of `fit`, the model under `<run dir>/hf/` and the final metrics in `<run dir>/metrics.json`;
+at the end of `validate` / `test`, `<run dir>/{validate,test}_metrics.json`; the tokenizer in `<run dir>/tokenizer/`
+as soon as fit starts, so a run cut short still has it. No non-finite model is exported. A training checkpoint is
+turned into a Hugging Face directory by `lightning-pretrain-export` (lightning_pretrain/export.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from lightning_pretrain import parallel
-from lightning_pretrain.callbacks.guard import RunStopped
-from lightning_pretrain.checkpoint_io import load_checkpoint_file
-from lightning_pretrain.errors import InputError
+from lightning_pretrain.errors import InputError, RunStopped
+from lightning_pretrain.export import export_checkpoint, load_training_checkpoint, main, non_finite  # noqa: F401
 from lightning_pretrain.quiet import no_save_bars
+from lightning_pretrain.runs import run_dir
 
-
-def run_dir(trainer: L.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir)
+# (export_checkpoint, load_training_checkpoint and main are imported here for the old import path)
 
 
 def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
@@ -43,6 +35,9 @@ class HFExport(L.Callback):
             metrics_file: file in the run directory that receives the final validation metrics.
             enabled: set false to skip the export (e.g. for throughput benchmarks).
         """
+        for option, name in (("dirname", dirname), ("metrics_file", metrics_file)):
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise InputError(f"--export.{option} must be a plain name inside the run directory, got {name!r}")
         self.dirname, self.metrics_file, self.enabled = dirname, metrics_file, enabled
         self.last_val: dict[str, float] = {}
         self.last_val_step: int | None = None
@@ -87,6 +82,9 @@ class HFExport(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:
             return
+        if trainer.global_step == 0:  # never an untrained model as a result (the CLI refuses such settings first)
+            print("warning: the run trained no optimizer step: nothing exported, no metrics written")
+            return
         export = getattr(pl_module, "export_hf", None)
         root = run_dir(trainer)  # a broadcast: every rank asks
         out = root / self.dirname
@@ -113,8 +111,7 @@ class HFExport(L.Callback):
 
 def all_finite(trainer: L.Trainer, model: torch.nn.Module) -> bool:
     """Every parameter finite, on every rank (sharded parameters checked shard by shard)."""
-    local = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
-    ok = all(bool(torch.isfinite(p.detach()).all()) for p in local)
+    ok = not non_finite(model.named_parameters())[0]
     return trainer.strategy.reduce_boolean_decision(ok, all=True) if trainer.world_size > 1 else ok
 
 
@@ -134,79 +131,3 @@ def readable_by_umask(directory: Path) -> None:
     for f in Path(directory).rglob("*"):
         if f.is_file():
             f.chmod(0o666 & ~umask)
-
-
-# -- training checkpoint -> Hugging Face -------------------------------------------------------------------------
-def load_training_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint as one dict on CPU: a single `.ckpt` file, or a sharded folder (FSDP2) merged."""
-    path = Path(path)
-    if path.is_file():
-        return load_checkpoint_file(path)
-    if not (path / ".metadata").is_file():
-        raise InputError(f"{path} is neither a checkpoint file nor a sharded checkpoint folder (no .metadata)")
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:  # torch's public merge writes a file; read it straight back
-        dcp_to_torch_save(path, Path(tmp) / "full.pt")
-        state = load_checkpoint_file(Path(tmp) / "full.pt")
-    meta = path / "meta.pt"  # Lightning's non-tensor part: epoch, loops, hyperparameters, our hf_config
-    return {**(torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}), **state}
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Write a Hugging Face directory from a training checkpoint of a `PretrainingModule` objective.
-
-    The checkpoint carries the model's config and class (`hf_config`, saved by `PretrainingModule`); the tokenizer
-    defaults to `<run dir>/tokenizer`, which `HFExport` saves when fit starts.
-    """
-    import transformers
-
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    state = load_training_checkpoint(checkpoint)
-    if "hf_config" not in state:
-        raise InputError(f"{checkpoint} holds no 'hf_config': it was not written by a lightning_pretrain objective")
-    config_dict = dict(state["hf_config"])
-    architecture = config_dict["architectures"][0]
-    model_class = getattr(transformers, architecture, None)
-    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
-        raise InputError(f"{checkpoint} names {architecture!r}, which is not a transformers model class")
-    config = transformers.AutoConfig.for_model(**config_dict)
-    model = model_class(config)
-    prefix = "model."  # the HF model is the objective's `model` attribute
-    weights = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    if unexpected or set(missing) - tied:
-        raise InputError(f"checkpoint does not match {architecture}: missing {sorted(set(missing) - tied)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}")
-    model.tie_weights()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok_dir = Path(tokenizer) if tokenizer else checkpoint.resolve().parent.parent / "tokenizer"
-    if tok_dir.is_dir():
-        for f in tok_dir.iterdir():
-            if f.is_file():
-                shutil.copy2(f, out_dir / f.name)
-    return out_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`lightning-pretrain-export CHECKPOINT --out DIR [--tokenizer DIR]`."""
-    from lightning_pretrain.quiet import quiet_known_noise
-
-    quiet_known_noise()
-    parser = argparse.ArgumentParser(prog="lightning-pretrain-export",
-                                     description="Export a training checkpoint (sharded folder or .ckpt file) to a "
-                                                 "Hugging Face directory.")
-    parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint folder")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tokenizer", help="tokenizer directory (default: <run dir>/tokenizer)")
-    args = parser.parse_args(argv)
-    try:
-        print(f"Hugging Face export: {export_checkpoint(args.checkpoint, args.out, args.tokenizer)}")
-    except InputError as e:  # the CLI's convention: one line, exit status 2
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

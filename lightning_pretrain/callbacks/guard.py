@@ -1,14 +1,16 @@
 """A run that cannot go on stops safely. An optimizer step whose training loss or gradient norm is NaN or infinite
 is skipped (its gradients dropped: the weights and optimizer state stay as they were) and counted; after
-`max_bad_steps` such steps in a row, or on a SIGTERM (preemption by SLURM, Kubernetes, ...), the run ends with a
-resumable checkpoint `<checkpoints>/last.ckpt` (`--ckpt_path last` continues from it) and a non-zero exit with one
-line that says what happened and where. Loss spikes over the running mean are logged; `train/grad_norm` is logged
+`max_bad_steps` such steps in a row, or on a SIGTERM (preemption by SLURM, Kubernetes, ...) or a Ctrl-C (SIGINT, handled
+like SIGTERM), the run ends with a resumable checkpoint `<checkpoints>/last.ckpt` (`--ckpt_path last` continues from
+it) and a non-zero exit with one line that says what happened and where. Loss spikes over the running mean are logged; `train/grad_norm` is logged
 every step. No non-finite weights are ever exported (`HFExport` checks)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision.amp import _optimizer_handles_unscaling
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_pretrain.errors import InputError
+from lightning_pretrain import compat
+from lightning_pretrain.errors import InputError, RunStopped
 
 log = logging.getLogger(__name__)
-
-
-class RunStopped(Exception):
-    """The run cannot go on (not the user's input): the CLI prints it as one `error:` line and exits 1."""
 
 
 class NonFiniteLoss(RunStopped):
@@ -64,8 +63,10 @@ class StopGuard(L.Callback):
         if max_bad_steps < 1:
             raise InputError(f"--stop_guard.max_bad_steps must be at least 1 (1: stop at the first skipped step), "
                              f"got {max_bad_steps}")
-        if spike_window < 0 or spike_rtol < 0 or spike_atol < 0:
-            raise InputError("--stop_guard.spike_window, spike_rtol and spike_atol must not be negative")
+        if spike_window < 0 or not (math.isfinite(spike_rtol) and spike_rtol >= 0) or not (
+                math.isfinite(spike_atol) and spike_atol >= 0):  # NaN compares false: it would turn detection off
+            raise InputError(f"--stop_guard.spike_window, spike_rtol and spike_atol must be finite and not negative, "
+                             f"got {spike_window}, {spike_rtol}, {spike_atol}")
         self.skip_non_finite, self.max_bad_steps, self.checkpoint_on_stop = (skip_non_finite, max_bad_steps,
                                                                               checkpoint_on_stop)
         self.spike_window, self.spike_rtol, self.spike_atol = spike_window, spike_rtol, spike_atol
@@ -77,6 +78,29 @@ class StopGuard(L.Callback):
         # accumulate_grad_batches, so the sum is the step's mean) and whether any was non-finite; device tensors
         self._loss: torch.Tensor | None = None
         self._bad: torch.Tensor | None = None
+        self.stop_signal: str | None = None  # "SIGINT" once a Ctrl-C asked the run to stop
+        self._previous_sigint = None
+
+    # -- Ctrl-C: the same graceful stop as SIGTERM ------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.stop_signal = None
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        """Hand a Ctrl-C to Lightning's SIGTERM handler (it stops the loops at the next step, on every rank, and
+        `on_exception` saves last.ckpt); before the loops have one (setup, data preparation), or at a second Ctrl-C,
+        stop at once."""
+        on_sigterm, again = signal.getsignal(signal.SIGTERM), self.stop_signal == "SIGINT"
+        self.stop_signal = "SIGINT"
+        if again or not callable(on_sigterm):
+            raise KeyboardInterrupt
+        on_sigterm(signal.SIGTERM, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loss = self._bad = None
@@ -94,8 +118,8 @@ class StopGuard(L.Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = grad_norm(grads, device)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and _optimizer_handles_unscaling(optimizer) and scaler._scale is not None:
-            norm = norm / scaler._scale  # fused optimizers unscale inside their step: these gradients are scaled
+        if scaler is not None and _optimizer_handles_unscaling(optimizer) and compat.grad_scaler_scale(scaler) is not None:
+            norm = norm / compat.grad_scaler_scale(scaler)  # fused optimizers unscale inside their step: these gradients are scaled
         zero = torch.zeros((), device=device)
         flags = torch.stack([zero if bad_loss is None else bad_loss.float(), (~torch.isfinite(norm)).float(),
                              zero if loss is None else loss])
@@ -169,6 +193,7 @@ class StopGuard(L.Callback):
         if not isinstance(exception, (SIGTERMException, NonFiniteLoss)) or trainer.state.fn != "fit":
             return
         exception.step = trainer.global_step
+        exception.signal_name = self.stop_signal or "SIGTERM"
         if self.checkpoint_on_stop:
             path = checkpoint_dir(trainer) / "last.ckpt"
             trainer.save_checkpoint(path)  # a collective: every rank is here (Lightning broadcasts a SIGTERM, and the

@@ -7,6 +7,8 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
+from lightning_pretrain import compat
+
 
 def _describe(trainer, epoch: int) -> str:
     if trainer.max_steps > 0 and (trainer.max_epochs is None or trainer.max_epochs < 0):
@@ -44,7 +46,7 @@ class TQDMBar(TQDMProgressBar):
         return _metrics(super().get_metrics(trainer, pl_module))
 
     def refresh_description(self, trainer) -> None:
-        if self._train_progress_bar is not None:
+        if compat.tqdm_train_bar_exists(self):
             self.train_progress_bar.set_description(_describe(trainer, trainer.current_epoch))
 
 

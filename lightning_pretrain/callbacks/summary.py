@@ -9,6 +9,7 @@ import logging
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
+from lightning_pretrain import compat
 from lightning_pretrain.callbacks.throughput import batch_flops
 
 log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
@@ -31,7 +32,7 @@ class Summary(ModelSummary):
     """Lightning's ModelSummary (a rich table when rich is installed), less the FLOPs column, plus our FLOP count."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._summarize_kwargs["flops_per_token"] = training_flops_per_token(pl_module)
+        compat.summary_kwargs(self)["flops_per_token"] = training_flops_per_token(pl_module)
         super().on_fit_start(trainer, pl_module)
 
     @staticmethod

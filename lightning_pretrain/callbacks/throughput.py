@@ -21,6 +21,7 @@ from torch import nn
 
 from lightning_pretrain import compat
 from lightning_pretrain.architecture import attention_width
+from lightning_pretrain.errors import InputError
 
 
 # -- FLOPs arithmetic -------------------------------------------------------------------------------------------
@@ -127,6 +128,10 @@ class Throughput(ThroughputMonitor):
             peak_flops: the device's peak FLOP/s for MFU. Unset: Lightning's table for the GPU and the training dtype
                 (dense figures); CPUs have no entry, so no MFU is logged on CPU unless this is set.
         """
+        if window < 2:  # Lightning's throughput tracker asserts it
+            raise InputError(f"--throughput.window must be at least 2, got {window}")
+        if peak_flops is not None and not peak_flops > 0:
+            raise InputError(f"--throughput.peak_flops must be > 0, got {peak_flops}")
         super().__init__(batch_size_fn=samples_in, length_fn=tokens_in, window_size=window)
         self.window, self.peak_flops = window, peak_flops
         self._waits: deque[tuple[float, float]] = deque(maxlen=window)

@@ -6,6 +6,7 @@ so a run killed mid-build leaves a `.partial-*` directory that no reader ever ta
 later build sweeps it away). Two processes building the same entry at once both succeed; the first rename wins.
 `meta.json` records every file's size and digest (`manifest`); a lookup checks them, and an entry whose files were
 truncated, overwritten or deleted since (or that predates the record) is rebuilt. Why sampled digests: `_digest`.
+Input files are known by their content (`content_digest`), remembered under the root across runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +68,32 @@ def rooted(root: Path) -> Iterator[None]:
         yield
     finally:
         _ROOT.reset(token)
+
+
+def content_digest(path: str) -> str:
+    """SHA-256 of a file's bytes, remembered under the file's (path, inode, size, mtime): a large corpus is read
+    once, not at every start-up (hashing runs at ~1 GB/s), and any write to the file changes the stat key."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    memo = current_root() / "digests"  # the cache of the data module at work (`cache.rooted`)
+    try:
+        return (memo / key).read_text().strip()
+    except OSError:
+        pass
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+        # modified within the file system's timestamp granularity: a same-size rewrite in the same tick would keep
+        # the stat key, so a digest of a file this fresh is not remembered (git's "racy" rule)
+        return digest
+    try:  # best effort: an unwritable cache only costs the next run a re-hash
+        memo.mkdir(parents=True, exist_ok=True)
+        tmp = memo / f".{key}.{os.getpid()}"
+        tmp.write_text(digest)
+        os.replace(tmp, memo / key)
+    except OSError:
+        pass
+    return digest
 
 
 def read_meta(entry: Path) -> dict | None:

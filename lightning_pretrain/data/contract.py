@@ -1,7 +1,9 @@
 """`DataContract`: everything a model needs to know about its data, published by the DataModule as one value.
 
-Data flows one way: the CLI reads `data.contract` once the data module exists and passes it to the model's
-constructor (`data=`), before the model is built. No model or objective ever reads attributes of a data module.
+Data flows one way: once the data module exists, the CLI calls `publish(data)` and passes the contract to the model's
+constructor (`data=`), before the model is built. Publishing is the one explicit step in which a DataModule does the
+work its facts take (load or train the tokenizer, measure tokenized splits: cached, and reused by `prepare_data`);
+`contract` is then a plain value. No model or objective ever reads attributes of a data module.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # a label no loss or metric counts: the convention of every DataModule, loss and HF model
 
 
 @dataclass(frozen=True)
@@ -29,3 +33,10 @@ class DataContract:
     def longest(self) -> int | None:
         """The longest input the model will see from this data (checked against the model's positions)."""
         return self.seq_len if self.seq_len is not None else self.max_length
+
+
+def publish(datamodule) -> DataContract:
+    """The contract of `datamodule`, made known once by its `publish()` (a DataModule whose contract takes no work
+    may offer just a `contract`); what the CLI link hands the model."""
+    step = getattr(datamodule, "publish", None)
+    return step() if callable(step) else datamodule.contract

@@ -15,7 +15,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from lightning_pretrain.data.pretrain.windows import TokenWindows, WindowCollate, Windowed
+from lightning_pretrain.data.windows import TokenWindows, WindowCollate, Windowed
 from lightning_pretrain.errors import InputError
 
 

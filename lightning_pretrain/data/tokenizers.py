@@ -19,9 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lightning_pretrain.data import cache
-
-from lightning_pretrain.data.pretrain import blocks
+from lightning_pretrain.data import cache, encoding
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -100,12 +98,12 @@ def check_vocab_size(kind: str, vocab_size: int) -> None:
 
 
 def _learn(kind: str, texts: Callable[[], Iterable[str]], vocab_size: int) -> PreTrainedTokenizerBase:
-    """Train on `texts()` fed in pieces (`blocks.pieces`: the same words are counted, in bounded memory)."""
-    progress = blocks.Progress(f"training a {kind} tokenizer", unit="characters")
+    """Train on `texts()` fed in pieces (`encoding.pieces`: the same words are counted, in bounded memory)."""
+    progress = encoding.Progress(f"training a {kind} tokenizer", unit="characters")
 
     def fed() -> Iterator[str]:
         for text in texts():
-            for piece in blocks.pieces(text):
+            for piece in encoding.pieces(text):
                 progress.add(0, len(piece))
                 yield piece
             progress.add(1, 0)
@@ -128,7 +126,7 @@ def _unigram_minimum(texts: Iterable[str]) -> int:
     """Unigram's least vocabulary: every non-space character after NFKC, the word boundary "▁" and the specials."""
     nfkc, chars = normalizers.NFKC(), set()
     for text in texts:
-        for piece in blocks.pieces(text):
+        for piece in encoding.pieces(text):
             chars.update(nfkc.normalize_str(piece))
     return len({c for c in chars if not c.isspace()}) + 1 + len(set(_UNIGRAM_SPECIALS.values()))
 

@@ -56,10 +56,11 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None, num_fewshot: int = 0,
+def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None, num_fewshot: int | None = 0,
               bootstrap_iters: int = 1000, seed: int = 1234) -> list[TaskResult]:
     """Score the tasks of `loaded` (`registry.load_tasks`) with `lm`. Under torch.distributed with a rank-aware
-    `lm`, every rank calls this, scores its share of the documents, and gets rank 0's results.
+    `lm`, every rank calls this, scores its share of the documents, and gets rank 0's results. `num_fewshot`
+    None: each task's own setting (MMLU's 5; 0 where a task has none).
 
     lm-eval's `evaluate` is called directly, with the seeding and few-shot setup `simple_evaluate` would do: that
     skips its per-call environment report (git, pip and GPU queries in subprocesses), seconds per callback call."""
@@ -73,7 +74,10 @@ def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None,
     np.random.seed(seed)
     torch.manual_seed(seed)
     for task in loaded["tasks"].values():
-        if task.get_config("num_fewshot") != 0:  # as simple_evaluate: a task fixed at 0-shot stays 0-shot
+        own = task.get_config("num_fewshot")
+        if num_fewshot is None:
+            task.set_config(key="num_fewshot", value=own or 0)
+        elif own != 0:  # as simple_evaluate: a task fixed at 0-shot stays 0-shot
             task.set_config(key="num_fewshot", value=num_fewshot)
         task.set_fewshot_seed(seed=seed)
     out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
@@ -85,8 +89,8 @@ def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None,
         baseline = spec.random_baseline(limit) if spec else None
         samples = out["n-samples"].get(name, {})
         row = TaskResult(spec.name if spec else name, int(samples.get("effective", res.get("sample_len", 0)) or 0),
-                         int(out["n-shot"].get(name, num_fewshot) or 0),
-                         str(spec.file.path) if spec and spec.file else "lm-eval")
+                         int(out["n-shot"].get(name, num_fewshot or 0) or 0),
+                         (spec.source or (str(spec.file.path) if spec.file else "lm-eval")) if spec else "lm-eval")
         for key, value in res.items():
             metric, _, filt = key.partition(",")
             if not filt or metric.endswith("_stderr") or _number(value) is None:

@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM,
-                          AutoTokenizer, PretrainedConfig)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
 from lightning_pretrain.errors import InputError
@@ -54,7 +60,7 @@ def locate(spec: str, workdir: str | Path) -> tuple[str, str]:
     """A loadable directory or hub id for `spec`, and what it was; a checkpoint is exported into `workdir`."""
     path = Path(spec).expanduser()
     if (path.is_file() and path.suffix == ".ckpt") or (path.is_dir() and (path / ".metadata").is_file()):
-        from lightning_pretrain.callbacks.export import export_checkpoint
+        from lightning_pretrain.export import export_checkpoint
 
         return str(export_checkpoint(path, Path(workdir) / "hf")), f"Lightning checkpoint {spec} (exported)"
     if path.is_dir():

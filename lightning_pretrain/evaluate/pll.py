@@ -1,10 +1,10 @@
 """Pseudo-log-likelihood (Salazar et al. 2020, "Masked Language Model Scoring") for masked LMs, behind lm-eval's
 `LM` interface. lm-eval's `hf` model refuses encoder-only models (lm-eval #1840), so BERT-style encoders are scored
 here: each scored token is replaced by [MASK] in its own copy of the input, and log p(original token) at that
-position is summed over the continuation. One forward per scored token (batched over copies), so PLL costs
+position is summed over the continuation. One forward row per distinct masked copy (copies of many requests share
+a batch; identical copies, e.g. the masked answer letters of one MMLU question, run once), so PLL costs about
 `len(continuation)` times a causal LM's single pass. lm-eval then computes acc / acc_norm / perplexity from these
-log-likelihoods exactly as for a causal LM.
-"""
+log-likelihoods exactly as for a causal LM."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from lightning_pretrain.architecture import max_positions, mlm_head
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.evaluate.last_layer import hidden_at
 from lightning_pretrain.evaluate.ranks import RankAware, distributed, sharded
-from lightning_pretrain.evaluate.rolling import MASKED_WINDOW, windows
+from lightning_pretrain.evaluate.windows import MASKED_WINDOW, windows
 
 
 class PseudoLogLikelihood:
-    """Scores chosen positions of token sequences with a masked LM, one masked copy per position."""
+    """Scores chosen positions of token sequences with a masked LM, one masked copy per distinct position."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
                  progress: bool = False):
@@ -42,28 +43,41 @@ class PseudoLogLikelihood:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits at position `at[i]` of row i."""
-        rows = torch.arange(len(ids), device=ids.device)
         head = mlm_head(self.model)
         head = getattr(head, "predictions", head)  # BertForPreTraining's `cls` also holds the NSP head
         if head is not None and not sharded(self.model):
             # only the masked position goes through the vocabulary projection (as the MaskedLM objective does);
             # a sharded model runs whole, so that its root's weights are gathered
-            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            return head(hidden[rows, at])
+            return head(hidden_at(self.model.base_model, ids, mask, at))
         out = self.model(input_ids=ids, attention_mask=mask)
         logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
-        return logits[rows, at]
+        return logits[torch.arange(len(ids), device=ids.device), at]
 
     @torch.no_grad()
     def score(self, items: list[tuple[list[int], list[int]]]) -> list[tuple[list[float], list[bool]]]:
         """For each `(ids, positions)` (text tokens without specials, at most `budget` of them): log p of the token
-        at each position with that position masked and everything else visible, and whether it is the argmax."""
-        copies = [(i, p) for i, (_, positions) in enumerate(items) for p in positions]
-        copies.sort(key=lambda c: -len(items[c[0]][0]))  # similar lengths share a batch: little padding
-        batches = [copies[s:s + self.batch_size] for s in range(0, len(copies), self.batch_size)]
-        logp = [[0.0] * len(positions) for _, positions in items]
-        greedy = [[True] * len(positions) for _, positions in items]
-        slot = {(i, p): k for i, (_, positions) in enumerate(items) for k, p in enumerate(positions)}
+        at each position with that position masked and everything else visible, and whether it is the argmax.
+
+        Each distinct masked input is run once: the choices " A".." D" of one question, masked, are the same
+        input, and so is any continuation shared by several requests. Copies of similar length share a batch."""
+        unique: dict[tuple, int] = {}  # (position, tokens before, tokens after) -> index into `inputs`
+        inputs: list[tuple[list[int], int]] = []
+        wanted: list[list[tuple[int, int]]] = []  # per item and position: (input index, target token)
+        for ids, positions in items:
+            wanted.append([])
+            for p in positions:
+                key = (p, tuple(ids[:p]), tuple(ids[p + 1:]))
+                if key not in unique:
+                    unique[key] = len(inputs)
+                    inputs.append((ids, p))
+                wanted[-1].append((unique[key], ids[p]))
+        targets: list[set[int]] = [set() for _ in inputs]
+        for slots in wanted:
+            for u, t in slots:
+                targets[u].add(t)
+        order = sorted(range(len(inputs)), key=lambda u: -len(inputs[u][0]))  # little padding per batch
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        found: dict[tuple[int, int], tuple[float, bool]] = {}
         n_forwards = len(batches)
         if distributed() and sharded(self.model):
             # a sharded model gathers its weights in every forward: every rank must run as many forwards, so the
@@ -73,24 +87,26 @@ class PseudoLogLikelihood:
             n_forwards = int(count)
         for b in tqdm(range(n_forwards), desc="Masked copies (PLL)", unit="batch", disable=not self.progress):
             if b >= len(batches):
-                self._score_batch([self.prefix + [self.pad_id] + self.suffix], [len(self.prefix)])
+                self._score_batch([self.prefix + [self.pad_id] + self.suffix], [len(self.prefix)], [(0, self.pad_id)])
                 continue
-            seqs = [self.prefix + list(items[i][0]) + self.suffix for i, _ in batches[b]]
-            lp, hit = self._score_batch(seqs, [len(self.prefix) + p for _, p in batches[b]])
-            for r, (i, p) in enumerate(batches[b]):
-                logp[i][slot[i, p]], greedy[i][slot[i, p]] = float(lp[r]), bool(hit[r])
-        return list(zip(logp, greedy))
+            pairs = [(r, t) for r, u in enumerate(batches[b]) for t in sorted(targets[u])]
+            lp, hit = self._score_batch([self.prefix + list(inputs[u][0]) + self.suffix for u in batches[b]],
+                                        [len(self.prefix) + inputs[u][1] for u in batches[b]], pairs)
+            for (r, t), value, best in zip(pairs, lp.tolist(), hit.tolist()):
+                found[batches[b][r], t] = (value, best)
+        return [([found[s][0] for s in slots], [found[s][1] for s in slots]) for slots in wanted]
 
-    def _score_batch(self, seqs: list[list[int]], at: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_batch(self, seqs: list[list[int]], at: list[int], pairs: list[tuple[int, int]]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask row r of `seqs` at `at[r]`; for each `(r, token)` of `pairs`: log p(token) there, and is it the argmax."""
         ids = torch.full((len(seqs), max(map(len, seqs))), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, seq in enumerate(seqs):
             ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
-        rows = torch.arange(len(seqs))
-        target = ids[rows, at].to(self.device)
-        ids[rows, at] = self.tokenizer.mask_token_id
+        ids[torch.arange(len(seqs)), at] = self.tokenizer.mask_token_id
         logits = self._forward(ids.to(self.device), mask.to(self.device), torch.tensor(at, device=self.device)).float()
-        return logits.log_softmax(-1).gather(1, target[:, None])[:, 0].cpu(), (logits.argmax(-1) == target).cpu()
+        rows, tokens = (torch.tensor(c, device=self.device) for c in zip(*pairs))
+        return logits.log_softmax(-1)[rows, tokens].cpu(), (logits.argmax(-1)[rows] == tokens).cpu()
 
     def rolling(self, ids: list[int], max_length: int | None = None, stride: int | None = None) -> list[float]:
         """PLL of every token of a long sequence, in windows of at most `max_length` tokens (specials included)

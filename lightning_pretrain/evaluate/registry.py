@@ -34,6 +34,9 @@ class TaskSpec:
     file: TaskFile | None = None  # a gauntlet file we generate the task for; None: one of lm-eval's own tasks
     delimiter: str = " "  # the gauntlet's continuation_delimiter
     baseline: float | None = None  # random baseline of an lm-eval task (a file's is computed from its rows)
+    config: dict | None = None  # a task generated from rows already read (MMLU): its lm-eval YAML, data files
+    splits: dict[str, list[dict]] | None = None  # filled in by `write_task_folder` from these rows per split
+    source: str | None = None  # what the rows were read from, as reported (default: the file, or "lm-eval")
 
     def random_baseline(self, limit: int | None = None) -> float | None:
         return self.file.random_baseline(limit) if self.file is not None else self.baseline
@@ -105,10 +108,13 @@ def resolve(names: list[str] | None, task_files: dict[str, str] | None = None,
 
 
 def write_task_folder(specs: list[TaskSpec], folder: str | Path) -> Path:
-    """For every file task: `<folder>/<id>.jsonl` (rows in the template's fields) and `<folder>/<id>.yaml`."""
+    """For every file task: `<folder>/<id>.jsonl` (rows in the template's fields) and `<folder>/<id>.yaml`; for a
+    generated task its YAML and `<folder>/<id>.<split>.jsonl` per split."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for spec in specs:
+        if spec.config is not None:
+            _write_generated(spec, folder)
         if spec.file is None:
             continue
         rows, target_delimiter = spec.file.normalized(spec.delimiter)
@@ -121,6 +127,15 @@ def write_task_folder(specs: list[TaskSpec], folder: str | Path) -> Path:
         config["metadata"]["source_file"] = str(spec.file.path.resolve())
         (folder / f"{spec.lm_eval_name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return folder
+
+
+def _write_generated(spec: TaskSpec, folder: Path) -> None:
+    files = {}
+    for split, rows in (spec.splits or {}).items():
+        files[split] = folder / f"{spec.lm_eval_name}.{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    config = {**spec.config, "dataset_kwargs": {"data_files": {k: str(p.resolve()) for k, p in files.items()}}}
+    (folder / f"{spec.lm_eval_name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
 def _mentioned_by_lm_eval(name: str) -> bool:

@@ -19,30 +19,7 @@ import torch
 
 from lightning_pretrain.architecture import max_positions
 from lightning_pretrain.errors import InputError
-
-
-MASKED_WINDOW = 128  # default PLL window: each scored token costs one forward of the whole window
-
-
-@dataclass(frozen=True)
-class Window:
-    begin: int  # first input position
-    score_from: int  # first scored position (earlier ones are context)
-    end: int  # one past the last position, input and scored
-
-
-def windows(n: int, max_length: int, stride: int, first_scored: int = 0, min_context: int = 0) -> list[Window]:
-    """Windows over a stream of `n` tokens scoring each position in [first_scored, n) exactly once."""
-    if max_length <= min_context or stride < 1:
-        raise InputError(f"need max_length > {min_context} and stride >= 1 (got max_length={max_length}, "
-                         f"stride={stride})")
-    out, scored, begin = [], first_scored, 0
-    while scored < n:
-        begin = min(begin, scored - min_context)
-        end = min(begin + max_length, n)
-        out.append(Window(begin, scored, end))
-        scored, begin = end, begin + stride
-    return out
+from lightning_pretrain.evaluate.windows import MASKED_WINDOW, Window, windows
 
 
 @torch.no_grad()
@@ -114,7 +91,7 @@ def score_text(model, tokenizer, text: str, kind: str, max_length: int | None = 
     max_length = min(max_length or (limit if kind != "masked" else min(limit, MASKED_WINDOW)), limit)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     words, n_bytes = len(re.findall(r"\S+", text)), len(text.encode("utf-8"))
-    if kind == "masked":
+    if kind == "masked":  # imported here: pll.py brings in lm-eval, needed only for masked LMs
         from lightning_pretrain.evaluate.pll import PseudoLogLikelihood
 
         scorer = PseudoLogLikelihood(model, tokenizer, batch_size=batch_size, max_length=max_length, progress=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from transformers import PreTrainedModel
 
+from lightning_pretrain.errors import InputError
+
 log = logging.getLogger("lightning_pretrain")
 
 
@@ -66,4 +68,21 @@ def load_pretrained(auto_class, source: str | Path, **kwargs) -> tuple[PreTraine
         newly_initialised=sorted(set(info.get("missing_keys") or ()) | {m[0] for m in mismatched}),
         unused=sorted(info.get("unexpected_keys") or ()),
         mismatched=[f"{name}: {tuple(ckpt)} -> {tuple(new)}" for name, ckpt, new in mismatched])
+    return model, report
+
+
+def load_backbone(auto_class, backbone: str, tokenizer, purpose: str = "", **kwargs) -> tuple[PreTrainedModel,
+                                                                                               LoadReport]:
+    """A task model (`auto_class`: the backbone plus its head) for fine-tuning: loaded with the report logged, its
+    embeddings checked against the data's tokenizer, in train mode. Every fine-tuning task loads through here."""
+    try:
+        model, report = load_pretrained(auto_class, backbone, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as e:  # not found, unreachable, or no class of this kind for it (GPT-2 + QA)
+        raise InputError(f"could not load backbone '{backbone}'{purpose}: {str(e).splitlines()[0]}") from e
+    report.log()
+    embedded = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embedded:
+        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but '{backbone}' embeds only {embedded}; use "
+                         f"the backbone's own tokenizer")
+    model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
     return model, report

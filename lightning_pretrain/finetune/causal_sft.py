@@ -12,6 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from lightning_pretrain import architecture, compat
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.document_attention import document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.generative import GenerativeFineTune
@@ -34,8 +36,8 @@ def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     shift (the logits at t predict the label at t + 1)."""
     targets = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                            ignore_index=-100, reduction="sum")
-    return nll, (targets != -100).sum()
+                                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll, (targets != IGNORE_INDEX).sum()
 
 
 class CausalSFT(GenerativeFineTune):
@@ -70,16 +72,30 @@ class CausalSFT(GenerativeFineTune):
                              f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)")
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = packed_inputs(batch, self.model.config._attn_implementation, self.model.dtype)
+        inputs = packed_inputs(batch, compat.attn_implementation(self.model.config), self.model.dtype)
         # (rows laid end to end for varlen kernels: each example's first label is -100, so none crosses a row)
         return completion_nll(self.model(**inputs).logits, batch["labels"].reshape(inputs["input_ids"].shape))
 
     def generate_batch(self, batch: dict) -> list[str]:
         """Continue the left-padded prompts; only the new tokens are decoded (the completion)."""
         prompts = batch["prompt_input_ids"]
+        self.check_prompts(batch)
         out = self.model.generate(input_ids=prompts, attention_mask=batch["prompt_attention_mask"],
                                   **self.generation.kwargs(self.tokenizer))
         return self.tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)
+
+    def check_prompts(self, batch: dict) -> None:
+        """Refuse a prompt that, with the tokens to generate, does not fit the model's positions (a predict file's
+        prompts are not cut to --data.max_length)."""
+        limit, new = architecture.max_positions(self.model.config), self.generation.max_new_tokens
+        if limit is None or batch["prompt_input_ids"].shape[1] + new <= limit:
+            return
+        lengths = batch["prompt_attention_mask"].sum(-1).tolist()
+        for n, i, text in zip(lengths, batch["example_id"].tolist(), batch["prompt"]):
+            if n + new > limit:
+                shown = text if len(text) <= 40 else text[:40] + "…"
+                raise InputError(f"prompt {i} ({shown!r}) is {n} tokens, plus {new} new ones: more than the model's "
+                                 f"{limit} positions; shorten it or lower --model.init_args.generation.max_new_tokens")
 
     def sources(self, batch: dict) -> list[str]:
         return batch["prompt"]

@@ -16,19 +16,17 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
-                                         MulticlassMatthewsCorrCoef)
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification
 
 from lightning_pretrain import architecture, optim
-from lightning_pretrain.callbacks.export import run_dir
-from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.finetune.backbone_load import load_pretrained
+from lightning_pretrain.finetune.backbone_load import load_backbone
 from lightning_pretrain.finetune.trainability import Full, Trainability
+from lightning_pretrain.runs import JsonlPredictions, run_dir
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -108,20 +106,12 @@ class SequenceClassifier(L.LightningModule):
             kwargs["classifier_dropout"] = self.classifier_dropout
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        try:
-            model, report = load_pretrained(AutoModelForSequenceClassification, self.backbone,
-                                            ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs)
-        except (OSError, ValueError) as e:
-            raise InputError(f"could not load backbone '{self.backbone}': {str(e).splitlines()[0]}") from e
-        report.log()
+        model, report = load_backbone(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
+                                      ignore_mismatched_sizes=True, **kwargs)
         # what the checkpoint did not provide (e.g. an MLM export's pooler and the head) and what it had unused
         self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
-        if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
-            raise InputError(f"the tokenizer has {len(self.tokenizer)} tokens but '{self.backbone}' embeds only "
-                             f"{model.get_input_embeddings().num_embeddings}; use the backbone's own tokenizer")
         if model.config.pad_token_id is None:  # GPT-style heads pool the last non-pad token: they must know pad
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
         self.label_names = label_names
         self.model = self.trainability.prepare(model)
         metrics = task_metrics(label_names)
@@ -160,23 +150,17 @@ class SequenceClassifier(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, self.val_loss)
+        self._log_metrics("val", self.val_metrics, self.val_loss)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, self.test_loss)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics, self.val_loss)
-
-    def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics, self.test_loss)
 
     def _log_metrics(self, prefix: str, metrics: MetricCollection, mean_loss: MeanMetric) -> None:
-        if mean_loss.update_count == 0:
-            return
-        # computed (and synchronised across ranks) by torchmetrics, so logging needs no sync_dist
-        self.log_dict({f"{prefix}/loss": mean_loss.compute(), **metrics.compute()}, prog_bar=True)
-        metrics.reset()
-        mean_loss.reset()
+        # the metric objects themselves: Lightning computes them at the epoch's end (synchronised across ranks by
+        # torchmetrics, so no sync_dist) and resets them
+        self.log(f"{prefix}/loss", mean_loss, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One JSON line per input, in input order: the text(s), and the label with its probability and every

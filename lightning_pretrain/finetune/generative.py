@@ -22,7 +22,6 @@ from torchmetrics import MeanMetric
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from lightning_pretrain import architecture, optim
-from lightning_pretrain.callbacks.predictions import JsonlPredictions
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
@@ -31,6 +30,7 @@ from lightning_pretrain.finetune.text_metrics import text_metrics
 from lightning_pretrain.finetune.trainability import Full, Trainability
 from lightning_pretrain.generation import Generation
 from lightning_pretrain.objectives.pretraining import seeded_generator
+from lightning_pretrain.runs import JsonlPredictions
 
 
 class GenerativeFineTune(L.LightningModule):

@@ -12,13 +12,15 @@ mean of Pearson and Spearman; else accuracy; x 100).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lightning_pretrain import entry
+from lightning_pretrain.errors import InputError
 
 # inside the package (a link to the repository's configs/ in a checkout, the files themselves in a wheel)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
@@ -79,9 +81,12 @@ def run_task(args: list[str], in_process: bool) -> int:
         try:
             main(args)
         except SystemExit as e:
-            return e.code or 0
+            return e.code if isinstance(e.code, int) else 1
         return 0
-    return subprocess.run([sys.executable, "-m", "lightning_pretrain", *args]).returncode
+    return subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], check=False).returncode
+
+
+REFUSED = 2  # a task's run refused its input (its one `error:` line is out): the same input would fail the next
 
 
 def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Path = "glue_runs",
@@ -96,6 +101,9 @@ def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Pa
         run_dir = out / task / f"version_{version}"
         t0 = time.perf_counter()
         status = run_task(task_args(task, backbone, mode, out, version, glue_dir, configs, extra or []), in_process)
+        if status == REFUSED:
+            results["refused"] = task
+            return results
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         results["tasks"][task] = {
@@ -122,9 +130,10 @@ def write_tables(results: dict, out: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 
+@entry.console
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_pretrain.finetune.glue", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    parser = entry.Parser(
+        prog="lightning-pretrain-glue", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="Any other --section.key value arguments are passed to every task's lightning-pretrain fit run.")
     parser.add_argument("--backbone", required=True, help="HF checkpoint directory (e.g. a run's hf/) or hub id")
     parser.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"],
@@ -138,14 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in_process", action="store_true",
                         help="run every task in this process (faster start; a crash ends the suite)")
     args, extra = parser.parse_known_args(argv)
-    if not (Path(args.configs) / "modes" / f"{args.mode}.yaml").exists():
-        parser.error(f"no mode '{args.mode}' in {Path(args.configs) / 'modes'}")
-    if args.glue_dir and not Path(args.glue_dir).is_dir():
-        parser.error(f"--glue_dir {args.glue_dir} is not a directory")
+    check_inputs(args)
     results = run_suite(args.backbone, args.tasks, args.mode, args.out, args.glue_dir, args.configs, extra,
                         args.in_process)
+    if "refused" in results:
+        return REFUSED
     print((Path(args.out) / f"glue_{args.mode}.md").read_text())
     return 0 if all(t["score"] is not None for t in results["tasks"].values()) else 1
+
+
+def check_inputs(args) -> None:
+    """Everything the suite reads, before its first run: a missing task folder must not cost the tasks before it."""
+    if not (Path(args.configs) / "modes" / f"{args.mode}.yaml").is_file():
+        raise InputError(f"no mode '{args.mode}' in {Path(args.configs) / 'modes'}")
+    if args.glue_dir and not Path(args.glue_dir).is_dir():
+        raise InputError(f"--glue_dir {args.glue_dir} is not a directory")
+    missing = [TASKS[t].name for t in args.tasks if args.glue_dir and not (Path(args.glue_dir) / TASKS[t].name).is_dir()]
+    if missing:
+        raise InputError(f"--glue_dir {args.glue_dir} has no folder {', '.join(missing)} (GLUE's own layout)")
+    out = Path(args.out)
+    if (out.exists() and not out.is_dir()) or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise InputError(f"--out {args.out} is (or lies below) a file: name a folder")
 
 
 if __name__ == "__main__":  # ddp re-executes the entry point per rank

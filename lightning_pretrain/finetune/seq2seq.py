@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel, PretrainedConfig, PreTrainedModel
 
 from lightning_pretrain import architecture
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.generative import GenerativeFineTune
 
@@ -70,8 +71,8 @@ class Seq2SeqFineTune(GenerativeFineTune):
         decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             decoder_input_ids=decoder_input_ids).logits
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-        return nll, (labels != -100).sum()
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return nll, (labels != IGNORE_INDEX).sum()
 
     def generate_batch(self, batch: dict) -> list[str]:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -171,7 +171,7 @@ class LoRA(Trainability):
         """Low-rank adapters (peft) on the attention projections; the backbone stays frozen, a classifier's head
         trains (a language model's output layer, mostly tied to its input embeddings, stays frozen). peft's task type
         follows the model: SEQ_CLS for a classifier, SEQ_2_SEQ_LM for an encoder-decoder that generates (T5, BART),
-        CAUSAL_LM for a decoder-only LM.
+        CAUSAL_LM for a decoder-only LM; a question-answering span head (`qa_outputs`) trains beside the adapters.
 
         The export is the merged model (W + BA folded in), which loads without peft; the adapters alone (with
         the trained head) are saved next to it in `hf/adapter/` for `peft.PeftModel.from_pretrained`.
@@ -190,10 +190,13 @@ class LoRA(Trainability):
     def prepare(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        task = TaskType.SEQ_CLS if not model.can_generate() else \
+        # a span head trains as peft's QUESTION_ANS type would train it, but under the plain PeftModel: peft's QA
+        # wrapper drops `token_type_ids` from the forward (0.21), so the trained model and its export would differ
+        span = type(model).__name__.endswith("ForQuestionAnswering")
+        task = None if span else TaskType.SEQ_CLS if not model.can_generate() else \
             TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
         config = LoraConfig(task_type=task, r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=self.target_modules)
+                            target_modules=self.target_modules, modules_to_save=["qa_outputs"] if span else None)
         try:
             return get_peft_model(model, config)
         except ValueError as e:  # unknown architecture or target modules that do not exist

@@ -7,6 +7,7 @@ from lightning_pretrain.objectives.electra import ELECTRA
 from lightning_pretrain.objectives.masked_lm import MaskedLM
 from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 from lightning_pretrain.objectives.span_corruption import SpanCorruption
+from lightning_pretrain.objectives.unilm import UniLM
 
 __all__ = ["CausalDistillation", "CausalLM", "Denoising", "Distillation", "ELECTRA", "MaskedLM", "SentencePairMLM",
-           "SpanCorruption"]
+           "SpanCorruption", "UniLM"]

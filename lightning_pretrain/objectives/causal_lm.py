@@ -15,8 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_pretrain import architecture, compat
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.data.tokenizers import document_separator
-from lightning_pretrain.objectives.linear_cross_entropy import IGNORE, linear_cross_entropy
+from lightning_pretrain.objectives.linear_cross_entropy import linear_cross_entropy
 from lightning_pretrain.objectives.pretraining import PretrainingModule
 
 
@@ -37,16 +38,16 @@ class CausalLM(PretrainingModule):
 
     @staticmethod
     def lm_labels(batch) -> torch.Tensor:
-        """The ids, where documents are kept apart with IGNORE at each document's first token: a document's first
+        """The ids, where documents are kept apart with IGNORE_INDEX at each document's first token: a document's first
         token is never predicted (from the previous document)."""
         if not isinstance(batch, dict):
             return batch
-        return batch["input_ids"].masked_fill(batch["position_ids"] == 0, IGNORE)
+        return batch["input_ids"].masked_fill(batch["position_ids"] == 0, IGNORE_INDEX)
 
     def lm_loss(self, batch) -> torch.Tensor:
         """Mean next-token cross-entropy over every predicted position (all but the last)."""
         ids, inputs = self.document_batch(batch)
-        labels = ids.masked_fill(inputs["position_ids"] == 0, IGNORE) if inputs else ids  # as `lm_labels`
+        labels = ids.masked_fill(inputs["position_ids"] == 0, IGNORE_INDEX) if inputs else ids  # as `lm_labels`
         head = architecture.plain_head(self.model)
         # a model compiled whole (`--compile.scope model`) fuses its own head and loss: call it as a whole
         if compat.is_compiled(self.model) or not (self.chunked_loss and head is not None):
@@ -61,7 +62,7 @@ class CausalLM(PretrainingModule):
         return loss
 
     def validation_update(self, batch, batch_idx: int) -> None:
-        predicted = self.lm_labels(batch)[:, 1:].ne(IGNORE).sum()
+        predicted = self.lm_labels(batch)[:, 1:].ne(IGNORE_INDEX).sum()
         self.val_nll.update(self.lm_loss(batch), weight=predicted)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

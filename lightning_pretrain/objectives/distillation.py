@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedModel
 
 from lightning_pretrain import architecture
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.causal_lm import CausalLM
-from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
+from lightning_pretrain.objectives.masked_lm import MaskedLM
 
 SPECIALS = ("mask_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id",
             "unk_token_id")
@@ -187,7 +188,7 @@ class Distillation(_Distil, MaskedLM):
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
-        selected = labels != IGNORE
+        selected = labels != IGNORE_INDEX
         head = architecture.mlm_head(self.teacher)
         return self.distil(inputs, selected, self.mlm_head, head,
                            lambda logits: F.cross_entropy(logits.float(), labels[selected]))

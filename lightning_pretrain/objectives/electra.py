@@ -20,15 +20,23 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision,
-                                         BinaryRecall)
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall
 from torchmetrics.functional.classification import binary_precision, binary_recall
-from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForTokenClassification,
-                          ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, PretrainedConfig)
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForTokenClassification,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    PretrainedConfig,
+)
 
-from lightning_pretrain import architecture, parallel
+from lightning_pretrain import architecture, compat, parallel
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
+from lightning_pretrain.objectives.masked_lm import MaskedLM
 from lightning_pretrain.objectives.pretraining import seeded_generator
 
 SAMPLE_STREAM = 1  # appended to the masking seed's key: the sample's random stream differs from the mask's
@@ -235,7 +243,7 @@ class ELECTRA(MaskedLM):
 
     def losses(self, batch: torch.Tensor, *stream: int) -> ElectraLosses:
         inputs, mlm_labels = self.corrupt(batch, *stream)
-        selected = mlm_labels != IGNORE
+        selected = mlm_labels != IGNORE_INDEX
         pad = self.tokenizer.pad_token_id
         real = batch != pad if pad is not None else torch.ones_like(batch, dtype=torch.bool)
         mask = None if bool(real.all()) else real.long()  # packed pretraining blocks never hold padding
@@ -261,7 +269,7 @@ class ELECTRA(MaskedLM):
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
         out = self.losses(batch, -1, batch_idx)  # epoch -1: never a training batch's seed
         self.val_nll.update(out.disc, weight=len(out.labels))
-        metrics = self.eval_metrics["test" if self._trainer is not None and self.trainer.testing else "val"]
+        metrics = self.eval_metrics["test" if compat.trainer_of(self) is not None and self.trainer.testing else "val"]
         update_detection(metrics, out)
         # the metric objects themselves: Lightning computes them (synchronised across ranks) at the epoch's end
         for name, metric in metrics.items():

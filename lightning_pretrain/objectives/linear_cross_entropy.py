@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from lightning_pretrain.data.contract import IGNORE_INDEX
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows):
         need_grad = any(ctx.needs_input_grad[:3])
-        valid = targets != IGNORE
+        valid = targets != IGNORE_INDEX
         count = valid.sum()
         # logits, loss and the weight gradient's sum over chunks in fp32 at least (bf16/fp16 weights included)
         acc = torch.promote_types(weight.dtype, torch.float32)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from lightning_pretrain import architecture
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
-from lightning_pretrain.objectives.span_masking import IGNORE, SpanBoundaryHead, span_mask_tokens
+from lightning_pretrain.objectives.span_masking import SpanBoundaryHead, span_mask_tokens
 
 
 def mask_tokens(
@@ -34,7 +35,7 @@ def mask_tokens(
     generator: torch.Generator | None = None,
     word_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return `(inputs, labels)`: corrupted ids, and the original ids at selected positions (IGNORE elsewhere).
+    """Return `(inputs, labels)`: corrupted ids, and the original ids at selected positions (IGNORE_INDEX elsewhere).
 
     `special_ids` are never selected; random replacements are drawn uniformly from `replacement_ids`.
     `word_ids` (same shape, from `word_index`): positions sharing an id form one word and share every decision.
@@ -48,7 +49,7 @@ def mask_tokens(
     if word_ids is not None:
         u_select, u = u_select.gather(-1, word_ids), u.gather(-1, word_ids)
     selected = (u_select < mlm_probability) & selectable
-    labels = torch.where(selected, input_ids, IGNORE)
+    labels = torch.where(selected, input_ids, IGNORE_INDEX)
     to_mask = selected & (u < mask_fraction)
     to_random = selected & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
     random_tokens = replacement_ids[torch.randint(len(replacement_ids), shape, device=device, generator=generator)]
@@ -204,7 +205,7 @@ class MaskedLM(PretrainingModule):
         if self.mlm_head is None:  # an architecture whose head we do not know: let HF compute every logit
             return self.model(input_ids=inputs, labels=labels, **model_inputs).loss, None
         hidden = self.model.base_model(input_ids=inputs, **model_inputs).last_hidden_state
-        selected = labels != IGNORE
+        selected = labels != IGNORE_INDEX
         logits = self.mlm_head(hidden[selected])
         mlm = F.cross_entropy(logits.float(), labels[selected])
         if self.sbo_head is None or not with_sbo:
@@ -225,7 +226,7 @@ class MaskedLM(PretrainingModule):
     def validation_update(self, batch, batch_idx: int) -> None:
         ids, model_inputs = self.document_batch(batch)
         inputs, labels = self.corrupt(ids, -1, batch_idx)  # epoch -1: never a training batch's seed
-        self.val_nll.update(self.mlm_loss(inputs, labels, model_inputs), weight=(labels != IGNORE).sum())
+        self.val_nll.update(self.mlm_loss(inputs, labels, model_inputs), weight=(labels != IGNORE_INDEX).sum())
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One row per prompt: `{"id", "text", "masks", "filled"}`: for each mask token in order, the `top_k` tokens

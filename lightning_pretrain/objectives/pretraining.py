@@ -18,13 +18,13 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_pretrain import architecture, optim, parallel
-from lightning_pretrain.callbacks.predictions import JsonlPredictions
+from lightning_pretrain import architecture, compat, optim, parallel
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.document_attention import check_implementation, document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.generation import Generation
+from lightning_pretrain.runs import JsonlPredictions
 
 
 def seeded_generator(device: torch.device, *key: int) -> torch.Generator:
@@ -139,7 +139,11 @@ class PretrainingModule(L.LightningModule):
             elif isinstance(getattr(config, name, None), int) and getattr(config, name) >= config.vocab_size:
                 setattr(config, name, None)  # a default of the architecture's own vocabulary (ModernBERT's bos 50281)
         self.adapt_config(config, self.tokenizer)
-        return self.auto_class.from_config(config, **kwargs)
+        try:
+            return self.auto_class.from_config(config, **kwargs)
+        except ValueError as e:  # e.g. a decoder's config given to a masked-LM objective
+            raise InputError(f"{type(self).__name__} cannot train a {type(config).__name__}: "
+                             f"{str(e).splitlines()[0]}") from e
 
     def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
         """Hook for objective-specific config facts (e.g. T5's decoder start token)."""
@@ -154,7 +158,7 @@ class PretrainingModule(L.LightningModule):
             if not self.document_masking:
                 raise InputError(f"{type(self).__name__} does not keep packed documents apart: drop "
                                  f"--data.cross_document_attention false (supported by CausalLM and MaskedLM)")
-            problem = check_implementation(self.model.config._attn_implementation, self.causal)
+            problem = check_implementation(compat.attn_implementation(self.model.config), self.causal)
             if problem:
                 raise InputError(problem)
 
@@ -194,7 +198,7 @@ class PretrainingModule(L.LightningModule):
         (varlen kernels: the rows laid end to end as one, `document_attention.one_row`)."""
         if not isinstance(batch, dict):
             return batch, {}
-        implementation = self.model.config._attn_implementation
+        implementation = compat.attn_implementation(self.model.config)
         ids = batch["input_ids"].reshape(1, -1) if one_row(implementation) else batch["input_ids"]
         return ids, document_inputs(batch["position_ids"], implementation, self.causal, self.model.dtype,
                                     position_offset=architecture.position_offset(self.model.config))

@@ -18,8 +18,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 from transformers import AutoModelForPreTraining
 
+from lightning_pretrain import compat
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.masked_lm import IGNORE, MaskedLM
+from lightning_pretrain.objectives.masked_lm import MaskedLM
 
 
 def pretraining_heads(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -62,7 +64,7 @@ class SentencePairMLM(MaskedLM):
         mlm_head, pair_head = pretraining_heads(self.model)
         out = self.model.base_model(input_ids=inputs, attention_mask=batch["attention_mask"],
                                     token_type_ids=batch["token_type_ids"])
-        selected = labels != IGNORE
+        selected = labels != IGNORE_INDEX
         mlm_loss = F.cross_entropy(mlm_head(out.last_hidden_state[selected]).float(), labels[selected])
         pair_logits = pair_head(out.pooler_output).float()
         return mlm_loss, F.cross_entropy(pair_logits, batch["pair_label"]), pair_logits
@@ -80,22 +82,10 @@ class SentencePairMLM(MaskedLM):
     def validation_update(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         inputs, labels = self.corrupt(batch["input_ids"], -1, batch_idx)  # epoch -1: never a training batch's seed
         mlm_loss, pair_loss, logits = self.losses(batch, inputs, labels)
-        self.val_nll.update(mlm_loss, weight=(labels != IGNORE).sum())
+        self.val_nll.update(mlm_loss, weight=(labels != IGNORE_INDEX).sum())
         self.val_pair_loss.update(pair_loss, weight=len(logits))
         self.val_pair_acc.update(logits.argmax(-1), batch["pair_label"])
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self._log_pairs("val")
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._log_pairs("test")
-
-    def _log_pairs(self, prefix: str) -> None:
-        if self.val_pair_loss.update_count == 0:
-            return
-        self.log_dict({f"{prefix}/{self.task}_loss": self.val_pair_loss.compute(),
-                       f"{prefix}/{self.task}_acc": self.val_pair_acc.compute()}, prog_bar=True)
-        self.val_pair_loss.reset()
-        self.val_pair_acc.reset()
+        # the metric objects themselves: Lightning computes them (synchronised across ranks) and resets them
+        prefix = "test" if compat.trainer_of(self) is not None and self.trainer.testing else "val"
+        self.log(f"{prefix}/{self.task}_loss", self.val_pair_loss, prog_bar=True)
+        self.log(f"{prefix}/{self.task}_acc", self.val_pair_acc, prog_bar=True)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from tokenizers import processors
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
 
-from lightning_pretrain.errors import InputError
 from lightning_pretrain import architecture
+from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
 
 log = logging.getLogger(__name__)

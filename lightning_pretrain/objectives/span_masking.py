@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IGNORE = -100  # label value that cross-entropy (ours and HF's) skips
+from lightning_pretrain.data.contract import IGNORE_INDEX
 
 
 def span_length_probs(p: float, max_words: int) -> torch.Tensor:
@@ -82,7 +82,7 @@ def span_mask_tokens(
         n_masked += (tokens * span).sum(1)
         done |= (last & place) | (n_masked >= budget)
     chosen = masked.gather(1, word_ids) & selectable
-    labels = torch.where(chosen, input_ids, IGNORE)
+    labels = torch.where(chosen, input_ids, IGNORE_INDEX)
     # one draw per span: the draw at the span's first token
     first = chosen & ~torch.nn.functional.pad(chosen, (1, 0))[:, :T]
     pos = torch.arange(T, device=device).expand(B, T)
@@ -97,10 +97,10 @@ def span_mask_tokens(
 
 
 def span_boundaries(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For every labelled position, in `labels[labels != IGNORE]` order: `(row, left, right, offset)`: its row,
+    """For every labelled position, in `labels[labels != IGNORE_INDEX]` order: `(row, left, right, offset)`: its row,
     the positions just before and after its span (a maximal run of labelled positions) and its offset in the span
     (0 for the first token). Boundaries are clamped to the row for runs touching its ends (span masking has none)."""
-    chosen = labels != IGNORE
+    chosen = labels != IGNORE_INDEX
     B, T = chosen.shape
     pos = torch.arange(T, device=labels.device).expand(B, T)
     first = chosen & ~torch.nn.functional.pad(chosen, (1, 0))[:, :T]
@@ -125,7 +125,7 @@ class SpanBoundaryHead(nn.Module):
                                  nn.LayerNorm(hidden_size, eps=layer_norm_eps))
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One vector per labelled position (`labels[labels != IGNORE]` order) from the final hidden states."""
+        """One vector per labelled position (`labels[labels != IGNORE_INDEX]` order) from the final hidden states."""
         rows, left, right, offset = span_boundaries(labels)
         offset = offset.clamp(max=self.position.num_embeddings - 1)  # offsets past the table share its last row
         return self.mlp(torch.cat([hidden[rows, left], hidden[rows, right], self.position(offset)], dim=-1))

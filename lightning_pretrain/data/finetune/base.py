@@ -2,7 +2,8 @@
 naming each split's data (files, a directory, a hub dataset), the held-out validation rows and training subset, the
 tokenizer, the cache of tokenized splits and the stateful loaders. A subclass takes only the options it adds, builds
 `self.inputs` (its split reader) and `contract`, and fills in the hooks below: how its tokenizer is checked, a split
-is tokenized (and keyed in the cache) and a batch is collated.
+is tokenized (and keyed in the cache), what the contract reports of the tokenized data (`measure`, run once by
+`publish`) and a batch is collated.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data import cache
 from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_loader_options, check_val_interval, rank_and_world, stateful_loader
 from lightning_pretrain.data.sources.tables import Column
-from lightning_pretrain.data.pretrain.windows import training_windows
+from lightning_pretrain.data.windows import training_windows
 from lightning_pretrain.errors import InputError
 
 
@@ -100,6 +102,7 @@ class FineTuneData(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.splits: dict[str, datasets.Dataset] = {}  # the tokenized splits of the current stage
+        self.facts: dict | None = None  # what `measure` found, once `publish` ran
 
     def resolve_header(self, *columns: Column | None) -> bool:
         """`header` as given, else True unless every given column (of the subclass's) is a 0-based index."""
@@ -127,6 +130,26 @@ class FineTuneData(L.LightningDataModule):
 
     def configure_tokenizer(self, tok: PreTrainedTokenizerBase) -> None:
         """Refuse a tokenizer the task cannot use, and set what it needs (a pad token, a chat template)."""
+
+    # -- the contract -------------------------------------------------------------------------------------------
+    def measure(self) -> dict:
+        """The facts of the tokenized data that `contract` reports (e.g. the longest example); reading the splits
+        they come from tokenizes them (cached). Run by `publish`, once."""
+        return {}
+
+    def publish(self) -> DataContract:
+        """The one step that makes the contract known: loads the tokenizer and runs `measure`; the CLI link runs it
+        once, before the model is built (data/contract.py). Returns `contract`, a value built from `facts`."""
+        _ = self.tokenizer
+        self.facts = self.measure()
+        return self.contract
+
+    def measured(self) -> dict:
+        """`facts`, refused before `publish` ran (the contract reports them, and finding them takes work)."""
+        if self.facts is None:
+            raise RuntimeError(f"{type(self).__name__}.contract reports facts of the tokenized data, which publish() "
+                               f"measures: call it first (the CLI does)")
+        return self.facts
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:

@@ -13,9 +13,9 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
 from lightning_pretrain.data.finetune.labels import Task, check_label_names, encode_labels, label_vocabulary, labelled
-from lightning_pretrain.data.loaders import DynamicPadding
 from lightning_pretrain.data.finetune.splits import Splits
-from lightning_pretrain.data.sources.tables import Column, TableSource
+from lightning_pretrain.data.loaders import DynamicPadding
+from lightning_pretrain.data.sources.tables import Column
 from lightning_pretrain.errors import InputError
 
 
@@ -81,17 +81,16 @@ class TextClassification(FineTuneData):
     def num_labels(self) -> int:
         return 1 if self.task == "regression" else len(self.label_names)
 
+    def measure(self) -> dict:
+        """The class names (`label_names`: read from the training split when not given)."""
+        names = self.label_names
+        return {"label_names": tuple(names) if names is not None else None}
+
     @property
     def contract(self) -> DataContract:
-        """What the classifier needs: tokenizer, task, label names (read from the training split when not given)
-        and the longest example."""
-        names = self.label_names
-        return DataContract(self.tokenizer, max_length=self.max_length, task=self.task,
-                            label_names=tuple(names) if names is not None else None)
-
-    def split_source(self, split: str) -> TableSource | None:
-        """Where `split` ('train', 'val', 'test', 'predict') comes from, or None when nowhere."""
-        return self.inputs.source_of(split)
+        """What the classifier needs: tokenizer, task, label names (`measure`) and the longest example."""
+        facts = self.measured()
+        return DataContract(self.tokenizer, max_length=self.max_length, task=self.task, **facts)
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def _names(self, split: str) -> list[str] | None:

@@ -18,6 +18,7 @@ from jinja2.exceptions import TemplateError
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.data.sources.records import describe
 from lightning_pretrain.errors import InputError
 
@@ -52,14 +53,14 @@ def encode(tokenizer: PreTrainedTokenizerBase, rows: dict[str, list], max_length
             c = c[:max_length - len(p)]
         keep.append(i)
         ids.append(p + c)
-        row = [-100] * len(p) + c
-        row[0] = -100  # the first token of an example is never a label: nothing of its own example precedes it
+        row = [IGNORE_INDEX] * len(p) + c
+        row[0] = IGNORE_INDEX  # the first token of an example is never a label: nothing of its own example precedes it
         labels.append(row)
     if not keep:
         raise InputError(f"{where}: every prompt has max_length={max_length} tokens or more, so no completion token "
                          f"fits: raise --data.max_length")
     columns = {k: [v[i] for i in keep] for k, v in {**columns, "completion": rows["completion"]}.items()}
-    counts = [sum(t != -100 for t in row) for row in labels]
+    counts = [sum(t != IGNORE_INDEX for t in row) for row in labels]
     columns.update(input_ids=ids, labels=labels, length=list(map(len, ids)), label_tokens=counts)
     meta = {"rows": len(keep), "dropped": len(prompts) - len(keep), "truncated": truncated,
             "longest": max(map(len, ids)), "label_tokens": sum(counts)}
@@ -148,7 +149,7 @@ class CompletionBatches:
         if "labels" in rows[0]:
             width = max(len(r["input_ids"]) for r in rows)
             ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            labels, mask, positions = torch.full_like(ids, -100), torch.zeros_like(ids), torch.zeros_like(ids)
+            labels, mask, positions = torch.full_like(ids, IGNORE_INDEX), torch.zeros_like(ids), torch.zeros_like(ids)
             for i, r in enumerate(rows):
                 n = len(r["input_ids"])
                 ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1

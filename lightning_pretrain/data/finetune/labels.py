@@ -86,9 +86,9 @@ def labelled(values: list, targets: list, task: Task, optional: bool, where: str
     if optional and len(missing) == len(targets):
         return False
     i = missing[0]
-    raise InputError(f"{_at(where, positions, i)}: no label ({_short(values[i])}); {len(missing)} of {len(targets)} rows "
-                     f"have none (blank, NaN and -1 mean no label: give each row its class, or name a class '-1' "
-                     f"in --data.labels)")
+    raise InputError(f"{_at(where, positions, i)}: no label ({_short(values[i])}); {len(missing)} of "
+                     f"{len(targets)} rows have none (blank, NaN and -1 mean no label: give each row its class, or "
+                     f"name a class '-1' in --data.labels)")
 
 
 def is_missing(v) -> bool:

@@ -6,16 +6,11 @@ i of the target file is the target of line i of the source file; the held-out va
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from lightning_pretrain.data.sources import text as sources
-
-from lightning_pretrain.data.sources import tables
-
-from lightning_pretrain.data.sources import validate
 from lightning_pretrain.data.finetune.splits import Splits, holdout
+from lightning_pretrain.data.sources import formats, records, tables, validate
 from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
@@ -31,7 +26,7 @@ class PairSplits:
             if target and not files.get(split):
                 raise InputError(f"--data.{split}_target_file needs --data.{split}_file: the source lines it pairs "
                                  f"with")
-            if target and Path(files[split]).suffix.lower() in tables.SUFFIXES:
+            if target and formats.is_table(files[split]):
                 raise InputError(f"--data.{split}_file {files[split]} is a table: name its target column "
                                  f"(--data.target_column), or give plain text with --data.{split}_target_file")
         self.inputs = Splits(source, files, hub_split_names, source_column, None, target_column, header,
@@ -69,14 +64,14 @@ class PairSplits:
         src = self.inputs.source_of(split)
         if src is None:
             raise InputError(f"no {split} data: pass --data.{split}_file or a --data.source that has a {split} split")
-        plain = src.kind == "file" and Path(src.spec).suffix.lower() not in tables.SUFFIXES
+        plain = src.kind == "file" and not formats.is_table(src.spec)
         if split == "predict" and plain:  # one source per line; a blank line is no input
             return {"source": [t for _, t in _lines(src.spec) if t.strip()]}
         if split in self.targets:
             return _parallel(src.spec, _existing(self.targets[split], split), self.drop_empty)
         if plain:
             raise InputError(f"--data.{split}_file {src.spec} is plain text: give its targets line by line as "
-                             f"--data.{split}_target_file, or use a table (.jsonl/.csv/.tsv/.parquet)")
+                             f"--data.{split}_target_file, or use a table ({'/'.join(formats.TABLES)})")
         table, where = src.read(self.header), src.describe()
         wanted = {"source": self.source_column} if split == "predict" else {
             "source": self.source_column, "target": self.target_column}
@@ -101,7 +96,7 @@ def _existing(path: str, split: str) -> str:
 def _lines(path: str) -> list[tuple[int, str]]:
     """(line number, text) of every line, split only at '\\n' (as `wc -l` counts; a '\\r' before it is dropped),
     so two parallel files stay aligned whatever other line separators (U+2028, a lone '\\r') their texts hold."""
-    sources.check_utf8(path)
+    records.check_encoding(path)
     with open(path, encoding="utf-8-sig", newline="\n") as fh:
         return [(i, line.removesuffix("\n").removesuffix("\r")) for i, line in enumerate(fh, 1)]
 

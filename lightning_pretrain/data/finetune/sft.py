@@ -17,11 +17,11 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data.sources import validate
-from lightning_pretrain.data.finetune.completions import CompletionBatches, Packed, encode, first_fit, render_chat
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
+from lightning_pretrain.data.finetune.completions import CompletionBatches, Packed, encode, first_fit, render_chat
 from lightning_pretrain.data.finetune.splits import Splits
+from lightning_pretrain.data.sources import validate
 from lightning_pretrain.data.sources.tables import Column, resolve_column
 from lightning_pretrain.errors import InputError
 
@@ -88,14 +88,19 @@ class SFTData(FineTuneData):
             raise InputError(f"tokenizer '{self.tokenizer_spec}' has no chat template to render the messages "
                              f"column with: pass --data.chat_template (a Jinja template) or prompt/completion columns")
 
-    @property
-    def contract(self) -> DataContract:
-        """The tokenizer and the row length: max_length when packing, else the longest training or validation
-        example (max_length without training data)."""
+    def measure(self) -> dict:
+        """The row length: max_length when packing, else the longest training or validation example (max_length
+        without training data)."""
         longest = self.max_length
         if not self.pack and self.inputs.source_of("train") is not None:
             longest = max(self._entry(split)[1]["longest"] for split in ("train", "val"))
-        return DataContract(self.tokenizer, max_length=longest, task="sft")
+        return {"max_length": longest}
+
+    @property
+    def contract(self) -> DataContract:
+        """The tokenizer and the row length (`measure`)."""
+        facts = self.measured()
+        return DataContract(self.tokenizer, task="sft", **facts)
 
     # -- raw rows -----------------------------------------------------------------------------------------------
     def _rows(self, split: str) -> dict[str, list]:

@@ -9,11 +9,8 @@ from functools import cached_property
 
 import torch
 
+from lightning_pretrain.data.sources import formats, tables, validate
 from lightning_pretrain.data.sources import text as sources
-
-from lightning_pretrain.data.sources import tables
-
-from lightning_pretrain.data.sources import validate
 from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
@@ -69,7 +66,7 @@ class Splits:
             return None
         directory = os.path.expanduser(self.source)
         if os.path.isdir(directory):
-            found = (os.path.join(directory, stem + suffix) for stem in SPLIT_STEMS[split] for suffix in tables.SUFFIXES)
+            found = (os.path.join(directory, stem + suffix) for stem in SPLIT_STEMS[split] for suffix in formats.TABLES)
             path = next((p for p in found if os.path.isfile(p)), None)
             return TableSource("file", os.path.abspath(path)) if path else None
         if self._hub_spec is None:

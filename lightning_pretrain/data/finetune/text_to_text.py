@@ -13,7 +13,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data.contract import DataContract
+from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
 from lightning_pretrain.data.finetune.pair_splits import PairSplits
 from lightning_pretrain.data.sources.tables import Column
@@ -86,20 +86,24 @@ class TextToText(FineTuneData):
         tok = self.tokenizer
         return tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
 
-    @property
-    def contract(self) -> DataContract:
-        """Tokenizer and the longest tokenized source / target of the training data (train and val); without
-        training data, of val and the predict sources (predict_file, else the test split's), so an unlabelled test
-        table is not read for targets. With no targets anywhere, `max_target_length`."""
+    def measure(self) -> dict:
+        """The longest tokenized source / target of the training data (train and val); without training data, of
+        val and the predict sources (predict_file, else the test split's), so an unlabelled test table is not read
+        for targets. With no targets anywhere, `max_target_length`."""
         names = ["train", "val"] if self.inputs.present("train") else [
             s for s in ("val", "predict") if self.inputs.present(s)]
         if not names:
             raise InputError("no data found: the --data.source directory has no train/dev/test file")
         metas = [self._entry(s)[1] for s in names]
         targets = [m["longest_target"] for m in metas if m.get("longest_target")]
-        return DataContract(self.tokenizer, max_length=max(m["longest_source"] for m in metas),
-                            max_target_length=max(targets) if targets else self.max_target_length,
-                            task="text_to_text")
+        return {"max_length": max(m["longest_source"] for m in metas),
+                "max_target_length": max(targets) if targets else self.max_target_length}
+
+    @property
+    def contract(self) -> DataContract:
+        """The tokenizer and the longest tokenized source / target (`measure`)."""
+        facts = self.measured()
+        return DataContract(self.tokenizer, task="text_to_text", **facts)
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:
@@ -157,7 +161,7 @@ class PadPairs:
         batch = {"input_ids": _pad([r["input_ids"] for r in rows], self.pad_id),
                  "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], 0)}
         if "labels" in rows[0]:
-            batch["labels"] = _pad([r["labels"] for r in rows], -100)
+            batch["labels"] = _pad([r["labels"] for r in rows], IGNORE_INDEX)
         batch["example_id"] = torch.tensor([r["example_id"] for r in rows], dtype=torch.long)
         return {**batch, **{k: [r[k] for r in rows] for k in ("source", "target") if k in rows[0]}}
 

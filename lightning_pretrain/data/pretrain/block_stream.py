@@ -1,6 +1,7 @@
 """`BlockStream`: endless packed token blocks of one rank x worker's shard of a text stream, tokenized on the fly;
 shuffled within windows, cycling pass after pass, resumable from a few numbers (`state_dict`). `StreamingCorpus`
-(streaming.py) and streaming data mixtures (mixture_stream.py) read through it. In detail: docs/design/data.md.
+(streaming.py) reads each of its sources through one (a mixture's interleaved by mixture_stream.py).
+In detail: docs/design/data.md.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import cache
-
-from lightning_pretrain.data.pretrain import blocks
-
-from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data import cache, encoding
 from lightning_pretrain.data import tokenizers as toks
+from lightning_pretrain.data.pretrain import blocks
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -123,6 +122,7 @@ class BlockStream(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._start = copy.deepcopy(state) or None
+        self._cursor = None  # until a block is drawn, the state is the one loaded
 
     # -- the blocks ---------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -151,7 +151,7 @@ class BlockStream(IterableDataset):
             for w, w_position, docs in self.windows(shard, n_shards, pass_, window, position):
                 for c0 in range(first_doc, len(docs), ENCODE_DOCS):
                     chunk = docs[c0:c0 + ENCODE_DOCS]
-                    flat, lengths = blocks.separated(list(blocks.encode_texts(backend, chunk)), self.sep)
+                    flat, lengths = blocks.separated(list(encoding.encode_texts(backend, chunk)), self.sep)
                     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) - skip
                     flat, skip = flat[skip:], 0  # resuming inside a document: its head is already trained on
                     tokens_this_pass += len(flat)

@@ -1,10 +1,11 @@
 """Weighted data mixtures (`--data.sources`): batches drawn from several sources in given proportions.
 
-Cached (PretrainCorpus): each source is its own corpus (cache entry, validation hold-out); `MixtureSampler` draws
-the training order as a pure function of (seed, global sample index), so its resumable state is a few counts.
+Cached (PretrainCorpus): each source has its own cache entry and validation hold-out; `MixtureSampler` draws the
+training order as a pure function of (seed, global sample index), so its resumable state is a few counts.
 Streaming (StreamingCorpus): one `BlockStream` per source, interleaved per worker by seeded draws (mixture_stream.py).
 A source that runs out is repeated (epochs per source) or ends the run (`exhaustion`). Rows are `(block, source)`;
-`BlockCollate` turns them into a batch with `"mixture_source"`, which callbacks/mixture.py logs. docs/design/data.md.
+`BlockCollate` turns them into a batch with `"mixture_source"`; the corpus publishes a `MixtureState` for the log
+(callbacks/mixture.py). In detail: docs/design/data.md.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
-
-from lightning_pretrain.data.pretrain import blocks
+from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_pretrain.data.sources import text as srcs
 from lightning_pretrain.errors import InputError
@@ -44,6 +43,15 @@ class MixtureSource:
     source: str
     weight: float = 1.0
     name: str | None = None
+
+
+@dataclass(frozen=True)
+class MixtureState:
+    """What a data mixture publishes for its log (`PretrainData.mixture_state`, read by callbacks/mixture.py)."""
+
+    names: tuple[str, ...]  # each source's name in the logs, in the order of the batches' `mixture_source` ids
+    epochs: tuple[float, ...]  # each source's epochs so far (streaming: completed passes over this rank's shards)
+    exhausted: str | None = None  # the source that ran out (exhaustion='stop'), None while none has
 
 
 def default_name(spec: str) -> str:
@@ -211,23 +219,6 @@ class MixtureSampler(DistributedSampler):
         self._resume = dict(state)
 
 
-def cached_parts(corpus, entries: Sequence[MixtureSource]) -> list:
-    """One PretrainCorpus per source, sharing the mixture's settings (and, once built, its tokenizer)."""
-    from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
-
-    h = corpus.hparams
-    return [PretrainCorpus(source=e.source, val_source=h.val_source, val_fraction=h.val_fraction,
-                           text_column=h.text_column, tokenizer=h.tokenizer, vocab_size=h.vocab_size,
-                           seq_len=h.seq_len, batch_size=h.batch_size, num_workers=h.num_workers,
-                           cache_dir=h.cache_dir, seed=h.seed, cross_document_attention=h.cross_document_attention,
-                           document_delimiter=h.document_delimiter) for e in entries]
-
-
-def share_tokenizer(parts: Sequence, tokenizer) -> None:
-    for part in parts:
-        part.__dict__["tokenizer"] = tokenizer  # (a cached_property: set, it is never trained or loaded again)
-
-
 def run_length(trainer, batch_size: int, exhaustion: Exhaustion) -> int | None:
     """Samples this rank draws in the run (the loader's reported size): max_steps x accumulate x batch_size."""
     if trainer is None:
@@ -238,9 +229,3 @@ def run_length(trainer, batch_size: int, exhaustion: Exhaustion) -> int | None:
                              "length), or exhaustion='stop'")
         return None
     return trainer.max_steps * trainer.accumulate_grad_batches * batch_size
-
-
-def val_dataset(parts: Sequence, shared_val: bool) -> Dataset:
-    """Every source's held-out blocks; a shared `val_source` once."""
-    arrays = [p.val_blocks for p in (parts[:1] if shared_val else parts)]
-    return ConcatDataset([blocks.BlockDataset(a) for a in arrays])

@@ -14,28 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from lightning_pretrain.data.pretrain.mixture import CHUNK, Exhaustion, MixtureSource
+from lightning_pretrain.data.pretrain.mixture import CHUNK, Exhaustion
 
 log = logging.getLogger(__name__)
 
 
-def streaming_parts(corpus, entries: Sequence[MixtureSource], weights: np.ndarray) -> list:
-    """One StreamingCorpus per source; a trained tokenizer learns from each source's share of its documents."""
-    from lightning_pretrain.data.pretrain.streaming import StreamingCorpus
-
-    h = corpus.hparams
-    return [StreamingCorpus(source=e.source, val_source=h.val_source, val_documents=h.val_documents,
-                            text_column=h.text_column, tokenizer=h.tokenizer, vocab_size=h.vocab_size,
-                            tokenizer_documents=max(1, int(np.ceil(h.tokenizer_documents * w))), seq_len=h.seq_len,
-                            batch_size=h.batch_size, num_workers=h.num_workers, shard_by=h.shard_by,
-                            shuffle_window=h.shuffle_window, cache_dir=h.cache_dir, seed=h.seed,
-                            cross_document_attention=h.cross_document_attention,
-                            document_delimiter=h.document_delimiter) for e, w in zip(entries, weights)]
-
-
 class MixtureStream(IterableDataset):
-    """Blocks of several `BlockStream`s interleaved by seeded weighted draws, per worker (each stream reads the
-    worker's own shard). State: each stream's state and the number of draws so far."""
+    """Blocks of several `BlockStream`s (built for this rank) interleaved by seeded weighted draws, per worker (each
+    stream reads the worker's own shard). State: each stream's state and the number of draws so far."""
 
     def __init__(self, streams: Sequence, weights: np.ndarray, names: Sequence[str], seed: int = 0,
                  exhaustion: Exhaustion = "repeat", length: int | None = None):
@@ -61,8 +47,7 @@ class MixtureStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         start, self._cursor = self._start or {}, None
         for stream, state in zip(self.streams, start.get("streams") or [{}] * len(self.streams)):
-            stream.load_state_dict(state)
-            stream._cursor = None  # (a stream not drawn from yet reports its start state)
+            stream.load_state_dict(state)  # (until drawn from, a stream reports this start state)
         iters = [iter(s) for s in self.streams]
         shard, _ = self.streams[0].shard()
         n, exhausted = int(start.get("draws", 0)), start.get("exhausted")
@@ -108,14 +93,3 @@ def stream_passes(loader, k: int) -> list[float]:
 
 def first_exhausted(loader) -> int | None:
     return next((st["exhausted"] for st in stream_states(loader) if st.get("exhausted") is not None), None)
-
-
-def interleave(parts: Sequence, weights: np.ndarray, names: Sequence[str], seed: int, exhaustion: Exhaustion,
-               length: int | None, rank: int, world: int) -> MixtureStream:
-    streams = []
-    for part in parts:
-        stream = part.train_dataset()  # (a part has no trainer: no length of its own)
-        stream.rank, stream.world_size = rank, world
-        streams.append(stream)
-    return MixtureStream(streams, weights, names, seed, exhaustion, length)
-

@@ -27,15 +27,13 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_pretrain.data import cache
-
-from lightning_pretrain.data.pretrain import blocks
-
-from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data import cache, encoding
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
-from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
 from lightning_pretrain.data.loaders import check_val_interval, rank_and_world, stateful_loader
+from lightning_pretrain.data.pretrain import blocks
+from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
+from lightning_pretrain.data.sources import text as sources
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ class TokenizedDocs:
 
 
 def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[str]],
-                       progress: blocks.Progress | None = None) -> TokenizedDocs:
+                       progress: encoding.Progress | None = None) -> TokenizedDocs:
     """Split batches of source rows into documents and sentences, and tokenize every sentence (no special tokens)."""
     backend = tokenizer.backend_tokenizer
     dtype = blocks.token_dtype(len(tokenizer))
@@ -80,7 +78,7 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[
                 found = split_sentences(doc)
                 sentences += found
                 per_doc.append(len(found))
-        encoded = blocks.encode_texts(backend, sentences, progress)  # bounded memory, also for a 50 MB "sentence"
+        encoded = encoding.encode_texts(backend, sentences, progress)  # bounded memory, also for a 50 MB "sentence"
         ids = []
         for n in per_doc:
             kept = [enc for enc in itertools.islice(encoded, n) if len(enc)]  # a sentence of no token is no sentence
@@ -179,7 +177,8 @@ class PairDataset(Dataset):
 
 
 class SentencePairCorpus(PretrainCorpus):
-    """Sentence pairs for NSP / SOP: PretrainCorpus's options (an example is a padded pair) plus the pair task."""
+    """Sentence pairs for NSP / SOP: PretrainCorpus's options (an example is a padded pair; one source, no mixture)
+    plus the pair task."""
 
     def __init__(
         self,
@@ -201,6 +200,8 @@ class SentencePairCorpus(PretrainCorpus):
                 directory / hub id of a pretrained fast tokenizer; it needs CLS, SEP and PAD tokens.
         """
         super().__init__(tokenizer=tokenizer, **kwargs)
+        if self.mixed:
+            raise InputError("sentence pairs are drawn from one source: pass --data.source, not --data.sources")
         if task not in ("nsp", "sop"):
             raise InputError(f"task must be 'nsp' or 'sop', got {task!r}")
         if self.seq_len < 5:
@@ -213,14 +214,13 @@ class SentencePairCorpus(PretrainCorpus):
 
     @property
     def cache_entry(self) -> Path:
-        key = cache.cache_key("pairs", FORMAT_VERSION, *self._text_identity(), toks.fingerprint(self.tokenizer),
+        key = cache.cache_key("pairs", FORMAT_VERSION, *self.parts[0].identity, toks.fingerprint(self.tokenizer),
                               self.seq_len, self.task, self.short_seq_prob, self.dupe_factor, self.seed)
         return self.cache_root / "pairs" / key
 
-    @property
-    def contract(self) -> DataContract:
-        """What the model needs: the tokenizer, the pair length and the pair task."""
-        return DataContract(self.tokenizer, seq_len=self.seq_len, task=self.task)
+    def describe(self, tokenizer: PreTrainedTokenizerBase) -> DataContract:
+        """The tokenizer, the pair length and the pair task."""
+        return DataContract(tokenizer, seq_len=self.seq_len, task=self.task)
 
     def _special_ids(self) -> tuple[int, int, int]:
         tok = self.tokenizer
@@ -240,8 +240,8 @@ class SentencePairCorpus(PretrainCorpus):
             meta = {"seq_len": self.seq_len, "task": self.task, "splits": {}}
             for n, split in enumerate(("train", "val")):
                 t0 = time.perf_counter()
-                docs = tokenize_documents(self.tokenizer, self._texts(split),
-                                          blocks.Progress(f"tokenizing the {split} split", items="sentences"))
+                docs = tokenize_documents(self.tokenizer, self.parts[0].texts(split),
+                                          encoding.Progress(f"tokenizing the {split} split", items="sentences"))
                 draws = self.dupe_factor if split == "train" else 1
                 pairs = np.concatenate([
                     make_pairs(docs, self.seq_len - 3, self.task, random.Random(self.seed * 1000 + 100 * n + k),
@@ -277,7 +277,8 @@ class SentencePairCorpus(PretrainCorpus):
             self.prepare_data()
         for split in ("train", "val"):
             dataset = PairDataset(np.load(entry / f"{split}.tokens.npy", mmap_mode="r"),
-                                  np.load(entry / f"{split}.pairs.npy", mmap_mode="r"), self.seq_len, *self._special_ids())
+                                  np.load(entry / f"{split}.pairs.npy", mmap_mode="r"), self.seq_len,
+                                  *self._special_ids())
             setattr(self, f"{split}_pairs", dataset)
 
     def _pair_loader(self, dataset: PairDataset, shuffle: bool) -> StatefulDataLoader:

@@ -10,10 +10,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_pretrain.data.loaders import rank_and_world, stateful_loader
+from lightning_pretrain.data.sources import formats
 from lightning_pretrain.data.sources.records import check_encoding
 from lightning_pretrain.errors import InputError
-
-TABLES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -23,7 +22,7 @@ def read_prompts(path: str | None) -> list[str]:
         raise InputError("predict needs prompts: pass --data.predict_file (a text file, one prompt per line)")
     if not Path(path).is_file():
         raise InputError(f"predict_file {path}: {'is a directory' if Path(path).is_dir() else 'file not found'}")
-    if path.lower().endswith(TABLES):
+    if formats.is_table(path):
         raise InputError(f"predict_file {path}: prompts are plain text, one per line (not a {Path(path).suffix} "
                          f"table)")
     check_encoding(path)

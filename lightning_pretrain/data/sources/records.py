@@ -16,6 +16,7 @@ import numbers
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightning_pretrain.data.sources import formats
 from lightning_pretrain.errors import InputError
 
 # byte-order marks of the encodings `iconv` knows by these names (UTF-32's first: its LE mark starts like UTF-16's)
@@ -87,12 +88,12 @@ def records(path: str, header: bool = True, quoting: bool = True) -> tuple[list[
     of records, an object of records or one list field; JSON columns are the keys of the first record. The iterator
     raises at its end when the file held no record at all."""
     check_encoding(path)
-    suffix = Path(path).suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _csv_records(path, "\t" if suffix == ".tsv" else ",", header, quoting)
-    if suffix in (".json", ".jsonl"):
-        return _json_records(path, lines=suffix == ".jsonl")
-    raise InputError(f"unsupported file type {path} (expected .csv, .tsv, .jsonl or .json)")
+    fmt = formats.format_of(path)
+    if not fmt.records:
+        raise InputError(f"unsupported file type {path} (expected {', '.join(formats.RECORDS)})")
+    if fmt.builder == "csv":
+        return _csv_records(path, fmt.delimiter, header, quoting)
+    return _json_records(path, lines=fmt.lines)
 
 
 def _csv_records(path: str, delimiter: str, header: bool, quoting: bool):
@@ -172,7 +173,7 @@ def _ragged(path, start, stop, n, first, expected, delimiter, quoting, header) -
 def json_lines(path: str) -> bool:
     """Whether a .jsonl/.json file is JSON Lines: a .jsonl file, or a .json file whose first line is a whole JSON
     object with more lines after it (else a .json file is one document)."""
-    if Path(path).suffix.lower() == ".jsonl":
+    if formats.format_of(path).lines:
         return True
     with open(path, encoding="utf-8-sig") as fh:
         first = next((line for line in fh if line.strip()), "")

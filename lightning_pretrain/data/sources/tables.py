@@ -19,30 +19,23 @@ from typing import Literal
 import datasets
 import pandas as pd
 
-from lightning_pretrain.data.sources import records
-
+from lightning_pretrain import compat
+from lightning_pretrain.data.sources import formats, records, validate
 from lightning_pretrain.data.sources import text as sources
-
-from lightning_pretrain.data.sources import validate
 from lightning_pretrain.errors import InputError
 
-SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 Column = int | str
 
 
-def read_table(path: str, header: bool) -> pd.DataFrame:
-    """A local file as a DataFrame of strings (CSV/TSV) or JSON values; header-less columns are named "0", "1", ..."""
-    return _read_table(path, header)[0]
-
-
 def _read_table(path: str, header: bool) -> tuple[pd.DataFrame, list[str]]:
-    """`read_table`, and where each row came from ("line 17", "record 3", "row 5")."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise InputError(f"unsupported file type {path} (expected one of {', '.join(SUFFIXES)})")
+    """A local file as a DataFrame of strings (CSV/TSV) or JSON values (header-less columns are named "0", "1",
+    ...), and where each row came from ("line 17", "record 3", "row 5")."""
+    fmt = formats.format_of(path)
+    if not fmt.table:
+        raise InputError(f"unsupported file type {path} (expected one of {', '.join(formats.TABLES)})")
     if not os.path.isfile(path):
         raise InputError(f"file not found: {path}")
-    if suffix == ".parquet":
+    if fmt.builder == "parquet":
         try:
             df = pd.read_parquet(path)
         except sources.READ_ERRORS as e:
@@ -53,7 +46,7 @@ def _read_table(path: str, header: bool) -> tuple[pd.DataFrame, list[str]]:
             raise InputError(f"{path} holds no rows")
         where = [f"row {i}" for i in range(len(df))]
     else:  # TSV without quote processing (GLUE)
-        columns, rows = records.records(path, header, quoting=suffix != ".tsv")
+        columns, rows = records.records(path, header, quoting=fmt.quoting)
         where, values = [], []
         for place, record in rows:
             where.append(place)
@@ -108,9 +101,9 @@ class TableSource:
         must pass today's checks to reuse entries built from it."""
         if self.kind == "file":
             digest = sources.content_digest(self.spec)
-            validate.check_file(self.spec, digest, header=header, quoting=not self.spec.lower().endswith(".tsv"))
+            validate.check_file(self.spec, digest, header=header, quoting=formats.format_of(self.spec).quoting)
             return f"file:{Path(self.spec).name}:{digest}"
-        return f"hub:{self.spec}:{self.split}:{getattr(hub_splits(self.spec)[self.split], '_fingerprint', '')}"
+        return f"hub:{self.spec}:{self.split}:{compat.dataset_fingerprint(hub_splits(self.spec)[self.split]) or ''}"
 
     def describe(self) -> str:
         return self.spec if self.kind == "file" else f"{self.spec}@{self.split}"
@@ -118,12 +111,12 @@ class TableSource:
     @property
     def is_lines(self) -> bool:
         """A .txt file: one unlabelled text per line."""
-        return self.kind == "file" and self.spec.lower().endswith(".txt")
+        return self.kind == "file" and formats.suffix(self.spec) == formats.LINES
 
     def read(self, header: bool) -> Table:
         """The rows; hub class ids become their names, so --data.labels may order the classes freely."""
         if self.is_lines:
-            sources.check_utf8(self.spec)
+            records.check_encoding(self.spec)
             with open(self.spec, encoding="utf-8-sig") as fh:
                 lines = [(f"line {i}", line.rstrip("\r\n")) for i, line in enumerate(fh, 1) if line.strip()]
             if not lines:

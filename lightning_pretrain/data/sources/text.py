@@ -3,7 +3,7 @@
 `resolve(spec)` turns a `--data.source` string into a text source with `identity()` (a cheap string that changes
 whenever the text could; it goes into cache keys) and `load()` (a `datasets.Dataset` of one `text` column, one
 document per row). The forms (builtin; a file, directory or glob of .jsonl/.json/.csv/.tsv/.parquet or plain text;
-a hub id) are listed in docs/design/data.md. Every local file passes `data/validate.py` (encoding, rows, the text
+a hub id) are listed in docs/design/data.md. Every local file passes `validate.py` (encoding, rows, the text
 column's values) before it is read, remembered by content; fine-tuning tables share those checks, the hub loading
 and the remembered file digests.
 """
@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,16 +24,11 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from lightning_pretrain.data import cache
-
-from lightning_pretrain.data.sources import records
-
-from lightning_pretrain.data.sources import validate
+from lightning_pretrain import compat
+from lightning_pretrain.data.cache import content_digest
+from lightning_pretrain.data.sources import formats, records, validate
 from lightning_pretrain.errors import InputError
 
-# file suffix -> `datasets` packaged builder
-FORMATS = {".txt": "text", ".text": "text", ".raw": "text", ".tokens": "text", ".md": "text", ".rst": "text",
-           ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 _GLOB_CHARS = set("*?[")
 # what reading or loading input raises when the input (not this code) is at fault: missing or unreachable files and
 # hub ids (OSError, ConnectionError), parse and schema errors (pandas/json: ValueError; pyarrow; `datasets` wraps
@@ -48,11 +42,6 @@ _BLANK_LINE = re.compile(r"\n(?:[ \t]*\n)+")
 def paragraphs(text: str) -> list[str]:
     """The blank-line separated blocks of a text, blank ones dropped."""
     return [p for p in _BLANK_LINE.split(text) if p.strip()]
-
-
-def file_format(path: str) -> str:
-    """The `datasets` builder for a local file: by suffix, plain text when the suffix is not a known format."""
-    return FORMATS.get(Path(path).suffix.lower(), "text")
 
 
 @dataclass(frozen=True)
@@ -122,8 +111,8 @@ class LocalSource:
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
         self.check()
         parts = []
-        for builder, tsv in sorted({(file_format(f), f.lower().endswith(".tsv")) for f in self.files}):
-            files = [f for f in self.files if (file_format(f), f.lower().endswith(".tsv")) == (builder, tsv)]
+        for builder, delimiter in sorted({_loader(f) for f in self.files}, key=_load_order):
+            files = [f for f in self.files if _loader(f) == (builder, delimiter)]
             if builder == "json":  # a JSON document of records (not JSON Lines): read as fine-tuning reads it
                 documents = [f for f in files if not records.json_lines(f)]
                 parts.extend(self._json_document(f) for f in documents)
@@ -134,8 +123,8 @@ class LocalSource:
             kwargs = {"sample_by": "document" if self.delimiter else "paragraph"} if builder == "text" else {}
             if builder == "text" and self.streaming:  # a streamed .txt has no schema until read: name its column
                 kwargs["features"] = datasets.Features({"text": datasets.Value("string")})
-            if tsv:
-                kwargs["delimiter"] = "\t"
+            if delimiter:
+                kwargs["delimiter"] = delimiter
             try:
                 ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=self.streaming, **kwargs)
             except READ_ERRORS as e:  # pyarrow/pandas parse errors carry no file name: add it
@@ -155,32 +144,6 @@ class LocalSource:
         return ds.to_iterable_dataset() if self.streaming else ds
 
 
-def content_digest(path: str) -> str:
-    """SHA-256 of a file's bytes, remembered under the file's (path, inode, size, mtime): a large corpus is read
-    once, not at every start-up (hashing runs at ~1 GB/s), and any write to the file changes the stat key."""
-    st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-    memo = cache.current_root() / "digests"  # the cache of the data module at work (`cache.rooted`)
-    try:
-        return (memo / key).read_text().strip()
-    except OSError:
-        pass
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
-        # modified within the file system's timestamp granularity: a same-size rewrite in the same tick would keep
-        # the stat key, so a digest of a file this fresh is not remembered (git's "racy" rule)
-        return digest
-    try:  # best effort: an unwritable cache only costs the next run a re-hash
-        memo.mkdir(parents=True, exist_ok=True)
-        tmp = memo / f".{key}.{os.getpid()}"
-        tmp.write_text(digest)
-        os.replace(tmp, memo / key)
-    except OSError:
-        pass
-    return digest
-
-
 @dataclass(frozen=True)
 class HubSource:
     """A dataset on the Hugging Face hub (or in the local `datasets` cache when offline)."""
@@ -194,7 +157,7 @@ class HubSource:
     def identity(self) -> str:
         # the dataset's own fingerprint changes when its files do; loading it is needed to know it
         ds = self.load()
-        fp = getattr(ds, "_fingerprint", None) or "streaming"
+        fp = compat.dataset_fingerprint(ds) or "streaming"
         return f"hub:{self.path}:{self.config}:{self.split}:{self.text_column}:{fp}"
 
     def load(self) -> datasets.Dataset | datasets.IterableDataset:
@@ -217,7 +180,7 @@ TextSource = BuiltinSource | LocalSource | HubSource
 
 def resolve(spec: str, text_column: str = "text", streaming: bool = False,
             delimiter: str | None = None) -> TextSource:
-    """Parse a `--data.source` string: 'builtin'; a local file, directory (searched for the suffixes in `FORMATS`)
+    """Parse a `--data.source` string: 'builtin'; a local file, directory (searched for the suffixes of `FORMATS`)
     or glob (plain text is split into documents at blank lines, or at lines holding only `delimiter`; a named file
     of another suffix is plain text); else
     a hub dataset 'id[:config][@split]' for `datasets.load_dataset` (the split defaults to 'train')."""
@@ -237,7 +200,7 @@ def resolve(spec: str, text_column: str = "text", streaming: bool = False,
 def looks_local(spec: str) -> bool:
     """A path (existing, a glob, a known suffix, or starting with . / ~) rather than a hub id."""
     path = os.path.expanduser(spec)
-    return bool(os.path.exists(path) or _GLOB_CHARS.intersection(path) or Path(path).suffix.lower() in FORMATS
+    return bool(os.path.exists(path) or _GLOB_CHARS.intersection(path) or formats.suffix(path) in formats.FORMATS
                 or path.startswith((".", "/", "~")))
 
 
@@ -251,9 +214,9 @@ def parse_hub(spec: str) -> tuple[str, str | None, str | None]:
 def _local_files(path: str) -> tuple[str, ...]:
     if os.path.isdir(path):
         candidates = [str(p) for p in sorted(Path(path).rglob("*")) if p.is_file()]
-        files = [f for f in candidates if Path(f).suffix.lower() in FORMATS]
+        files = [f for f in candidates if formats.suffix(f) in formats.FORMATS]
         if not files:
-            raise InputError(f"directory {path} holds no {'/'.join(sorted(FORMATS))} files")
+            raise InputError(f"directory {path} holds no {'/'.join(sorted(formats.FORMATS))} files")
     elif _GLOB_CHARS.intersection(path):
         files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
         if not files:
@@ -265,9 +228,15 @@ def _local_files(path: str) -> tuple[str, ...]:
     return tuple(os.path.abspath(f) for f in files)
 
 
-def check_utf8(path: str, chunk: int = 1 << 20) -> None:
-    """Fail clearly on binary, UTF-16/32 or non-UTF-8 files instead of training on mojibake."""
-    records.check_encoding(path, chunk)
+def _loader(path: str) -> tuple[str, str | None]:
+    """(`datasets` builder, field delimiter) of a file: files alike are loaded in one call."""
+    fmt = formats.format_of(path)
+    return fmt.builder, fmt.delimiter
+
+
+def _load_order(loader: tuple[str, str | None]) -> tuple[str, bool]:
+    # the order older versions concatenated a mixed folder's parts in (csv before tsv): the held-out split follows it
+    return loader[0], loader[1] != ","
 
 
 def _split_documents(delimiter: str, batch: dict) -> dict:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 from lightning_pretrain.data import cache
+from lightning_pretrain.data.sources import formats
 from lightning_pretrain.data.sources.records import check_encoding, describe, records
 from lightning_pretrain.errors import InputError
 
@@ -85,15 +85,15 @@ def check_file(path: str, digest: str, text_column: str | None = None, header: b
     `text_column` (the corpus), a text that is a number, null, a list or an object, or a column of numbers only.
     A file that passed is remembered by its content `digest` (under `<cache>/validated`): checked once, not at
     every start."""
-    suffix = Path(path).suffix.lower()
+    fmt, suffix = formats.format_of(path), formats.suffix(path)
     key = hashlib.sha256(f"{CHECKS}:{digest}:{suffix}:{text_column}:{header}:{quoting}".encode()).hexdigest()
     memo = cache.current_root() / "validated" / key
     if key in _passed or memo.exists():
         return
-    if suffix == ".parquet":
+    if fmt.builder == "parquet":
         if text_column is not None:
             _check_parquet(path, text_column)
-    elif suffix not in (".csv", ".tsv", ".json", ".jsonl"):  # plain text
+    elif not fmt.records:  # plain text
         check_encoding(path)
     elif text_column is None:
         for _ in records(path, header, quoting)[1]:
@@ -111,7 +111,7 @@ def check_file(path: str, digest: str, text_column: str | None = None, header: b
 def _check_records(path: str, column: str) -> None:
     """A corpus CSV/TSV (read with quotes, as `datasets` reads it) or JSON file and its text column."""
     columns, rows = records(path)
-    if Path(path).suffix.lower() in (".csv", ".tsv") and column not in columns:
+    if formats.format_of(path).builder == "csv" and column not in columns:
         raise column_not_found(column, path, columns)
     check, absent, keys = TextColumn(column, path, blank_ok=True), None, dict.fromkeys(columns)
     for where, record in rows:

@@ -11,11 +11,13 @@ with its batch's window total, `Windowed` fetches rows by those pairs, and `Wind
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, default_collate
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+
+from lightning_pretrain import compat
 
 
 def training_windows(trainer) -> dict:
@@ -23,14 +25,6 @@ def training_windows(trainer) -> dict:
     and limit_train_batches (where Lightning ends an epoch early)."""
     return {"accumulate": int(getattr(trainer, "accumulate_grad_batches", 1) or 1),
             "limit_batches": getattr(trainer, "limit_train_batches", None)}
-
-
-def batches_run(batches: int, limit: int | float | None) -> int:
-    """How many of an epoch's `batches` Lightning runs under `limit_train_batches` (its `_parse_num_batches`)."""
-    if isinstance(limit, bool) or limit is None:
-        return batches
-    run = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    return run if run > 0 else batches
 
 
 def window_totals(batch_tokens: Sequence[int], accumulate: int, run: int | None = None) -> np.ndarray:
@@ -46,10 +40,11 @@ def window_totals(batch_tokens: Sequence[int], accumulate: int, run: int | None 
     return sums[window]
 
 
-class TokenWindows(StatefulDistributedSampler):
-    """This rank's share of the epoch (shuffled by seed and epoch, as `StatefulDistributedSampler`), each index
-    yielded as `(index, window_tokens of its batch)`. Resumes like its parent: the state is the count yielded, the
-    order a function of seed and epoch, so the window totals after a resume are those of the uninterrupted epoch."""
+class TokenWindows(DistributedSampler):
+    """This rank's share of the epoch (shuffled by seed and epoch, as `DistributedSampler`), each index yielded as
+    `(index, window_tokens of its batch)`. Resumes as torchdata's `StatefulDistributedSampler` does, with the same
+    state (`{"yielded": n}`) kept here: the order is a function of seed and epoch, so the window totals after a
+    resume are those of the uninterrupted epoch."""
 
     def __init__(self, dataset: Dataset, token_counts: Sequence[int], batch_size: int, accumulate: int = 1, *,
                  rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
@@ -62,19 +57,26 @@ class TokenWindows(StatefulDistributedSampler):
         self.token_counts = np.asarray(token_counts, dtype=np.int64)
         self.batch_size, self.accumulate, self.limit_batches = batch_size, accumulate, limit_batches
         self.batch_drop_last = drop_last  # the loader's BatchSampler drops a short last batch exactly then
+        self.yielded, self.resume_at = 0, None  # indices yielded this epoch; where a loaded state resumes it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("yielded", -1) < 0:
+            raise ValueError(f"not a TokenWindows state: {state}")
+        self.resume_at = state["yielded"]
 
     def _totals(self, order: list[int]) -> list[int]:
         """Window totals of the epoch's batches, as its BatchSampler will cut `order` into them."""
         n = len(order) // self.batch_size if self.batch_drop_last else -(-len(order) // self.batch_size)
         counts = self.token_counts[np.asarray(order[:n * self.batch_size], dtype=np.int64)]
         per_batch = np.add.reduceat(counts, np.arange(0, len(counts), self.batch_size)) if len(counts) else counts
-        return window_totals(per_batch, self.accumulate, batches_run(n, self.limit_batches)).tolist()
+        return window_totals(per_batch, self.accumulate, compat.train_batches_run(n, self.limit_batches)).tolist()
 
     def __iter__(self):
-        self.yielded = 0
-        if self.next_yielded is not None:  # resuming: skip what the interrupted epoch had yielded
-            self.yielded, self.next_yielded = self.next_yielded, None
-        order = list(DistributedSampler.__iter__(self))  # the whole epoch's share: windows look ahead
+        self.yielded, self.resume_at = self.resume_at or 0, None  # resuming: skip what the epoch had yielded
+        order = list(super().__iter__())  # the whole epoch's share: windows look ahead
         totals = self._totals(order)
         for position in range(self.yielded, len(order)):
             self.yielded += 1
