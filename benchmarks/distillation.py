@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = {"scratch": ["--model.init_args.init_from_teacher", "false", "--model.init_args.gamma", "0"],
-        "init": ["--model.init_args.gamma", "0"],
-        "distilled": []}
+ARMS = {
+    "scratch": ["--model.init_args.init_from_teacher", "false", "--model.init_args.gamma", "0"],
+    "init": ["--model.init_args.gamma", "0"],
+    "distilled": [],
+}
 
 
 def main() -> None:
@@ -40,16 +42,38 @@ def main() -> None:
     rows = []
     for arm in args.arms:
         save_dir = Path(args.out)
-        cmd = ["fit", "-c", str(REPO / "configs/pretrain/distil_minilm.yaml"),
-               "--model.init_args.teacher", args.teacher, "--data.tokenizer", args.teacher,
-               "--data.source", f"{args.data}/wiki.valid.raw", "--data.val_source", f"{args.data}/wiki.test.raw",
-               "--data.batch_size", str(args.batch_size),
-               "--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps),
-               "--trainer.limit_val_batches", str(args.val_batches), "--trainer.enable_progress_bar", "false",
-               "--model.init_args.warmup_steps", str(max(1, args.steps // 10)),
-               "--model.init_args.optimizer.init_args.lr", str(args.lr),
-               "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", arm,
-               *ARMS[arm]]
+        cmd = [
+            "fit",
+            "-c",
+            str(REPO / "configs/pretrain/distil_minilm.yaml"),
+            "--model.init_args.teacher",
+            args.teacher,
+            "--data.tokenizer",
+            args.teacher,
+            "--data.source",
+            f"{args.data}/wiki.valid.raw",
+            "--data.val_source",
+            f"{args.data}/wiki.test.raw",
+            "--data.batch_size",
+            str(args.batch_size),
+            "--trainer.max_steps",
+            str(args.steps),
+            "--trainer.val_check_interval",
+            str(args.steps),
+            "--trainer.limit_val_batches",
+            str(args.val_batches),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--model.init_args.warmup_steps",
+            str(max(1, args.steps // 10)),
+            "--model.init_args.optimizer.init_args.lr",
+            str(args.lr),
+            "--trainer.logger.init_args.save_dir",
+            str(save_dir),
+            "--trainer.logger.init_args.name",
+            arm,
+            *ARMS[arm],
+        ]
         print("lightning-pretrain " + shlex.join(cmd), flush=True)
         t0 = time.perf_counter()
         status = subprocess.run([sys.executable, "-m", "lightning_pretrain", *cmd], env=os.environ).returncode

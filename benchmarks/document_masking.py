@@ -31,7 +31,7 @@ from lightning_pretrain.objectives import CausalLM, MaskedLM  # noqa: E402
 
 def tokens_per_s(module, batches, tokens: int, steps: int, warmup: int) -> float:
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=False)
-    for i, batch in enumerate(batches[:warmup + steps]):
+    for i, batch in enumerate(batches[: warmup + steps]):
         if i == warmup:
             start = time.perf_counter()
         module.training_loss(batch, i).backward()
@@ -58,15 +58,24 @@ def main() -> None:
             config = shapes(args.tiny)[objective]
             setattr(config, "n_positions" if objective == "clm" else "max_position_embeddings", seq_len)
             with tempfile.TemporaryDirectory() as cache:
-                data = PretrainCorpus(tokenizer="bpe" if objective == "clm" else "wordpiece", vocab_size=16384,
-                                      seq_len=seq_len, batch_size=batch_size, cache_dir=cache,
-                                      cross_document_attention=False)
+                data = PretrainCorpus(
+                    tokenizer="bpe" if objective == "clm" else "wordpiece",
+                    vocab_size=16384,
+                    seq_len=seq_len,
+                    batch_size=batch_size,
+                    cache_dir=cache,
+                    cross_document_attention=False,
+                )
                 data.prepare_data()
                 data.setup("fit")
-                blocks = [torch.from_numpy(data.train_blocks[i].astype("int64"))
-                          for i in range(batch_size * (args.steps + args.warmup))]
-                batches = [BlockCollate(document_separator(data.tokenizer))(blocks[i:i + batch_size])
-                           for i in range(0, len(blocks), batch_size)]
+                blocks = [
+                    torch.from_numpy(data.train_blocks[i].astype("int64"))
+                    for i in range(batch_size * (args.steps + args.warmup))
+                ]
+                batches = [
+                    BlockCollate(document_separator(data.tokenizer))(blocks[i : i + batch_size])
+                    for i in range(0, len(blocks), batch_size)
+                ]
                 docs = sum(int((b["position_ids"] == 0).sum()) for b in batches) / len(batches) / batch_size
                 cls = CausalLM if objective == "clm" else MaskedLM
                 runs = {True: [], False: []}
@@ -77,16 +86,23 @@ def main() -> None:
                         runs[apart].append(tokens_per_s(module, feed, batch_size * seq_len, args.steps, args.warmup))
                 plain, apart = statistics.median(runs[False]), statistics.median(runs[True])
                 rows.append((objective, seq_len, batch_size, docs, plain, apart))
-                print(f"{objective} seq {seq_len} batch {batch_size} ({docs:.1f} documents/block): packed "
-                      f"{plain:,.0f} tok/s, documents apart {apart:,.0f} tok/s ({apart / plain:.3f}x); runs: packed "
-                      f"{[round(x) for x in runs[False]]}, apart {[round(x) for x in runs[True]]}", flush=True)
+                print(
+                    f"{objective} seq {seq_len} batch {batch_size} ({docs:.1f} documents/block): packed "
+                    f"{plain:,.0f} tok/s, documents apart {apart:,.0f} tok/s ({apart / plain:.3f}x); runs: packed "
+                    f"{[round(x) for x in runs[False]]}, apart {[round(x) for x in runs[True]]}",
+                    flush=True,
+                )
     print("\n| objective | seq | batch | documents/block | packed tok/s | documents apart tok/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for objective, seq_len, batch_size, docs, plain, apart in rows:
-        print(f"| {objective} | {seq_len} | {batch_size} | {docs:.1f} | {plain:,.0f} | {apart:,.0f} | "
-              f"{apart / plain:.3f} |")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps after "
-          f"{args.warmup}, median of {args.repeats}")
+        print(
+            f"| {objective} | {seq_len} | {batch_size} | {docs:.1f} | {plain:,.0f} | {apart:,.0f} | "
+            f"{apart / plain:.3f} |"
+        )
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps after "
+        f"{args.warmup}, median of {args.repeats}"
+    )
 
 
 if __name__ == "__main__":

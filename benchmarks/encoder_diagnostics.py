@@ -37,8 +37,13 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE
-                                       if path.suffix == ".tsv" else csv.QUOTE_MINIMAL))
+            rows = list(
+                csv.DictReader(
+                    f,
+                    delimiter="\t" if path.suffix == ".tsv" else ",",
+                    quoting=csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL,
+                )
+            )
     texts = [str(r[text_column]).strip() for r in rows]
     labels = [int(r[label_column]) for r in rows] if label_column and rows and label_column in rows[0] else None
     return texts, labels
@@ -58,8 +63,14 @@ def encode(model, tokenizer, texts: list[str], max_length: int, batch_size: int)
     vectors, and the content tokens' vectors (no specials, no padding) with the sentence each came from."""
     cls, mean, tokens, owner = [], [], [], []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt", return_special_tokens_mask=True)
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
         special = batch.pop("special_tokens_mask").bool()
         hidden = model(**batch, output_hidden_states=True).hidden_states
         mask = batch["attention_mask"].bool()
@@ -69,8 +80,12 @@ def encode(model, tokenizer, texts: list[str], max_length: int, batch_size: int)
         mean.append(torch.stack([(h * weights).sum(1) / weights.sum(1) for h in hidden]))
         tokens.append(torch.stack([h[content] for h in hidden]))
         owner.append(content.nonzero()[:, 0] + start)
-    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "tokens": torch.cat(tokens, 1),
-            "owner": torch.cat(owner)}
+    return {
+        "cls": torch.cat(cls, 1),
+        "mean": torch.cat(mean, 1),
+        "tokens": torch.cat(tokens, 1),
+        "owner": torch.cat(owner),
+    }
 
 
 def mean_offdiag_cosine(x: torch.Tensor) -> float:
@@ -92,7 +107,7 @@ def token_pair_cosine(tokens: torch.Tensor, owner: torch.Tensor, pairs: int, see
 def top_pc_share(x: torch.Tensor) -> float:
     """Share of the variance along the first principal component (1/d for isotropic noise, 1 for a line)."""
     s = torch.linalg.svdvals(x.double() - x.double().mean(0))
-    return (s[0] ** 2 / (s ** 2).sum()).item()
+    return (s[0] ** 2 / (s**2).sum()).item()
 
 
 # -- linear probe ----------------------------------------------------------------------------------------------------
@@ -124,9 +139,14 @@ def probe(train_x, train_y, test_x, test_y, l2s=(1e-4, 1e-3, 1e-2, 1e-1), seed=0
     train_x, test_x = (train_x - mu) / sd, (test_x - mu) / sd
     n_classes = int(max(train_y.max(), test_y.max())) + 1
     perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-    hold, fit = perm[: len(perm) // 5], perm[len(perm) // 5:]
-    best = max(l2s, key=lambda l2: (accuracy(fit_logreg(train_x[fit], train_y[fit], l2, n_classes),
-                                             train_x[hold], train_y[hold]), l2))
+    hold, fit = perm[: len(perm) // 5], perm[len(perm) // 5 :]
+    best = max(
+        l2s,
+        key=lambda l2: (
+            accuracy(fit_logreg(train_x[fit], train_y[fit], l2, n_classes), train_x[hold], train_y[hold]),
+            l2,
+        ),
+    )
     return accuracy(fit_logreg(train_x, train_y, best, n_classes), test_x, test_y)
 
 
@@ -163,8 +183,9 @@ def load(path: str, random_init: bool, seed: int):
 
 
 @torch.no_grad()
-def mlm_loss(mlm, tokenizer, texts: list[str], max_length: int, batch_size: int, seed: int,
-             unigram_texts: list[str]) -> dict:
+def mlm_loss(
+    mlm, tokenizer, texts: list[str], max_length: int, batch_size: int, seed: int, unigram_texts: list[str]
+) -> dict:
     """The MLM head on 15% of the content tokens, all replaced by the mask token: NLL and top-1 accuracy, against the
     NLL of the same tokens under unigram frequencies of `unigram_texts` (add-one smoothed); how much its predictions
     differ between positions (mean pairwise total-variation distance, 0: one prediction everywhere; distinct top-1
@@ -175,8 +196,14 @@ def mlm_loss(mlm, tokenizer, texts: list[str], max_length: int, batch_size: int,
     g = torch.Generator().manual_seed(seed)
     nll, hits, copies, n, targets, top1, probs = 0.0, 0, 0, 0, [], [], []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt", return_special_tokens_mask=True)
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
         content = batch.pop("special_tokens_mask").eq(0) & batch["attention_mask"].bool()
         masked = content & (torch.rand(content.shape, generator=g) < 0.15)
         labels = batch["input_ids"][masked]
@@ -191,8 +218,15 @@ def mlm_loss(mlm, tokenizer, texts: list[str], max_length: int, batch_size: int,
         probs.append(logits[:8].softmax(-1))  # a few positions per batch: from many different sentences
     p = torch.cat(probs)[:256].double()
     spread = (0.5 * (p[:, None] - p[None]).abs().sum(-1)).sum().item() / (len(p) * (len(p) - 1))
-    return {"loss": nll / n, "acc": hits / n, "unigram": -log_unigram[torch.cat(targets)].mean().item(), "n": n,
-            "spread": spread, "distinct_top1": torch.cat(top1).unique().numel(), "copy_acc": copies / n}
+    return {
+        "loss": nll / n,
+        "acc": hits / n,
+        "unigram": -log_unigram[torch.cat(targets)].mean().item(),
+        "n": n,
+        "spread": spread,
+        "distinct_top1": torch.cat(top1).unique().numel(),
+        "copy_acc": copies / n,
+    }
 
 
 def diagnose(name: str, path: str, random_init: bool, args, texts, probe_data) -> dict:
@@ -206,21 +240,31 @@ def diagnose(name: str, path: str, random_init: bool, args, texts, probe_data) -
         tr_y, te_y = torch.tensor(tr_y), torch.tensor(te_y)
     rows = []
     for layer in range(enc["cls"].shape[0]):
-        row = {"layer": "embeddings" if layer == 0 else f"layer {layer}",
-               "norm": enc["tokens"][layer].norm(dim=-1).mean().item(),
-               "aniso": token_pair_cosine(enc["tokens"][layer], enc["owner"], args.pairs, args.seed),
-               "pc1": top_pc_share(enc["tokens"][layer]),
-               "cls_cos": mean_offdiag_cosine(enc["cls"][layer]), "mean_cos": mean_offdiag_cosine(enc["mean"][layer])}
+        row = {
+            "layer": "embeddings" if layer == 0 else f"layer {layer}",
+            "norm": enc["tokens"][layer].norm(dim=-1).mean().item(),
+            "aniso": token_pair_cosine(enc["tokens"][layer], enc["owner"], args.pairs, args.seed),
+            "pc1": top_pc_share(enc["tokens"][layer]),
+            "cls_cos": mean_offdiag_cosine(enc["cls"][layer]),
+            "mean_cos": mean_offdiag_cosine(enc["mean"][layer]),
+        }
         if probe_data is not None:
             row["probe_mean"] = probe(tr["mean"][layer], tr_y, te["mean"][layer], te_y, seed=args.seed)
             row["probe_cls"] = probe(tr["cls"][layer], tr_y, te["cls"][layer], te_y, seed=args.seed)
         rows.append(row)
-    result = {"name": name, "path": path, "random_init": random_init, "rows": rows, "new": new,
-              "params": sum(p.numel() for n, p in model.named_parameters() if "pooler" not in n),
-              "hidden": model.config.hidden_size, "vocab": len(tokenizer), "seconds": time.perf_counter() - t0}
+    result = {
+        "name": name,
+        "path": path,
+        "random_init": random_init,
+        "rows": rows,
+        "new": new,
+        "params": sum(p.numel() for n, p in model.named_parameters() if "pooler" not in n),
+        "hidden": model.config.hidden_size,
+        "vocab": len(tokenizer),
+        "seconds": time.perf_counter() - t0,
+    }
     if mlm is not None:
-        result["mlm"] = mlm_loss(mlm, tokenizer, texts, args.max_length, args.batch_size, args.seed,
-                                 args.unigram_texts)
+        result["mlm"] = mlm_loss(mlm, tokenizer, texts, args.max_length, args.batch_size, args.seed, args.unigram_texts)
     return result
 
 
@@ -229,20 +273,31 @@ def table(result: dict, majority: float | None) -> str:
     probe = "probe_mean" in result["rows"][0]
     head = ["layer", "token norm", "anisotropy", "PC1 share", "[CLS] cos", "mean-pool cos"]
     head += ["probe mean-pool", "probe [CLS]"] if probe else []
-    lines = [f"#### {result['name']}" + (" (random init)" if result["random_init"] else ""), "",
-             f"{result['path']}: {result['params'] / 1e6:.2f}M encoder parameters (no pooler), hidden "
-             f"{result['hidden']}, vocabulary {result['vocab']}; newly initialised as ForSequenceClassification: "
-             f"{result['new']}."]
+    lines = [
+        f"#### {result['name']}" + (" (random init)" if result["random_init"] else ""),
+        "",
+        f"{result['path']}: {result['params'] / 1e6:.2f}M encoder parameters (no pooler), hidden "
+        f"{result['hidden']}, vocabulary {result['vocab']}; newly initialised as ForSequenceClassification: "
+        f"{result['new']}.",
+    ]
     if "mlm" in result:
         m = result["mlm"]
-        lines[-1] += (f" MLM head on the text ({m['n']} tokens masked): loss {m['loss']:.3f} (unigram: "
-                      f"{m['unigram']:.3f}), top-1 {100 * m['acc']:.1f}%; prediction spread between positions "
-                      f"{m['spread']:.3f} TV, {m['distinct_top1']} distinct top-1 tokens; the same tokens left "
-                      f"visible: top-1 {100 * m['copy_acc']:.1f}% (copying).")
+        lines[-1] += (
+            f" MLM head on the text ({m['n']} tokens masked): loss {m['loss']:.3f} (unigram: "
+            f"{m['unigram']:.3f}), top-1 {100 * m['acc']:.1f}%; prediction spread between positions "
+            f"{m['spread']:.3f} TV, {m['distinct_top1']} distinct top-1 tokens; the same tokens left "
+            f"visible: top-1 {100 * m['copy_acc']:.1f}% (copying)."
+        )
     lines += ["", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in result["rows"]:
-        cells = [r["layer"], f"{r['norm']:.2f}", f"{r['aniso']:.3f}", f"{r['pc1']:.3f}", f"{r['cls_cos']:.3f}",
-                 f"{r['mean_cos']:.3f}"]
+        cells = [
+            r["layer"],
+            f"{r['norm']:.2f}",
+            f"{r['aniso']:.3f}",
+            f"{r['pc1']:.3f}",
+            f"{r['cls_cos']:.3f}",
+            f"{r['mean_cos']:.3f}",
+        ]
         cells += [f"{100 * r['probe_mean']:.1f}", f"{100 * r['probe_cls']:.1f}"] if probe else []
         lines.append("| " + " | ".join(cells) + " |")
     if probe and majority is not None:
@@ -251,15 +306,22 @@ def table(result: dict, majority: float | None) -> str:
 
 
 def summary(results: list[dict]) -> str:
-    lines = ["| model | last-layer anisotropy | last [CLS] cos | last mean-pool cos | probe mean-pool (last / best) "
-             "| probe [CLS] (last / best) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | last-layer anisotropy | last [CLS] cos | last mean-pool cos | probe mean-pool (last / best) "
+        "| probe [CLS] (last / best) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         last, rows = res["rows"][-1], res["rows"]
         name = res["name"] + (" (random init)" if res["random_init"] else "")
-        probe = [f"{100 * last[k]:.1f} / {100 * max(r[k] for r in rows):.1f}" if k in last else "-"
-                 for k in ("probe_mean", "probe_cls")]
-        lines.append(f"| {name} | {last['aniso']:.3f} | {last['cls_cos']:.3f} | {last['mean_cos']:.3f} | "
-                     f"{probe[0]} | {probe[1]} |")
+        probe = [
+            f"{100 * last[k]:.1f} / {100 * max(r[k] for r in rows):.1f}" if k in last else "-"
+            for k in ("probe_mean", "probe_cls")
+        ]
+        lines.append(
+            f"| {name} | {last['aniso']:.3f} | {last['cls_cos']:.3f} | {last['mean_cos']:.3f} | "
+            f"{probe[0]} | {probe[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -272,8 +334,11 @@ def main() -> None:
     p.add_argument("--text_column", default="sentence")
     p.add_argument("--label_column", default="label", help="labels of --text / --probe_train, for the probe")
     p.add_argument("--n_text", type=int, default=1000, help="sentences of --text used (a seeded subset)")
-    p.add_argument("--probe_train", default=str(SST2 / "train.tsv"), help="'none': no probe; its texts also give "
-                   "the unigram baseline of the MLM loss (default: --text's)")
+    p.add_argument(
+        "--probe_train",
+        default=str(SST2 / "train.tsv"),
+        help="'none': no probe; its texts also give the unigram baseline of the MLM loss (default: --text's)",
+    )
     p.add_argument("--probe_n", type=int, default=2000, help="probe training sentences (a seeded subset)")
     p.add_argument("--probe_test", help="labelled table the probe is scored on (default: --text)")
     p.add_argument("--pairs", type=int, default=20000, help="random token pairs for the anisotropy")
@@ -291,8 +356,7 @@ def main() -> None:
         full_train = read_table(args.probe_train, args.text_column, args.label_column)
         args.unigram_texts = full_train[0]
         train = subsample(*full_train, args.probe_n, args.seed)
-        test = read_table(args.probe_test, args.text_column, args.label_column) if args.probe_test else (texts,
-                                                                                                         labels)
+        test = read_table(args.probe_test, args.text_column, args.label_column) if args.probe_test else (texts, labels)
         if train[1] is None or test[1] is None:
             print(f"no '{args.label_column}' column in the probe's files: no linear probe", file=sys.stderr)
         else:
@@ -304,13 +368,17 @@ def main() -> None:
         for random_init in (False, True) if args.random_init else (False,):
             results.append(diagnose(name, path, random_init, args, texts, probe_data))
             print(f"[{name}{' random init' if random_init else ''}: {results[-1]['seconds']:.0f}s]", file=sys.stderr)
-    print(f"Text: {args.text} ({len(texts)} sentences, column '{args.text_column}'); anisotropy over {args.pairs} "
-          f"random token pairs from different sentences; content tokens only (no [CLS]/[SEP]/padding); mean-pool: "
-          f"attention-mask mean of all tokens; cosines: mean over all pairs of distinct sentences.")
+    print(
+        f"Text: {args.text} ({len(texts)} sentences, column '{args.text_column}'); anisotropy over {args.pairs} "
+        f"random token pairs from different sentences; content tokens only (no [CLS]/[SEP]/padding); mean-pool: "
+        f"attention-mask mean of all tokens; cosines: mean over all pairs of distinct sentences."
+    )
     if probe_data is not None:
-        print(f"Probe: logistic regression (L-BFGS, L2 chosen on a 20% hold-out) on standardised frozen features of "
-              f"{len(probe_data[0][0])} sentences of {args.probe_train}, scored on "
-              f"{args.probe_test or args.text} ({len(probe_data[1][0])} sentences).")
+        print(
+            f"Probe: logistic regression (L-BFGS, L2 chosen on a 20% hold-out) on standardised frozen features of "
+            f"{len(probe_data[0][0])} sentences of {args.probe_train}, scored on "
+            f"{args.probe_test or args.text} ({len(probe_data[1][0])} sentences)."
+        )
     for res in results:
         print("\n" + table(res, majority))
     print("\n#### Summary\n\n" + summary(results))

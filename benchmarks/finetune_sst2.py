@@ -33,8 +33,11 @@ def default_backbone() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default=default_backbone())
-    parser.add_argument("--sst2", default=str(REPO.parent / "shared" / "data" / "sst2"),
-                        help="directory with SST-2's train.tsv / dev.tsv (default ../shared/data/sst2)")
+    parser.add_argument(
+        "--sst2",
+        default=str(REPO.parent / "shared" / "data" / "sst2"),
+        help="directory with SST-2's train.tsv / dev.tsv (default ../shared/data/sst2)",
+    )
     parser.add_argument("--modes", nargs="+", default=["full", "frozen", "gradual"])
     parser.add_argument("--train_examples", type=int, default=4000, help="seeded training subset (0: all 67,349)")
     parser.add_argument("--epochs", type=int, default=1)
@@ -42,11 +45,27 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     rows = []
     for mode in args.modes:
-        cmd = ["lightning-pretrain", "fit", "-c", str(REPO / "configs/finetune/sst2.yaml"),
-               "-c", str(REPO / f"configs/finetune/modes/{mode}.yaml"), "--model.backbone", args.backbone,
-               "--data.source", args.sst2, "--trainer.max_epochs", str(args.epochs),
-               "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", args.out,
-               "--trainer.logger.init_args.name", mode, *extra]
+        cmd = [
+            "lightning-pretrain",
+            "fit",
+            "-c",
+            str(REPO / "configs/finetune/sst2.yaml"),
+            "-c",
+            str(REPO / f"configs/finetune/modes/{mode}.yaml"),
+            "--model.backbone",
+            args.backbone,
+            "--data.source",
+            args.sst2,
+            "--trainer.max_epochs",
+            str(args.epochs),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            args.out,
+            "--trainer.logger.init_args.name",
+            mode,
+            *extra,
+        ]
         if args.train_examples:
             cmd += ["--data.max_train_examples", str(args.train_examples)]
         root = Path(args.out) / mode
@@ -57,8 +76,10 @@ def main() -> None:
         (run,) = set(root.glob("version_*")) - before or [None]
         metrics = json.loads((run / "metrics.json").read_text()) if run and (run / "metrics.json").exists() else {}
         rows.append((mode, metrics, seconds, status, shlex.join(cmd)))
-    print(f"\nSST-2 dev (872 sentences), backbone {args.backbone}, "
-          f"{args.train_examples or 67349} training examples x {args.epochs} epoch(s)\n")
+    print(
+        f"\nSST-2 dev (872 sentences), backbone {args.backbone}, "
+        f"{args.train_examples or 67349} training examples x {args.epochs} epoch(s)\n"
+    )
     print("| mode | dev accuracy | dev macro-F1 | steps | seconds |\n|---|---:|---:|---:|---:|")
     for mode, m, seconds, status, _ in rows:
         acc = f"{100 * m['val/acc']:.2f}" if "val/acc" in m else f"failed ({status})"

@@ -27,8 +27,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--draws", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--only", nargs="*", help="family names (fit, validate, test, predict, sft_fit, sft_predict, "
-                                             "lightning-pretrain-eval, -export, -glue, ...)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="family names (fit, validate, test, predict, sft_fit, sft_predict, "
+        "lightning-pretrain-eval, -export, -glue, ...)",
+    )
     p.add_argument("--timeout", type=int, default=180, help="seconds one draw may take before it counts as a hang")
     p.add_argument("--json", help="write the findings here")
     p.add_argument("--verbose", action="store_true", help="one line per draw")
@@ -42,13 +46,16 @@ def main() -> int:
         world, scripts, families = cli_fuzz.setup(Path(tmp) / "world")
         print(f"families: {', '.join(f'{f.name} ({len(f.options)} options)' for f in families)}", flush=True)
         log = (lambda line: print(line, flush=True)) if args.verbose else None
-        findings, stats = cli_fuzz.fuzz(world, scripts, families, args.draws, args.seed,
-                                        set(args.only) if args.only else None, args.timeout, log)
+        findings, stats = cli_fuzz.fuzz(
+            world, scripts, families, args.draws, args.seed, set(args.only) if args.only else None, args.timeout, log
+        )
     grouped = defaultdict(list)
     for f in findings:
         grouped[(f.family, f.what[:90])].append(f)
-    print(f"\n{stats['draws']} draws in {stats['seconds']:.0f} s (seed {args.seed}): "
-          + ", ".join(f"{k} {v}" for k, v in sorted(stats["by_family"].items())))
+    print(
+        f"\n{stats['draws']} draws in {stats['seconds']:.0f} s (seed {args.seed}): "
+        + ", ".join(f"{k} {v}" for k, v in sorted(stats["by_family"].items()))
+    )
     print(f"{len(findings)} findings in {len(grouped)} groups")
     for (family, what), items in sorted(grouped.items(), key=lambda kv: -len(kv[1])):
         print(f"- {len(items)}x {family}: {what}\n    e.g. {' '.join(items[0].changed)}")

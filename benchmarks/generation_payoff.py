@@ -23,9 +23,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # the architecture fields that define a T5 (the scratch arm copies them from the pretrained export)
-T5_FIELDS = ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
-             "dropout_rate", "relative_attention_num_buckets", "relative_attention_max_distance",
-             "tie_word_embeddings", "layer_norm_epsilon")
+T5_FIELDS = (
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "feed_forward_proj",
+    "dropout_rate",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "tie_word_embeddings",
+    "layer_norm_epsilon",
+)
 
 
 def fit(args: list[str]) -> float:
@@ -58,22 +69,39 @@ def main() -> None:
     if args.pretrained:
         pretrained = Path(args.pretrained)
     else:
-        seconds["pretrain"] = fit([
-            "-c", args.pretrain_config, f"--seed_everything={args.seed}", "--trainer.max_time=null",
-            f"--data.source={data}/train.*", f"--data.val_source={data}/val.*",
-            f"--data.vocab_size={args.vocab_size}", "--data.batch_size=32",
-            f"--trainer.max_steps={args.pretrain_steps}", "--trainer.val_check_interval=500",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.logger.init_args.name=pretrain",
-            *shlex.split(args.pretrain_args)])
+        seconds["pretrain"] = fit(
+            [
+                "-c",
+                args.pretrain_config,
+                f"--seed_everything={args.seed}",
+                "--trainer.max_time=null",
+                f"--data.source={data}/train.*",
+                f"--data.val_source={data}/val.*",
+                f"--data.vocab_size={args.vocab_size}",
+                "--data.batch_size=32",
+                f"--trainer.max_steps={args.pretrain_steps}",
+                "--trainer.val_check_interval=500",
+                f"--trainer.logger.init_args.save_dir={out}",
+                "--trainer.logger.init_args.name=pretrain",
+                *shlex.split(args.pretrain_args),
+            ]
+        )
         pretrained = latest_run(out / "pretrain") / "hf"
     config = json.loads((pretrained / "config.json").read_text())
     scratch = {"class_path": "transformers.T5Config", "init_args": {k: config[k] for k in T5_FIELDS if k in config}}
-    common = ["-c", str(REPO / "configs/finetune/multi30k_t5.yaml"), f"--seed_everything={args.seed}",
-              f"--data.tokenizer={pretrained}", f"--trainer.max_epochs={args.epochs}",
-              f"--model.optimizer.init_args.lr={args.lr}",
-              f"--data.train_file={data}/train.en", f"--data.train_target_file={data}/train.de",
-              f"--data.val_file={data}/val.en", f"--data.val_target_file={data}/val.de",
-              f"--trainer.logger.init_args.save_dir={out}"]
+    common = [
+        "-c",
+        str(REPO / "configs/finetune/multi30k_t5.yaml"),
+        f"--seed_everything={args.seed}",
+        f"--data.tokenizer={pretrained}",
+        f"--trainer.max_epochs={args.epochs}",
+        f"--model.optimizer.init_args.lr={args.lr}",
+        f"--data.train_file={data}/train.en",
+        f"--data.train_target_file={data}/train.de",
+        f"--data.val_file={data}/val.en",
+        f"--data.val_target_file={data}/val.de",
+        f"--trainer.logger.init_args.save_dir={out}",
+    ]
     if args.max_train_examples:
         common.append(f"--data.max_train_examples={args.max_train_examples}")
     results = {}
@@ -84,11 +112,15 @@ def main() -> None:
     print("\n| arm | val sacreBLEU | val chrF | val loss | wall |")
     print("|---|---:|---:|---:|---:|")
     for arm, m in results.items():
-        print(f"| {arm} | {m.get('val/sacrebleu', float('nan')):.2f} | {m.get('val/chrf', float('nan')):.2f} | "
-              f"{m.get('val/loss', float('nan')):.3f} | {seconds[arm] / 60:.1f} min |")
+        print(
+            f"| {arm} | {m.get('val/sacrebleu', float('nan')):.2f} | {m.get('val/chrf', float('nan')):.2f} | "
+            f"{m.get('val/loss', float('nan')):.3f} | {seconds[arm] / 60:.1f} min |"
+        )
     gap = results["pretrained"].get("val/sacrebleu", 0) - results["scratch"].get("val/sacrebleu", 0)
-    print(f"\nsacreBLEU gap (pretrained - scratch): {gap:+.2f}"
-          + (f"; pretraining took {seconds['pretrain'] / 60:.1f} min" if "pretrain" in seconds else ""))
+    print(
+        f"\nsacreBLEU gap (pretrained - scratch): {gap:+.2f}"
+        + (f"; pretraining took {seconds['pretrain'] / 60:.1f} min" if "pretrain" in seconds else "")
+    )
 
 
 if __name__ == "__main__":

@@ -40,25 +40,62 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-BASE_T5 = {"d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12,
-           "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
+BASE_T5 = {
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "feed_forward_proj": "gated-gelu",
+    "dropout_rate": 0.0,
+}
 # T5 v1.1 base, except that the CLI cannot untie the input and output embeddings (T5Config takes no
 # tie_word_embeddings argument): 24M fewer parameters to update, the same FLOPs per token
 TINY_T5 = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
 
 WORKLOADS = {
-    "gpt2": {"recipe": "gpt2_124m.yaml", "vocab": 50257, "seq_len": 1024, "batch": 32, "compile_scope": "model",
-             "specials": {"eos_token": "<|endoftext|>", "unk_token": "<unk>"},
-             "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 64}},
-    "bert": {"recipe": "bert_base.yaml", "vocab": 30522, "seq_len": 128, "batch": 256, "compile_scope": "blocks",
-             "specials": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                          "mask_token": "[MASK]"},
-             "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-                      "max_position_embeddings": 64}},
+    "gpt2": {
+        "recipe": "gpt2_124m.yaml",
+        "vocab": 50257,
+        "seq_len": 1024,
+        "batch": 32,
+        "compile_scope": "model",
+        "specials": {"eos_token": "<|endoftext|>", "unk_token": "<unk>"},
+        "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 64},
+    },
+    "bert": {
+        "recipe": "bert_base.yaml",
+        "vocab": 30522,
+        "seq_len": 128,
+        "batch": 256,
+        "compile_scope": "blocks",
+        "specials": {
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
+        "tiny": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 64,
+        },
+    },
     # 568 raw tokens -> 512-token inputs and 114-token targets (span_corruption.block_length_for(512))
-    "t5": {"recipe": "t5_tiny.yaml", "vocab": 32000, "seq_len": 568, "batch": 64, "compile_scope": "model",
-           "specials": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
-           "model": BASE_T5, "tiny": TINY_T5},
+    "t5": {
+        "recipe": "t5_tiny.yaml",
+        "vocab": 32000,
+        "seq_len": 568,
+        "batch": 64,
+        "compile_scope": "model",
+        "specials": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+        "model": BASE_T5,
+        "tiny": TINY_T5,
+    },
 }
 TINY = {"seq_len": {"gpt2": 64, "bert": 64, "t5": 70}, "batch": 4, "vocab": 1000}  # t5: 70 raw -> 64 inputs
 
@@ -97,20 +134,58 @@ def cli_args(spec: dict) -> list[str]:
     preset = "cpu.yaml" if spec["tiny"] else "gpu_bf16.yaml"
     model_args = {**w.get("model", {}), **(w["tiny"] if spec["tiny"] else {})}
     logs = Path(spec["out"]) / "logs"
-    args = ["-c", str(REPO / "configs/pretrain" / w["recipe"]), "-c", str(REPO / "configs/trainer" / preset),
-            "--data.init_args.source", spec["train"], "--data.init_args.val_source", spec["val"],
-            "--data.init_args.tokenizer", spec["tokenizer"], "--data.init_args.seq_len", str(spec["seq_len"]),
-            "--data.init_args.batch_size", str(spec["batch"]), "--data.init_args.num_workers", str(spec["workers"]),
-            "--data.init_args.cache_dir", str(Path(spec["out"]) / "cache"),
-            "--trainer.max_steps", str(spec["warmup"] + spec["steps"]), "--trainer.limit_val_batches", "0",
-            "--model.init_args.warmup_steps", "2",  # as the HF side (the recipe's warmup outlasts a benchmark)
-            "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.accumulate_grad_batches", "1", "--trainer.enable_checkpointing", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.logger.init_args.save_dir", str(logs), "--trainer.logger.init_args.name", spec["workload"],
-            "--export.enabled", "false", "--throughput.window", str(max(2, min(20, spec["steps"]))),
-            "--compile.enabled", str(spec["compile"]).lower(), "--compile.scope", w["compile_scope"],
-            "--activation_checkpointing.enabled", str(spec["checkpointing"]).lower()]
+    args = [
+        "-c",
+        str(REPO / "configs/pretrain" / w["recipe"]),
+        "-c",
+        str(REPO / "configs/trainer" / preset),
+        "--data.init_args.source",
+        spec["train"],
+        "--data.init_args.val_source",
+        spec["val"],
+        "--data.init_args.tokenizer",
+        spec["tokenizer"],
+        "--data.init_args.seq_len",
+        str(spec["seq_len"]),
+        "--data.init_args.batch_size",
+        str(spec["batch"]),
+        "--data.init_args.num_workers",
+        str(spec["workers"]),
+        "--data.init_args.cache_dir",
+        str(Path(spec["out"]) / "cache"),
+        "--trainer.max_steps",
+        str(spec["warmup"] + spec["steps"]),
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.init_args.warmup_steps",
+        "2",  # as the HF side (the recipe's warmup outlasts a benchmark)
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.accumulate_grad_batches",
+        "1",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(logs),
+        "--trainer.logger.init_args.name",
+        spec["workload"],
+        "--export.enabled",
+        "false",
+        "--throughput.window",
+        str(max(2, min(20, spec["steps"]))),
+        "--compile.enabled",
+        str(spec["compile"]).lower(),
+        "--compile.scope",
+        w["compile_scope"],
+        "--activation_checkpointing.enabled",
+        str(spec["checkpointing"]).lower(),
+    ]
     for key, value in model_args.items():
         args += [f"--model.init_args.model.init_args.{key}", str(value)]
     return args
@@ -168,6 +243,7 @@ def run_hf(cli, spec: dict, clock: Clock) -> None:
 
     tokenizer = module.tokenizer
     if workload == "gpt2":
+
         def collate(rows):
             ids = torch.stack([r["input_ids"] for r in rows])
             return {"input_ids": ids, "labels": ids}
@@ -180,8 +256,9 @@ def run_hf(cli, spec: dict, clock: Clock) -> None:
 
         def collate(rows):
             ids = torch.stack([r["input_ids"] for r in rows])
-            mask = random_spans_noise_mask(ids.shape[0], ids.shape[1], module.noise_density,
-                                           module.mean_noise_span_length)
+            mask = random_spans_noise_mask(
+                ids.shape[0], ids.shape[1], module.noise_density, module.mean_noise_span_length
+            )
             inputs, targets = span_corrupt(ids, mask, sentinels, eos)
             return {"input_ids": inputs, "labels": targets}
 
@@ -195,15 +272,32 @@ def run_hf(cli, spec: dict, clock: Clock) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         args = transformers.TrainingArguments(
-            output_dir=out, per_device_train_batch_size=spec["batch"], max_steps=spec["warmup"] + spec["steps"],
-            learning_rate=1e-4, weight_decay=0.01, warmup_steps=2, lr_scheduler_type="cosine", max_grad_norm=1.0,
-            bf16=not spec["tiny"], use_cpu=spec["tiny"], optim="adamw_torch_fused",
-            torch_compile=spec["compile"], activation_checkpointing=spec["checkpointing"],
+            output_dir=out,
+            per_device_train_batch_size=spec["batch"],
+            max_steps=spec["warmup"] + spec["steps"],
+            learning_rate=1e-4,
+            weight_decay=0.01,
+            warmup_steps=2,
+            lr_scheduler_type="cosine",
+            max_grad_norm=1.0,
+            bf16=not spec["tiny"],
+            use_cpu=spec["tiny"],
+            optim="adamw_torch_fused",
+            torch_compile=spec["compile"],
+            activation_checkpointing=spec["checkpointing"],
             activation_checkpointing_kwargs={"use_reentrant": False} if spec["checkpointing"] else None,
-            dataloader_num_workers=spec["workers"], dataloader_pin_memory=True, dataloader_drop_last=True,
-            report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=True, seed=0)
-        transformers.Trainer(model=model, args=args, train_dataset=Blocks(), data_collator=collate,
-                             callbacks=[Tick()]).train()
+            dataloader_num_workers=spec["workers"],
+            dataloader_pin_memory=True,
+            dataloader_drop_last=True,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=10,
+            disable_tqdm=True,
+            seed=0,
+        )
+        transformers.Trainer(
+            model=model, args=args, train_dataset=Blocks(), data_collator=collate, callbacks=[Tick()]
+        ).train()
 
 
 def one_run(spec: dict) -> dict:
@@ -234,12 +328,17 @@ def one_run(spec: dict) -> dict:
     steps = clock.steps - clock.warmup
     samples_per_s = steps * n / clock.seconds
     peak = spec["peak_flops"] or dense_peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return {**{k: spec[k] for k in ("workload", "side", "checkpointing", "compile", "batch")},
-            "input_len": tokens_per_sample, "steps_timed": steps, "seconds": clock.seconds, "samples_per_s": samples_per_s,
-            "tokens_per_s": samples_per_s * tokens_per_sample,
-            "mfu": flops_per_step * steps / clock.seconds / peak if peak else None,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "params_m": sum(p.numel() for p in module.model.parameters()) / 1e6}
+    return {
+        **{k: spec[k] for k in ("workload", "side", "checkpointing", "compile", "batch")},
+        "input_len": tokens_per_sample,
+        "steps_timed": steps,
+        "seconds": clock.seconds,
+        "samples_per_s": samples_per_s,
+        "tokens_per_s": samples_per_s * tokens_per_sample,
+        "mfu": flops_per_step * steps / clock.seconds / peak if peak else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "params_m": sum(p.numel() for p in module.model.parameters()) / 1e6,
+    }
 
 
 # -- orchestration ------------------------------------------------------------------------------------------------
@@ -247,10 +346,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default="gpt2,bert,t5", help="comma-separated: gpt2, bert, t5")
     p.add_argument("--sides", default="ours,hf", help="comma-separated: ours, hf")
-    p.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
-                   help="activation checkpointing (peak memory is reported for each)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile on both sides (default: on for GPU runs, off for --tiny)")
+    p.add_argument(
+        "--checkpointing",
+        choices=["off", "on", "both"],
+        default="both",
+        help="activation checkpointing (peak memory is reported for each)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile on both sides (default: on for GPU runs, off for --tiny)",
+    )
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps per run")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, allocator)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default: the workload's)")
@@ -278,8 +385,10 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "CPU"
-    print(f"device {device}, torch {torch.__version__}, compile {compile_}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up")
+    print(
+        f"device {device}, torch {torch.__version__}, compile {compile_}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up"
+    )
     results = []
     for workload in workloads:
         w = WORKLOADS[workload]
@@ -290,13 +399,26 @@ def main() -> None:
         tok_dir, train, val = write_data(Path(args.out) / "data", workload, vocab, tokens)
         for ckpt in checkpointing:
             for side in args.sides.split(","):
-                spec = {"workload": workload, "side": side, "checkpointing": ckpt, "compile": compile_,
-                        "tiny": args.tiny, "steps": args.steps, "warmup": args.warmup, "batch": batch,
-                        "seq_len": seq_len, "workers": args.workers, "out": args.out, "tokenizer": str(tok_dir),
-                        "train": str(train), "val": str(val),
-                        "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None}
-                proc = subprocess.run([sys.executable, __file__, "--run", json.dumps(spec)], capture_output=True,
-                                      text=True, cwd=REPO)
+                spec = {
+                    "workload": workload,
+                    "side": side,
+                    "checkpointing": ckpt,
+                    "compile": compile_,
+                    "tiny": args.tiny,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "batch": batch,
+                    "seq_len": seq_len,
+                    "workers": args.workers,
+                    "out": args.out,
+                    "tokenizer": str(tok_dir),
+                    "train": str(train),
+                    "val": str(val),
+                    "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
+                }
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--run", json.dumps(spec)], capture_output=True, text=True, cwd=REPO
+                )
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if proc.returncode or line is None:
                     print(f"{workload} {side} checkpointing={ckpt}: FAILED\n{proc.stderr[-3000:]}")
@@ -308,17 +430,21 @@ def main() -> None:
         print(row(r))
 
 
-HEADER = (f"{'workload':<9}{'side':<6}{'ckpt':<6}{'params':>8}{'batch':>7}{'seq':>6}{'tokens/s':>12}{'seq/s':>10}"
-          f"{'MFU':>8}{'peak GiB':>10}")
+HEADER = (
+    f"{'workload':<9}{'side':<6}{'ckpt':<6}{'params':>8}{'batch':>7}{'seq':>6}{'tokens/s':>12}{'seq/s':>10}"
+    f"{'MFU':>8}{'peak GiB':>10}"
+)
 TARGETS = {"gpt2": "target MFU >= 45%", "bert": "target >= 3,000 seq/s", "t5": "tokens = encoder inputs"}
 
 
 def row(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
     mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-    return (f"{r['workload']:<9}{r['side']:<6}{'on' if r['checkpointing'] else 'off':<6}{r['params_m']:>7.1f}M"
-            f"{r['batch']:>7}{r['input_len']:>6}{r['tokens_per_s']:>12,.0f}{r['samples_per_s']:>10,.1f}{mfu:>8}"
-            f"{mem:>10}   {TARGETS[r['workload']]}")
+    return (
+        f"{r['workload']:<9}{r['side']:<6}{'on' if r['checkpointing'] else 'off':<6}{r['params_m']:>7.1f}M"
+        f"{r['batch']:>7}{r['input_len']:>6}{r['tokens_per_s']:>12,.0f}{r['samples_per_s']:>10,.1f}{mfu:>8}"
+        f"{mem:>10}   {TARGETS[r['workload']]}"
+    )
 
 
 if __name__ == "__main__":

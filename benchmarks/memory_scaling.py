@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_hf_trainer import adamw, shapes  # noqa: E402
 
 SIDES = ("ours", "hf", "raw", "raw-chunked")
-MB = 2 ** 20
+MB = 2**20
 
 
 def tokenizer_of(vocab: int) -> PreTrainedTokenizerFast:
@@ -68,20 +68,32 @@ def measure(side: str, seq: int, args) -> dict:
     config = shapes(args.tiny)["clm"]
     config.n_positions = seq
     tokenizer = tokenizer_of(args.vocab_size)
-    module = CausalLM(model=config, data=DataContract(tokenizer=tokenizer, seq_len=seq), warmup_steps=0,
-                      optimizer=adamw, chunked_loss=side in ("ours", "raw-chunked"))
+    module = CausalLM(
+        model=config,
+        data=DataContract(tokenizer=tokenizer, seq_len=seq),
+        warmup_steps=0,
+        optimizer=adamw,
+        chunked_loss=side in ("ours", "raw-chunked"),
+    )
     batch_size = args.tokens // seq
     rows = list(torch.randint(0, args.vocab_size, (args.steps * batch_size, seq)))
     if side in ("ours", "hf"):
         loader = torch.utils.data.DataLoader(rows, batch_size=batch_size)
-        trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=args.steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
         baseline = rss_bytes()
         trainer.fit(module, train_dataloaders=loader)
     else:
         module.train()
         opt = optim.build_optimizer(adamw, optim.decay_groups(module.named_parameters()))
-        batches = [torch.stack(rows[i: i + batch_size]) for i in range(0, len(rows), batch_size)]
+        batches = [torch.stack(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
         baseline = rss_bytes()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*self.log.*")  # training_loss logs; no Trainer: a warning
@@ -105,8 +117,12 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="training steps per run (the first allocates AdamW's state)")
     p.add_argument("--repeats", type=int, default=1, help="fresh processes per (seq, side); the median is reported")
     p.add_argument("--sides", default="ours,hf,raw", help=f"comma-separated, of {', '.join(SIDES)}")
-    p.add_argument("--malloc", choices=["ours", "default"], default="ours",
-                   help="glibc setting of every side: lightning-pretrain's (allocator.py) or glibc's default")
+    p.add_argument(
+        "--malloc",
+        choices=["ours", "default"],
+        default="ours",
+        help="glibc setting of every side: lightning-pretrain's (allocator.py) or glibc's default",
+    )
     p.add_argument("--plot", metavar="PNG", help="also plot step MB against seq (needs matplotlib)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, short sequences, 2 steps: checks the script runs")
     p.add_argument("--seed", type=int, default=0)
@@ -120,38 +136,59 @@ def main():
     seqs, sides = [int(s) for s in args.seqs.split(",")], args.sides.split(",")
     unknown = [s for s in sides if s not in SIDES]
     if unknown or any(args.tokens % s for s in seqs):
-        sys.exit(f"error: unknown sides {unknown}" if unknown else f"error: --tokens {args.tokens} must be a multiple "
-                 f"of every sequence length {seqs}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cores {os.cpu_count()}; {args.tokens} tokens "
-          f"per batch, vocab {args.vocab_size}, {args.steps} steps, malloc {args.malloc}, median of {args.repeats}")
+        sys.exit(
+            f"error: unknown sides {unknown}"
+            if unknown
+            else f"error: --tokens {args.tokens} must be a multiple of every sequence length {seqs}"
+        )
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cores {os.cpu_count()}; {args.tokens} tokens "
+        f"per batch, vocab {args.vocab_size}, {args.steps} steps, malloc {args.malloc}, median of {args.repeats}"
+    )
     passthrough = [a for a in sys.argv[1:] if a != "--plot" and a != args.plot]
     results = {}
     for seq in seqs:
         for side in sides:
             runs = []
             for _ in range(args.repeats):
-                proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", side, str(seq)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, *passthrough, "--worker", side, str(seq)], capture_output=True, text=True
+                )
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     sys.exit(f"{side} seq {seq} failed:\n{proc.stderr[-3000:]}")
                 runs.append(json.loads(line[7:]))
             results[seq, side] = {k: statistics.median(r[k] for r in runs) for k in ("step", "peak")}
-            print(f"seq {seq:>5} {side:<12} step {results[seq, side]['step'] / MB:>8,.0f} MB   "
-                  f"peak {results[seq, side]['peak'] / MB:>8,.0f} MB", flush=True)
+            print(
+                f"seq {seq:>5} {side:<12} step {results[seq, side]['step'] / MB:>8,.0f} MB   "
+                f"peak {results[seq, side]['peak'] / MB:>8,.0f} MB",
+                flush=True,
+            )
     logits = args.tokens * args.vocab_size * 4 / MB  # one fp32 (tokens x vocab) tensor, what the chunked loss avoids
-    print(f"\none fp32 (tokens x vocab) logits tensor: {logits:,.0f} MB; step MB = peak RSS - RSS before the first "
-          f"step (gradients, AdamW state, activations, loss)\n")
-    compare = [(a, b) for a, b in (("hf", "ours"), ("raw", "ours"), ("raw", "raw-chunked"), ("ours", "raw-chunked"))
-               if a in sides and b in sides]
-    print("| seq | batch | " + " | ".join(f"{s} step MB (peak)" for s in sides)
-          + "".join(f" | {a}/{b} step" for a, b in compare) + " |")
+    print(
+        f"\none fp32 (tokens x vocab) logits tensor: {logits:,.0f} MB; step MB = peak RSS - RSS before the first "
+        f"step (gradients, AdamW state, activations, loss)\n"
+    )
+    compare = [
+        (a, b)
+        for a, b in (("hf", "ours"), ("raw", "ours"), ("raw", "raw-chunked"), ("ours", "raw-chunked"))
+        if a in sides and b in sides
+    ]
+    print(
+        "| seq | batch | "
+        + " | ".join(f"{s} step MB (peak)" for s in sides)
+        + "".join(f" | {a}/{b} step" for a, b in compare)
+        + " |"
+    )
     print("|---:|---:|" + "---:|" * (len(sides) + len(compare)))
     for seq in seqs:
         r = {s: results[seq, s] for s in sides}
-        print(f"| {seq} | {args.tokens // seq} | " + " | ".join(f"{r[s]['step'] / MB:,.0f} ({r[s]['peak'] / MB:,.0f})"
-                                                               for s in sides)
-              + "".join(f" | {r[a]['step'] / r[b]['step']:.2f}" for a, b in compare) + " |")
+        print(
+            f"| {seq} | {args.tokens // seq} | "
+            + " | ".join(f"{r[s]['step'] / MB:,.0f} ({r[s]['peak'] / MB:,.0f})" for s in sides)
+            + "".join(f" | {r[a]['step'] / r[b]['step']:.2f}" for a, b in compare)
+            + " |"
+        )
     if args.plot:
         try:
             import matplotlib
@@ -164,8 +201,12 @@ def main():
         fig, ax = plt.subplots(figsize=(6, 4))
         for side in sides:
             ax.plot(seqs, [results[seq, side]["step"] / MB for seq in seqs], marker="o", label=side)
-        ax.set(xscale="log", xlabel="sequence length", ylabel="step RSS above the built model (MB)",
-               title=f"CLM step memory, {args.tokens} tokens per batch, vocab {args.vocab_size}")
+        ax.set(
+            xscale="log",
+            xlabel="sequence length",
+            ylabel="step RSS above the built model (MB)",
+            title=f"CLM step memory, {args.tokens} tokens per batch, vocab {args.vocab_size}",
+        )
         ax.set_xticks(seqs, [str(s) for s in seqs])
         ax.legend()
         fig.savefig(args.plot, dpi=120, bbox_inches="tight")

@@ -68,11 +68,25 @@ def shapes(tiny: bool, large: bool = False, positions: int = 128):
     """The benchmark's model shapes: ~11M parameters; `large`: GPT-2 small / BERT-base widths (12 x 768)."""
     h, layers, heads, ffn = (64, 2, 2, 256) if tiny else (768, 12, 12, 3072) if large else (256, 8, 8, 1024)
     return {
-        "clm": GPT2Config(n_embd=h, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=positions,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-        "mlm": BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-                          max_position_embeddings=positions, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0),
+        "clm": GPT2Config(
+            n_embd=h,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=ffn,
+            n_positions=positions,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
+        "mlm": BertConfig(
+            hidden_size=h,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=positions,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
     }
 
 
@@ -109,7 +123,7 @@ def hf_blocks(tokenizer, texts, seq_len: int, labels: bool = True) -> datasets.D
     def group_texts(examples):  # run_clm.py's group_texts
         concatenated = {k: sum(examples[k], []) for k in examples}
         total = (len(concatenated["input_ids"]) // seq_len) * seq_len
-        result = {k: [t[i: i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
+        result = {k: [t[i : i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
         if labels:
             result["labels"] = result["input_ids"].copy()
         return result
@@ -122,12 +136,17 @@ def hf_model(objective, config, tokenizer):
     the embeddings so) with its special token ids."""
     config = copy.deepcopy(config)
     config.vocab_size = len(tokenizer)
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = (tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                                                     tokenizer.eos_token_id)
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
     if objective == "clm":
         return transformers.AutoModelForCausalLM.from_config(config), transformers.default_data_collator
-    return (transformers.AutoModelForMaskedLM.from_config(config),
-            transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+    return (
+        transformers.AutoModelForMaskedLM.from_config(config),
+        transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+    )
 
 
 def run_hf(objective, config, tokenizer, texts, args) -> float:
@@ -142,12 +161,25 @@ def run_hf(objective, config, tokenizer, texts, args) -> float:
 
     with tempfile.TemporaryDirectory() as out:
         targs = transformers.TrainingArguments(
-            output_dir=out, use_cpu=True, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-            learning_rate=1e-3, weight_decay=0.01, warmup_steps=WARMUP_STEPS, lr_scheduler_type="cosine",
-            report_to=[], save_strategy="no", eval_strategy="no", logging_steps=50, disable_tqdm=True, seed=0,
-            dataloader_drop_last=True)
-        trainer = transformers.Trainer(model=model, args=targs, train_dataset=lm, data_collator=collator,
-                                       callbacks=[Clock()])
+            output_dir=out,
+            use_cpu=True,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=1e-3,
+            weight_decay=0.01,
+            warmup_steps=WARMUP_STEPS,
+            lr_scheduler_type="cosine",
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=50,
+            disable_tqdm=True,
+            seed=0,
+            dataloader_drop_last=True,
+        )
+        trainer = transformers.Trainer(
+            model=model, args=targs, train_dataset=lm, data_collator=collator, callbacks=[Clock()]
+        )
         trainer.train()
     return clock.tokens_per_s(args.batch_size * args.seq_len)
 
@@ -158,8 +190,9 @@ def our_module(objective, config, dm, chunked_loss: bool = True):
     return cls(model=config, data=dm.publish(), warmup_steps=WARMUP_STEPS, optimizer=adamw, **extra)
 
 
-def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True,
-             compile_scope: str | None = None) -> StepClock:
+def run_ours(
+    objective, config, dm, args, logdir, chunked_loss: bool = True, compile_scope: str | None = None
+) -> StepClock:
     """`lightning-pretrain fit` as the CLI builds it: TensorBoard and the default callbacks (LR monitor, throughput,
     exact-resume state, the stop/skip guard with its per-step gradient norm, the mixture log)."""
 
@@ -168,13 +201,27 @@ def run_ours(objective, config, dm, args, logdir, chunked_loss: bool = True,
             clock.tick(trainer.global_step)
 
     module = our_module(objective, config, dm, chunked_loss)
-    defaults = [LearningRateMonitor(logging_interval="step"), Throughput(), ResumeState(), StopGuard(), MixtureLog(),
-                parallel.Parallelize(compile=parallel.Compile(enabled=compile_scope is not None,
-                                                              scope=compile_scope or "blocks"))]
-    trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=50,
-                        logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective),
-                        callbacks=[*defaults, Clock()])
+    defaults = [
+        LearningRateMonitor(logging_interval="step"),
+        Throughput(),
+        ResumeState(),
+        StopGuard(),
+        MixtureLog(),
+        parallel.Parallelize(
+            compile=parallel.Compile(enabled=compile_scope is not None, scope=compile_scope or "blocks")
+        ),
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=args.steps,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=50,
+        logger=L.pytorch.loggers.TensorBoardLogger(logdir, name=objective),
+        callbacks=[*defaults, Clock()],
+    )
     clock = StepClock(args.warmup)
     trainer.fit(module, datamodule=dm)
     return clock
@@ -217,7 +264,7 @@ def matmul_gflops(n: int, repeats: int = 5) -> float:
         t = time.perf_counter()
         torch.mm(a, b, out=c)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def measure(side: str, objective: str, args) -> dict:
@@ -230,8 +277,13 @@ def measure(side: str, objective: str, args) -> dict:
         keep_freed_memory()  # what `lightning-pretrain` does at start-up; the HF recipe does not
     L.seed_everything(args.seed, verbose=False)
     config = shapes(args.tiny, args.large, max(128, args.seq_len))[objective]
-    dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
-                        vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
+    dm = PretrainCorpus(
+        source=args.source,
+        tokenizer="bpe" if objective == "clm" else "wordpiece",
+        vocab_size=args.vocab_size,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+    )
     dm.prepare_data()  # a cache hit: the driver built it
     tokens = args.batch_size * args.seq_len
     if base in ("ours", "ours-hf-loss"):
@@ -246,8 +298,9 @@ def measure(side: str, objective: str, args) -> dict:
 
 
 def worker(side: str, objective: str, passthrough: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", side, objective],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, *passthrough, "--worker", side, objective], capture_output=True, text=True
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"{side} {objective} run failed:\n{proc.stderr[-3000:]}")
@@ -269,14 +322,20 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=16384)
     p.add_argument("--matmul-size", type=int, default=4096, help="side of the square fp32 matmul of the ceiling")
-    p.add_argument("--sides", default="hf,ours,raw,hf+malloc",
-                   help="hf: the HF recipe as is; ours: lightning_pretrain; raw: our module, batches, loss and "
-                        "optimizer in a plain loop; hf+malloc: HF with our allocator setting; "
-                        "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM); "
-                        "ours+compile / raw+compile (blocks) and ours+compile-model / raw+compile-model: torch.compile")
+    p.add_argument(
+        "--sides",
+        default="hf,ours,raw,hf+malloc",
+        help="hf: the HF recipe as is; ours: lightning_pretrain; raw: our module, batches, loss and "
+        "optimizer in a plain loop; hf+malloc: HF with our allocator setting; "
+        "ours-hf-loss: ours with the HF model's loss instead of the chunked one (CLM); "
+        "ours+compile / raw+compile (blocks) and ours+compile-model / raw+compile-model: torch.compile",
+    )
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the script runs")
-    p.add_argument("--large", action="store_true", help="GPT-2 small / BERT-base widths (12 layers x 768): the "
-                   "framework's share of a bigger step")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="GPT-2 small / BERT-base widths (12 layers x 768): the framework's share of a bigger step",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -285,16 +344,23 @@ def main():
     if args.worker:
         print("RESULT " + json.dumps(measure(*args.worker, args)))
         return
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, transformers {transformers.__version__}, "
-          f"lightning {L.__version__}, cores {os.cpu_count()}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, transformers {transformers.__version__}, "
+        f"lightning {L.__version__}, cores {os.cpu_count()}"
+    )
     objectives = ["clm", "mlm"] if args.objective == "both" else [args.objective]
     sides = args.sides.split(",")
     passthrough = [a for a in sys.argv[1:] if a not in ("--objective",) and a not in objectives + ["both"]]
     results, ceilings = {}, []
     for objective in objectives:
         config = shapes(args.tiny, args.large, max(128, args.seq_len))[objective]
-        dm = PretrainCorpus(source=args.source, tokenizer="bpe" if objective == "clm" else "wordpiece",
-                            vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size)
+        dm = PretrainCorpus(
+            source=args.source,
+            tokenizer="bpe" if objective == "clm" else "wordpiece",
+            vocab_size=args.vocab_size,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+        )
         dm.prepare_data()  # tokenizer + blocks cached once, outside every timing
         model = our_module(objective, config, dm).model
         n_params = sum(p.numel() for p in model.parameters())
@@ -308,30 +374,49 @@ def main():
                 result = worker(side, objective, passthrough)
                 runs[side].append(result["tok_s"])
                 first[side].append(result.get("first_step_s"))
-                print(f"[{objective} repeat {r}] {side:<12} {runs[side][-1]:>10,.0f} tok/s" + (
-                    f"  (first step {first[side][-1]:.1f} s)" if first[side][-1] is not None else ""), flush=True)
-        results[objective] = (n_params, flops_per_token, {side: statistics.median(v) for side, v in runs.items()},
-                              {side: (min(v), max(v)) for side, v in runs.items()})
+                print(
+                    f"[{objective} repeat {r}] {side:<12} {runs[side][-1]:>10,.0f} tok/s"
+                    + (f"  (first step {first[side][-1]:.1f} s)" if first[side][-1] is not None else ""),
+                    flush=True,
+                )
+        results[objective] = (
+            n_params,
+            flops_per_token,
+            {side: statistics.median(v) for side, v in runs.items()},
+            {side: (min(v), max(v)) for side, v in runs.items()},
+        )
         firsts = {s: statistics.median(v) for s, v in first.items() if v and None not in v}
-        print(f"{objective}: first step (s, median; compilation included): "
-              + ", ".join(f"{s} {v:.1f}" for s, v in firsts.items()))
+        print(
+            f"{objective}: first step (s, median; compilation included): "
+            + ", ".join(f"{s} {v:.1f}" for s, v in firsts.items())
+        )
     ceiling = statistics.median(ceilings)
-    print(f"\nshape: seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}, {args.steps} steps "
-          f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run; "
-          f"fp32 matmul ceiling {ceiling:,.1f} GFLOP/s ({args.matmul_size}² matmul, median of {len(ceilings)} "
-          f"processes, range {min(ceilings):,.1f}-{max(ceilings):,.1f}), {torch.get_num_threads()} threads\n")
-    print("| objective | params | MFLOP/token | " + " | ".join(f"{s} tok/s" for s in sides)
-          + " | ours/raw | ours/hf | hf/raw |")
+    print(
+        f"\nshape: seq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab_size}, {args.steps} steps "
+        f"({args.warmup} warm-up discarded), median of {args.repeats} alternating runs, one process per run; "
+        f"fp32 matmul ceiling {ceiling:,.1f} GFLOP/s ({args.matmul_size}² matmul, median of {len(ceilings)} "
+        f"processes, range {min(ceilings):,.1f}-{max(ceilings):,.1f}), {torch.get_num_threads()} threads\n"
+    )
+    print(
+        "| objective | params | MFLOP/token | "
+        + " | ".join(f"{s} tok/s" for s in sides)
+        + " | ours/raw | ours/hf | hf/raw |"
+    )
     print("|---|---:|---:|" + "---:|" * len(sides) + "---:|---:|---:|")
     for objective, (n, fpt, med, _) in results.items():
-        print(f"| {objective} | {n / 1e6:.1f}M | {fpt / 1e6:.1f} | " + " | ".join(f"{med[s]:,.0f}" for s in sides)
-              + f" | {ratio(med, 'ours', 'raw')} | {ratio(med, 'ours', 'hf')} | {ratio(med, 'hf', 'raw')} |")
+        print(
+            f"| {objective} | {n / 1e6:.1f}M | {fpt / 1e6:.1f} | "
+            + " | ".join(f"{med[s]:,.0f}" for s in sides)
+            + f" | {ratio(med, 'ours', 'raw')} | {ratio(med, 'ours', 'hf')} | {ratio(med, 'hf', 'raw')} |"
+        )
     print("\nachieved model GFLOP/s (share of the fp32 matmul ceiling); tok/s range over the repeats\n")
     print("| objective | " + " | ".join(sides) + " |")
     print("|---|" + "---:|" * len(sides))
     for objective, (_, fpt, med, spread) in results.items():
-        cells = [f"{med[s] * fpt / 1e9:,.1f} ({med[s] * fpt / 1e9 / ceiling:.0%}); "
-                 f"{spread[s][0]:,.0f}-{spread[s][1]:,.0f}" for s in sides]
+        cells = [
+            f"{med[s] * fpt / 1e9:,.1f} ({med[s] * fpt / 1e9 / ceiling:.0%}); {spread[s][0]:,.0f}-{spread[s][1]:,.0f}"
+            for s in sides
+        ]
         print(f"| {objective} | " + " | ".join(cells) + " |")
 
 

@@ -60,10 +60,41 @@ ARMS = ("pretrained", "scratch")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 # two-sided 95% critical values of Student's t by degrees of freedom (beyond the table: the next lower df's, which
 # is conservative; 1.96 past 120)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-       21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
-       40: 2.021, 60: 2.000, 120: 1.980}
+T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 RECORD = "payoff_run.json"  # written into every finished run directory: its command, for --reuse
 
 
@@ -157,12 +188,20 @@ def shown(path: str | Path) -> str:
 
 # -- arguments -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pretraining_payoff.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n\n" + "\n\n".join(__doc__.split("\n\n")[1:5]))
+    p = argparse.ArgumentParser(
+        prog="pretraining_payoff.py",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n\n" + "\n\n".join(__doc__.split("\n\n")[1:5]),
+    )
     p.add_argument("--objective", choices=["mlm", "electra"], default="mlm")
-    p.add_argument("--corpus", required=True, help="unlabelled pretraining text: .txt/.tsv/.csv/.jsonl/.json/.parquet "
-                   "file, directory or glob (any --data.source of PretrainCorpus)")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="unlabelled pretraining text: .txt/.tsv/.csv/.jsonl/.json/.parquet "
+        "file, directory or glob (any --data.source of PretrainCorpus)",
+    )
     p.add_argument("--corpus_text_column", type=column, help="the corpus's text column (default: --text_column)")
     p.add_argument("--train_file", required=True, help="labelled table the --labels rows are drawn from")
     p.add_argument("--test_file", required=True, help="labelled table the chosen runs are scored on")
@@ -172,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_text_column", type=column, help="default: --text_column")
     p.add_argument("--test_label_column", type=column, help="default: --label_column")
     p.add_argument("--test_text_pair_column", type=column, help="default: --text_pair_column")
-    p.add_argument("--label_names", nargs="+", help="class names in id order (integer labels are ids into it); "
-                   "default: the sorted distinct labels of --train_file")
+    p.add_argument(
+        "--label_names",
+        nargs="+",
+        help="class names in id order (integer labels are ids into it); "
+        "default: the sorted distinct labels of --train_file",
+    )
     p.add_argument("--label_offset", type=int, default=0, help="subtracted from integer labels of --train_file")
     p.add_argument("--test_label_offset", type=int, help="default: --label_offset (AG News test.csv: 1)")
     p.add_argument("--labels", type=int, default=1000, help="labelled training rows per seed (train + validation)")
@@ -185,22 +228,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="fine-tuning LR sweep, per arm")
     p.add_argument("--finetune_steps", type=int, help="optimizer steps of every fine-tuning run")
-    p.add_argument("--finetune_epochs", type=int, help="epochs of every fine-tuning run (default 3; not with "
-                   "--finetune_steps)")
-    p.add_argument("--pretrain_config", help="default: configs/pretrain/<objective>_laptop.yaml if present, else "
-                   "<objective>_tiny.yaml")
-    p.add_argument("--finetune_config", default=str(REPO / "configs/finetune/sst2.yaml"),
-                   help="task config of every fine-tuning run (data columns, labels and files are overridden)")
+    p.add_argument(
+        "--finetune_epochs", type=int, help="epochs of every fine-tuning run (default 3; not with --finetune_steps)"
+    )
+    p.add_argument(
+        "--pretrain_config",
+        help="default: configs/pretrain/<objective>_laptop.yaml if present, else <objective>_tiny.yaml",
+    )
+    p.add_argument(
+        "--finetune_config",
+        default=str(REPO / "configs/finetune/sst2.yaml"),
+        help="task config of every fine-tuning run (data columns, labels and files are overridden)",
+    )
     p.add_argument("--finetune_mode", default=str(REPO / "configs/finetune/modes/full.yaml"))
-    p.add_argument("--pretrain_args", default="", help="more `lightning-pretrain fit` options for pretraining, e.g. "
-                   "'--data.vocab_size 1024 --data.batch_size 32 --trainer.accelerator gpu'")
-    p.add_argument("--finetune_args", default="", help="more options for every fine-tuning and test run, e.g. "
-                   "'--data.batch_size 16 --data.max_length 64'")
+    p.add_argument(
+        "--pretrain_args",
+        default="",
+        help="more `lightning-pretrain fit` options for pretraining, e.g. "
+        "'--data.vocab_size 1024 --data.batch_size 32 --trainer.accelerator gpu'",
+    )
+    p.add_argument(
+        "--finetune_args",
+        default="",
+        help="more options for every fine-tuning and test run, e.g. '--data.batch_size 16 --data.max_length 64'",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--out", default="logs/bench_payoff", help="runs, data files and scratch models go here")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs of the same commands under --out")
-    p.add_argument("--in_process", action="store_true", help="run every command in this process (faster start; "
-                   "a crash ends the benchmark)")
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run every command in this process (faster start; a crash ends the benchmark)",
+    )
     return p
 
 
@@ -248,8 +307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             problems.append(f"--{name} {path} is not a table ({', '.join(TABLE_SUFFIXES)})")
     if os.path.abspath(args.train_file) == os.path.abspath(args.test_file):
         problems.append("--test_file is --train_file: the test rows must be rows no run trains or chooses on")
-    for name, flags in (("finetune_args", ("optimizer.init_args.lr", "optimizer.lr", "seed_everything", "logger")),
-                        ("pretrain_args", ("seed_everything", "logger"))):
+    for name, flags in (
+        ("finetune_args", ("optimizer.init_args.lr", "optimizer.lr", "seed_everything", "logger")),
+        ("pretrain_args", ("seed_everything", "logger")),
+    ):
         for flag in flags:
             if flag in getattr(args, name):
                 problems.append(f"--{name} sets {flag}, which the benchmark controls (--lrs, --seeds, --out)")
@@ -259,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             problems.append(f"--{name}: file not found: {getattr(args, name)}")
     for name in ("test_text_column", "test_label_column", "test_text_pair_column"):
         if getattr(args, name) is None:
-            setattr(args, name, getattr(args, name[len("test_"):]))
+            setattr(args, name, getattr(args, name[len("test_") :]))
     if args.test_label_offset is None:
         args.test_label_offset = args.label_offset
     if args.corpus_text_column is None:
@@ -275,29 +336,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
-def read_labelled(path: str, text_col, label_col, pair_col, names: list[str] | None, offset: int,
-                  infer_names: bool) -> tuple[list[dict], list[str], int]:
+def read_labelled(
+    path: str, text_col, label_col, pair_col, names: list[str] | None, offset: int, infer_names: bool
+) -> tuple[list[dict], list[str], int]:
     """The labelled rows of a table as {'text', ('text_pair'), 'label': class name}, the class names, and how many
     rows had no label (left out). Reads and checks the file as fine-tuning does (`lightning_pretrain.data`)."""
     from lightning_pretrain.data.finetune import labels as L
     from lightning_pretrain.data.sources import tables, validate
+
     header = not all(isinstance(c, int) for c in (text_col, label_col, pair_col) if c is not None)
     df, where = tables._read_table(os.path.abspath(os.path.expanduser(path)), header)
-    found = {k: tables.resolve_column(ref, list(df.columns))
-             for k, ref in (("text", text_col), ("label", label_col), ("text_pair", pair_col)) if ref is not None}
+    found = {
+        k: tables.resolve_column(ref, list(df.columns))
+        for k, ref in (("text", text_col), ("label", label_col), ("text_pair", pair_col))
+        if ref is not None
+    }
     for k, c in found.items():
         if c is None:
             ref = {"text": text_col, "label": label_col, "text_pair": pair_col}[k]
-            raise SystemExit(f"error: {path}: no column {ref!r} (columns: {', '.join(df.columns)}; give names, or "
-                             f"0-based indices for header-less files)")
+            raise SystemExit(
+                f"error: {path}: no column {ref!r} (columns: {', '.join(df.columns)}; give names, or "
+                f"0-based indices for header-less files)"
+            )
     raw = df[found["label"]].tolist()
     if names is None and infer_names:
         names = L.label_vocabulary(raw, path, where)
     ids = L.encode_labels(raw, names, "classification", offset, path, where)
     keep = [i for i, t in enumerate(ids) if t != -1]
     texts = validate.texts(df[found["text"]].tolist(), found["text"], path, where, False)
-    pairs = (validate.texts(df[found["text_pair"]].tolist(), found["text_pair"], path, where, False)
-             if "text_pair" in found else None)
+    pairs = (
+        validate.texts(df[found["text_pair"]].tolist(), found["text_pair"], path, where, False)
+        if "text_pair" in found
+        else None
+    )
     rows = []
     for i in keep:
         row = {"text": texts[i], **({"text_pair": pairs[i]} if pairs else {}), "label": names[ids[i]]}
@@ -321,16 +392,19 @@ def corpus_options(args, data_dir: Path) -> tuple[list[str], str]:
     if suffix in TABLE_SUFFIXES and Path(corpus).is_file():
         if isinstance(col, int):
             from lightning_pretrain.data.sources import tables
+
             df, _ = tables._read_table(os.path.abspath(corpus), header=False)
             name = tables.resolve_column(col, list(df.columns))
             if name is None:
                 raise SystemExit(f"error: --corpus {corpus}: no column {col} (it has {len(df.columns)})")
-            out = write_jsonl(data_dir / "corpus.jsonl", [{"text": t} for t in df[name].tolist()
-                                                          if isinstance(t, str) and t.strip()])
+            out = write_jsonl(
+                data_dir / "corpus.jsonl", [{"text": t} for t in df[name].tolist() if isinstance(t, str) and t.strip()]
+            )
             return ["--data.source", shown(out), "--data.text_column", "text"], f"{corpus} (column {col}) -> {out}"
         return ["--data.source", corpus, "--data.text_column", str(col)], f"{corpus} (column {col})"
-    if suffix in (".txt", ".text", ".raw", ".tokens", ".md", ".rst") or (Path(corpus).is_file()
-                                                                           and suffix not in TABLE_SUFFIXES):
+    if suffix in (".txt", ".text", ".raw", ".tokens", ".md", ".rst") or (
+        Path(corpus).is_file() and suffix not in TABLE_SUFFIXES
+    ):
         return ["--data.source", corpus], corpus
     if isinstance(col, int):
         raise SystemExit(f"error: --corpus {corpus}: a directory or glob needs --corpus_text_column by name")
@@ -347,8 +421,11 @@ def random_init_copy(pretrained_hf: Path, out: Path, seed: int) -> Path:
     config = AutoConfig.from_pretrained(pretrained_hf)
     cls = getattr(transformers, (config.architectures or ["AutoModel"])[0], None)
     torch.manual_seed(seed)
-    model = cls(config) if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) else \
-        AutoModel.from_config(config)
+    model = (
+        cls(config)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+        else AutoModel.from_config(config)
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(pretrained_hf).save_pretrained(out)
@@ -396,12 +473,19 @@ class Runner:
                 if record.is_file() and json.loads(record.read_text()).get("argv") == key and done(run):
                     info = json.loads(record.read_text())
                     print(f"\n[{what}] reusing {run} (finished {info.get('wall_s', 0):.0f} s run of the same command)")
-                    self.commands.append({"what": what, "command": info["command"], "run": str(run), "reused": True,
-                                          "status": 0, "wall_s": info.get("wall_s")})
+                    self.commands.append(
+                        {
+                            "what": what,
+                            "command": info["command"],
+                            "run": str(run),
+                            "reused": True,
+                            "status": 0,
+                            "wall_s": info.get("wall_s"),
+                        }
+                    )
                     return {"run": run, "status": 0, "wall_s": info.get("wall_s"), "reused": True}
         before = {d.name for d in versions(root)}
-        full = [*argv, "--trainer.logger.init_args.save_dir", shown(self.out),
-                "--trainer.logger.init_args.name", name]
+        full = [*argv, "--trainer.logger.init_args.save_dir", shown(self.out), "--trainer.logger.init_args.name", name]
         command = shlex.join(["lightning-pretrain", subcommand, *full])
         print(f"\n[{what}] $ {command}", flush=True)
         t0 = time.perf_counter()
@@ -414,8 +498,16 @@ class Runner:
             (run / RECORD).write_text(json.dumps({"argv": key, "command": command, "wall_s": wall}, indent=2) + "\n")
         else:
             print(f"[{what}] FAILED (exit status {status}{'' if run else ', no run directory'})", flush=True)
-        self.commands.append({"what": what, "command": command, "run": str(run) if run else None, "reused": False,
-                              "status": status, "wall_s": round(wall, 1)})
+        self.commands.append(
+            {
+                "what": what,
+                "command": command,
+                "run": str(run) if run else None,
+                "reused": False,
+                "status": status,
+                "wall_s": round(wall, 1),
+            }
+        )
         return {"run": run if ok else None, "status": status, "wall_s": wall, "reused": False}
 
 
@@ -425,10 +517,22 @@ def read_json(path: Path) -> dict:
 
 # -- the benchmark -----------------------------------------------------------------------------------------------------
 def pretrain_options(args, corpus: list[str], seed: int) -> list[str]:
-    length = (["--trainer.max_time", args.max_time, "--trainer.max_steps", "-1"] if args.max_time else
-              ["--trainer.max_steps", str(args.pretrain_steps)])
-    return ["-c", shown(args.pretrain_config), *corpus, "--seed_everything", str(seed), *length,
-            "--trainer.enable_progress_bar", "false", *shlex.split(args.pretrain_args)]
+    length = (
+        ["--trainer.max_time", args.max_time, "--trainer.max_steps", "-1"]
+        if args.max_time
+        else ["--trainer.max_steps", str(args.pretrain_steps)]
+    )
+    return [
+        "-c",
+        shown(args.pretrain_config),
+        *corpus,
+        "--seed_everything",
+        str(seed),
+        *length,
+        "--trainer.enable_progress_bar",
+        "false",
+        *shlex.split(args.pretrain_args),
+    ]
 
 
 def data_options(files: dict[str, Path], names: list[str]) -> list[str]:
@@ -438,21 +542,52 @@ def data_options(files: dict[str, Path], names: list[str]) -> list[str]:
     return [*opts, "--data.text_column", "text", "--data.label_column", "label", "--data.labels", json.dumps(names)]
 
 
-def finetune_options(args, backbone: Path, files: dict[str, Path], names: list[str], seed: int, lr: float,
-                     pairs: bool) -> list[str]:
-    length = (["--trainer.max_steps", str(args.finetune_steps), "--trainer.max_epochs", "-1"]
-              if args.finetune_steps else ["--trainer.max_epochs", str(args.finetune_epochs)])
-    return ["-c", shown(args.finetune_config), "-c", shown(args.finetune_mode), "--model.backbone", shown(backbone),
-            *data_options(files, names), *(["--data.text_pair_column", "text_pair"] if pairs else []),
-            "--data.seed", str(seed), "--seed_everything", str(seed), *length,
-            "--model.init_args.optimizer.init_args.lr", f"{lr:g}", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_checkpointing", "false", *shlex.split(args.finetune_args)]
+def finetune_options(
+    args, backbone: Path, files: dict[str, Path], names: list[str], seed: int, lr: float, pairs: bool
+) -> list[str]:
+    length = (
+        ["--trainer.max_steps", str(args.finetune_steps), "--trainer.max_epochs", "-1"]
+        if args.finetune_steps
+        else ["--trainer.max_epochs", str(args.finetune_epochs)]
+    )
+    return [
+        "-c",
+        shown(args.finetune_config),
+        "-c",
+        shown(args.finetune_mode),
+        "--model.backbone",
+        shown(backbone),
+        *data_options(files, names),
+        *(["--data.text_pair_column", "text_pair"] if pairs else []),
+        "--data.seed",
+        str(seed),
+        "--seed_everything",
+        str(seed),
+        *length,
+        "--model.init_args.optimizer.init_args.lr",
+        f"{lr:g}",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        *shlex.split(args.finetune_args),
+    ]
 
 
 def test_options(args, model: Path, test_file: Path, names: list[str], pairs: bool) -> list[str]:
-    return ["-c", shown(args.finetune_config), "-c", shown(args.finetune_mode), "--model.backbone", shown(model),
-            *data_options({"test": test_file}, names), *(["--data.text_pair_column", "text_pair"] if pairs else []),
-            "--trainer.enable_progress_bar", "false", *shlex.split(args.finetune_args)]
+    return [
+        "-c",
+        shown(args.finetune_config),
+        "-c",
+        shown(args.finetune_mode),
+        "--model.backbone",
+        shown(model),
+        *data_options({"test": test_file}, names),
+        *(["--data.text_pair_column", "text_pair"] if pairs else []),
+        "--trainer.enable_progress_bar",
+        "false",
+        *shlex.split(args.finetune_args),
+    ]
 
 
 def pct(v: float | None, signed: bool = False) -> str:
@@ -461,22 +596,29 @@ def pct(v: float | None, signed: bool = False) -> str:
 
 def report(results: dict) -> str:
     s, lines = results["setup"], []
-    length = (f"{s['finetune_steps']} steps" if s["finetune_steps"] else f"{s['finetune_epochs']} epochs")
+    length = f"{s['finetune_steps']} steps" if s["finetune_steps"] else f"{s['finetune_epochs']} epochs"
     budget = f"budget {s['budget']} (max_time {s['max_time']})" if s["budget"] else f"{s['pretrain_steps']} steps"
-    lines += [f"## Pretraining payoff: {s['objective']} on {s['corpus']}", "",
-              f"Labelled: {s['labels']} rows of {s['train_file']} per seed ({s['train_rows']} train / {s['val_rows']} "
-              f"validation, seeded), {len(s['label_names'])} classes; test: {s['test_file']} ({s['test_rows']} rows). "
-              f"Fine-tuning: {length} per run, LR chosen per arm and seed on validation accuracy from "
-              f"{', '.join(f'{lr:g}' for lr in s['lrs'])}. Pretraining: {s['pretrain_config']}, {budget}"
-              + (", one shared run (seed " + str(s["seeds"][0]) + ")" if s["pretrain_once"] else ", one run per seed")
-              + ".", ""]
+    lines += [
+        f"## Pretraining payoff: {s['objective']} on {s['corpus']}",
+        "",
+        f"Labelled: {s['labels']} rows of {s['train_file']} per seed ({s['train_rows']} train / {s['val_rows']} "
+        f"validation, seeded), {len(s['label_names'])} classes; test: {s['test_file']} ({s['test_rows']} rows). "
+        f"Fine-tuning: {length} per run, LR chosen per arm and seed on validation accuracy from "
+        f"{', '.join(f'{lr:g}' for lr in s['lrs'])}. Pretraining: {s['pretrain_config']}, {budget}"
+        + (", one shared run (seed " + str(s["seeds"][0]) + ")" if s["pretrain_once"] else ", one run per seed")
+        + ".",
+        "",
+    ]
     lines += ["| pretraining | wall s | steps | final val/loss |", "|---|---:|---:|---:|"]
     for key, p in results["pretraining"].items():
         loss = p["val_metrics"].get("val/loss")
-        lines.append(f"| {key} | {p['wall_s']:.0f} | {p['global_step']} | "
-                     f"{'—' if loss is None else f'{loss:.4f}'} |")
-    lines += ["", "| seed | pretrained LR | pretrained val | pretrained test | scratch LR | scratch val | scratch test "
-              "| gap (test) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(f"| {key} | {p['wall_s']:.0f} | {p['global_step']} | {'—' if loss is None else f'{loss:.4f}'} |")
+    lines += [
+        "",
+        "| seed | pretrained LR | pretrained val | pretrained test | scratch LR | scratch val | scratch test "
+        "| gap (test) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for seed in s["seeds"]:
         cells = []
         for arm in ARMS:
@@ -484,12 +626,18 @@ def report(results: dict) -> str:
             cells += [f"{r['lr']:g}" if r.get("lr") else "failed", pct(r.get("val_acc")), pct(r.get("test_acc"))]
         lines.append(f"| {seed} | {' | '.join(cells)} | {pct(results['gap']['per_seed'].get(str(seed)), True)} |")
     means = results["means"]
-    lines.append(f"| mean | | {pct(means['pretrained']['val_acc'])} | {pct(means['pretrained']['test_acc'])} | | "
-                 f"{pct(means['scratch']['val_acc'])} | {pct(means['scratch']['test_acc'])} | "
-                 f"{pct(results['gap']['mean'], True)} |")
-    lines += ["", "Validation accuracy of every LR (the LR sweep; each arm's best is scored on the test file):", "",
-              "| arm | seed | " + " | ".join(f"lr {lr:g}" for lr in s["lrs"]) + " |",
-              "|---|---|" + "---:|" * len(s["lrs"])]
+    lines.append(
+        f"| mean | | {pct(means['pretrained']['val_acc'])} | {pct(means['pretrained']['test_acc'])} | | "
+        f"{pct(means['scratch']['val_acc'])} | {pct(means['scratch']['test_acc'])} | "
+        f"{pct(results['gap']['mean'], True)} |"
+    )
+    lines += [
+        "",
+        "Validation accuracy of every LR (the LR sweep; each arm's best is scored on the test file):",
+        "",
+        "| arm | seed | " + " | ".join(f"lr {lr:g}" for lr in s["lrs"]) + " |",
+        "|---|---|" + "---:|" * len(s["lrs"]),
+    ]
     for arm in ARMS:
         for seed in s["seeds"]:
             sweep = results["arms"][arm].get(str(seed), {}).get("sweep", {})
@@ -498,13 +646,16 @@ def report(results: dict) -> str:
     g = results["gap"]
     lines.append("")
     if g["n"] >= 2:
-        lines.append(f"Paired gap pretrained − scratch (test accuracy): **{100 * g['mean']:+.2f} points**, standard "
-                     f"error {100 * g['se']:.2f}, 95% t-interval [{100 * g['ci95'][0]:+.2f}, "
-                     f"{100 * g['ci95'][1]:+.2f}] "
-                     f"(n = {g['n']} seeds, t = {g['t']:.3f}).")
+        lines.append(
+            f"Paired gap pretrained − scratch (test accuracy): **{100 * g['mean']:+.2f} points**, standard "
+            f"error {100 * g['se']:.2f}, 95% t-interval [{100 * g['ci95'][0]:+.2f}, "
+            f"{100 * g['ci95'][1]:+.2f}] "
+            f"(n = {g['n']} seeds, t = {g['t']:.3f})."
+        )
     elif g["n"] == 1:
-        lines.append(f"Gap pretrained − scratch (test accuracy): {100 * g['mean']:+.2f} points "
-                     f"(one seed: no interval).")
+        lines.append(
+            f"Gap pretrained − scratch (test accuracy): {100 * g['mean']:+.2f} points (one seed: no interval)."
+        )
     else:
         lines.append("No seed has both arms scored: no gap.")
     return "\n".join(lines) + "\n"
@@ -520,21 +671,38 @@ def main(argv: list[str] | None = None) -> dict:
     from lightning_pretrain.errors import InputError
 
     try:
-        train_rows, names, unlabelled = read_labelled(args.train_file, args.text_column, args.label_column,
-                                                      args.text_pair_column, args.label_names, args.label_offset, True)
-        test_rows, _, test_unlabelled = read_labelled(args.test_file, args.test_text_column, args.test_label_column,
-                                                      args.test_text_pair_column, names, args.test_label_offset, False)
+        train_rows, names, unlabelled = read_labelled(
+            args.train_file,
+            args.text_column,
+            args.label_column,
+            args.text_pair_column,
+            args.label_names,
+            args.label_offset,
+            True,
+        )
+        test_rows, _, test_unlabelled = read_labelled(
+            args.test_file,
+            args.test_text_column,
+            args.test_label_column,
+            args.test_text_pair_column,
+            names,
+            args.test_label_offset,
+            False,
+        )
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     if test_unlabelled:
-        raise SystemExit(f"error: {args.test_file}: {test_unlabelled} rows have no label; the test file must be "
-                         f"labelled throughout")
+        raise SystemExit(
+            f"error: {args.test_file}: {test_unlabelled} rows have no label; the test file must be labelled throughout"
+        )
     if unlabelled:
         print(f"note: {unlabelled} rows of {args.train_file} have no label and are never drawn")
     pairs = args.text_pair_column is not None
     if os.path.exists(args.corpus) and os.path.abspath(args.corpus) == os.path.abspath(args.test_file):
-        print(f"warning: the pretraining corpus is the test file {args.test_file}: the encoder sees the test texts "
-              f"(not their labels) before it is scored on them")
+        print(
+            f"warning: the pretraining corpus is the test file {args.test_file}: the encoder sees the test texts "
+            f"(not their labels) before it is scored on them"
+        )
     test_file = write_jsonl(data_dir / "test.jsonl", test_rows)
     splits = {}
     for seed in args.seeds:
@@ -543,28 +711,51 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         folder = data_dir / f"seed{seed}"
-        splits[seed] = {"train": write_jsonl(folder / "train.jsonl", [train_rows[i] for i in train_idx]),
-                        "val": write_jsonl(folder / "val.jsonl", [train_rows[i] for i in val_idx])}
+        splits[seed] = {
+            "train": write_jsonl(folder / "train.jsonl", [train_rows[i] for i in train_idx]),
+            "val": write_jsonl(folder / "val.jsonl", [train_rows[i] for i in val_idx]),
+        }
     n_val = max(1, round(args.labels * args.val_fraction))
     corpus, corpus_desc = corpus_options(args, data_dir)
 
     results: dict = {
-        "setup": {"objective": args.objective, "corpus": corpus_desc, "train_file": args.train_file,
-                  "test_file": args.test_file, "text_column": args.text_column, "label_column": args.label_column,
-                  "test_text_column": args.test_text_column, "test_label_column": args.test_label_column,
-                  "label_names": names, "labels": args.labels, "train_rows": args.labels - n_val, "val_rows": n_val,
-                  "labelled_pool": len(train_rows), "test_rows": len(test_rows), "seeds": args.seeds,
-                  "lrs": args.lrs, "budget": args.budget, "max_time": args.max_time,
-                  "pretrain_steps": args.pretrain_steps, "pretrain_once": args.pretrain_once,
-                  "pretrain_config": shown(args.pretrain_config), "finetune_config": shown(args.finetune_config),
-                  "finetune_mode": shown(args.finetune_mode), "finetune_steps": args.finetune_steps,
-                  "finetune_epochs": args.finetune_epochs, "pretrain_args": args.pretrain_args,
-                  "finetune_args": args.finetune_args, "argv": sys.argv[1:] if argv is None else list(argv)},
-        "pretraining": {}, "arms": {arm: {} for arm in ARMS}}
+        "setup": {
+            "objective": args.objective,
+            "corpus": corpus_desc,
+            "train_file": args.train_file,
+            "test_file": args.test_file,
+            "text_column": args.text_column,
+            "label_column": args.label_column,
+            "test_text_column": args.test_text_column,
+            "test_label_column": args.test_label_column,
+            "label_names": names,
+            "labels": args.labels,
+            "train_rows": args.labels - n_val,
+            "val_rows": n_val,
+            "labelled_pool": len(train_rows),
+            "test_rows": len(test_rows),
+            "seeds": args.seeds,
+            "lrs": args.lrs,
+            "budget": args.budget,
+            "max_time": args.max_time,
+            "pretrain_steps": args.pretrain_steps,
+            "pretrain_once": args.pretrain_once,
+            "pretrain_config": shown(args.pretrain_config),
+            "finetune_config": shown(args.finetune_config),
+            "finetune_mode": shown(args.finetune_mode),
+            "finetune_steps": args.finetune_steps,
+            "finetune_epochs": args.finetune_epochs,
+            "pretrain_args": args.pretrain_args,
+            "finetune_args": args.finetune_args,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+        },
+        "pretraining": {},
+        "arms": {arm: {} for arm in ARMS},
+    }
 
     # 1. pretraining: one per seed (or one shared)
     exports: dict[int, Path] = {}
-    for seed in ([args.seeds[0]] if args.pretrain_once else args.seeds):
+    for seed in [args.seeds[0]] if args.pretrain_once else args.seeds:
         key = "shared" if args.pretrain_once else f"seed{seed}"
         done = lambda run: (run / "hf" / "config.json").is_file() and (run / "metrics.json").is_file()  # noqa: E731
         r = runner.run(f"pretrain {key}", "fit", pretrain_options(args, corpus, seed), f"pretrain_{key}", done)
@@ -572,44 +763,74 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"error: pretraining ({key}) failed (exit status {r['status']}); its command is above")
         metrics = read_json(r["run"] / "metrics.json")
         results["pretraining"][key] = {
-            "seed": seed, "run": str(r["run"]), "wall_s": round(r["wall_s"] or 0, 1), "reused": r["reused"],
-            "global_step": metrics.get("global_step"), "val_metrics": {k: v for k, v in metrics.items()
-                                                                       if k.startswith("val/")}}
-        print(f"[pretrain {key}] {r['wall_s'] or 0:.0f} s, step {metrics.get('global_step')}, final val/loss "
-              f"{metrics.get('val/loss')}")
+            "seed": seed,
+            "run": str(r["run"]),
+            "wall_s": round(r["wall_s"] or 0, 1),
+            "reused": r["reused"],
+            "global_step": metrics.get("global_step"),
+            "val_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
+        }
+        print(
+            f"[pretrain {key}] {r['wall_s'] or 0:.0f} s, step {metrics.get('global_step')}, final val/loss "
+            f"{metrics.get('val/loss')}"
+        )
         exports[seed] = r["run"] / "hf"
 
     # 2. per seed: both arms, an LR sweep each on the validation rows, the chosen run scored on the test file
     for seed in args.seeds:
         pretrained = exports[args.seeds[0] if args.pretrain_once else seed]
-        backbones = {"pretrained": pretrained,
-                     "scratch": random_init_copy(pretrained, out / f"scratch_seed{seed}", seed)}
+        backbones = {
+            "pretrained": pretrained,
+            "scratch": random_init_copy(pretrained, out / f"scratch_seed{seed}", seed),
+        }
         for arm in ARMS:
             sweep, losses, runs = {}, {}, {}
             for lr in args.lrs:
                 name = f"finetune/{arm}_seed{seed}_lr{lr:g}"
-                done = lambda run: (run / "hf" / "config.json").is_file() and "val/acc" in read_json(  # noqa: E731
-                    run / "metrics.json")
-                r = runner.run(f"{arm} seed {seed} lr {lr:g}", "fit",
-                               finetune_options(args, backbones[arm], splits[seed], names, seed, lr, pairs), name, done)
+
+                def done(run: Path) -> bool:
+                    return (run / "hf" / "config.json").is_file() and "val/acc" in read_json(run / "metrics.json")
+
+                r = runner.run(
+                    f"{arm} seed {seed} lr {lr:g}",
+                    "fit",
+                    finetune_options(args, backbones[arm], splits[seed], names, seed, lr, pairs),
+                    name,
+                    done,
+                )
                 runs[lr] = r["run"]
                 metrics = read_json(r["run"] / "metrics.json") if r["run"] else {}
                 sweep[lr], losses[lr] = metrics.get("val/acc"), metrics.get("val/loss")
             lr = choose_lr(sweep, losses)
-            entry = {"lr": lr, "val_acc": sweep.get(lr), "val_loss": losses.get(lr), "test_acc": None,
-                     "sweep": {f"{k:g}": {"val_acc": v, "val_loss": losses[k], "run": str(runs[k]) if runs[k] else None}
-                               for k, v in sweep.items()}}
+            entry = {
+                "lr": lr,
+                "val_acc": sweep.get(lr),
+                "val_loss": losses.get(lr),
+                "test_acc": None,
+                "sweep": {
+                    f"{k:g}": {"val_acc": v, "val_loss": losses[k], "run": str(runs[k]) if runs[k] else None}
+                    for k, v in sweep.items()
+                },
+            }
             if lr is not None:
                 model = runs[lr] / "hf"
                 argv_test = test_options(args, model, test_file, names, pairs)
-                r = runner.run(f"{arm} seed {seed} test (lr {lr:g})", "test", argv_test,
-                               f"finetune/{arm}_seed{seed}_test", lambda run: (run / "test_metrics.json").is_file())
+                r = runner.run(
+                    f"{arm} seed {seed} test (lr {lr:g})",
+                    "test",
+                    argv_test,
+                    f"finetune/{arm}_seed{seed}_test",
+                    lambda run: (run / "test_metrics.json").is_file(),
+                )
                 if r["run"] is not None:
                     entry["test_acc"] = read_json(r["run"] / "test_metrics.json").get("test/acc")
                     entry["test_run"] = str(r["run"])
             results["arms"][arm][str(seed)] = entry
-            print(f"[{arm} seed {seed}] sweep val acc {({f'{k:g}': v for k, v in sweep.items()})}, chosen lr "
-                  f"{lr if lr is None else f'{lr:g}'}, test acc {entry['test_acc']}", flush=True)
+            print(
+                f"[{arm} seed {seed}] sweep val acc { ({f'{k:g}': v for k, v in sweep.items()}) }, chosen lr "
+                f"{lr if lr is None else f'{lr:g}'}, test acc {entry['test_acc']}",
+                flush=True,
+            )
 
     # 3. statistics and the report
     gaps = {}
@@ -618,21 +839,30 @@ def main(argv: list[str] | None = None) -> dict:
         if p is not None and s is not None:
             gaps[str(seed)] = p - s
     stats = paired_stats(list(gaps.values()))
-    results["gap"] = {"metric": "test accuracy, pretrained - scratch (fractions; `points`: x100)", "per_seed": gaps,
-                      **stats, "points": {
-                          "per_seed": {k: 100 * v for k, v in gaps.items()},
-                          **{k: (None if stats[k] is None else 100 * stats[k]) for k in ("mean", "sd", "se")},
-                          "ci95": None if stats["ci95"] is None else [100 * v for v in stats["ci95"]]}}
+    results["gap"] = {
+        "metric": "test accuracy, pretrained - scratch (fractions; `points`: x100)",
+        "per_seed": gaps,
+        **stats,
+        "points": {
+            "per_seed": {k: 100 * v for k, v in gaps.items()},
+            **{k: (None if stats[k] is None else 100 * stats[k]) for k in ("mean", "sd", "se")},
+            "ci95": None if stats["ci95"] is None else [100 * v for v in stats["ci95"]],
+        },
+    }
     results["means"] = {}
     for arm in ARMS:
         per = results["arms"][arm].values()
-        results["means"][arm] = {m: (statistics.fmean(v) if (v := [e[m] for e in per if e.get(m) is not None])
-                                     else None) for m in ("val_acc", "test_acc")}
+        results["means"][arm] = {
+            m: (statistics.fmean(v) if (v := [e[m] for e in per if e.get(m) is not None]) else None)
+            for m in ("val_acc", "test_acc")
+        }
     results["commands"] = runner.commands
     text = report(results)
     print("\n" + text)
-    print("commands:\n" + "\n".join(f"  [{c['what']}] {c['command']}" + (" (reused)" if c["reused"] else "")
-                                    for c in runner.commands))
+    print(
+        "commands:\n"
+        + "\n".join(f"  [{c['what']}] {c['command']}" + (" (reused)" if c["reused"] else "") for c in runner.commands)
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "payoff.md").write_text(text)
     if args.json:

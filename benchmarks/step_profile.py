@@ -28,14 +28,41 @@ from lightning_pretrain.data import PretrainCorpus  # noqa: E402
 
 GROUPS = {  # aten op -> category (self time); anything else is "other"
     "matmul": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
-    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
-                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
-    "element-wise": ("aten::mul", "aten::add", "aten::add_", "aten::pow", "aten::tanh", "aten::tanh_backward",
-                     "aten::gelu", "aten::gelu_backward", "aten::native_layer_norm",
-                     "aten::native_layer_norm_backward", "aten::sub", "aten::div", "aten::exp", "aten::exp_",
-                     "aten::sub_", "aten::mul_", "aten::div_", "aten::where", "aten::copy_", "aten::sum",
-                     "aten::fill_", "aten::zero_", "aten::masked_fill", "aten::logsumexp", "aten::scatter_add_",
-                     "aten::gather", "aten::embedding_dense_backward", "aten::index_select", "aten::clone"),
+    "attention": (
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    ),
+    "element-wise": (
+        "aten::mul",
+        "aten::add",
+        "aten::add_",
+        "aten::pow",
+        "aten::tanh",
+        "aten::tanh_backward",
+        "aten::gelu",
+        "aten::gelu_backward",
+        "aten::native_layer_norm",
+        "aten::native_layer_norm_backward",
+        "aten::sub",
+        "aten::div",
+        "aten::exp",
+        "aten::exp_",
+        "aten::sub_",
+        "aten::mul_",
+        "aten::div_",
+        "aten::where",
+        "aten::copy_",
+        "aten::sum",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::masked_fill",
+        "aten::logsumexp",
+        "aten::scatter_add_",
+        "aten::gather",
+        "aten::embedding_dense_backward",
+        "aten::index_select",
+        "aten::clone",
+    ),
     "optimizer": ("aten::_fused_adamw_",),
     "compiled kernels": ("CompiledFunction", "CompiledFunctionBackward", "Torch-Compiled Region"),
 }
@@ -50,8 +77,9 @@ def main() -> None:
     args = p.parse_args()
     keep_freed_memory()
     config = shapes(False)[args.objective]
-    dm = PretrainCorpus(tokenizer="bpe" if args.objective == "clm" else "wordpiece", vocab_size=16384, seq_len=128,
-                        batch_size=32)
+    dm = PretrainCorpus(
+        tokenizer="bpe" if args.objective == "clm" else "wordpiece", vocab_size=16384, seq_len=128, batch_size=32
+    )
     dm.prepare_data()
     dm.setup("fit")
     module = our_module(args.objective, config, dm)
@@ -77,12 +105,14 @@ def main() -> None:
     for e in events:
         group = next((g for g, names in GROUPS.items() if e.key in names), "other")
         by_group[group] += e.self_cpu_time_total
-    print(f"{args.objective}{' compiled' if args.compile else ''}: {total / 1e6 / args.steps:.2f} s of self CPU time "
-          f"per step (all threads)\n\n| category | share |\n|---|---:|")
+    print(
+        f"{args.objective}{' compiled' if args.compile else ''}: {total / 1e6 / args.steps:.2f} s of self CPU time "
+        f"per step (all threads)\n\n| category | share |\n|---|---:|"
+    )
     for group, t in sorted(by_group.items(), key=lambda kv: -kv[1]):
         print(f"| {group} | {t / total:.1%} |")
     print("\n| op | share | calls/step |\n|---|---:|---:|")
-    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
         print(f"| {e.key} | {e.self_cpu_time_total / total:.1%} | {e.count / args.steps:.0f} |")
 
 

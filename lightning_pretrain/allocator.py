@@ -18,12 +18,16 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's <malloc.h>
 
 def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) - 1) -> bool:
     """Raise glibc's mmap and trim thresholds; return whether the settings took effect."""
-    if sys.platform != "linux" or os.environ.get("LIGHTNING_PRETRAIN_MALLOC") == "default" \
-            or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if (
+        sys.platform != "linux"
+        or os.environ.get("LIGHTNING_PRETRAIN_MALLOC") == "default"
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+        )
     except (OSError, AttributeError):  # not glibc (musl, ...): keep the platform's allocator as it is
         return False

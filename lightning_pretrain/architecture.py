@@ -35,8 +35,10 @@ def check_length(config: PretrainedConfig, length: int, what: str) -> None:
     """Refuse inputs of `length` tokens that the model cannot embed (`what` names the setting to lower)."""
     limit = max_positions(config)
     if limit is not None and length > limit:
-        raise InputError(f"{what}={length} is larger than the model's {limit} positions; lower --data.{what} "
-                         f"or raise the config's max_position_embeddings / n_positions")
+        raise InputError(
+            f"{what}={length} is larger than the model's {limit} positions; lower --data.{what} "
+            f"or raise the config's max_position_embeddings / n_positions"
+        )
 
 
 def map_decoder_token_ids(config: PretrainedConfig, tokenizer) -> None:
@@ -50,8 +52,14 @@ def map_decoder_token_ids(config: PretrainedConfig, tokenizer) -> None:
         default = getattr(defaults, name, None)
         if default is None and name != "decoder_start_token_id":
             continue
-        role = next((r for r in ("pad_token_id", "eos_token_id", "bos_token_id")
-                     if default is not None and getattr(defaults, r, None) == default), "pad_token_id")
+        role = next(
+            (
+                r
+                for r in ("pad_token_id", "eos_token_id", "bos_token_id")
+                if default is not None and getattr(defaults, r, None) == default
+            ),
+            "pad_token_id",
+        )
         setattr(config, name, getattr(tokenizer, role))
 
 
@@ -103,8 +111,12 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
             counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
         blocks = outermost(lambda m: type(m).__name__ in names and counts[type(m).__name__] > 1)
     if not blocks:
-        blocks = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) and len(lst) > 1
-                  and len({type(m) for m in lst}) == 1 for m in lst]
+        blocks = [
+            m
+            for lst in model.modules()
+            if isinstance(lst, nn.ModuleList) and len(lst) > 1 and len({type(m) for m in lst}) == 1
+            for m in lst
+        ]
     return blocks
 
 
@@ -137,13 +149,19 @@ def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     """
     stacks = block_stacks(model)
     n_layers = sum(len(blocks) for _, blocks in stacks)
-    head = set() if model.base_model is model else {id(p) for p in model.parameters()} - {
-        id(p) for p in model.base_model.parameters()}
+    head = (
+        set()
+        if model.base_model is model
+        else {id(p) for p in model.parameters()} - {id(p) for p in model.base_model.parameters()}
+    )
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(output, nn.Module):
         head.update(id(p) for p in output.parameters())
-    parts = {"decoder": lambda: model.get_decoder(), "encoder": lambda: model.get_encoder(),
-             "": lambda: model.base_model}
+    parts = {
+        "decoder": lambda: model.get_decoder(),
+        "encoder": lambda: model.get_encoder(),
+        "": lambda: model.base_model,
+    }
     block_depth, part_top = {}, {}  # part_top: a part's parameters after its blocks go with its top block
     above = 0
     for name, blocks in stacks:

@@ -29,7 +29,9 @@ from lightning_pretrain.errors import InputError
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` whose local writes are write-to-temporary + fsync + rename (loading is unchanged)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
@@ -52,7 +54,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         fsync_dir(path.parent)  # make the rename itself durable
 
-
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint_file(path, map_location)
 
@@ -67,16 +68,28 @@ def load_checkpoint_file(path, map_location=None, mmap: bool = False) -> dict[st
         state = torch.load(path, map_location=map_location or "cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():  # weights_only refused an object: no code from the file has run
-            raise InputError(f"{path} is not a trusted checkpoint: it holds Python objects that safe (weights_only) "
-                             f"loading refuses, so it was not written by lightning-pretrain; nothing in it was "
-                             f"run") from e
+            raise InputError(
+                f"{path} is not a trusted checkpoint: it holds Python objects that safe (weights_only) "
+                f"loading refuses, so it was not written by lightning-pretrain; nothing in it was "
+                f"run"
+            ) from e
         raise unreadable(path, e) from e
     except OSError as e:  # torch's zip reader on a file cut short: "[Errno 22] Invalid argument"
         if e.errno in (errno.EACCES, errno.EPERM, errno.EISDIR):
             raise  # the CLI says these with the path
         raise unreadable(path, e) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError, TypeError,
-            IndexError, MemoryError, OverflowError) as e:  # what torch's readers raise on bytes that are not theirs
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        MemoryError,
+        OverflowError,
+    ) as e:  # what torch's readers raise on bytes that are not theirs
         raise unreadable(path, e) from e
     if not isinstance(state, dict):
         raise InputError(f"{path} holds a {type(state).__name__}, not a training checkpoint")
@@ -97,13 +110,21 @@ def check_checkpoint_fits(module: torch.nn.Module, checkpoint: dict[str, Any], w
     own = module.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
-        detail = "; ".join(part for part in (
-            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-            f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "") if part)
+        detail = "; ".join(
+            part
+            for part in (
+                f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "",
+            )
+            if part
+        )
         raise InputError(f"{what} does not fit this model (another architecture or size?): {detail}")
 
 

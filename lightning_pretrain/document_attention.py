@@ -15,8 +15,9 @@ import torch
 EXPLICIT_MASK = ("sdpa", "eager")  # implementations that take a 4D mask; the others find documents themselves
 
 
-def document_mask(position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  causal: bool = True) -> torch.Tensor:
+def document_mask(
+    position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, causal: bool = True
+) -> torch.Tensor:
     """[B,1,L,L] bool, True where a query (row) may attend a key (column): a token of its own document (an earlier
     or the same one when `causal`). A document starts at each real token whose position id is 0; padding
     (`attention_mask` 0) attends only to itself, so no softmax row is empty, and nothing attends to padding."""
@@ -36,9 +37,14 @@ def one_row(attn_implementation: str | None) -> bool:
     return attn_implementation not in EXPLICIT_MASK
 
 
-def document_inputs(position_ids: torch.Tensor, attn_implementation: str | None, causal: bool = True,
-                    dtype: torch.dtype = torch.float32, attention_mask: torch.Tensor | None = None,
-                    position_offset: int = 0) -> dict[str, torch.Tensor]:
+def document_inputs(
+    position_ids: torch.Tensor,
+    attn_implementation: str | None,
+    causal: bool = True,
+    dtype: torch.dtype = torch.float32,
+    attention_mask: torch.Tensor | None = None,
+    position_offset: int = 0,
+) -> dict[str, torch.Tensor]:
     """The model's `position_ids` and `attention_mask` keyword arguments for rows of packed documents.
 
     'sdpa' takes the boolean mask, 'eager' the same as an additive float mask (its kernels add the mask to the
@@ -63,5 +69,7 @@ def check_implementation(attn_implementation: str | None, causal: bool) -> str |
     derives document boundaries from position ids for decoders only; an encoder needs the explicit mask."""
     if causal or attn_implementation in EXPLICIT_MASK:
         return None
-    return (f"keeping documents apart in a bidirectional model needs attn_implementation 'sdpa' or 'eager' "
-            f"(an explicit block mask), not {attn_implementation!r}")
+    return (
+        f"keeping documents apart in a bidirectional model needs attn_implementation 'sdpa' or 'eager' "
+        f"(an explicit block mask), not {attn_implementation!r}"
+    )

@@ -64,9 +64,14 @@ def console(main: Callable) -> Callable:
         except SIGTERMException as e:  # a run stopped by a signal: the guard saved a resumable checkpoint
             name = getattr(e, "signal_name", "SIGTERM")
             saved = getattr(e, "checkpoint", None)
-            say(f"stopped by {'Ctrl-C (SIGINT)' if name == 'SIGINT' else name} at step {getattr(e, 'step', '?')}; "
-                + (f"resumable checkpoint: {saved} (continue with the same command and --ckpt_path last)" if saved
-                   else "no checkpoint was saved"))
+            say(
+                f"stopped by {'Ctrl-C (SIGINT)' if name == 'SIGINT' else name} at step {getattr(e, 'step', '?')}; "
+                + (
+                    f"resumable checkpoint: {saved} (continue with the same command and --ckpt_path last)"
+                    if saved
+                    else "no checkpoint was saved"
+                )
+            )
             sys.exit(128 + getattr(signal, name, signal.SIGTERM))
         except KeyboardInterrupt:
             _undo()
@@ -90,10 +95,17 @@ def console(main: Callable) -> Callable:
 
 
 # OS errors that are the user's to fix (permissions, a full disk, a file where a folder belongs), said in one line
-OS_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
-             errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "not a directory", errno.EISDIR: "is a directory",
-             errno.EEXIST: "file exists", errno.ENAMETOOLONG: "file name too long"}
+OS_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EEXIST: "file exists",
+    errno.ENAMETOOLONG: "file name too long",
+}
 
 
 def user_error(e: BaseException | None) -> str | None:

@@ -24,8 +24,17 @@ class RunStopped(Exception):
 # the libraries that build models and read weights from what the user names; an error raised inside one of them
 # while doing so is about the user's config or files, not about this package's code
 LIBRARIES = ("transformers", "safetensors", "tokenizers", "huggingface_hub", "torch")
-REFUSALS = (ValueError, TypeError, ZeroDivisionError, AssertionError, KeyError, IndexError, RuntimeError, OSError,
-            EOFError)
+REFUSALS = (
+    ValueError,
+    TypeError,
+    ZeroDivisionError,
+    AssertionError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    OSError,
+    EOFError,
+)
 
 
 def library_cause(e: BaseException | None, libraries: tuple[str, ...] = LIBRARIES) -> tuple[BaseException, str] | None:

@@ -37,8 +37,10 @@ def non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[list[str], 
 def refuse_non_finite(tensors: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
     bad, seen = non_finite(tensors)
     if bad:
-        raise InputError(f"{what} has non-finite weights: {len(bad)} of {seen} tensors hold NaN or infinite values "
-                         f"(e.g. {bad[0]}); a diverged run: use an earlier checkpoint")
+        raise InputError(
+            f"{what} has non-finite weights: {len(bad)} of {seen} tensors hold NaN or infinite values "
+            f"(e.g. {bad[0]}); a diverged run: use an earlier checkpoint"
+        )
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
@@ -47,8 +49,11 @@ def load_training_checkpoint(path: str | Path) -> dict:
     if path.is_file():
         return load_checkpoint_file(path)
     if not (path / ".metadata").is_file():
-        raise InputError(f"{path} is neither a checkpoint file nor a sharded checkpoint folder (no .metadata)"
-                         if path.exists() else f"checkpoint not found: {path}")
+        raise InputError(
+            f"{path} is neither a checkpoint file nor a sharded checkpoint folder (no .metadata)"
+            if path.exists()
+            else f"checkpoint not found: {path}"
+        )
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     with tempfile.TemporaryDirectory() as tmp:  # torch's public merge writes a file; read it straight back
@@ -92,7 +97,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
     if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
         raise InputError(f"{checkpoint} names {architecture!r}, which is not a transformers model class")
     prefix = "model."  # the HF model is the objective's `model` attribute
-    weights = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     refuse_non_finite(weights.items(), str(checkpoint))
     with refused_values(f"{checkpoint} holds a model config that cannot be built"):
         config = transformers.AutoConfig.for_model(**config_dict)
@@ -101,8 +106,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
         missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     if unexpected or set(missing) - tied:
-        raise InputError(f"checkpoint does not match {architecture}: missing {sorted(set(missing) - tied)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}")
+        raise InputError(
+            f"checkpoint does not match {architecture}: missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
     model.tie_weights()
     tok_dir = Path(tokenizer) if tokenizer else checkpoint.resolve().parent.parent / "tokenizer"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     from lightning_pretrain.quiet import quiet_known_noise
 
     quiet_known_noise()
-    parser = entry.Parser(prog="lightning-pretrain-export",
-                          description="Export a training checkpoint (sharded folder or .ckpt file) to a Hugging Face "
-                                      "directory.")
+    parser = entry.Parser(
+        prog="lightning-pretrain-export",
+        description="Export a training checkpoint (sharded folder or .ckpt file) to a Hugging Face directory.",
+    )
     parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint folder")
     parser.add_argument("--out", required=True, help="output directory (new or empty)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: <run dir>/tokenizer)")

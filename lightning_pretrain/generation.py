@@ -37,8 +37,12 @@ class Generation:
 
     def kwargs(self, tokenizer=None) -> dict:
         """Keyword arguments for `model.generate` (sampling options only when sampling, so no warnings)."""
-        out = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": self.do_sample,
-               "repetition_penalty": self.repetition_penalty}
+        out = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if self.do_sample:
             out["temperature"] = self.temperature
             out["top_k"] = self.top_k if self.top_k is not None else 0  # 0: no top-k filter (HF's default is 50)

@@ -48,8 +48,9 @@ class WSD:
         return self.decay_steps if self.decay_steps is not None else round(self.decay_fraction * total_steps)
 
 
-def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float | None = None,
-                 **group_options) -> list[dict]:
+def decay_groups(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float | None = None, **group_options
+) -> list[dict]:
     """Split trainable parameters into a decayed group (matrices, embeddings) and an undecayed one.
 
     Biases and normalisation scales are the 1-D parameters of every HF architecture; decaying them only pulls
@@ -66,8 +67,14 @@ def decay_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
     return [g for g in groups if g["params"]]
 
 
-def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup_steps: int | None,
-                     total_steps: int | float, wsd: WSD | None = None, warmup_ratio: float = 0.0) -> dict:
+def scheduler_config(
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    warmup_steps: int | None,
+    total_steps: int | float,
+    wsd: WSD | None = None,
+    warmup_ratio: float = 0.0,
+) -> dict:
     """Linear warmup then cosine/linear decay (or constant, or `wsd`'s stable phase and late decay), stepped every
     optimizer step, as Lightning expects. The step-`s` LR is the peak times the schedule at `s`; a decay over `D`
     steps of a `T`-step run starts at step `T - D` (still the peak) and reaches its end value at step `T`.
@@ -81,31 +88,51 @@ def scheduler_config(optimizer: torch.optim.Optimizer, schedule: Schedule, warmu
     """
     starts = [group.get("start_step", 0) for group in optimizer.param_groups]
     build = partial(schedule_lambdas, starts, schedule, warmup_steps, wsd=wsd, warmup_ratio=warmup_ratio)
-    return {"scheduler": _ResumableLambdaLR(optimizer, build(total_steps), rebuild=build), "interval": "step",
-            "frequency": 1}
+    return {
+        "scheduler": _ResumableLambdaLR(optimizer, build(total_steps), rebuild=build),
+        "interval": "step",
+        "frequency": 1,
+    }
 
 
-def schedule_lambdas(starts: list[int], schedule: Schedule, warmup_steps: int | None, total_steps: int | float,
-                     wsd: WSD | None = None, warmup_ratio: float = 0.0) -> list:
+def schedule_lambdas(
+    starts: list[int],
+    schedule: Schedule,
+    warmup_steps: int | None,
+    total_steps: int | float,
+    wsd: WSD | None = None,
+    warmup_ratio: float = 0.0,
+) -> list:
     """The per-group LR multipliers (functions of the step) of `scheduler_config`, for groups starting at `starts`;
     ValueError for a run they do not fit."""
     if total_steps == float("inf"):
-        raise ValueError("the LR schedule needs a finite run: set trainer.max_steps, trainer.max_epochs or "
-                         "trainer.max_time (a time budget)")
+        raise ValueError(
+            "the LR schedule needs a finite run: set trainer.max_steps, trainer.max_epochs or "
+            "trainer.max_time (a time budget)"
+        )
     if warmup_steps is None:
         warmup_steps = round(warmup_ratio * total_steps)
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and the run's {int(total_steps)} optimizer "
-                         f"steps (the LR would never reach its peak); lower --model.warmup_steps")
+        raise ValueError(
+            f"warmup_steps={warmup_steps} must be between 0 and the run's {int(total_steps)} optimizer "
+            f"steps (the LR would never reach its peak); lower --model.warmup_steps"
+        )
     if schedule == "wsd":
         wsd = wsd or WSD()
         decay = wsd.num_decay_steps(int(total_steps))
         if warmup_steps + decay > total_steps:
-            raise ValueError(f"wsd: warmup_steps={warmup_steps} + {decay} decay steps exceed the run's "
-                             f"{int(total_steps)} optimizer steps; lower --model.warmup_steps or the wsd decay")
-        sched = get_wsd_schedule(_stand_in(), num_warmup_steps=warmup_steps, num_decay_steps=decay,
-                                 num_training_steps=int(total_steps), decay_type=wsd.decay_shape,
-                                 min_lr_ratio=wsd.min_lr_ratio)
+            raise ValueError(
+                f"wsd: warmup_steps={warmup_steps} + {decay} decay steps exceed the run's "
+                f"{int(total_steps)} optimizer steps; lower --model.warmup_steps or the wsd decay"
+            )
+        sched = get_wsd_schedule(
+            _stand_in(),
+            num_warmup_steps=warmup_steps,
+            num_decay_steps=decay,
+            num_training_steps=int(total_steps),
+            decay_type=wsd.decay_shape,
+            min_lr_ratio=wsd.min_lr_ratio,
+        )
     else:
         name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[schedule]
         sched = get_scheduler(name, _stand_in(), num_warmup_steps=warmup_steps, num_training_steps=int(total_steps))
@@ -129,12 +156,15 @@ def retarget(scheduler: LambdaLR, total_steps: int, taken_steps: int = 0) -> Non
         raise ValueError(f"{type(scheduler).__name__} cannot change its total; use optim.scheduler_config")
     lambdas = rebuild(total_steps)
     for i, (old, new) in enumerate(zip(scheduler.lr_lambdas, lambdas, strict=True)):
-        changed = next((s for s in range(taken_steps) if not math.isclose(old(s), new(s), rel_tol=1e-9,
-                                                                           abs_tol=1e-12)), None)
+        changed = next(
+            (s for s in range(taken_steps) if not math.isclose(old(s), new(s), rel_tol=1e-9, abs_tol=1e-12)), None
+        )
         if changed is not None:
-            raise ValueError(f"the LR schedule of a {total_steps}-step run differs at step {changed} (group {i}), "
-                             f"which was already taken: the first {taken_steps} steps must not depend on the "
-                             f"total (lie within the warmup)")
+            raise ValueError(
+                f"the LR schedule of a {total_steps}-step run differs at step {changed} (group {i}), "
+                f"which was already taken: the first {taken_steps} steps must not depend on the "
+                f"total (lie within the warmup)"
+            )
     scheduler.lr_lambdas = lambdas
     scheduler.apply_current_lr()
 
@@ -199,8 +229,9 @@ def finetune_optimizers(module) -> dict:
         # warmup_steps None: warmup_ratio of the total (also of one a time budget fixes later); an endless run is
         # refused by scheduler_config, with the reason. `lr_schedule: wsd` with WSD's defaults: the fine-tuning
         # modules take no `wsd` option
-        sched = scheduler_config(opt, module.lr_schedule, module.warmup_steps, total_steps,
-                                 warmup_ratio=module.warmup_ratio)
+        sched = scheduler_config(
+            opt, module.lr_schedule, module.warmup_steps, total_steps, warmup_ratio=module.warmup_ratio
+        )
         return {"optimizer": opt, "lr_scheduler": sched}
     except ValueError as e:
         raise InputError(str(e)) from e

@@ -60,15 +60,21 @@ class Compile:
     dynamic: bool | None = False
 
 
-def parallelize(model: nn.Module, checkpointing: ActivationCheckpointing | None = None,
-                compile: Compile | None = None, strategy=None) -> nn.Module:
+def parallelize(
+    model: nn.Module,
+    checkpointing: ActivationCheckpointing | None = None,
+    compile: Compile | None = None,
+    strategy=None,
+) -> nn.Module:
     """Apply to `model`, in place and in this order: activation checkpointing (it wraps the blocks' forward),
     torch.compile (of the blocks so wrapped), FSDP2 (over the compiled blocks) when `strategy` is a
     `ModelParallelStrategy`. Idempotent: setup runs again for validate/test after fit."""
     if checkpointing is not None and checkpointing.enabled:
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise InputError(f"activation checkpointing needs an HF model that supports gradient checkpointing; "
-                             f"{type(model).__name__} does not")
+            raise InputError(
+                f"activation checkpointing needs an HF model that supports gradient checkpointing; "
+                f"{type(model).__name__} does not"
+            )
         # transformers' own switch on the blocks it knows (it checkpoints `forward`, so FSDP2's hooks stay outside
         # the recompute); non-reentrant checkpointing composes with FSDP2, torch.compile and frozen inputs
         kwargs = {"use_reentrant": False}
@@ -83,12 +89,19 @@ def parallelize(model: nn.Module, checkpointing: ActivationCheckpointing | None 
     if isinstance(strategy, ModelParallelStrategy) and not is_sharded(model):
         mesh = strategy.device_mesh
         if isinstance(strategy, FSDP2Strategy):
-            shard(model, mesh["data_parallel"], strategy.reshard_after_forward, strategy.param_dtype,
-                  strategy.reduce_dtype)
+            shard(
+                model,
+                mesh["data_parallel"],
+                strategy.reshard_after_forward,
+                strategy.param_dtype,
+                strategy.reduce_dtype,
+            )
         elif "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
-            raise InputError("tensor parallelism is not supported for HF models here: use "
-                             "lightning_pretrain.parallel.FSDP2Strategy (configs/trainer/fsdp.yaml) or set "
-                             "tensor_parallel_size: 1 and data_parallel_size to the world size")
+            raise InputError(
+                "tensor parallelism is not supported for HF models here: use "
+                "lightning_pretrain.parallel.FSDP2Strategy (configs/trainer/fsdp.yaml) or set "
+                "tensor_parallel_size: 1 and data_parallel_size to the world size"
+            )
         else:
             shard(model, mesh["data_parallel"])
     return model
@@ -106,8 +119,10 @@ class Parallelize(L.Callback):
         model = getattr(pl_module, "model", None)
         if not isinstance(model, nn.Module):
             if self.checkpointing.enabled or self.compile.enabled:
-                raise InputError(f"--compile / --activation_checkpointing need a module with a `model`; "
-                                 f"{type(pl_module).__name__} has none")
+                raise InputError(
+                    f"--compile / --activation_checkpointing need a module with a `model`; "
+                    f"{type(pl_module).__name__} has none"
+                )
             return
         parallelize(model, self.checkpointing, self.compile, trainer.strategy)
 
@@ -119,8 +134,13 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard(model: nn.Module, mesh, reshard_after_forward: bool = True, param_dtype: DType | None = None,
-          reduce_dtype: DType | None = None) -> nn.Module:
+def shard(
+    model: nn.Module,
+    mesh,
+    reshard_after_forward: bool = True,
+    param_dtype: DType | None = None,
+    reduce_dtype: DType | None = None,
+) -> nn.Module:
     """FSDP2 in place: each transformer block is one all-gather unit, the root holds everything else (tied
     input/output embeddings included, which must share one unit). `param_dtype` casts the gathered parameters
     (the sharded master weights and the optimizer stay fp32); `reduce_dtype` is the gradient reduce-scatter dtype."""
@@ -134,8 +154,9 @@ def shard(model: nn.Module, mesh, reshard_after_forward: bool = True, param_dtyp
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again right at the start of backward: keeping them gathered
         # saves one all-gather per step (torchtitan does the same)
-        fully_shard(block, mesh=mesh, mp_policy=policy,
-                    reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
+        fully_shard(
+            block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward and i < len(blocks) - 1
+        )
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     # FSDP2 gathers the root's own parameters (embeddings, final norm, heads) and arms its backward hooks only
     # inside a forward of the root: `through_root` is one, for whatever an objective's step does with the model
@@ -190,9 +211,13 @@ class FSDP2Strategy(ModelParallelStrategy):
             process_group_backend: 'nccl' on GPU and 'gloo' on CPU when unset.
             timeout_minutes: collective timeout.
         """
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend, timeout=timedelta(minutes=timeout_minutes))
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
         self.reshard_after_forward = reshard_after_forward
         self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
 

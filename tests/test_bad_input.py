@@ -14,6 +14,7 @@ MLM = ["fit", "-c", "configs/pretrain/mlm_tiny.yaml", *FAST]
 @pytest.fixture
 def in_repo(monkeypatch, tmp_path):
     from conftest import REPO
+
     monkeypatch.chdir(REPO)
     return tmp_path
 
@@ -54,27 +55,40 @@ def test_non_utf8_file(capsys, in_repo):
 
 
 def test_seq_len_beyond_model_positions(capsys, in_repo, tiny_corpus):
-    expect_error(capsys, [*CLM, "--data.source", str(tiny_corpus), "--data.seq_len", "256"],
-                 "seq_len=256", "128 positions")
+    expect_error(
+        capsys, [*CLM, "--data.source", str(tiny_corpus), "--data.seq_len", "256"], "seq_len=256", "128 positions"
+    )
 
 
 def test_tokenizer_model_vocabulary_mismatch(capsys, in_repo, tiny_corpus):
     small = in_repo / "small_bert"
-    BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32)).save_pretrained(small)
-    expect_error(capsys, [*MLM, "--data.source", str(tiny_corpus), "--data.vocab_size", "300",
-                          "--model.model", str(small)], "vocabulary mismatch", "100")
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(small)
+    expect_error(
+        capsys,
+        [*MLM, "--data.source", str(tiny_corpus), "--data.vocab_size", "300", "--model.model", str(small)],
+        "vocabulary mismatch",
+        "100",
+    )
 
 
 def test_unknown_tokenizer(capsys, in_repo, tiny_corpus):
-    expect_error(capsys, [*CLM, "--data.source", str(tiny_corpus), "--data.tokenizer", str(in_repo / "no_tok")],
-                 "could not load tokenizer")
+    expect_error(
+        capsys,
+        [*CLM, "--data.source", str(tiny_corpus), "--data.tokenizer", str(in_repo / "no_tok")],
+        "could not load tokenizer",
+    )
 
 
 def test_console_script_exit_status_and_single_line(in_repo):
     """The installed entry point, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "lightning_pretrain", *CLM, "--data.source", "/no/such/file.txt"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_pretrain", *CLM, "--data.source", "/no/such/file.txt"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: file not found: /no/such/file.txt"
     assert "Traceback" not in proc.stderr

@@ -56,9 +56,16 @@ def test_token_dtype_fits_vocabulary():
 
 # -- the cache ------------------------------------------------------------------------------------------------------
 
+
 def make(corpus, **kw):
-    args = dict(source=str(corpus), tokenizer="bpe", vocab_size=400, seq_len=32, batch_size=4,
-                cache_dir=str(corpus.parent / "cache"))  # a cache private to the test
+    args = dict(
+        source=str(corpus),
+        tokenizer="bpe",
+        vocab_size=400,
+        seq_len=32,
+        batch_size=4,
+        cache_dir=str(corpus.parent / "cache"),
+    )  # a cache private to the test
     args.update(kw)
     dm = PretrainCorpus(**args)
     dm.prepare_data()
@@ -83,8 +90,9 @@ def test_second_run_reuses_cache(tiny_corpus):
     assert (second.cache_entry / "train.bin").stat().st_mtime_ns == stamp  # not rebuilt
 
 
-@pytest.mark.parametrize("change", [{"seq_len": 16}, {"tokenizer": "wordpiece"}, {"vocab_size": 500},
-                                    {"val_fraction": 0.2}])
+@pytest.mark.parametrize(
+    "change", [{"seq_len": 16}, {"tokenizer": "wordpiece"}, {"vocab_size": 500}, {"val_fraction": 0.2}]
+)
 def test_changed_settings_never_reuse_a_stale_cache(tiny_corpus, change):
     base, other = make(tiny_corpus), make(tiny_corpus, **change)
     assert other.cache_entry != base.cache_entry
@@ -98,7 +106,9 @@ def test_changed_content_invalidates(tiny_corpus):
 
 
 def test_interrupted_build_leaves_no_valid_entry(tiny_corpus, monkeypatch):
-    dm = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, cache_dir=str(tiny_corpus.parent / "cache"))
+    dm = PretrainCorpus(
+        source=str(tiny_corpus), vocab_size=400, seq_len=32, cache_dir=str(tiny_corpus.parent / "cache")
+    )
     entry = dm.cache_entry
 
     def dies_midway(path, docs, sep, seq_len, dtype):  # write half a file, then the "machine dies"
@@ -116,7 +126,9 @@ def test_interrupted_build_leaves_no_valid_entry(tiny_corpus, monkeypatch):
 
 
 def test_partial_dir_of_a_killed_process_is_ignored_and_swept(tiny_corpus):
-    dm = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, cache_dir=str(tiny_corpus.parent / "cache"))
+    dm = PretrainCorpus(
+        source=str(tiny_corpus), vocab_size=400, seq_len=32, cache_dir=str(tiny_corpus.parent / "cache")
+    )
     entry = dm.cache_entry
     entry.parent.mkdir(parents=True, exist_ok=True)
     dead = entry.parent / f".{entry.name}.partial-999999999-deadbeef"  # a pid that cannot exist
@@ -153,6 +165,7 @@ def test_corpus_too_small_for_a_block(tmp_path):
 
 # -- huge documents: bounded memory, the same ids -------------------------------------------------------------------
 
+
 def long_text(words: int = 6000, seed: int = 0) -> str:
     """One line-less "document" of prose, odd whitespace and non-ASCII characters."""
     from conftest import ENGLISH
@@ -167,6 +180,7 @@ def trained_tokenizer(kind: str):
     from conftest import ENGLISH, minilm_dir
 
     from lightning_pretrain.data import tokenizers as toks
+
     if kind == "minilm":
         return toks.load_pretrained(str(minilm_dir()))
     return toks.TRAINERS[kind](iter(ENGLISH * 5 + [long_text(2000, seed=9)]), 400)
@@ -210,6 +224,7 @@ def test_a_tokenizer_trained_on_pieces_counts_the_words_of_whole_documents(kind,
     from conftest import ENGLISH
 
     from lightning_pretrain.data import tokenizers as toks
+
     monkeypatch.setattr(encoding, "PIECE_CHARS", 300)
     texts = ENGLISH + [long_text(3000), long_text(500, seed=3)]
     backend = toks.TRAINERS[kind](iter(texts), 500).backend_tokenizer
@@ -230,8 +245,9 @@ def test_a_single_line_document_packs_like_its_whole_encoding_and_progress_is_lo
     monkeypatch.setattr(encoding, "PIECE_CHARS", 1000)
     monkeypatch.setattr(encoding.Progress, "EVERY", 0.0)  # a progress line at every step
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join([*(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(60)),
-                                   long_text().replace("\n", " ")]) + "\n")
+    corpus.write_text(
+        "\n\n".join([*(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(60)), long_text().replace("\n", " ")]) + "\n"
+    )
     with caplog.at_level("INFO", logger="lightning_pretrain"):
         dm = make(corpus, val_fraction=0.2)
     tok = dm.tokenizer
@@ -240,7 +256,8 @@ def test_a_single_line_document_packs_like_its_whole_encoding_and_progress_is_lo
         expected = blocks.pack([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.eos_token_id, 32)
         np.testing.assert_array_equal(getattr(dm, f"{split}_blocks"), expected)
     assert any(len(t) > 20000 for b in dm.parts[0].texts("train") for t in b) or any(
-        len(t) > 20000 for b in dm.parts[0].texts("val") for t in b)
+        len(t) > 20000 for b in dm.parts[0].texts("val") for t in b
+    )
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("training a bpe tokenizer: ") and "characters so far" in line for line in lines)
     assert any(line.startswith("tokenizing the train split: ") and "tokens so far" in line for line in lines)

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_finetune_modes import classifier, sentiment_csv, tiny_backbone  # noqa: F401 (fixtures)
 
 from lightning_pretrain import optim
-from lightning_pretrain.callbacks import budget
+from lightning_pretrain.callbacks import budget, budget_plan
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune import Full
 
@@ -51,21 +51,70 @@ def fake_clock(monkeypatch):
     monkeypatch.setattr(budget, "clock", lambda: CLOCK["now"])
 
 
-GPT = ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "--model.init_args.model.init_args.n_embd", "32",
-       "--model.init_args.model.init_args.n_layer", "1", "--model.init_args.model.init_args.n_head", "2",
-       "--model.init_args.model.init_args.n_positions", "32", "--data.vocab_size", "300", "--data.seq_len", "32",
-       "--data.batch_size", "4"]
-BERT = ["-c", str(REPO / "configs/pretrain/mlm_tiny.yaml"), "--model.init_args.model.init_args.hidden_size", "32",
-        "--model.init_args.model.init_args.num_hidden_layers", "1",
-        "--model.init_args.model.init_args.num_attention_heads", "2",
-        "--model.init_args.model.init_args.intermediate_size", "64", "--data.vocab_size", "300", "--data.seq_len",
-        "32", "--data.batch_size", "4"]
+GPT = [
+    "-c",
+    str(REPO / "configs/pretrain/clm_tiny.yaml"),
+    "--model.init_args.model.init_args.n_embd",
+    "32",
+    "--model.init_args.model.init_args.n_layer",
+    "1",
+    "--model.init_args.model.init_args.n_head",
+    "2",
+    "--model.init_args.model.init_args.n_positions",
+    "32",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--data.batch_size",
+    "4",
+]
+BERT = [
+    "-c",
+    str(REPO / "configs/pretrain/mlm_tiny.yaml"),
+    "--model.init_args.model.init_args.hidden_size",
+    "32",
+    "--model.init_args.model.init_args.num_hidden_layers",
+    "1",
+    "--model.init_args.model.init_args.num_attention_heads",
+    "2",
+    "--model.init_args.model.init_args.intermediate_size",
+    "64",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--data.batch_size",
+    "4",
+]
 # one minute at 0.5 s/step, a validation (2 batches, 1 s) every 10 steps; steps 1-5 measured, inside the warmup of 6
-BUDGET = ["--trainer.max_steps", "-1", "--trainer.max_time", "00:00:01:00", "--trainer.val_check_interval", "10",
-          "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar",
-          "false", "--trainer.enable_model_summary", "false", "--export.enabled", "false",
-          "--trainer.callbacks+=test_budget.Tick", "--model.init_args.warmup_steps", "6",
-          "--time_budget.skip_steps", "1", "--time_budget.measure_steps", "4", "--time_budget.reserve", "0.05"]
+BUDGET = [
+    "--trainer.max_steps",
+    "-1",
+    "--trainer.max_time",
+    "00:00:01:00",
+    "--trainer.val_check_interval",
+    "10",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--export.enabled",
+    "false",
+    "--trainer.callbacks+=test_budget.Tick",
+    "--model.init_args.warmup_steps",
+    "6",
+    "--time_budget.skip_steps",
+    "1",
+    "--time_budget.measure_steps",
+    "4",
+    "--time_budget.reserve",
+    "0.05",
+]
 # 60 x 0.95 - 1 s (the last validation) - 2.5 s (5 steps) = 53.5 s left, at 0.5 s + 1 s / 10 per step
 EXPECTED = 5 + math.floor(53.5 / 0.6)
 
@@ -105,8 +154,10 @@ def test_the_total_is_fixed_from_the_throughput_and_the_schedule_ends_there(work
     caplog.set_level("INFO", logger="lightning_pretrain")
     cli(*args(GPT, workdir, tiny_corpus, "budget", *extra))
     run = only_run_dir(workdir, "budget")
-    assert (f"time budget 0:01:00: 0.5 s/step measured over steps 1-5 + 1 s per validation, the schedule ends at "
-            f"step {EXPECTED}") in caplog.text
+    assert (
+        f"time budget 0:01:00: 0.5 s/step measured over steps 1-5 + 1 s per validation, the schedule ends at "
+        f"step {EXPECTED}"
+    ) in caplog.text
     assert scalars(run, "train/budget_steps") == {5: EXPECTED}
     assert "total_steps: " + str(EXPECTED) in (run / "hparams.yaml").read_text()
     ckpt = last_checkpoint(run)
@@ -121,9 +172,24 @@ def test_the_total_is_fixed_from_the_throughput_and_the_schedule_ends_there(work
 
 def test_another_objective_and_wsd_decay_to_their_end_value(workdir, tiny_corpus):
     wsd = optim.WSD(decay_fraction=0.5, decay_shape="linear", min_lr_ratio=0.1)
-    cli(*args(BERT, workdir, tiny_corpus, "budget_mlm", "--model.init_args.lr_schedule", "wsd",
-              "--model.init_args.wsd.decay_fraction", "0.5", "--model.init_args.wsd.decay_shape", "linear",
-              "--model.init_args.wsd.min_lr_ratio", "0.1", "--trainer.max_time", "00:00:00:20"))
+    cli(
+        *args(
+            BERT,
+            workdir,
+            tiny_corpus,
+            "budget_mlm",
+            "--model.init_args.lr_schedule",
+            "wsd",
+            "--model.init_args.wsd.decay_fraction",
+            "0.5",
+            "--model.init_args.wsd.decay_shape",
+            "linear",
+            "--model.init_args.wsd.min_lr_ratio",
+            "0.1",
+            "--trainer.max_time",
+            "00:00:00:20",
+        )
+    )
     run = only_run_dir(workdir, "budget_mlm")
     total = 5 + math.floor((20 * 0.95 - 1 - 2.5) / 0.6)
     ckpt = last_checkpoint(run)
@@ -137,8 +203,10 @@ def test_max_steps_before_the_budget_ends_the_run_and_the_schedule(workdir, tiny
     caplog.set_level("INFO", logger="lightning_pretrain")
     cli(*args(GPT, workdir, tiny_corpus, "capped", "--trainer.max_steps", "30"))
     run = only_run_dir(workdir, "capped")
-    assert f"the schedule ends at step 30 (--trainer.max_steps / max_epochs end the run first; the budget allows " \
-           f"{EXPECTED})" in caplog.text
+    assert (
+        f"the schedule ends at step 30 (--trainer.max_steps / max_epochs end the run first; the budget allows "
+        f"{EXPECTED})" in caplog.text
+    )
     ckpt = last_checkpoint(run)
     assert ckpt["global_step"] == 30 and ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
 
@@ -148,8 +216,13 @@ def test_a_resume_keeps_the_recorded_total_and_replays_the_same_lrs(workdir, tin
     every step, the same last step as the uninterrupted run."""
     caplog.set_level("INFO", logger="lightning_pretrain")
     assert EXPECTED == 2 * 47  # a checkpoint every 47 steps: one mid-run, one at the end
-    ckpts = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "47",
-             "--trainer.callbacks.save_last", "true"]
+    ckpts = [
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps",
+        "47",
+        "--trainer.callbacks.save_last",
+        "true",
+    ]
     cli(*args(GPT, workdir, tiny_corpus, "whole", *ckpts))
     whole = only_run_dir(workdir, "whole")
 
@@ -183,35 +256,67 @@ def refused(capsys, *argv: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--model.init_args.warmup_steps", "3"], r"measures the throughput over optimizer steps 1-5, which must lie "
-                                              r"within the LR warmup.*warmup_steps is 3: raise it to at least 5"),
-    (["--trainer.max_time", "00:00:00:02"], r"max_time 0:00:02 ran out at step 4, before the time budget had "
-                                            r"measured the throughput \(steps 1-5\)"),
-    (["--trainer.max_time", "00:00:00:04"], r"max_time 0:00:04 is too short for a time budget: measuring the "
-                                            r"throughput \(0.5 s/step measured over steps 1-5\) took 2 s"),
-    (["--model.init_args.warmup_steps", "50", "--trainer.max_time", "00:00:00:20"],
-     r"time budget 0:00:20 allows 30 optimizer steps \(0.5 s/step measured over steps 1-5\): warmup_steps=50 must "
-     r"be between 0 and the run's 30 optimizer steps"),
-    (["--time_budget.reserve", "1.5"], r"--time_budget.reserve must be in \[0, 1\), got 1.5"),
-], ids=["warmup_shorter_than_the_measurement", "out_of_time_while_measuring", "no_time_left_after_measuring",
-        "warmup_longer_than_the_budget", "bad_option"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--model.init_args.warmup_steps", "3"],
+            r"measures the throughput over optimizer steps 1-5, which must lie "
+            r"within the LR warmup.*warmup_steps is 3: raise it to at least 5",
+        ),
+        (
+            ["--trainer.max_time", "00:00:00:02"],
+            r"max_time 0:00:02 ran out at step 4, before the time budget had "
+            r"measured the throughput \(steps 1-5\)",
+        ),
+        (
+            ["--trainer.max_time", "00:00:00:04"],
+            r"max_time 0:00:04 is too short for a time budget: measuring the "
+            r"throughput \(0.5 s/step measured over steps 1-5\) took 2 s",
+        ),
+        (
+            ["--model.init_args.warmup_steps", "50", "--trainer.max_time", "00:00:00:20"],
+            r"time budget 0:00:20 allows 30 optimizer steps \(0.5 s/step measured over steps 1-5\): warmup_steps=50 must "
+            r"be between 0 and the run's 30 optimizer steps",
+        ),
+        (["--time_budget.reserve", "1.5"], r"--time_budget.reserve must be in \[0, 1\), got 1.5"),
+    ],
+    ids=[
+        "warmup_shorter_than_the_measurement",
+        "out_of_time_while_measuring",
+        "no_time_left_after_measuring",
+        "warmup_longer_than_the_budget",
+        "bad_option",
+    ],
+)
 def test_impossible_budgets_are_one_error_line(workdir, tiny_corpus, capsys, extra, message):
     assert re.search(message, refused(capsys, *args(GPT, workdir, tiny_corpus, "bad", *extra)))
 
 
-@pytest.mark.parametrize(("warmup", "max_epochs", "outcome"), [
-    (6, None, 5 + math.floor((60 * 0.95 - 2.5) / 0.5)),  # no validation: 0.5 s a step
-    (None, 2, 16),  # a warmup_ratio is fine while max_epochs (2 x 8 batches) ends the run first
-    (None, None, "a warmup_ratio's warmup follows the total: set --model.warmup_steps instead"),
-], ids=["warmup_steps", "warmup_ratio_within_max_epochs", "warmup_ratio_refused"])
+@pytest.mark.parametrize(
+    ("warmup", "max_epochs", "outcome"),
+    [
+        (6, None, 5 + math.floor((60 * 0.95 - 2.5) / 0.5)),  # no validation: 0.5 s a step
+        (None, 2, 16),  # a warmup_ratio is fine while max_epochs (2 x 8 batches) ends the run first
+        (None, None, "a warmup_ratio's warmup follows the total: set --model.warmup_steps instead"),
+    ],
+    ids=["warmup_steps", "warmup_ratio_within_max_epochs", "warmup_ratio_refused"],
+)
 def test_fine_tuning_fixes_its_total_too(tiny_backbone, sentiment_csv, tmp_path, warmup, max_epochs, outcome):  # noqa: F811
     model, dm = classifier(tiny_backbone, sentiment_csv, Full(), tmp_path, schedule="linear")
     model.warmup_steps, model.warmup_ratio = warmup, 0.1
-    trainer = L.Trainer(accelerator="cpu", max_time="00:00:01:00", max_epochs=max_epochs, logger=False,
-                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[Tick(), budget.TimeBudget(skip_steps=1, measure_steps=4, reserve=0.05)])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_time="00:00:01:00",
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Tick(), budget.TimeBudget(skip_steps=1, measure_steps=4, reserve=0.05)],
+    )
     if isinstance(outcome, str):
         with pytest.raises(InputError, match=outcome):
             trainer.fit(model, dm)
@@ -224,6 +329,7 @@ def test_fine_tuning_fixes_its_total_too(tiny_backbone, sentiment_csv, tmp_path,
 def test_retarget_rebuilds_the_schedule_for_a_new_total():
     """The unit: a scheduler built for 1e9 steps, retargeted after its warmup steps, is the 50-step schedule; a
     retarget that would change steps already taken is refused; the rebuild recipe stays out of the state dict."""
+
     def make(total):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         return opt, optim.scheduler_config(opt, "wsd", 10, total, optim.WSD(decay_fraction=0.2))["scheduler"]
@@ -243,9 +349,9 @@ def test_retarget_rebuilds_the_schedule_for_a_new_total():
 
 
 def test_plan_counts_validation_and_the_reserve():
-    assert budget.plan_steps(100.0, 10.0, 20, 1.0) == 20 + 87  # 3% kept
+    assert budget_plan.plan_steps(100.0, 10.0, 20, 1.0) == 20 + 87  # 3% kept
     # a 4 s validation every 8 steps: 1.5 s a step, and one validation kept for the end
-    assert budget.plan_steps(100.0, 10.0, 20, 1.0, val_s=4.0, val_per_step=1 / 8, reserve=0.0) == 20 + 57
+    assert budget_plan.plan_steps(100.0, 10.0, 20, 1.0, val_s=4.0, val_per_step=1 / 8, reserve=0.0) == 20 + 57
     with pytest.raises(InputError, match="reserve"):
         budget.TimeBudget(reserve=1.0)
 
@@ -254,16 +360,46 @@ def test_a_real_run_ends_at_its_budget_with_the_lr_decayed(tmp_path, tiny_corpus
     """Wall clock, in a process of its own: 5 s of training, the printed total is the run's last step (the hard stop
     far away: on a loaded machine the steps after the measurement can be much slower than it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    argv = ["fit", *GPT, "--data.source", str(tiny_corpus), "--trainer.max_steps", "-1", "--trainer.max_time",
-            "00:00:00:05", "--trainer.val_check_interval", "50", "--trainer.limit_val_batches", "2",
-            "--trainer.enable_progress_bar", "false", "--export.enabled", "false", "--model.init_args.warmup_steps",
-            "12", "--time_budget.measure_steps", "10", "--time_budget.hard_stop", "20",
-            "--trainer.logger.init_args.name", "real"]
-    out = subprocess.run([sys.executable, "-m", "lightning_pretrain", *argv], cwd=tmp_path, env=env, text=True,
-                         capture_output=True, timeout=600)
+    argv = [
+        "fit",
+        *GPT,
+        "--data.source",
+        str(tiny_corpus),
+        "--trainer.max_steps",
+        "-1",
+        "--trainer.max_time",
+        "00:00:00:05",
+        "--trainer.val_check_interval",
+        "50",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--export.enabled",
+        "false",
+        "--model.init_args.warmup_steps",
+        "12",
+        "--time_budget.measure_steps",
+        "10",
+        "--time_budget.hard_stop",
+        "20",
+        "--trainer.logger.init_args.name",
+        "real",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_pretrain", *argv],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    found = re.search(r"time budget 0:00:05: [\d.e-]+ s/step measured over steps 2-12.*, the schedule ends at step "
-                      r"([\d,]+)", out.stdout + out.stderr)
+    found = re.search(
+        r"time budget 0:00:05: [\d.e-]+ s/step measured over steps 2-12.*, the schedule ends at step "
+        r"([\d,]+)",
+        out.stdout + out.stderr,
+    )
     assert found, (out.stdout + out.stderr)[-3000:]
     total = int(found[1].replace(",", ""))
     ckpt = last_checkpoint(only_run_dir(tmp_path, "real"))

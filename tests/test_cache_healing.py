@@ -47,7 +47,8 @@ DAMAGE = {
     "large file's head overwritten": lambda e: overwrite(e / "sub" / "big.bin", 3),
     "large file's tail overwritten": lambda e: overwrite(e / "sub" / "big.bin", 65535),
     "large file regrown after a truncation": lambda e: (e / "sub" / "big.bin").write_bytes(
-        (e / "sub" / "big.bin").read_bytes()[:30000] + bytes(35536)),
+        (e / "sub" / "big.bin").read_bytes()[:30000] + bytes(35536)
+    ),
     "file deleted": lambda e: (e / "small.bin").unlink(),
     "folder deleted": lambda e: shutil.rmtree(e / "sub"),
     "meta.json garbage": lambda e: (e / "meta.json").write_text("{not json"),
@@ -93,9 +94,11 @@ def test_an_entry_whose_own_check_fails_or_that_is_a_file_is_rebuilt(tmp_path):
 
 # -- every kind of entry, through its data module -------------------------------------------------------------------
 
+
 def test_token_blocks_and_tokenizer_entries_heal(tiny_corpus):
-    args = dict(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4,
-                cache_dir=str(tiny_corpus.parent / "cache"))
+    args = dict(
+        source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4, cache_dir=str(tiny_corpus.parent / "cache")
+    )
     dm = PretrainCorpus(**args)
     dm.prepare_data()
     dm.setup("fit")
@@ -113,8 +116,9 @@ def test_token_blocks_and_tokenizer_entries_heal(tiny_corpus):
 
 
 def test_sentence_pair_entries_heal(tiny_corpus):
-    args = dict(source=str(tiny_corpus), vocab_size=300, seq_len=64, batch_size=4,
-                cache_dir=str(tiny_corpus.parent / "cache"))
+    args = dict(
+        source=str(tiny_corpus), vocab_size=300, seq_len=64, batch_size=4, cache_dir=str(tiny_corpus.parent / "cache")
+    )
     dm = SentencePairCorpus(**args)
     dm.prepare_data()
     dm.setup("fit")
@@ -128,10 +132,16 @@ def test_sentence_pair_entries_heal(tiny_corpus):
 
 def test_fine_tuning_entries_heal(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("text,label\n" + "".join(f"\"{POSITIVE[i % 6] if i % 2 else NEGATIVE[i % 6]} {i}\",{i % 2}\n"
-                                             for i in range(40)))
-    args = dict(train_file=str(path), val_file=str(path), tokenizer=str(minilm_dir()), batch_size=4,
-                cache_dir=str(tmp_path / "c"))
+    path.write_text(
+        "text,label\n" + "".join(f'"{POSITIVE[i % 6] if i % 2 else NEGATIVE[i % 6]} {i}",{i % 2}\n' for i in range(40))
+    )
+    args = dict(
+        train_file=str(path),
+        val_file=str(path),
+        tokenizer=str(minilm_dir()),
+        batch_size=4,
+        cache_dir=str(tmp_path / "c"),
+    )
     dm = TextClassification(**args)
     dm.setup("fit")
     ids = [list(x) for x in dm.splits["train"]["input_ids"]]
@@ -159,14 +169,46 @@ def test_a_damaged_fine_tuning_cache_is_rebuilt_and_the_run_trains(workdir, tiny
     from lightning_pretrain.cli import main
 
     path = workdir / "t.csv"
-    path.write_text("text,label\n" + "".join(f'"{POSITIVE[i % 6] if i % 2 else NEGATIVE[i % 6]} {i}",'
-                                             f'{"positive" if i % 2 else "negative"}\n' for i in range(32)))
-    args = ["fit", "-c", str(REPO / "configs/finetune/sst2.yaml"), "-c", str(REPO / "configs/finetune/modes/full.yaml"),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
-            "--model.backbone", str(tiny_backbone), "--data.source", "null", "--data.train_file", str(path),
-            "--data.val_file", str(path), "--data.text_column", "text", "--data.label_column", "label",
-            "--data.batch_size", "4", "--data.cache_dir", str(workdir / "cache")]
+    path.write_text(
+        "text,label\n"
+        + "".join(
+            f'"{POSITIVE[i % 6] if i % 2 else NEGATIVE[i % 6]} {i}",{"positive" if i % 2 else "negative"}\n'
+            for i in range(32)
+        )
+    )
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "configs/finetune/sst2.yaml"),
+        "-c",
+        str(REPO / "configs/finetune/modes/full.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.backbone",
+        str(tiny_backbone),
+        "--data.source",
+        "null",
+        "--data.train_file",
+        str(path),
+        "--data.val_file",
+        str(path),
+        "--data.text_column",
+        "text",
+        "--data.label_column",
+        "label",
+        "--data.batch_size",
+        "4",
+        "--data.cache_dir",
+        str(workdir / "cache"),
+    ]
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         main(args)
     for arrow in (workdir / "cache" / "downstream").glob("*/data/*.arrow"):
@@ -181,6 +223,7 @@ def test_a_damaged_fine_tuning_cache_is_rebuilt_and_the_run_trains(workdir, tiny
 
 # -- where the cache is -------------------------------------------------------------------------------------------
 
+
 def test_the_file_digest_memo_lives_under_the_data_modules_cache(tmp_path, tiny_corpus):
     old = time.time() - 60
     table = tmp_path / "t.csv"
@@ -190,8 +233,9 @@ def test_the_file_digest_memo_lives_under_the_data_modules_cache(tmp_path, tiny_
     default = cache.default_root() / "digests"
     before = sorted(default.iterdir()) if default.exists() else []
     _ = PretrainCorpus(source=str(tiny_corpus), cache_dir=str(tmp_path / "c1")).parts[0].identity
-    TextClassification(train_file=str(table), val_file=str(table), tokenizer=str(minilm_dir()),
-                       cache_dir=str(tmp_path / "c2"))._entry("train")
+    TextClassification(
+        train_file=str(table), val_file=str(table), tokenizer=str(minilm_dir()), cache_dir=str(tmp_path / "c2")
+    )._entry("train")
     for root, f in (("c1", tiny_corpus), ("c2", table)):
         digest = hashlib.sha256(f.read_bytes()).hexdigest()
         assert [m.read_text() for m in (tmp_path / root / "digests").iterdir()] == [digest]
@@ -206,8 +250,11 @@ def test_a_cache_dir_below_a_file_fails_in_one_line(tmp_path):
             PretrainCorpus(cache_dir=str(cache_dir))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod does not stop root's writes (the folder-below-"
-                                              "a-file case covers the one-line error)")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="running as root: chmod does not stop root's writes (the folder-below-"
+    "a-file case covers the one-line error)",
+)
 def test_a_read_only_cache_fails_in_one_line_and_a_warm_one_still_serves(tiny_corpus, capsys):
     from lightning_pretrain.cli import main
 
@@ -216,8 +263,19 @@ def test_a_read_only_cache_fails_in_one_line_and_a_warm_one_still_serves(tiny_co
     ro.chmod(0o555)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main(["fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "--data.source", str(tiny_corpus),
-                  "--data.vocab_size", "300", "--data.cache_dir", str(ro)])
+            main(
+                [
+                    "fit",
+                    "-c",
+                    str(REPO / "configs/pretrain/clm_tiny.yaml"),
+                    "--data.source",
+                    str(tiny_corpus),
+                    "--data.vocab_size",
+                    "300",
+                    "--data.cache_dir",
+                    str(ro),
+                ]
+            )
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert exit_info.value.code == 2 and len(errors) == 1 and "permission denied" in errors[0]
     finally:

@@ -16,11 +16,29 @@ VOCAB = 97
 
 def tiny_config(kind: str):
     if kind == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
-                          embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0,
-                       eos_token_id=0)
+        return GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 def example(prompt: int, completion: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +51,9 @@ def example(prompt: int, completion: int, gen: torch.Generator) -> tuple[torch.T
 
 def pack(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], length: int) -> dict:
     """Right-padded packed rows as SFTData makes them: positions restart at 0 per example, 0 on padding."""
-    batch = {k: torch.zeros(len(rows), length, dtype=torch.long) for k in ("input_ids", "attention_mask",
-                                                                           "position_ids")}
+    batch = {
+        k: torch.zeros(len(rows), length, dtype=torch.long) for k in ("input_ids", "attention_mask", "position_ids")
+    }
     batch["labels"] = torch.full((len(rows), length), -100)
     for r, row in enumerate(rows):
         start = 0
@@ -51,12 +70,17 @@ def test_block_causal_mask_is_causal_within_each_example_only():
     # one row: an example of 2 tokens, one of 3, one padding token
     position_ids = torch.tensor([[0, 1, 0, 1, 2, 0]])
     attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
-    expected = torch.tensor([[1, 0, 0, 0, 0, 0],
-                             [1, 1, 0, 0, 0, 0],
-                             [0, 0, 1, 0, 0, 0],
-                             [0, 0, 1, 1, 0, 0],
-                             [0, 0, 1, 1, 1, 0],
-                             [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [0, 0, 1, 0, 0, 0],
+            [0, 0, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
     mask = document_mask(position_ids, attention_mask)
     assert mask.shape == (1, 1, 6, 6) and torch.equal(mask[0, 0], expected)
 
@@ -78,8 +102,12 @@ def test_packed_rows_give_each_example_its_own_loss(kind, attn):
     assert inputs["input_ids"].shape[0] == (1 if attn == "flash_attention_2" else 2)  # varlen reads one row
     with torch.no_grad():
         logits = model(**inputs).logits.reshape(*batch["input_ids"].shape, -1)  # (varlen: the rows were one)
-        naive = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      position_ids=batch["position_ids"], use_cache=False).logits  # 2D mask: attends across
+        naive = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits  # 2D mask: attends across
     token_nll = {}
     for name, out in (("packed", logits), ("naive", naive)):
         token_nll[name] = F.cross_entropy(out[:, :-1].transpose(1, 2), batch["labels"][:, 1:], reduction="none")
@@ -126,9 +154,16 @@ def fit_one_step(module, data, accumulate: int) -> dict[str, torch.Tensor]:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    trainer = L.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        accumulate_grad_batches=accumulate,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     if isinstance(data, list):
         trainer.fit(module, DataLoader(data, batch_size=None))
     else:
@@ -144,7 +179,7 @@ def test_accumulated_loss_equals_the_loss_of_the_big_batch(tokenizer):
     rows = [[example(p, c, gen)] for p, c in lengths]
     rows[1].append(example(2, 3, gen))  # a packed row too
     big = pack(rows, 24)  # token ids < VOCAB < len(tokenizer), the size of the model built for it
-    micro = [{k: v[i:i + 2] for k, v in big.items()} for i in range(0, 8, 2)]
+    micro = [{k: v[i : i + 2] for k, v in big.items()} for i in range(0, 8, 2)]
     n_tokens = int((big["labels"] != -100).sum())
     counts = [int((b["labels"] != -100).sum()) for b in micro]
     assert max(counts) > 2 * min(counts)
@@ -153,8 +188,9 @@ def test_accumulated_loss_equals_the_loss_of_the_big_batch(tokenizer):
     options = {"optimizer": sgd, "lr_schedule": "constant", "warmup_steps": 0}
     before = {k: v.clone() for k, v in sft_module(tokenizer, **options).model.state_dict().items()}
     one = fit_one_step(sft_module(tokenizer, **options), [{**big, "window_tokens": torch.tensor(n_tokens)}], 1)
-    four = fit_one_step(sft_module(tokenizer, **options),
-                        [{**b, "window_tokens": torch.tensor(n_tokens)} for b in micro], 4)
+    four = fit_one_step(
+        sft_module(tokenizer, **options), [{**b, "window_tokens": torch.tensor(n_tokens)} for b in micro], 4
+    )
     naive = fit_one_step(sft_module(tokenizer, **options), micro, 4)  # no window_tokens: per-micro-batch means
     moved = max((one[k] - before[k]).abs().max().item() for k in one)
     assert moved > 1e-3
@@ -173,9 +209,13 @@ def test_generation_continues_left_padded_prompts_and_decodes_only_the_new_token
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     width = max(map(len, encoded))
     pad = tokenizer.pad_token_id
-    batch = {"prompt_input_ids": torch.tensor([[pad] * (width - len(e)) + e for e in encoded]),
-             "prompt_attention_mask": torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded]),
-             "prompt": prompts, "completion": ["x"] * 3, "example_id": torch.arange(3)}
+    batch = {
+        "prompt_input_ids": torch.tensor([[pad] * (width - len(e)) + e for e in encoded]),
+        "prompt_attention_mask": torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded]),
+        "prompt": prompts,
+        "completion": ["x"] * 3,
+        "example_id": torch.arange(3),
+    }
     assert len(set(map(len, encoded))) == 3
     expected = []
     with torch.no_grad():
@@ -191,7 +231,8 @@ def test_generation_continues_left_padded_prompts_and_decodes_only_the_new_token
         generations = module.generate_batch(batch)
     assert generations == expected and any(generations)
     assert module.prediction_rows(batch, generations) == [
-        {"id": i, "prompt": p, "generation": g} for i, (p, g) in enumerate(zip(prompts, generations))]
+        {"id": i, "prompt": p, "generation": g} for i, (p, g) in enumerate(zip(prompts, generations))
+    ]
     assert module.sources(batch) == prompts and module.references(batch) == ["x"] * 3
 
 
@@ -203,8 +244,10 @@ def test_an_encoder_decoder_is_refused(tokenizer):
     from lightning_pretrain.finetune.causal_sft import CausalSFT
 
     with pytest.raises(InputError, match="Seq2SeqFineTune"):
-        CausalSFT(model=T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32),
-                  data=DataContract(tokenizer, max_length=32, task="sft"))
+        CausalSFT(
+            model=T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32),
+            data=DataContract(tokenizer, max_length=32, task="sft"),
+        )
 
 
 def test_an_encoder_that_sees_later_tokens_is_refused(tokenizer):
@@ -255,9 +298,20 @@ def sft_files(workdir):
 def sft_cli(command: str, *args: str) -> None:
     from conftest import REPO, cli
 
-    cli(command, "-c", str(REPO / "configs/finetune/sft_tiny.yaml"), "--data.max_length", "48",
-        "--data.batch_size", "4", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        *args)
+    cli(
+        command,
+        "-c",
+        str(REPO / "configs/finetune/sft_tiny.yaml"),
+        "--data.max_length",
+        "48",
+        "--data.batch_size",
+        "4",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *args,
+    )
 
 
 def test_sft_fit_export_generate_and_predict(sft_files):
@@ -265,9 +319,23 @@ def test_sft_fit_export_generate_and_predict(sft_files):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sft_cli("fit", "--model.model", "base", "--data.tokenizer", "base", "--data.train_file", "train.jsonl",
-            "--data.val_file", "dev.jsonl", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
-            "--trainer.log_every_n_steps", "1")
+    sft_cli(
+        "fit",
+        "--model.model",
+        "base",
+        "--data.tokenizer",
+        "base",
+        "--data.train_file",
+        "train.jsonl",
+        "--data.val_file",
+        "dev.jsonl",
+        "--trainer.max_steps",
+        "4",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+    )
     run = sft_files / "logs/sft_tiny/version_0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"val/loss", "val/ppl", "val/exact_match"} <= set(metrics) and metrics["global_step"] == 4
@@ -276,8 +344,19 @@ def test_sft_fit_export_generate_and_predict(sft_files):
     out = model.generate(**prompt, pad_token_id=tok.pad_token_id)
     assert out.shape[1] - prompt["input_ids"].shape[1] == 3  # the export carries generation.max_new_tokens
 
-    sft_cli("predict", "--model.model", str(run / "hf"), "--data.tokenizer", str(run / "hf"), "--data.train_file",
-            "null", "--data.val_file", "null", "--data.predict_file", "reviews.txt")
+    sft_cli(
+        "predict",
+        "--model.model",
+        str(run / "hf"),
+        "--data.tokenizer",
+        str(run / "hf"),
+        "--data.train_file",
+        "null",
+        "--data.val_file",
+        "null",
+        "--data.predict_file",
+        "reviews.txt",
+    )
     rows = [json.loads(line) for line in (sft_files / "logs/sft_tiny/version_1/predictions.jsonl").open()]
     assert [r["id"] for r in rows] == [0, 1, 2] and all(set(r) == {"id", "prompt", "generation"} for r in rows)
     assert [r["prompt"].count("the film was good") for r in rows] == [1, 0, 0]
@@ -286,11 +365,21 @@ def test_sft_fit_export_generate_and_predict(sft_files):
 def test_sft_refuses_an_encoder_decoder_in_one_line(sft_files, capsys):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    T5ForConditionalGeneration(T5Config(vocab_size=320, d_model=16, num_layers=1, num_heads=2, d_ff=32,
-                                        d_kv=8)).save_pretrained(sft_files / "t5")
+    T5ForConditionalGeneration(
+        T5Config(vocab_size=320, d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8)
+    ).save_pretrained(sft_files / "t5")
     with pytest.raises(SystemExit) as exit_info:
-        sft_cli("fit", "--model.model", "t5", "--data.tokenizer", "base", "--data.train_file", "train.jsonl",
-                "--data.val_file", "dev.jsonl")
+        sft_cli(
+            "fit",
+            "--model.model",
+            "t5",
+            "--data.tokenizer",
+            "base",
+            "--data.train_file",
+            "train.jsonl",
+            "--data.val_file",
+            "dev.jsonl",
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("error: ") and "Seq2SeqFineTune" in err[-1]
     assert not (sft_files / "logs/sft_tiny/version_0").exists()
@@ -303,11 +392,22 @@ def test_accumulation_is_exact_through_sft_data(sft_files, pack):
     from lightning_pretrain.finetune.causal_sft import CausalSFT
 
     def one_step(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
-        data = SFTData(train_file="train.jsonl", val_file="dev.jsonl", tokenizer="base", max_length=48, pack=pack,
-                       batch_size=batch_size)
+        data = SFTData(
+            train_file="train.jsonl",
+            val_file="dev.jsonl",
+            tokenizer="base",
+            max_length=48,
+            pack=pack,
+            batch_size=batch_size,
+        )
         torch.manual_seed(0)
-        module = CausalSFT(model=tiny_config("gpt2"), data=data.publish(), lr_schedule="constant", warmup_steps=0,
-                           optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
+        module = CausalSFT(
+            model=tiny_config("gpt2"),
+            data=data.publish(),
+            lr_schedule="constant",
+            warmup_steps=0,
+            optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        )
         return fit_one_step(module, data, accumulate)
 
     big, accumulated = one_step(8, 1), one_step(2, 4)

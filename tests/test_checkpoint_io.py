@@ -46,8 +46,14 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
 
 def start_writer(path: Path, io_class: str, tmpdir: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"TMPDIR": tmpdir} if tmpdir else {})}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), io_class], env=env, stdout=subprocess.PIPE,
-                            text=True, cwd=REPO, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), io_class],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -105,8 +111,21 @@ def test_lightnings_default_writer_truncates_the_checkpoint_when_tmp_is_another_
 def test_the_cli_writes_checkpoints_atomically_and_exactly_resumably(tiny_corpus, workdir):
     from lightning_pretrain.cli import PretrainCLI
 
-    cli = PretrainCLI(args=["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "--data.source", str(tiny_corpus),
-                            "--data.vocab_size", "300", "--trainer.logger", "false"],
-                      run=False, subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False)
+    cli = PretrainCLI(
+        args=[
+            "-c",
+            str(REPO / "configs/pretrain/clm_tiny.yaml"),
+            "--data.source",
+            str(tiny_corpus),
+            "--data.vocab_size",
+            "300",
+            "--trainer.logger",
+            "false",
+        ],
+        run=False,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+    )
     assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
     assert any(isinstance(cb, ResumeState) for cb in cli.trainer.callbacks)

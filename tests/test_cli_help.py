@@ -18,9 +18,13 @@ OBJECTIVES = {
     "lightning_pretrain.objectives.ELECTRA": ["generator_size", "disc_weight", "mlm_probability"],
     "lightning_pretrain.objectives.Denoising": ["mask_ratio", "poisson_lambda", "permute_ratio", "corruption_seed"],
 }
-INHERITED = {"model": "an HF config to build a fresh model from", "optimizer": "weight decay applies to matrices",
-             "warmup_steps": "linear LR warmup", "lr_schedule": "decay after warmup",
-             "attn_implementation": "'sdpa'"}
+INHERITED = {
+    "model": "an HF config to build a fresh model from",
+    "optimizer": "weight decay applies to matrices",
+    "warmup_steps": "linear LR warmup",
+    "lr_schedule": "decay after warmup",
+    "attn_implementation": "'sdpa'",
+}
 
 
 def run(*args: str) -> str:
@@ -47,16 +51,26 @@ def test_print_config_shows_inherited_options():
 
 
 DATA_MODULES = {
-    "lightning_pretrain.data.TextClassification": {"text_column": "column of the (first) text",
-                                                   "max_length": "longest tokenized input"},
-    "lightning_pretrain.data.TextToText": {"train_target_file": "makes train_file parallel text",
-                                           "val_fraction": "default: 0.05"},
-    "lightning_pretrain.data.SFTData": {"prompt_template": "format of a prompt column's text",
-                                        "batch_size": "training rows per batch"},
+    "lightning_pretrain.data.TextClassification": {
+        "text_column": "column of the (first) text",
+        "max_length": "longest tokenized input",
+    },
+    "lightning_pretrain.data.TextToText": {
+        "train_target_file": "makes train_file parallel text",
+        "val_fraction": "default: 0.05",
+    },
+    "lightning_pretrain.data.SFTData": {
+        "prompt_template": "format of a prompt column's text",
+        "batch_size": "training rows per batch",
+    },
 }
-DATA_INHERITED = {"train_file": "local training file", "val_split": "hub split used for validation",
-                  "tokenizer": "the model's tokenizer", "eval_batch_size": "validation / test / predict batch size",
-                  "cache_dir": "where tokenized splits live"}
+DATA_INHERITED = {
+    "train_file": "local training file",
+    "val_split": "hub split used for validation",
+    "tokenizer": "the model's tokenizer",
+    "eval_batch_size": "validation / test / predict batch size",
+    "cache_dir": "where tokenized splits live",
+}
 
 
 @pytest.mark.parametrize("data", sorted(DATA_MODULES))

@@ -55,8 +55,13 @@ def test_split_holds_out_the_files_last_whole_documents(tmp_path, corpus_file):
 
 
 def test_time_to_reach_interpolates_the_first_crossing():
-    curve = [{"elapsed_s": 0, "bpb": 8.0}, {"elapsed_s": 10, "bpb": 4.0}, {"elapsed_s": 20, "bpb": 2.0},
-             {"elapsed_s": 30, "bpb": 2.5}, {"elapsed_s": 40, "bpb": 1.0}]
+    curve = [
+        {"elapsed_s": 0, "bpb": 8.0},
+        {"elapsed_s": 10, "bpb": 4.0},
+        {"elapsed_s": 20, "bpb": 2.0},
+        {"elapsed_s": 30, "bpb": 2.5},
+        {"elapsed_s": 40, "bpb": 1.0},
+    ]
     assert ttq.time_to_reach(curve, 3.0) == pytest.approx(15.0)
     assert ttq.time_to_reach(curve, 2.0) == pytest.approx(20.0)  # reached at a snapshot
     assert ttq.time_to_reach(curve, 9.0) == 0  # the start already is

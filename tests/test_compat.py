@@ -81,8 +81,15 @@ def test_train_loaders_and_loading_their_state(tmp_path):
             seen.append(batch[0].tolist())
 
     loader = StatefulDataLoader(TensorDataset(torch.arange(8)), batch_size=2)
-    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[Probe()], default_root_dir=tmp_path).fit(_Tiny(), loader)
+    L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+        default_root_dir=tmp_path,
+    ).fit(_Tiny(), loader)
     assert seen == [[4, 5], [6, 7]]
 
 
@@ -111,8 +118,10 @@ def test_grad_scaler_scale():
 def test_attn_implementation_and_no_split_modules():
     from transformers import AutoModel, BertConfig
 
-    model = AutoModel.from_config(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=64, vocab_size=50), attn_implementation="eager")
+    model = AutoModel.from_config(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50),
+        attn_implementation="eager",
+    )
     assert compat.attn_implementation(model.config) == "eager"
     assert "BertLayer" in compat.no_split_modules(model)
     assert compat.no_split_modules(torch.nn.Linear(2, 2)) == set()
@@ -124,8 +133,15 @@ def test_trainer_links_time_interval_summary_kwargs_and_tqdm_bar():
 
     model = BoringModel()
     assert compat.trainer_of(model) is None
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, val_check_interval={"seconds": 30},
-                        check_val_every_n_epoch=None, enable_progress_bar=True, callbacks=[TQDMProgressBar()])
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        val_check_interval={"seconds": 30},
+        check_val_every_n_epoch=None,
+        enable_progress_bar=True,
+        callbacks=[TQDMProgressBar()],
+    )
     assert compat.val_check_time_interval(trainer) == 30
     assert compat.val_check_time_interval(L.Trainer(logger=False, enable_checkpointing=False)) is None
     bar = trainer.progress_bar_callback

@@ -31,12 +31,18 @@ def test_config_parses(config):
 
 
 def test_configs_exist():
-    assert {"configs/pretrain/clm_tiny.yaml", "configs/pretrain/mlm_tiny.yaml", "configs/pretrain/gpt2_124m.yaml",
-            "configs/pretrain/bert_base.yaml"} <= set(CONFIGS)
+    assert {
+        "configs/pretrain/clm_tiny.yaml",
+        "configs/pretrain/mlm_tiny.yaml",
+        "configs/pretrain/gpt2_124m.yaml",
+        "configs/pretrain/bert_base.yaml",
+    } <= set(CONFIGS)
 
 
-@pytest.mark.parametrize("config,low,high", [("configs/pretrain/gpt2_124m.yaml", 123e6, 125e6),
-                                             ("configs/pretrain/bert_base.yaml", 109e6, 111e6)])
+@pytest.mark.parametrize(
+    "config,low,high",
+    [("configs/pretrain/gpt2_124m.yaml", 123e6, 125e6), ("configs/pretrain/bert_base.yaml", 109e6, 111e6)],
+)
 def test_realistic_recipes_have_their_published_size(config, low, high):
     """The recipe's model config, at its real tokenizer's vocabulary, has the published parameter count."""
     import torch

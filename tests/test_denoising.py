@@ -39,7 +39,7 @@ def restore(corrupted, record):
         x.insert(pos, t)
     out, p = [None] * len(x), 0
     for s, e in record.sentences:
-        out[s:e], p = x[p:p + e - s], p + e - s
+        out[s:e], p = x[p : p + e - s], p + e - s
     return out
 
 
@@ -73,7 +73,7 @@ def test_infilling_one_mask_per_span_exact_budget_poisson_lengths(ratio, lam):
     assert zero_spans > 0  # Poisson(lam) draws 0 with probability exp(-lam): masks inserted
     hist, n = Counter(lengths), len(lengths)
     for k in range(9):  # each frequency within 4 standard errors of Poisson(lam)'s
-        pmf = math.exp(-lam) * lam ** k / math.factorial(k)
+        pmf = math.exp(-lam) * lam**k / math.factorial(k)
         assert abs(hist[k] / n - pmf) < 4 * math.sqrt(pmf * (1 - pmf) / n) + 1e-3, (k, hist[k] / n, pmf)
     assert abs(sum(lengths) / n - lam) < 4 * math.sqrt(lam / n)
 
@@ -136,17 +136,26 @@ def test_sentence_ends_and_mask_token_added_with_bart_template(bpe):
     assert bpe("a b").input_ids == bpe("a b", add_special_tokens=False).input_ids  # the data's stays as it was
     assert tok("a b").input_ids == [tok.bos_token_id, *bpe("a b").input_ids, tok.eos_token_id]
     assert with_mask_and_template(tok) is tok
-    bare = PreTrainedTokenizerFast(tokenizer_object=bpe.backend_tokenizer, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    bare = PreTrainedTokenizerFast(
+        tokenizer_object=bpe.backend_tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     assert bare.mask_token_id is None
     tok = with_mask_and_template(bare)
     assert bare.mask_token_id is None and tok.mask_token_id is not None and tok.mask_token_id in tok.all_special_ids
     assert tok("The <mask> fox").input_ids.count(tok.mask_token_id) == 1
 
 
-TINY_BART = BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                       dropout=0.0)
+TINY_BART = BartConfig(
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=1,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=64,
+    dropout=0.0,
+)
 
 
 def test_objective_batches_and_learns(bpe):
@@ -185,13 +194,26 @@ def test_objective_batches_and_learns(bpe):
 def test_pretrained_bart_whose_tokenizer_lacks_a_mask_gets_one(tmp_path):
     backend = Tokenizer(models.BPE())  # a byte-level BPE whose vocabulary has no <mask> at all
     backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    backend.train_from_iterator(ENGLISH * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bare = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    config = BartConfig(**{**TINY_BART.to_dict(), "vocab_size": len(bare), "pad_token_id": bare.pad_token_id,
-                           "eos_token_id": bare.eos_token_id, "bos_token_id": bare.bos_token_id})
+    backend.train_from_iterator(
+        ENGLISH * 20,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    bare = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    config = BartConfig(
+        **{
+            **TINY_BART.to_dict(),
+            "vocab_size": len(bare),
+            "pad_token_id": bare.pad_token_id,
+            "eos_token_id": bare.eos_token_id,
+            "bos_token_id": bare.bos_token_id,
+        }
+    )
     BartForConditionalGeneration(config).save_pretrained(tmp_path)
     bare.save_pretrained(tmp_path)
     module = Denoising(model=str(tmp_path), data=DataContract(AutoTokenizer.from_pretrained(tmp_path)))
@@ -202,8 +224,18 @@ def test_pretrained_bart_whose_tokenizer_lacks_a_mask_gets_one(tmp_path):
 
 
 def test_bart_tiny_config_learns_exports_and_fills_masks(workdir, tiny_corpus):
-    data = ["-c", str(REPO / "configs/pretrain/bart_tiny.yaml"), "--data.source", str(tiny_corpus),
-            "--data.vocab_size", "500", "--data.seq_len", "62", "--data.batch_size", "8"]
+    data = [
+        "-c",
+        str(REPO / "configs/pretrain/bart_tiny.yaml"),
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--data.seq_len",
+        "62",
+        "--data.batch_size",
+        "8",
+    ]
     cli("fit", *data, *FAST, "--trainer.max_steps", "16", "--trainer.val_check_interval", "8")
     run_dir = only_run_dir(workdir, "bart_tiny")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -220,8 +252,17 @@ def test_bart_tiny_config_learns_exports_and_fills_masks(workdir, tiny_corpus):
     assert out.shape[0] == 1 and 1 < out.shape[1] <= 9
     prompts = workdir / "prompts.txt"
     prompts.write_text("The quick brown <mask> over the lazy dog.\nLanguage models <mask>.\n")
-    cli("predict", *data, *QUIET, "--data.predict_file", str(prompts), "--model.model", str(hf),
-        "--model.init_args.generation.max_new_tokens", "8")
+    cli(
+        "predict",
+        *data,
+        *QUIET,
+        "--data.predict_file",
+        str(prompts),
+        "--model.model",
+        str(hf),
+        "--model.init_args.generation.max_new_tokens",
+        "8",
+    )
     predictions = only_run_dir(workdir, "bart_tiny") / "predictions.jsonl"  # predict's own, newer version_N
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1] and all(set(r) == {"id", "text", "filled"} for r in rows)

@@ -15,8 +15,14 @@ from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.distillation import Distillation, distillation_loss, every_other_layer
 
-TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 def test_loss_matches_hand_computation():
@@ -30,8 +36,15 @@ def test_loss_matches_hand_computation():
         e = [math.exp(x / T) for x in row]
         return [x / sum(e) for x in e]
 
-    kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(t), softmax(s)))
-             for s, t in zip(s_logits.tolist(), t_logits.tolist())) / 2 * T * T
+    kl = (
+        sum(
+            sum(p * math.log(p / q) for p, q in zip(softmax(t), softmax(s)))
+            for s, t in zip(s_logits.tolist(), t_logits.tolist())
+        )
+        / 2
+        * T
+        * T
+    )
     cos = ((1 - 0.0) + (1 - 1.0)) / 2  # orthogonal, then parallel
     parts = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, hard, alpha, beta, gamma, T)
     assert parts["kl"].item() == pytest.approx(kl, rel=1e-6)
@@ -51,8 +64,13 @@ def save_teacher(path, layers=4, vocab=64, seed=0):
 
 
 def student(teacher_dir, tok, layers=2, **kwargs):
-    return Distillation(teacher=str(teacher_dir), model=BertConfig(num_hidden_layers=layers, **TINY),
-                        data=DataContract(tokenizer=tok, seq_len=16), warmup_steps=1, **kwargs)
+    return Distillation(
+        teacher=str(teacher_dir),
+        model=BertConfig(num_hidden_layers=layers, **TINY),
+        data=DataContract(tokenizer=tok, seq_len=16),
+        warmup_steps=1,
+        **kwargs,
+    )
 
 
 def test_student_from_alternate_teacher_layers(tmp_path):
@@ -69,13 +87,20 @@ def test_student_from_alternate_teacher_layers(tmp_path):
             if ".layer." not in k:  # embeddings and the MLM head by name
                 assert torch.equal(v, t_state[k]), k
     scratch = student(tmp_path / "t", tok)
-    assert not torch.equal(scratch.model.bert.encoder.layer[0].attention.self.query.weight,
-                           teacher.bert.encoder.layer[1].attention.self.query.weight)
+    assert not torch.equal(
+        scratch.model.bert.encoder.layer[0].attention.self.query.weight,
+        teacher.bert.encoder.layer[1].attention.self.query.weight,
+    )
     with pytest.raises(InputError, match="one teacher layer index"):
         student(tmp_path / "t", tok, init_from_teacher=[0, 9])
     with pytest.raises(InputError, match="no teacher counterpart of that shape"):
-        Distillation(teacher=str(tmp_path / "t"), model=BertConfig(num_hidden_layers=2, **{**TINY, "hidden_size": 64}),
-                     data=DataContract(tokenizer=tok, seq_len=16), init_from_teacher=True, gamma=0)
+        Distillation(
+            teacher=str(tmp_path / "t"),
+            model=BertConfig(num_hidden_layers=2, **{**TINY, "hidden_size": 64}),
+            data=DataContract(tokenizer=tok, seq_len=16),
+            init_from_teacher=True,
+            gamma=0,
+        )
 
 
 def test_teacher_frozen_and_absent_from_optimizer_checkpoint_and_export(tmp_path):
@@ -88,8 +113,15 @@ def test_teacher_frozen_and_absent_from_optimizer_checkpoint_and_export(tmp_path
     student_before = module.model.bert.encoder.layer[0].output.dense.weight.clone()
     blocks = torch.randint(5, 64, (48, 16))
     loader = torch.utils.data.DataLoader(blocks, batch_size=8)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, loader)
     assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())  # bit-identical
@@ -103,8 +135,9 @@ def test_teacher_frozen_and_absent_from_optimizer_checkpoint_and_export(tmp_path
     assert set(ckpt["state_dict"]) == {f"model.{k}" for k in module.model.state_dict()}
     fresh = student(tmp_path / "t", tok)
     fresh.load_state_dict(ckpt["state_dict"])  # strict: nothing missing, nothing extra
-    assert torch.equal(fresh.model.bert.encoder.layer[0].output.dense.weight,
-                       module.model.bert.encoder.layer[0].output.dense.weight)
+    assert torch.equal(
+        fresh.model.bert.encoder.layer[0].output.dense.weight, module.model.bert.encoder.layer[0].output.dense.weight
+    )
 
     module.export_hf(tmp_path / "hf")
     exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf")
@@ -133,8 +166,11 @@ def test_tokenizer_mismatch_and_hidden_size_mismatch_refused(tmp_path):
     with pytest.raises(InputError, match="different tokenizers"):
         student(tmp_path / "t", other)
     with pytest.raises(InputError, match="equal hidden sizes"):
-        Distillation(teacher=str(tmp_path / "t"), model=BertConfig(num_hidden_layers=1, **{**TINY, "hidden_size": 64}),
-                     data=DataContract(tokenizer=tok, seq_len=16))
+        Distillation(
+            teacher=str(tmp_path / "t"),
+            model=BertConfig(num_hidden_layers=1, **{**TINY, "hidden_size": 64}),
+            data=DataContract(tokenizer=tok, seq_len=16),
+        )
 
 
 def test_minilm_student_from_alternate_layers():
@@ -159,13 +195,18 @@ def test_student_equal_to_teacher_has_zero_kl_and_cos_and_the_hf_hard_loss(tmp_p
 
     tok = save_teacher(tmp_path / "t", layers=2)
     GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=2, n_embd=32, n_head=2, n_positions=32)).save_pretrained(
-        tmp_path / "g")
+        tmp_path / "g"
+    )
     tok.save_pretrained(tmp_path / "g")
     batch = torch.randint(5, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     contract = DataContract(tokenizer=tok, seq_len=16)
     mlm = student(tmp_path / "t", tok, init_from_teacher=[0, 1])
-    clm = CausalDistillation(teacher=str(tmp_path / "g"), model=GPT2Config(n_layer=2, n_embd=32, n_head=2,
-                             n_positions=32), data=contract, init_from_teacher=[0, 1])
+    clm = CausalDistillation(
+        teacher=str(tmp_path / "g"),
+        model=GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32),
+        data=contract,
+        init_from_teacher=[0, 1],
+    )
     for module in (mlm, clm):
         module.eval()  # no dropout: the student computes exactly what the teacher does
         logged = {}
@@ -188,25 +229,58 @@ def teacher_run(tmp_path_factory):
     """A tiny BERT teacher: the export of a few-step MaskedLM run, and the corpus it was trained on."""
     root = tmp_path_factory.mktemp("teacher")
     corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph {i} adds {i * 7 % 13} words."
-                                  for i in range(400)) + "\n")
+    corpus.write_text(
+        "\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph {i} adds {i * 7 % 13} words." for i in range(400)) + "\n"
+    )
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        cli("fit", "-c", str(REPO / "configs/pretrain/mlm_tiny.yaml"), *FAST, "--data.source", str(corpus),
-            "--data.vocab_size", "500")
+        cli(
+            "fit",
+            "-c",
+            str(REPO / "configs/pretrain/mlm_tiny.yaml"),
+            *FAST,
+            "--data.source",
+            str(corpus),
+            "--data.vocab_size",
+            "500",
+        )
     finally:
         os.chdir(cwd)
     return only_run_dir(root, "mlm_tiny") / "hf", corpus
 
 
 def distil_args(teacher, corpus, *extra):
-    return ["fit", "-c", str(REPO / "configs/pretrain/distil_minilm.yaml"), *FAST, "--trainer.max_steps", "8",
-            "--data.source", str(corpus), "--model.init_args.teacher", str(teacher), "--model.init_args.alpha", "5",
-            "--model.init_args.beta", "2", "--model.init_args.optimizer.init_args.lr", "2e-3",
-            *[a for k, v in {"hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 512,
-                             "max_position_embeddings": 128, "num_hidden_layers": 1}.items()
-              for a in (f"--model.init_args.model.init_args.{k}", str(v))], *extra]
+    return [
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/distil_minilm.yaml"),
+        *FAST,
+        "--trainer.max_steps",
+        "8",
+        "--data.source",
+        str(corpus),
+        "--model.init_args.teacher",
+        str(teacher),
+        "--model.init_args.alpha",
+        "5",
+        "--model.init_args.beta",
+        "2",
+        "--model.init_args.optimizer.init_args.lr",
+        "2e-3",
+        *[
+            a
+            for k, v in {
+                "hidden_size": 128,
+                "num_attention_heads": 4,
+                "intermediate_size": 512,
+                "max_position_embeddings": 128,
+                "num_hidden_layers": 1,
+            }.items()
+            for a in (f"--model.init_args.model.init_args.{k}", str(v))
+        ],
+        *extra,
+    ]
 
 
 def test_distil_cli_learns_and_exports(workdir, teacher_run):

@@ -19,12 +19,41 @@ from lightning_pretrain.objectives import CausalLM
 SEP = 2
 CONFIGS = {
     "gpt2": (GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=50), True),
-    "llama": (LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=1, max_position_embeddings=64, vocab_size=50), True),
-    "bert": (BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64, vocab_size=50), False),
-    "roberta": (RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              max_position_embeddings=70, vocab_size=50, pad_token_id=1), False),
+    "llama": (
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            vocab_size=50,
+        ),
+        True,
+    ),
+    "bert": (
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=50,
+        ),
+        False,
+    ),
+    "roberta": (
+        RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=70,
+            vocab_size=50,
+            pad_token_id=1,
+        ),
+        False,
+    ),
 }
 
 
@@ -69,7 +98,7 @@ def test_each_document_of_a_packed_block_sees_only_itself(kind, attn):
         start = 0
         for doc in docs:
             alone = model(input_ids=doc[None]).last_hidden_state[0]  # the model's own positions and mask
-            torch.testing.assert_close(packed[start:start + len(doc)], alone, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(packed[start : start + len(doc)], alone, rtol=1e-5, atol=1e-5)
             start += len(doc)
         assert not torch.allclose(packed[7:19], plain[7:19], atol=1e-3)
 
@@ -81,8 +110,9 @@ def test_by_default_the_documents_of_a_block_see_each_other(kind, tiny_corpus, t
     each other on every transformers version (5.25 reads restarting positions as packed documents)."""
     from lightning_pretrain.objectives import MaskedLM
 
-    data = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4,
-                          cache_dir=str(tmp_path / "cache"))
+    data = PretrainCorpus(
+        source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4, cache_dir=str(tmp_path / "cache")
+    )
     data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
@@ -98,9 +128,11 @@ def test_by_default_the_documents_of_a_block_see_each_other(kind, tiny_corpus, t
     with torch.no_grad():
         fed = module.model.base_model(input_ids=ids, **inputs).last_hidden_state
         continuous = module.model.base_model(
-            input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids) + offset).last_hidden_state
-        apart = module.model.base_model(input_ids=ids, **document_inputs(
-            document_positions(ids, sep), "sdpa", causal, position_offset=offset)).last_hidden_state
+            input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids) + offset
+        ).last_hidden_state
+        apart = module.model.base_model(
+            input_ids=ids, **document_inputs(document_positions(ids, sep), "sdpa", causal, position_offset=offset)
+        ).last_hidden_state
     torch.testing.assert_close(fed, continuous, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(fed, apart, atol=1e-3)
 
@@ -122,8 +154,11 @@ def test_with_documents_kept_apart_our_mask_is_the_only_mask(kind, attn):
     length = block.shape[1]
     everything = torch.ones(length, length, dtype=torch.bool)
     everything = (everything.tril() if causal else everything)[None, None]
-    together["attention_mask"] = (everything if attn == "sdpa" else
-                                  torch.zeros(everything.shape).masked_fill(~everything, torch.finfo(torch.float32).min))
+    together["attention_mask"] = (
+        everything
+        if attn == "sdpa"
+        else torch.zeros(everything.shape).masked_fill(~everything, torch.finfo(torch.float32).min)
+    )
     with torch.no_grad():
         apart = model(input_ids=block, **kept_apart).last_hidden_state[0]
         seen = model(input_ids=block, **together).last_hidden_state[0]
@@ -145,8 +180,9 @@ def test_causal_loss_of_a_packed_block_is_the_documents_losses_and_no_label_cros
     """The block's loss is the token-weighted mean of each document's own loss: no document's first token is
     predicted from the previous document, every other token is."""
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    module = CausalLM(model=config, data=DataContract(_Tok(), seq_len=33, cross_document_attention=False),
-                      chunked_loss=chunked)
+    module = CausalLM(
+        model=config, data=DataContract(_Tok(), seq_len=33, cross_document_attention=False), chunked_loss=chunked
+    )
     module.model.eval()
     docs = documents([6, 11, 9, 7], seed=3)
     block = torch.cat(docs)[None]
@@ -163,8 +199,14 @@ def test_causal_loss_of_a_packed_block_is_the_documents_losses_and_no_label_cros
 
 
 def test_the_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
-    data = PretrainCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4,
-                          cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
+    data = PretrainCorpus(
+        source=str(tiny_corpus),
+        vocab_size=400,
+        seq_len=32,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        cross_document_attention=False,
+    )
     data.prepare_data()
     data.setup("fit")
     assert data.publish().cross_document_attention is False
@@ -179,16 +221,37 @@ def test_the_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
 
 def test_cli_trains_causal_and_masked_lms_on_documents_kept_apart(workdir, tiny_corpus):
     for config in ("clm_tiny", "mlm_tiny"):
-        cli("fit", "-c", f"{REPO}/configs/pretrain/{config}.yaml", *FAST,
-            "--data.source", str(tiny_corpus), "--data.cross_document_attention", "false", "--data.vocab_size", "400",
-            "--data.seq_len", "32", "--data.batch_size", "4")
+        cli(
+            "fit",
+            "-c",
+            f"{REPO}/configs/pretrain/{config}.yaml",
+            *FAST,
+            "--data.source",
+            str(tiny_corpus),
+            "--data.cross_document_attention",
+            "false",
+            "--data.vocab_size",
+            "400",
+            "--data.seq_len",
+            "32",
+            "--data.batch_size",
+            "4",
+        )
         assert any((only_run_dir(workdir, config) / "checkpoints").glob("*.ckpt"))
 
 
 def test_an_objective_that_cannot_keep_documents_apart_is_refused(workdir, tiny_corpus, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli("fit", "-c", f"{REPO}/configs/pretrain/t5_tiny.yaml", *FAST, "--data.source", str(tiny_corpus),
-            "--data.cross_document_attention", "false")
+        cli(
+            "fit",
+            "-c",
+            f"{REPO}/configs/pretrain/t5_tiny.yaml",
+            *FAST,
+            "--data.source",
+            str(tiny_corpus),
+            "--data.cross_document_attention",
+            "false",
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: SpanCorruption does not keep packed documents apart")
@@ -196,13 +259,23 @@ def test_an_objective_that_cannot_keep_documents_apart_is_refused(workdir, tiny_
 
 def test_a_streaming_corpus_publishes_restarting_positions(tiny_corpus, tmp_path):
     from lightning_pretrain.data import StreamingCorpus
-    data = StreamingCorpus(source=str(tiny_corpus), vocab_size=400, seq_len=32, batch_size=4, num_workers=0,
-                           val_documents=20, cache_dir=str(tmp_path / "cache"), cross_document_attention=False)
+
+    data = StreamingCorpus(
+        source=str(tiny_corpus),
+        vocab_size=400,
+        seq_len=32,
+        batch_size=4,
+        num_workers=0,
+        val_documents=20,
+        cache_dir=str(tmp_path / "cache"),
+        cross_document_attention=False,
+    )
     data.setup("fit")
     stream = iter(torch.utils.data.DataLoader(data.train_dataset(), batch_size=4, collate_fn=data.collate))
     for batch in (next(stream), next(iter(data.val_dataloader()))):
-        torch.testing.assert_close(batch["position_ids"], document_positions(batch["input_ids"],
-                                                                             data.tokenizer.eos_token_id))
+        torch.testing.assert_close(
+            batch["position_ids"], document_positions(batch["input_ids"], data.tokenizer.eos_token_id)
+        )
         assert (batch["position_ids"] == 0).sum() > 4  # documents start inside the blocks, not only at row 0
 
 
@@ -211,8 +284,14 @@ def test_varlen_kernels_get_one_row_of_restarting_positions(attn, monkeypatch):
     """With flash/flex attention a causal LM gets no mask: the batch's rows laid end to end as one row (transformers
     reads varlen boundaries from a single row's positions) and no KV cache. On CPU, transformers' sdpa builds the
     document mask from those positions (flash attention is GPU-only): the loss equals the documents run alone."""
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     module = CausalLM(model=config, data=DataContract(_Tok(), seq_len=16, cross_document_attention=False))
     module.model.eval()
     rows = [documents([6, 10], seed=1), documents([9, 4, 3], seed=2)]
@@ -227,5 +306,5 @@ def test_varlen_kernels_get_one_row_of_restarting_positions(attn, monkeypatch):
         start = 0
         for doc in (d for r in rows for d in r):
             alone = module.model.base_model(input_ids=doc[None]).last_hidden_state[0]
-            torch.testing.assert_close(out[start:start + len(doc)], alone, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out[start : start + len(doc)], alone, rtol=1e-5, atol=1e-5)
             start += len(doc)

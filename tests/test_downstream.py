@@ -41,8 +41,12 @@ def test_label_vocabulary_and_encoding():
 
 
 def test_string_labels_map_to_ids_in_sorted_order(tmp_path):
-    train = write(tmp_path / "train.jsonl", "".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
-                                                    for i, lab in enumerate(["pos", "neg", "neutral", "pos"])))
+    train = write(
+        tmp_path / "train.jsonl",
+        "".join(
+            json.dumps({"text": f"t{i}", "label": lab}) + "\n" for i, lab in enumerate(["pos", "neg", "neutral", "pos"])
+        ),
+    )
     val = write(tmp_path / "val.jsonl", json.dumps({"text": "v", "label": "neutral"}) + "\n")
     dm = data(train_file=train, val_file=val, cache_dir=str(tmp_path / "c"))
     dm.setup("fit")
@@ -58,11 +62,14 @@ def test_explicit_labels_accept_names_and_ids(tmp_path):
 
 
 def test_pairs_carry_both_texts_and_segment_ids(tmp_path):
-    rows = [{"text_a": "A man plays a guitar.", "text_b": "Someone makes music.", "label": "entailment"},
-            {"text_a": "A dog sleeps.", "text_b": "The dog runs.", "label": "contradiction"}]
+    rows = [
+        {"text_a": "A man plays a guitar.", "text_b": "Someone makes music.", "label": "entailment"},
+        {"text_a": "A dog sleeps.", "text_b": "The dog runs.", "label": "contradiction"},
+    ]
     path = write(tmp_path / "mnli.json", json.dumps({str(i): r for i, r in enumerate(rows)}))  # MNLI subset layout
-    dm = data(train_file=path, val_file=path, text_column="text_a", text_pair_column="text_b",
-              cache_dir=str(tmp_path / "c"))
+    dm = data(
+        train_file=path, val_file=path, text_column="text_a", text_pair_column="text_b", cache_dir=str(tmp_path / "c")
+    )
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     tok = dm.tokenizer
@@ -83,11 +90,20 @@ def test_headerless_tsv_by_column_index_without_quote_processing(tmp_path):
 
 
 def test_regression_targets_stay_floats(tmp_path):
-    tsv = "index\tsentence1\tsentence2\tscore\n0\tA plane takes off.\tAn air plane is taking off.\t5.000\n" \
-          "1\tA man plays.\tA cat sleeps.\t0.400\n"
+    tsv = (
+        "index\tsentence1\tsentence2\tscore\n0\tA plane takes off.\tAn air plane is taking off.\t5.000\n"
+        "1\tA man plays.\tA cat sleeps.\t0.400\n"
+    )
     path = write(tmp_path / "dev.tsv", tsv)
-    dm = data(train_file=path, val_file=path, text_column="sentence1", text_pair_column="sentence2",
-              label_column="score", task="regression", cache_dir=str(tmp_path / "c"))
+    dm = data(
+        train_file=path,
+        val_file=path,
+        text_column="sentence1",
+        text_pair_column="sentence2",
+        label_column="score",
+        task="regression",
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert dm.label_names is None and dm.num_labels == 1
@@ -141,8 +157,13 @@ def test_local_directory_finds_glue_split_files(tmp_path):
     write(tmp_path / "RTE" / "train.tsv", tsv)
     write(tmp_path / "RTE" / "dev.tsv", tsv)
     write(tmp_path / "RTE" / "test.tsv", "index\tsentence1\tsentence2\n0\tX.\tY.\n")
-    dm = data(source=str(tmp_path / "RTE"), text_column="sentence1", text_pair_column="sentence2",
-              labels=["entailment", "not_entailment"], cache_dir=str(tmp_path / "c"))
+    dm = data(
+        source=str(tmp_path / "RTE"),
+        text_column="sentence1",
+        text_pair_column="sentence2",
+        labels=["entailment", "not_entailment"],
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     assert dm.splits["val"]["labels"] == [0, 1]
     dm.setup("predict")  # the unlabelled test split is fine for predict...
@@ -159,11 +180,14 @@ def test_predict_file_of_lines(tmp_path):
     assert batch["text"] == ["a great film", "an awful film"] and "labels" not in batch
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"text_column": "sentence"}, "column 'sentence' not found in .*available: text, label"),
-    ({"label_column": "gold"}, "label column 'gold' not found"),
-    ({"labels": ["x", "y"]}, "label '1' is not one of|label 'pos' is not one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"text_column": "sentence"}, "column 'sentence' not found in .*available: text, label"),
+        ({"label_column": "gold"}, "label column 'gold' not found"),
+        ({"labels": ["x", "y"]}, "label '1' is not one of|label 'pos' is not one of"),
+    ],
+)
 def test_bad_columns_and_labels_are_input_errors(tmp_path, kwargs, message):
     path = write(tmp_path / "t.csv", "text,label\nfine,pos\n")
     dm = data(train_file=path, val_file=path, cache_dir=str(tmp_path / "c"), **kwargs)
@@ -181,8 +205,13 @@ def test_missing_file_and_no_data_are_input_errors(tmp_path):
 def test_real_glue_files(tmp_path):
     """The shared copies of SST-2, CoLA (header-less), MRPC (BOM, bare quotes) and STS-B read as documented."""
     sst2 = shared_file("sst2/dev.tsv")
-    dm = data(val_file=str(sst2), train_file=str(sst2), text_column="sentence", labels=["negative", "positive"],
-              cache_dir=str(tmp_path / "c"))
+    dm = data(
+        val_file=str(sst2),
+        train_file=str(sst2),
+        text_column="sentence",
+        labels=["negative", "positive"],
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("validate")
     assert len(dm.splits["val"]) == 872
     cola = read_table(str(shared_file("glue/CoLA/dev.tsv")), header=False)
@@ -199,12 +228,17 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
     import datasets
 
     from lightning_pretrain.data.sources import tables
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
-    hub = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": ["good", "bad", "great"], "label": [1, 0, 1]}, features=features),
-        "test": datasets.Dataset.from_dict({"text": ["fine", "awful"], "label": [1, 0]}, features=features),
-        "unsupervised": datasets.Dataset.from_dict({"text": ["meh"], "label": [-1]}, features=features)})
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    hub = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"text": ["good", "bad", "great"], "label": [1, 0, 1]}, features=features
+            ),
+            "test": datasets.Dataset.from_dict({"text": ["fine", "awful"], "label": [1, 0]}, features=features),
+            "unsupervised": datasets.Dataset.from_dict({"text": ["meh"], "label": [-1]}, features=features),
+        }
+    )
     monkeypatch.setattr(tables, "hub_splits", lambda spec: hub)
     dm = data(source="imdb", labels=["pos", "neg"], cache_dir=str(tmp_path / "c"))
     assert dm.inputs.source_of("val").split == "test" and dm.inputs.source_of("train").split == "train"
@@ -216,10 +250,18 @@ def test_hub_dataset_splits_and_class_label_names(tmp_path, monkeypatch):
 
 def test_ag_news_csv_with_one_based_class_ids(tmp_path):
     """AG News's test.csv: no header, quoted fields with commas, classes 1-4."""
-    path = write(tmp_path / "test.csv", '"3","Oil prices rise","Crude, again, climbs."\n'
-                                        '"2","Cup final","A late goal, then penalties."\n')
-    dm = data(test_file=path, text_column=2, label_column=0, label_offset=1,
-              labels=["World", "Sports", "Business", "Sci/Tech"], cache_dir=str(tmp_path / "c"))
+    path = write(
+        tmp_path / "test.csv",
+        '"3","Oil prices rise","Crude, again, climbs."\n"2","Cup final","A late goal, then penalties."\n',
+    )
+    dm = data(
+        test_file=path,
+        text_column=2,
+        label_column=0,
+        label_offset=1,
+        labels=["World", "Sports", "Business", "Sci/Tech"],
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("test")
     assert dm.splits["test"]["labels"] == [2, 1]
     assert dm.tokenizer.decode(dm.splits["test"]["input_ids"][0], skip_special_tokens=True) == "crude, again, climbs."
@@ -227,12 +269,22 @@ def test_ag_news_csv_with_one_based_class_ids(tmp_path):
 
 def test_columns_by_position_also_with_a_header(tmp_path):
     """MRPC: a BOM, a header whose text columns start with '#' (a YAML comment on the command line), bare quotes."""
-    tsv = ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-           '1\t11\t12\tHe said the pie business fits .\t" The pie business fits .\n'
-           "0\t21\t22\tA man sleeps .\tA woman runs .\n")
+    tsv = (
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        '1\t11\t12\tHe said the pie business fits .\t" The pie business fits .\n'
+        "0\t21\t22\tA man sleeps .\tA woman runs .\n"
+    )
     path = write(tmp_path / "dev.tsv", tsv)
-    dm = data(train_file=path, val_file=path, header=True, text_column=3, text_pair_column=4, label_column=0,
-              labels=["not_equivalent", "equivalent"], cache_dir=str(tmp_path / "c"))
+    dm = data(
+        train_file=path,
+        val_file=path,
+        header=True,
+        text_column=3,
+        text_pair_column=4,
+        label_column=0,
+        labels=["not_equivalent", "equivalent"],
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     assert dm.splits["val"]["labels"] == [1, 0]
     first = dm.tokenizer.decode(dm.splits["val"]["input_ids"][0], skip_special_tokens=True)
@@ -244,8 +296,13 @@ def test_hub_source_split_suffix_names_the_training_split(tmp_path, monkeypatch)
     import datasets
 
     from lightning_pretrain.data.sources import tables
-    hub = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": [s, s + "!"], "label": [0, 1]})
-                                for s in ("train", "extra", "validation")})
+
+    hub = datasets.DatasetDict(
+        {
+            s: datasets.Dataset.from_dict({"text": [s, s + "!"], "label": [0, 1]})
+            for s in ("train", "extra", "validation")
+        }
+    )
     asked = []
     monkeypatch.setattr(tables, "hub_splits", lambda spec: asked.append(spec) or hub)
     dm = data(source="some/dataset:cfg@extra", cache_dir=str(tmp_path / "c"))
@@ -264,6 +321,7 @@ def test_files_are_identified_by_the_shared_remembered_digest(tmp_path):
 
     from lightning_pretrain.data import cache
     from lightning_pretrain.data.sources import text as sources
+
     path = tmp_path / "t.csv"
     path.write_text("text,label\nfine,1\nbad,0\n")
     old = time.time() - 60

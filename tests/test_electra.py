@@ -31,24 +31,25 @@ from lightning_pretrain.callbacks.export import export_checkpoint
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives import ELECTRA
-from lightning_pretrain.objectives.electra import (
-    SAMPLE_STREAM,
-    ElectraLosses,
-    detection_metrics,
-    generator_config,
-    replace_tokens,
-    sample_tokens,
-    update_detection,
-)
+from lightning_pretrain.objectives.electra import SAMPLE_STREAM, replace_tokens, sample_tokens
+from lightning_pretrain.objectives.electra_generator import generator_config
+from lightning_pretrain.objectives.electra_metrics import ElectraLosses, detection_metrics, update_detection
 from lightning_pretrain.objectives.pretraining import seeded_generator
 
 VOCAB, MASK = 200, 4
-TINY = dict(embedding_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64)
+TINY = dict(
+    embedding_size=32,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 class _Tok:
     """The facts MaskedLM/ELECTRA read from a tokenizer."""
+
     mask_token_id, pad_token_id = MASK, 0
     bos_token_id = eos_token_id = sep_token_id = cls_token_id = None
     all_special_ids = [0, 1, 2, 3, 4]
@@ -116,6 +117,7 @@ def test_a_generator_sampling_the_original_yields_no_replaced_token(monkeypatch)
         def logits(inputs, selected, attention_mask):
             target = ids[selected] if token is None else torch.full((int(selected.sum()),), token)
             return torch.nn.functional.one_hot(target, VOCAB).float() * 1e4
+
         return logits
 
     monkeypatch.setattr(m, "generator_logits", certain(None))
@@ -132,8 +134,9 @@ def test_no_gradient_flows_through_the_sample_into_the_generator():
     out.disc.backward(retain_graph=True)
     shared = {id(p) for p in m.model.electra.embeddings.parameters()}
     generator_only = [(n, p) for n, p in m.generator.named_parameters() if id(p) not in shared]
-    assert generator_only and all(p.grad is None for _, p in generator_only), \
-        [n for n, p in generator_only if p.grad is not None]
+    assert generator_only and all(p.grad is None for _, p in generator_only), [
+        n for n, p in generator_only if p.grad is not None
+    ]
     assert m.model.electra.embeddings.word_embeddings.weight.grad is not None  # the shared tensor learns from both
     out.gen.backward()
     assert all(p.grad is not None for _, p in generator_only)  # the MLM loss trains them
@@ -169,8 +172,9 @@ def test_a_fixed_batch_is_overfit_and_every_parameter_learns():
     first = m.losses(ids, 0, 0)
     (first.gen + 50 * first.disc).backward()
     # both losses reach every parameter: the discriminator's head and encoder, the generator, the shared embeddings
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), \
-        [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), [
+        n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0
+    ]
     for _ in range(60):
         opt.zero_grad()
         out = m.losses(ids, 0, 0)
@@ -199,13 +203,19 @@ def test_detection_metrics_equal_hand_computed_ones():
     update_detection(metrics, _losses([-2.0, 1.0, -1.0, -1.0], [1, 1, 0, 0], gen=5.0, selected=1))
     tp, fp, fn, tn = 3, 1, 2, 4
     got = {k: float(v) for k, v in metrics.compute().items()}
-    expect = {"val/disc_acc": (tp + tn) / 10, "val/disc_precision": tp / (tp + fp), "val/disc_recall": tp / (tp + fn),
-              "val/disc_f1": 2 * tp / (2 * tp + fp + fn),
-              "val/gen_loss": (2.0 * 3 + 5.0 * 1) / 4,  # per selected position
-              "val/replaced_fraction": 5 / 10,  # per token
-              # AUROC: the share of (replaced, original) pairs ranked right, by hand over the 5 x 5 pairs
-              "val/disc_auroc": sum((p > n) + 0.5 * (p == n) for p in (2.0, -1.0, 4.0, -2.0, 1.0)
-                                    for n in (0.5, -3.0, -0.1, -1.0, -1.0)) / 25}
+    expect = {
+        "val/disc_acc": (tp + tn) / 10,
+        "val/disc_precision": tp / (tp + fp),
+        "val/disc_recall": tp / (tp + fn),
+        "val/disc_f1": 2 * tp / (2 * tp + fp + fn),
+        "val/gen_loss": (2.0 * 3 + 5.0 * 1) / 4,  # per selected position
+        "val/replaced_fraction": 5 / 10,  # per token
+        # AUROC: the share of (replaced, original) pairs ranked right, by hand over the 5 x 5 pairs
+        "val/disc_auroc": sum(
+            (p > n) + 0.5 * (p == n) for p in (2.0, -1.0, 4.0, -2.0, 1.0) for n in (0.5, -3.0, -0.1, -1.0, -1.0)
+        )
+        / 25,
+    }
     assert got.keys() == expect.keys()
     for k in expect:
         assert got[k] == pytest.approx(expect[k], abs=1e-6), k
@@ -225,22 +235,31 @@ def test_lightning_logs_the_detection_metrics_per_stage_and_resets_them(tmp_path
     outs = [m.losses(b, -1, i) for i, b in enumerate(batches)]
     calls, labels = torch.cat([(o.logits > 0).long() for o in outs]), torch.cat([o.labels for o in outs])
     tp = int((calls & labels).sum())
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     for stage, run in (("val", trainer.validate), ("test", trainer.test), ("val", trainer.validate)):
         metrics = run(m, dataloaders=torch.utils.data.DataLoader(torch.cat(batches), batch_size=2), verbose=False)[0]
         assert metrics[f"{stage}/disc_recall"] == pytest.approx(tp / max(int(labels.sum()), 1), abs=1e-6)
         assert metrics[f"{stage}/disc_precision"] == pytest.approx(tp / max(int(calls.sum()), 1), abs=1e-6)
         assert metrics[f"{stage}/replaced_fraction"] == pytest.approx(float(labels.float().mean()), abs=1e-6)
         assert metrics[f"{stage}/loss"] == pytest.approx(
-            sum(float(o.disc) * len(o.labels) for o in outs) / len(labels), abs=1e-5)
+            sum(float(o.disc) * len(o.labels) for o in outs) / len(labels), abs=1e-5
+        )
         assert not any(k.startswith("val/" if stage == "test" else "test/") for k in metrics)
 
 
 def test_a_model_without_a_masked_lm_head_is_refused():
     with pytest.raises(InputError, match="masked-LM head"):
-        ELECTRA(model=LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-                data=DataContract(_Tok()))
+        ELECTRA(
+            model=LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            data=DataContract(_Tok()),
+        )
     with pytest.raises(InputError, match="generator_size"):
         module(generator_size=0.0)
 
@@ -251,18 +270,42 @@ def sst2_like(tmp_path):
     d.mkdir()
     rows = [("a wonderful moving film" if i % 2 else "a dull tedious mess", i % 2) for i in range(32)]
     for split in ("train", "dev"):
-        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t} {i}\t{y}\n" for i, (t, y) in enumerate(rows)))
+        (d / f"{split}.tsv").write_text(
+            "sentence\tlabel\n" + "".join(f"{t} {i}\t{y}\n" for i, (t, y) in enumerate(rows))
+        )
     return d
 
 
 def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpus, sst2_like):
-    cli("fit", "-c", str(REPO / "configs/pretrain/electra_tiny.yaml"), *FAST, "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/electra_tiny.yaml"),
+        *FAST,
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--trainer.max_steps",
+        "8",
+        "--trainer.val_check_interval",
+        "4",
+    )
     run = only_run_dir(workdir, "electra_tiny")
     acc = EventAccumulator(str(run)).Reload()
-    assert {"train/gen_loss", "train/disc_loss", "train/disc_recall", "val/loss", "val/gen_loss", "val/disc_acc",
-            "val/disc_precision", "val/disc_recall", "val/disc_f1", "val/disc_auroc",
-            "val/replaced_fraction"} <= set(acc.Tags()["scalars"])
+    assert {
+        "train/gen_loss",
+        "train/disc_loss",
+        "train/disc_recall",
+        "val/loss",
+        "val/gen_loss",
+        "val/disc_acc",
+        "val/disc_precision",
+        "val/disc_recall",
+        "val/disc_f1",
+        "val/disc_auroc",
+        "val/replaced_fraction",
+    } <= set(acc.Tags()["scalars"])
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert len(loss) == 8 and sum(loss[-2:]) < sum(loss[:2]), loss
     metrics = json.loads((run / "metrics.json").read_text())
@@ -282,8 +325,9 @@ def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpu
     # the export continues as an ELECTRA run, its saved generator reloaded and tied again
     again = ELECTRA(model=str(hf), data=DataContract(tok, seq_len=128))
     assert again.generator.electra.embeddings is again.model.electra.embeddings
-    torch.testing.assert_close(again.generator.generator_predictions.dense.weight,
-                               gen.generator_predictions.dense.weight)
+    torch.testing.assert_close(
+        again.generator.generator_predictions.dense.weight, gen.generator_predictions.dense.weight
+    )
     with torch.inference_mode():
         rows = again.eval().predict_step({"text": ["the quick brown fox"], "example_id": torch.tensor([7])}, 0)["rows"]
     assert rows[0]["id"] == 7 and all(0 <= t["replaced"] <= 1 for t in rows[0]["tokens"])
@@ -296,17 +340,38 @@ def test_cli_trains_exports_and_the_discriminator_fine_tunes(workdir, tiny_corpu
     listed = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
     assert listed == len({id(p) for p in [*again.model.parameters(), *again.generator.parameters()]})
 
-    cli("fit", "-c", str(REPO / "configs/finetune/sst2.yaml"), "-c", str(REPO / "configs/finetune/modes/full.yaml"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--model.backbone", str(hf), "--data.source", str(sst2_like), "--trainer.max_steps", "2")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/finetune/sst2.yaml"),
+        "-c",
+        str(REPO / "configs/finetune/modes/full.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.backbone",
+        str(hf),
+        "--data.source",
+        str(sst2_like),
+        "--trainer.max_steps",
+        "2",
+    )
     finetuned = only_run_dir(workdir, "sst2")
     assert "val/acc" in json.loads((finetuned / "metrics.json").read_text())
-    assert json.loads((finetuned / "hf" / "config.json").read_text())["architectures"] == \
-        ["ElectraForSequenceClassification"]
+    assert json.loads((finetuned / "hf" / "config.json").read_text())["architectures"] == [
+        "ElectraForSequenceClassification"
+    ]
 
 
-MODERNBERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  max_position_embeddings=64, layer_types=["full_attention"] * 2)
+MODERNBERT = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    layer_types=["full_attention"] * 2,
+)
 
 
 def test_a_rotary_modernbert_discriminator_trains_beside_a_narrower_generator_of_its_own(tmp_path):
@@ -327,8 +392,9 @@ def test_a_rotary_modernbert_discriminator_trains_beside_a_narrower_generator_of
     m.tokenizer = tok
     hf = m.export_hf(tmp_path / "hf")
     assert type(ModernBertForMaskedLM.from_pretrained(hf / "generator")) is ModernBertForMaskedLM
-    clf, info = AutoModelForSequenceClassification.from_pretrained(hf, num_labels=2, ignore_mismatched_sizes=True,
-                                                                   output_loading_info=True)
+    clf, info = AutoModelForSequenceClassification.from_pretrained(
+        hf, num_labels=2, ignore_mismatched_sizes=True, output_loading_info=True
+    )
     fresh = [k if isinstance(k, str) else k[0] for k in [*info["mismatched_keys"], *info["missing_keys"]]]
     assert fresh and {k.split(".")[0] for k in fresh} == {"classifier"}  # the encoder and its head carry over
     again = ELECTRA(model=str(hf), data=DataContract(_Tok()))

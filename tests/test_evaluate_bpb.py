@@ -12,8 +12,9 @@ from test_evaluate_harness import sentences, tiny_causal  # noqa: F401 (fixture)
 from lightning_pretrain.evaluate.rolling import causal_token_nll, score_text, windows
 
 
-@pytest.mark.parametrize("n,max_length,stride", [(50, 16, 8), (50, 16, 16), (50, 16, 20), (50, 16, 1), (7, 16, 8),
-                                                 (17, 16, 5)])
+@pytest.mark.parametrize(
+    "n,max_length,stride", [(50, 16, 8), (50, 16, 16), (50, 16, 20), (50, 16, 1), (7, 16, 8), (17, 16, 5)]
+)
 @pytest.mark.parametrize("causal", [True, False])
 def test_windows_score_each_token_once_with_documented_context(n, max_length, stride, causal):
     first, min_context = (1, 1) if causal else (0, 0)
@@ -60,7 +61,7 @@ def test_rolling_window_scores_each_token_with_its_windows_context(tiny_causal, 
     with torch.no_grad():
         for w in wins:
             for p in range(w.score_from, w.end):
-                logits = model(input_ids=torch.tensor([stream[w.begin:p]])).logits[0, -1]
+                logits = model(input_ids=torch.tensor([stream[w.begin : p]])).logits[0, -1]
                 expected.append(-float(logits.log_softmax(-1)[stream[p]]))
     assert len(got) == len(ids)
     assert got.tolist() == pytest.approx(expected, abs=1e-4)

@@ -18,8 +18,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-WORDS = ("the cat dog bird sat ran flew on under a mat log tree big small red blue green house garden water "
-         "because therefore quickly slowly happy sad").split()
+WORDS = (
+    "the cat dog bird sat ran flew on under a mat log tree big small red blue green house garden water "
+    "because therefore quickly slowly happy sad"
+).split()
 
 
 def sentences(n: int, seed: int = 0, length: int = 6) -> list[str]:
@@ -33,8 +35,12 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(sentences(300) + ["Answer: Question:"], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.train_from_iterator(
+        sentences(300) + ["Answer: Question:"],
+        trainers.BpeTrainer(
+            vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
@@ -45,12 +51,21 @@ def wordpiece_tokenizer() -> BertTokenizerFast:
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tk.decoder = decoders.WordPiece()
-    tk.train_from_iterator(sentences(300), trainers.WordPieceTrainer(
-        vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return BertTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]")
+    tk.train_from_iterator(
+        sentences(300),
+        trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +73,17 @@ def tiny_causal(tmp_path_factory):
     """A 1-layer GPT-2 (random weights, seed 0) and its BPE tokenizer, saved as a Hugging Face directory."""
     tok = bpe_tokenizer()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=len(tok),
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=64,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     out = tmp_path_factory.mktemp("tiny_gpt2")
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -71,9 +95,17 @@ def tiny_bert(tmp_path_factory):
     """A 1-layer BERT masked LM (random weights, seed 0) and its WordPiece tokenizer, saved."""
     tok = wordpiece_tokenizer()
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, vocab_size=len(tok),
-                                       pad_token_id=tok.pad_token_id)).eval()
+    model = BertForMaskedLM(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     out = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -91,14 +123,23 @@ def task_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
     rng = random.Random(1)
     qs, answers = sentences(24, seed=2), sentences(96, seed=3, length=3)
-    mc = [{"query": q, "choices": answers[4 * i:4 * i + rng.choice([2, 3, 4])], "gold": i % 2}
-          for i, q in enumerate(qs)]
-    schema = [{"context_options": [f"the {a} sat because the {a}", f"the {a} sat because the {b}"],
-               "continuation": s, "gold": i % 2}
-              for i, (a, b, s) in enumerate(zip(WORDS[:12], WORDS[12:24], sentences(12, seed=4, length=3)))]
+    mc = [
+        {"query": q, "choices": answers[4 * i : 4 * i + rng.choice([2, 3, 4])], "gold": i % 2} for i, q in enumerate(qs)
+    ]
+    schema = [
+        {
+            "context_options": [f"the {a} sat because the {a}", f"the {a} sat because the {b}"],
+            "continuation": s,
+            "gold": i % 2,
+        }
+        for i, (a, b, s) in enumerate(zip(WORDS[:12], WORDS[12:24], sentences(12, seed=4, length=3)))
+    ]
     lm = [{"context": c, "continuation": w} for c, w in zip(sentences(10, seed=5), WORDS[:10])]
-    return {"mc": write_jsonl(root / "mc.jsonl", mc), "schema": write_jsonl(root / "schema.jsonl", schema),
-            "lm": write_jsonl(root / "lm.jsonl", lm)}
+    return {
+        "mc": write_jsonl(root / "mc.jsonl", mc),
+        "schema": write_jsonl(root / "schema.jsonl", schema),
+        "lm": write_jsonl(root / "lm.jsonl", lm),
+    }
 
 
 def loaded_tasks(specs, folder):
@@ -136,8 +177,10 @@ def test_in_memory_model_equals_lm_eval_hf_model_type(tiny_causal, task_files, t
             want = [r[0] for r in sample["resps"]]
             assert [g[1] for g in got] == [w[1] for w in want]  # is_greedy
             assert torch.allclose(torch.tensor([g[0] for g in got]), torch.tensor([w[0] for w in want]), atol=1e-4)
-    rows = {r.task: {m.name: m.value for m in r.metrics} for r in run_tasks(build_lm(model, tok, "causal"), specs,
-                                                                               loaded, bootstrap_iters=0)}
+    rows = {
+        r.task: {m.name: m.value for m in r.metrics}
+        for r in run_tasks(build_lm(model, tok, "causal"), specs, loaded, bootstrap_iters=0)
+    }
     for spec in specs:
         for key, value in their_results[spec.lm_eval_name].items():
             if key in ("acc,none", "acc_norm,none", "perplexity,none"):
@@ -151,10 +194,11 @@ def continuation_logprob(model, tok, context: str, continuation: str) -> tuple[f
     ctx = tok(context, add_special_tokens=False)["input_ids"]
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
     logp = model(input_ids=torch.tensor([whole])).logits[0].log_softmax(-1)
-    targets = whole[len(ctx):]
-    rows = logp[len(ctx) - 1:len(whole) - 1]
-    return float(sum(rows[i, t] for i, t in enumerate(targets))), all(int(rows[i].argmax()) == t
-                                                                      for i, t in enumerate(targets))
+    targets = whole[len(ctx) :]
+    rows = logp[len(ctx) - 1 : len(whole) - 1]
+    return float(sum(rows[i, t] for i, t in enumerate(targets))), all(
+        int(rows[i].argmax()) == t for i, t in enumerate(targets)
+    )
 
 
 def test_gauntlet_layouts_compute_what_they_mean(tiny_causal, task_files, tmp_path):
@@ -168,11 +212,15 @@ def test_gauntlet_layouts_compute_what_they_mean(tiny_causal, task_files, tmp_pa
     from lightning_pretrain.evaluate.models import build_lm
 
     model, tok, _ = tiny_causal
-    specs = registry.resolve(["piqa", str(task_files["mc"]), str(task_files["schema"]), str(task_files["lm"])],
-                             task_files={"piqa": str(task_files["mc"])})
+    specs = registry.resolve(
+        ["piqa", str(task_files["mc"]), str(task_files["schema"]), str(task_files["lm"])],
+        task_files={"piqa": str(task_files["mc"])},
+    )
     assert [s.delimiter for s in specs] == ["\nAnswer: ", " ", " ", " "]
-    got = {r.task: {m.name: m.value for m in r.metrics}
-           for r in run_tasks(build_lm(model, tok, "causal"), specs, loaded_tasks(specs, tmp_path), bootstrap_iters=0)}
+    got = {
+        r.task: {m.name: m.value for m in r.metrics}
+        for r in run_tasks(build_lm(model, tok, "causal"), specs, loaded_tasks(specs, tmp_path), bootstrap_iters=0)
+    }
 
     def mc_accuracy(suffix: str) -> tuple[float, float]:
         acc = acc_norm = 0
@@ -186,11 +234,18 @@ def test_gauntlet_layouts_compute_what_they_mean(tiny_causal, task_files, tmp_pa
     assert (got["mc"]["acc"], got["mc"]["acc_norm"]) == pytest.approx(mc_accuracy(""))
     assert (got["piqa"]["acc"], got["piqa"]["acc_norm"]) == pytest.approx(mc_accuracy("\nAnswer:"))
     rows = read_task_file(task_files["schema"]).rows
-    wins = [max(range(2), key=lambda i: continuation_logprob(model, tok, r["context_options"][i],
-                                                             " " + r["continuation"])[0]) == r["gold"] for r in rows]
+    wins = [
+        max(
+            range(2),
+            key=lambda i: continuation_logprob(model, tok, r["context_options"][i], " " + r["continuation"])[0],
+        )
+        == r["gold"]
+        for r in rows
+    ]
     assert got["schema"]["acc"] == pytest.approx(sum(wins) / len(rows))
     rows = read_task_file(task_files["lm"]).rows
     scored = [continuation_logprob(model, tok, r["context"], " " + r["continuation"]) for r in rows]
     assert got["lm"]["acc"] == pytest.approx(sum(g for _, g in scored) / len(rows))
-    assert got["lm"]["perplexity"] == pytest.approx(torch.tensor([-lp for lp, _ in scored]).mean().exp().item(),
-                                                    rel=1e-4)
+    assert got["lm"]["perplexity"] == pytest.approx(
+        torch.tensor([-lp for lp, _ in scored]).mean().exp().item(), rel=1e-4
+    )

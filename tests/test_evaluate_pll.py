@@ -37,8 +37,11 @@ def test_pll_equals_a_loop_over_masked_positions(tiny_bert):  # noqa: F811
     from lightning_pretrain.evaluate.rolling import windows
 
     wins = windows(len(ids), 8 - 2, 4)
-    by_hand = [lp for w in wins for lp in pll_by_hand(model, tok, ids[w.begin:w.end],
-                                                       list(range(w.score_from - w.begin, w.end - w.begin)))]
+    by_hand = [
+        lp
+        for w in wins
+        for lp in pll_by_hand(model, tok, ids[w.begin : w.end], list(range(w.score_from - w.begin, w.end - w.begin)))
+    ]
     assert len(by_hand) == len(ids)
     assert scorer.rolling(ids, max_length=8, stride=4) == pytest.approx(by_hand, abs=1e-5)
 
@@ -57,7 +60,8 @@ def test_pll_of_a_bert_for_pretraining_uses_its_mlm_head(tiny_bert):  # noqa: F8
     ids = tok("the cat sat on a mat", add_special_tokens=False)["input_ids"]
     items = [(ids, list(range(len(ids))))]
     assert PseudoLogLikelihood(both, tok).score(items)[0][0] == pytest.approx(
-        PseudoLogLikelihood(model, tok).score(items)[0][0], abs=1e-5)
+        PseudoLogLikelihood(model, tok).score(items)[0][0], abs=1e-5
+    )
 
 
 def test_masked_lm_multiple_choice_is_the_argmax_of_pll(tiny_bert, task_files, tmp_path):  # noqa: F811
@@ -95,9 +99,19 @@ def test_last_layer_at_the_masked_position_equals_the_full_forward(arch, attn):
 
     config_class, model_class = (BertConfig, BertModel) if arch == "bert" else (RobertaConfig, RobertaModel)
     torch.manual_seed(0)
-    model = model_class(config_class(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=64, vocab_size=100, pad_token_id=1,
-                                     attn_implementation=attn), add_pooling_layer=False).eval()
+    model = model_class(
+        config_class(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=100,
+            pad_token_id=1,
+            attn_implementation=attn,
+        ),
+        add_pooling_layer=False,
+    ).eval()
     assert bert_last_layer(model) is model.encoder.layer[-1]
     ids = torch.randint(5, 100, (5, 12))
     mask = torch.ones_like(ids)
@@ -141,5 +155,5 @@ def test_batched_deduplicated_pll_equals_one_forward_per_copy(tiny_bert):  # noq
             whole = ctx + cont
             positions = list(range(len(ctx), len(whole)))
             assert logp == pytest.approx(sum(pll_by_hand(model, tok, whole, positions)), abs=1e-5)
-            inputs |= {(p, tuple(whole[:p]), tuple(whole[p + 1:])) for p in positions}
+            inputs |= {(p, tuple(whole[:p]), tuple(whole[p + 1 :])) for p in positions}
         assert sum(rows) == len(inputs) < sum(len(lm.encode_pair(*r.args)[1]) for r in requests)

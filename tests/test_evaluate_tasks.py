@@ -36,17 +36,29 @@ def test_names_paths_and_data_dir(tmp_path):
 
 
 def test_layout_rows_and_random_baseline(tmp_path):
-    mc = read_task_file(write_jsonl(tmp_path / "mc.jsonl", [
-        {"query": " Question: q?\n", "choices": [" a ", "b"], "gold": 1, "category": "x"},
-        {"query": "r", "choices": ["a", "b", "c", "d"], "gold": 0}]))
+    mc = read_task_file(
+        write_jsonl(
+            tmp_path / "mc.jsonl",
+            [
+                {"query": " Question: q?\n", "choices": [" a ", "b"], "gold": 1, "category": "x"},
+                {"query": "r", "choices": ["a", "b", "c", "d"], "gold": 0},
+            ],
+        )
+    )
     assert mc.layout == "multiple_choice" and mc.random_baseline() == pytest.approx((1 / 2 + 1 / 4) / 2)
     assert mc.random_baseline(limit=1) == 0.5
     rows, delimiter = mc.normalized("\nAnswer: ")
     assert rows[0] == {"text": "Question: q?\nAnswer:", "choices": ["a", "b"], "gold": 1} and delimiter == " "
-    schema = read_task_file(write_jsonl(tmp_path / "s.jsonl", [
-        {"context_options": ["x said A", "x said B"], "continuation": " went home.", "gold": 0}]))
-    assert schema.normalized() == ([{"contexts": ["x said A", "x said B"], "continuation": "went home.",
-                                        "gold": 0}], " ")
+    schema = read_task_file(
+        write_jsonl(
+            tmp_path / "s.jsonl",
+            [{"context_options": ["x said A", "x said B"], "continuation": " went home.", "gold": 0}],
+        )
+    )
+    assert schema.normalized() == (
+        [{"contexts": ["x said A", "x said B"], "continuation": "went home.", "gold": 0}],
+        " ",
+    )
     lm = read_task_file(write_jsonl(tmp_path / "lm.jsonl", [{"context": "the cat ", "continuation": "sat"}]))
     # lm-eval puts no delimiter before a loglikelihood target: the continuation carries it
     assert lm.normalized() == ([{"context": "the cat", "continuation": " sat"}], "") and lm.random_baseline() == 0

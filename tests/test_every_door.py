@@ -54,8 +54,10 @@ def scripts() -> dict:
     import importlib
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    return {name: getattr(importlib.import_module(target.split(":")[0]), target.split(":")[1])
-            for name, target in declared.items()}
+    return {
+        name: getattr(importlib.import_module(target.split(":")[0]), target.split(":")[1])
+        for name, target in declared.items()
+    }
 
 
 @pytest.mark.parametrize("name", sorted(scripts()))
@@ -101,28 +103,50 @@ def test_fit_resuming_a_cut_checkpoint_changes_nothing_of_the_run(run, monkeypat
         for size in (30_000, len(whole) // 2):  # torch's zip reader: "[Errno 22] Invalid argument" / a RuntimeError
             last.write_bytes(whole[:size])
             before = snapshot(run)
-            refused(call(main, "fit", *CLM, "--data.source", str(root / "corpus.txt"), "--ckpt_path", "last"),
-                    "not a readable checkpoint")
+            refused(
+                call(main, "fit", *CLM, "--data.source", str(root / "corpus.txt"), "--ckpt_path", "last"),
+                "not a readable checkpoint",
+            )
             assert snapshot(run) == before  # config.yaml not rewritten, no events file added
             for command in ("validate", "test"):
-                refused(call(main, command, *CLM, "--data.source", str(root / "corpus.txt"), "--ckpt_path",
-                             str(last)), "not a readable checkpoint")
+                refused(
+                    call(main, command, *CLM, "--data.source", str(root / "corpus.txt"), "--ckpt_path", str(last)),
+                    "not a readable checkpoint",
+                )
     finally:
         last.write_bytes(whole)
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no refused run left a folder
 
 
-@pytest.mark.parametrize("name,version", [("other", "../clm_tiny/version_0"), ("clm_tiny", "./version_0"),
-                                          ("clm_tiny", "0"), ("x/..", "version_0/../version_0")])
+@pytest.mark.parametrize(
+    "name,version",
+    [
+        ("other", "../clm_tiny/version_0"),
+        ("clm_tiny", "./version_0"),
+        ("clm_tiny", "0"),
+        ("x/..", "version_0/../version_0"),
+    ],
+)
 def test_a_logger_version_resolving_into_an_earlier_run_is_refused(run, monkeypatch, name, version):
     from lightning_pretrain.cli import main
 
     root = run.parents[2]
     monkeypatch.chdir(root)
     before = snapshot(run)
-    refused(call(main, "fit", *CLM, "--data.source", str(root / "corpus.txt"), "--trainer.logger.init_args.name",
-                 name if name != "x/.." else "clm_tiny/x/..", "--trainer.logger.init_args.version", version),
-            "already holds a run")
+    refused(
+        call(
+            main,
+            "fit",
+            *CLM,
+            "--data.source",
+            str(root / "corpus.txt"),
+            "--trainer.logger.init_args.name",
+            name if name != "x/.." else "clm_tiny/x/..",
+            "--trainer.logger.init_args.version",
+            version,
+        ),
+        "already holds a run",
+    )
     assert snapshot(run) == before
 
 
@@ -135,14 +159,23 @@ def test_a_refused_predict_leaves_the_predictions_file_whole(run, monkeypatch, t
     earlier.write_text('{"id": 0, "generation": "earlier work"}\n')
     long = tmp_path / "long.txt"
     long.write_text(" ".join(ENGLISH) + "\n")
-    args = ["predict", *CLM, "--data.source", str(root / "corpus.txt"), "--ckpt_path", str(run / "checkpoints" /
-            "last.ckpt"), "--model.init_args.predictions_file", str(earlier)]
+    args = [
+        "predict",
+        *CLM,
+        "--data.source",
+        str(root / "corpus.txt"),
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--model.init_args.predictions_file",
+        str(earlier),
+    ]
     refused(call(main, *args, "--data.predict_file", str(long)), "positions")
     assert earlier.read_text() == '{"id": 0, "generation": "earlier work"}\n'
     short = tmp_path / "short.txt"
     short.write_text("The quick\nA packed\n")
-    status, _, err = call(main, *args, "--data.predict_file", str(short),
-                            "--model.init_args.generation", "{max_new_tokens: 2}")
+    status, _, err = call(
+        main, *args, "--data.predict_file", str(short), "--model.init_args.generation", "{max_new_tokens: 2}"
+    )
     assert status == 0, err[-3000:]
     assert [json.loads(line)["id"] for line in earlier.read_text().splitlines()] == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial file left
@@ -161,14 +194,17 @@ def test_logger_false_runs_get_their_own_folder(run, monkeypatch, tmp_path):
         assert (tmp_path / "logs" / version / "hf" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("args,says", [
-    (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be at least 1"),
-    (["--trainer.max_steps", "0"], "max_steps 0 trains nothing"),
-    (["--trainer.gradient_clip_val", "-1"], "gradient_clip_val must be a finite number >= 0"),
-    (["--stop_guard.spike_rtol", "nan"], "spike_rtol"),
-    (["--export.metrics_file", "../elsewhere.json"], "plain name inside the run directory"),
-    (["--trainer.logger.init_args.version", "x", "--trainer.logger.init_args.name", "../../.."], ""),
-])
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be at least 1"),
+        (["--trainer.max_steps", "0"], "max_steps 0 trains nothing"),
+        (["--trainer.gradient_clip_val", "-1"], "gradient_clip_val must be a finite number >= 0"),
+        (["--stop_guard.spike_rtol", "nan"], "spike_rtol"),
+        (["--export.metrics_file", "../elsewhere.json"], "plain name inside the run directory"),
+        (["--trainer.logger.init_args.version", "x", "--trainer.logger.init_args.name", "../../.."], ""),
+    ],
+)
 def test_settings_that_make_no_sense_are_refused(run, monkeypatch, tmp_path, args, says):
     from lightning_pretrain.cli import main
 
@@ -188,7 +224,9 @@ def test_options_left_unused_by_other_options_are_said_in_one_line(run, monkeypa
     corpus = str(run.parents[2] / "corpus.txt")
     status, _, err = call(main, "fit", *CLM, "--data.source", corpus, "--model.init_args.wsd.decay_fraction", "0.5")
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    expected = "warning: --model.init_args.wsd is not used: lr_schedule is 'cosine' (set --model.init_args.lr_schedule wsd"
+    expected = (
+        "warning: --model.init_args.wsd is not used: lr_schedule is 'cosine' (set --model.init_args.lr_schedule wsd"
+    )
     assert status == 0 and len(warnings) == 1 and warnings[0].startswith(expected), err[-3000:]
 
 
@@ -224,27 +262,33 @@ def broken_copy(src: Path, dst: Path, how: str) -> Path:
         config = json.loads((dst / "config.json").read_text())
         (dst / "config.json").write_text(json.dumps({**config, "n_head": 0}))
     elif how == "cut_weights":
-        (dst / "model.safetensors").write_bytes(weights[:len(weights) // 3])
+        (dst / "model.safetensors").write_bytes(weights[: len(weights) // 3])
     elif how == "not_safetensors":
         (dst / "model.safetensors").write_bytes(os.urandom(len(weights)))
     elif how == "nan":
         from safetensors.torch import load_file, save_file
 
         tensors = load_file(dst / "model.safetensors")
-        save_file({k: v.fill_(float("nan")) if i < 3 else v for i, (k, v) in enumerate(tensors.items())},
-                  dst / "model.safetensors", metadata={"format": "pt"})
+        save_file(
+            {k: v.fill_(float("nan")) if i < 3 else v for i, (k, v) in enumerate(tensors.items())},
+            dst / "model.safetensors",
+            metadata={"format": "pt"},
+        )
     return dst
 
 
-@pytest.mark.parametrize("args,says", [
-    (["--device", "gpu"], "--device gpu is not a torch device"),
-    (["--seed", "-1"], "--seed must be in"),
-    (["--seed", str(2**40)], "--seed must be in"),
-    (["--model", "zero_heads"], "could not load model"),
-    (["--model", "cut_weights"], "could not load model"),
-    (["--model", "not_safetensors"], "could not load model"),
-    (["--model", "nan"], "3 of"),
-])
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["--device", "gpu"], "--device gpu is not a torch device"),
+        (["--seed", "-1"], "--seed must be in"),
+        (["--seed", str(2**40)], "--seed must be in"),
+        (["--model", "zero_heads"], "could not load model"),
+        (["--model", "cut_weights"], "could not load model"),
+        (["--model", "not_safetensors"], "could not load model"),
+        (["--model", "nan"], "3 of"),
+    ],
+)
 def test_eval_refuses_in_one_line(tiny_causal, tmp_path, monkeypatch, args, says):  # noqa: F811
     from lightning_pretrain.evaluate.cli import main
 
@@ -269,10 +313,23 @@ def test_ctrl_c_in_eval_is_one_line(tiny_causal, tmp_path, monkeypatch):  # noqa
 
     monkeypatch.setattr(rolling, "score_text", interrupted)
     (tmp_path / "text.txt").write_text("the cat sat on a mat.\n")
-    status, _, err = call(main, "--model", str(tiny_causal[2]), "--bpb_file", str(tmp_path / "text.txt"),
-                            "--device", "cpu", "--output_dir", str(tmp_path / "out"))
-    assert status == 130 and [line for line in err.splitlines() if line.startswith("error:")] == [
-        "error: interrupted (Ctrl-C) before anything was saved"] and "Traceback" not in err, err[-3000:]
+    status, _, err = call(
+        main,
+        "--model",
+        str(tiny_causal[2]),
+        "--bpb_file",
+        str(tmp_path / "text.txt"),
+        "--device",
+        "cpu",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    assert (
+        status == 130
+        and [line for line in err.splitlines() if line.startswith("error:")]
+        == ["error: interrupted (Ctrl-C) before anything was saved"]
+        and "Traceback" not in err
+    ), err[-3000:]
     assert not (tmp_path / "out").exists()
 
 
@@ -296,8 +353,15 @@ def test_ctrl_c_in_fit_saves_a_resumable_checkpoint(run, tmp_path):
     assert "stopped by Ctrl-C (SIGINT) at step" in errors[0] and "last.ckpt" in errors[0], errors[0]
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step > 0 and not (run_dir / "hf").exists()
-    resumed = subprocess.run([*base, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        [*base, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == step + 2
 
@@ -309,10 +373,27 @@ def test_sft_predict_refuses_a_prompt_longer_than_the_positions(tiny_causal, tmp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.txt").write_text("a short one\n" + " ".join(["the cat sat on a mat"] * 40) + "\n")
     before = (tmp_path / "prompts.txt").read_text()
-    refused(call(main, "predict", "-c", str(REPO / "configs/finetune/sft_tiny.yaml"), "--model.model",
-                 str(tiny_causal[2]), "--data.train_file", "null", "--data.val_file", "null", "--data.predict_file",
-                 str(tmp_path / "prompts.txt"), "--data.max_length", "64", "--trainer.enable_progress_bar", "false"),
-            "more than the model's 64 positions")
+    refused(
+        call(
+            main,
+            "predict",
+            "-c",
+            str(REPO / "configs/finetune/sft_tiny.yaml"),
+            "--model.model",
+            str(tiny_causal[2]),
+            "--data.train_file",
+            "null",
+            "--data.val_file",
+            "null",
+            "--data.predict_file",
+            str(tmp_path / "prompts.txt"),
+            "--data.max_length",
+            "64",
+            "--trainer.enable_progress_bar",
+            "false",
+        ),
+        "more than the model's 64 positions",
+    )
     assert (tmp_path / "prompts.txt").read_text() == before
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.jsonl"))
 
@@ -323,7 +404,15 @@ def test_glue_refuses_in_one_line_before_its_first_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "glue" / "RTE").mkdir(parents=True)
     (tmp_path / "afile").write_text("x")
-    base = ["--backbone", str(tmp_path / "nope"), "--tasks", "rte", "--in_process", "--glue_dir", str(tmp_path / "glue")]
+    base = [
+        "--backbone",
+        str(tmp_path / "nope"),
+        "--tasks",
+        "rte",
+        "--in_process",
+        "--glue_dir",
+        str(tmp_path / "glue"),
+    ]
     refused(call(main, *base, "--out", str(tmp_path / "afile")), "is (or lies below) a file")
     refused(call(main, *base, "--tasks", "cola", "rte"), "has no folder CoLA")
     # a task's run refuses its input: its one line, and the suite stops there (the next task would fail alike)

@@ -29,8 +29,13 @@ class RankRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         changed = sorted(n for n, p in pl_module.model.named_parameters() if not torch.equal(p, self.before[n]))
-        self.steps.append({"step": trainer.global_step - 1, "changed": changed,
-                           "unfrozen": int(trainer.callback_metrics["train/unfrozen_groups"])})
+        self.steps.append(
+            {
+                "step": trainer.global_step - 1,
+                "changed": changed,
+                "unfrozen": int(trainer.callback_metrics["train/unfrozen_groups"]),
+            }
+        )
 
     def on_train_end(self, trainer, pl_module):
         sums = {n: p.double().sum().item() for n, p in pl_module.model.named_parameters()}
@@ -40,16 +45,34 @@ class RankRecorder(L.Callback):
 
 @pytest.mark.slow
 def test_gradual_unfreezing_under_ddp_spawn(tiny_backbone, sentiment_csv, tmp_path):  # noqa: F811
-    dm = TextClassification(train_file=str(sentiment_csv), val_file=str(sentiment_csv), tokenizer=str(tiny_backbone),
-                            batch_size=4, cache_dir=str(tmp_path / "cache"))
-    model = SequenceClassifier(str(tiny_backbone), data=dm.publish(),
-                               trainability=GradualUnfreezing(every_n_steps=2),
-                               optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup_steps=0, lr_schedule="linear")
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="spawn",
-                                                                            find_unused_parameters=True),
-                        max_steps=8, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[RankRecorder(tmp_path)], default_root_dir=tmp_path)
+    dm = TextClassification(
+        train_file=str(sentiment_csv),
+        val_file=str(sentiment_csv),
+        tokenizer=str(tiny_backbone),
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    model = SequenceClassifier(
+        str(tiny_backbone),
+        data=dm.publish(),
+        trainability=GradualUnfreezing(every_n_steps=2),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        warmup_steps=0,
+        lr_schedule="linear",
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(start_method="spawn", find_unused_parameters=True),
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RankRecorder(tmp_path)],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -24,9 +24,13 @@ from lightning_pretrain.finetune import CausalSFT, SequenceClassifier
 from lightning_pretrain.finetune.backbone_load import group_names
 
 POOLER_AND_HEAD = ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias", "classifier.weight"]
-MLM_HEAD = ["cls.predictions.bias", "cls.predictions.transform.LayerNorm.bias",
-            "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.dense.bias",
-            "cls.predictions.transform.dense.weight"]
+MLM_HEAD = [
+    "cls.predictions.bias",
+    "cls.predictions.transform.LayerNorm.bias",
+    "cls.predictions.transform.LayerNorm.weight",
+    "cls.predictions.transform.dense.bias",
+    "cls.predictions.transform.dense.weight",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,15 @@ def save(model, tokenizer, path):
 
 
 def bert_config(tokenizer, **kwargs) -> BertConfig:
-    return BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=128, **kwargs)
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **kwargs,
+    )
 
 
 def contract(tokenizer, task="classification", labels=("negative", "positive")) -> DataContract:
@@ -50,8 +61,11 @@ def contract(tokenizer, task="classification", labels=("negative", "positive")) 
 
 
 def report_blocks(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "lightning_pretrain" and r.getMessage().startswith("loaded ")]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "lightning_pretrain" and r.getMessage().startswith("loaded ")
+    ]
 
 
 def test_mlm_checkpoint_leaves_pooler_and_head_newly_initialised(tokenizer, tmp_path, caplog):
@@ -91,18 +105,36 @@ def test_generative_fine_tune_reports_its_load(tokenizer, tmp_path):
 
 def test_group_names_keeps_short_lists_and_groups_long_ones():
     assert group_names(POOLER_AND_HEAD) == POOLER_AND_HEAD
-    layers = [f"bert.encoder.layer.{i}.{m}.{w}" for i in range(6) for m in ("attention.self.query", "output.dense")
-              for w in ("weight", "bias")]
+    layers = [
+        f"bert.encoder.layer.{i}.{m}.{w}"
+        for i in range(6)
+        for m in ("attention.self.query", "output.dense")
+        for w in ("weight", "bias")
+    ]
     assert group_names(layers + ["classifier.weight"]) == [
-        *(f"bert.encoder.layer.{i}.* (4)" for i in range(6)), "classifier.weight"]
+        *(f"bert.encoder.layer.{i}.* (4)" for i in range(6)),
+        "classifier.weight",
+    ]
 
 
 def test_cli_fine_tune_prints_the_block_once(workdir, tokenizer, sst2_like, caplog):  # noqa: F811
     torch.manual_seed(0)
     backbone = save(BertForMaskedLM(bert_config(tokenizer)), tokenizer, workdir / "mlm")
     with caplog.at_level(logging.INFO, logger="lightning_pretrain"):
-        cli("fit", "-c", str(REPO / "configs/finetune/sst2.yaml"), *QUIET, "--model.backbone", str(backbone),
-            "--data.source", str(sst2_like), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1")
+        cli(
+            "fit",
+            "-c",
+            str(REPO / "configs/finetune/sst2.yaml"),
+            *QUIET,
+            "--model.backbone",
+            str(backbone),
+            "--data.source",
+            str(sst2_like),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+        )
     [block] = report_blocks(caplog)
     assert "classifier.weight" in block and "cls.predictions.bias" in block
     assert json.loads((only_run_dir(workdir, "sst2") / "metrics.json").read_text())["global_step"] == 1
@@ -119,11 +151,32 @@ def test_encoder_diagnostics_script_runs(tokenizer, tmp_path, monkeypatch, capsy
     torch.manual_seed(0)
     backbone = save(BertForMaskedLM(bert_config(tokenizer)), tokenizer, tmp_path / "mlm")
     table = tmp_path / "data.tsv"
-    table.write_text("sentence\tlabel\n" + "".join(f"{'a wonderful film' if i % 2 else 'a dull mess'} number {i}\t"
-                                                   f"{i % 2}\n" for i in range(40)))
-    monkeypatch.setattr(sys, "argv", ["encoder_diagnostics.py", "--models", str(backbone), "--names", "tiny",
-                                      "--random_init", "--text", str(table), "--probe_train", str(table),
-                                      "--probe_n", "40", "--pairs", "200", "--json", str(tmp_path / "out.json")])
+    table.write_text(
+        "sentence\tlabel\n"
+        + "".join(f"{'a wonderful film' if i % 2 else 'a dull mess'} number {i}\t{i % 2}\n" for i in range(40))
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "encoder_diagnostics.py",
+            "--models",
+            str(backbone),
+            "--names",
+            "tiny",
+            "--random_init",
+            "--text",
+            str(table),
+            "--probe_train",
+            str(table),
+            "--probe_n",
+            "40",
+            "--pairs",
+            "200",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],
+    )
     diagnostics.main()
     out = capsys.readouterr().out
     assert "#### tiny\n" in out and "#### tiny (random init)" in out and "#### Summary" in out

@@ -22,10 +22,22 @@ from lightning_pretrain.finetune import (
     TopK,
 )
 
-POSITIVE = ["a wonderful moving film", "great acting and a lovely story", "brilliant, funny and warm",
-            "i loved every minute", "superb direction and a fine cast", "charming and delightful"]
-NEGATIVE = ["a dull and tedious mess", "awful acting, terrible plot", "boring from start to end",
-            "i hated every minute", "a clumsy, lifeless script", "painfully bad and far too long"]
+POSITIVE = [
+    "a wonderful moving film",
+    "great acting and a lovely story",
+    "brilliant, funny and warm",
+    "i loved every minute",
+    "superb direction and a fine cast",
+    "charming and delightful",
+]
+NEGATIVE = [
+    "a dull and tedious mess",
+    "awful acting, terrible plot",
+    "boring from start to end",
+    "i hated every minute",
+    "a clumsy, lifeless script",
+    "painfully bad and far too long",
+]
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +46,16 @@ def tiny_backbone(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertModel(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -46,25 +65,46 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def sentiment_csv(tmp_path_factory) -> Path:
     """64 labelled sentences (train and validation file at once)."""
     path = tmp_path_factory.mktemp("sentiment") / "train.csv"
-    rows = [(f"{POSITIVE[i % 6]} number {i}", "positive") if i % 2 else (f"{NEGATIVE[i % 6]} number {i}", "negative")
-            for i in range(64)]
+    rows = [
+        (f"{POSITIVE[i % 6]} number {i}", "positive") if i % 2 else (f"{NEGATIVE[i % 6]} number {i}", "negative")
+        for i in range(64)
+    ]
     path.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))
     return path
 
 
 def classifier(backbone, data_file, trainability, tmp_path, lr=1e-3, schedule="constant", **data_kwargs):
-    dm = TextClassification(train_file=str(data_file), val_file=str(data_file), tokenizer=str(backbone),
-                            batch_size=8, cache_dir=str(tmp_path / "cache"), **data_kwargs)
-    model = SequenceClassifier(str(backbone), data=dm.publish(), trainability=trainability,
-                               optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
-                               warmup_steps=0, lr_schedule=schedule)
+    dm = TextClassification(
+        train_file=str(data_file),
+        val_file=str(data_file),
+        tokenizer=str(backbone),
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+        **data_kwargs,
+    )
+    model = SequenceClassifier(
+        str(backbone),
+        data=dm.publish(),
+        trainability=trainability,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
+        warmup_steps=0,
+        lr_schedule=schedule,
+    )
     return model, dm
 
 
 def trainer(tmp_path, steps, callbacks=(), **kwargs) -> L.Trainer:
     kwargs = {"logger": False, "enable_checkpointing": False, "limit_val_batches": 0, **kwargs}
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=list(callbacks), default_root_dir=tmp_path, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 class Recorder(L.Callback):
@@ -83,9 +123,16 @@ class Recorder(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         changed = {n for n, p in pl_module.model.named_parameters() if not torch.equal(p, self.before[n])}
         unfrozen = trainer.callback_metrics.get("train/unfrozen_groups")
-        self.steps.append({"step": trainer.global_step - 1, "grads": self.grads, "changed": changed,
-                           "examples": batch["example_id"].tolist(),
-                           "lrs": self.lrs, "unfrozen": None if unfrozen is None else int(unfrozen)})
+        self.steps.append(
+            {
+                "step": trainer.global_step - 1,
+                "grads": self.grads,
+                "changed": changed,
+                "examples": batch["example_id"].tolist(),
+                "lrs": self.lrs,
+                "unfrozen": None if unfrozen is None else int(unfrozen),
+            }
+        )
 
 
 def fit(model, dm, tmp_path, steps, callbacks=(), ckpt_path=None, **kwargs):
@@ -154,8 +201,9 @@ def gradual_expectations(model, step: int, every: int) -> set[str]:
 def test_gradual_unfreezing_follows_its_schedule_step_by_step(tiny_backbone, sentiment_csv, tmp_path):
     """Per-step linear schedule (BackboneFinetuning crashes on one): group d trains from step 2d on, with LR 0
     and no gradient before."""
-    model, dm = classifier(tiny_backbone, sentiment_csv, GradualUnfreezing(every_n_steps=2), tmp_path,
-                           schedule="linear")
+    model, dm = classifier(
+        tiny_backbone, sentiment_csv, GradualUnfreezing(every_n_steps=2), tmp_path, schedule="linear"
+    )
     rec, t = fit(model, dm, tmp_path, steps=8)
     assert [s["unfrozen"] for s in rec.steps] == [1, 1, 2, 2, 3, 3, 4, 4]
     base = 1e-3
@@ -180,9 +228,9 @@ def test_gradual_unfreezing_resumes_mid_schedule_exactly(tiny_backbone, sentimen
     """Resume from the step-3 checkpoint (mid-epoch, mid-schedule) in a fresh model and trainer: steps 3..7 see the
     same batches, gradients, LRs and unfrozen groups as the uninterrupted run, and end with the same weights.
     (Epoch-based runs, whose LR schedule loads the loader before the restore, rely on the CLI's ResumeState.)"""
+
     def make():
-        return classifier(tiny_backbone, sentiment_csv, GradualUnfreezing(every_n_steps=2), tmp_path,
-                          schedule="linear")
+        return classifier(tiny_backbone, sentiment_csv, GradualUnfreezing(every_n_steps=2), tmp_path, schedule="linear")
 
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
     model_a, dm_a = make()  # 64 examples / 8 = 8 steps, checkpoints at steps 3 and 6
@@ -207,8 +255,9 @@ def test_lora_trains_adapters_and_head_and_merged_export_matches(tiny_backbone, 
     head = {n for n in names if "modules_to_save" in n}
     assert adapters and head and all(s["changed"] == s["grads"] == adapters | head for s in rec.steps)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in adapters} == {"query", "value"}
-    assert {id(p) for p in t.optimizers[0].state} == {id(p) for n, p in model.model.named_parameters()
-                                                      if n in adapters | head}
+    assert {id(p) for p in t.optimizers[0].state} == {
+        id(p) for n, p in model.model.named_parameters() if n in adapters | head
+    }
 
     out = model.export_hf(tmp_path / "hf")
     assert (out / "adapter" / "adapter_config.json").exists()

@@ -26,8 +26,13 @@ def test_every_console_script_is_drawn_from_its_own_options(fuzz_world):
     assert {f.script for f in families} == set(scripts)
     fit = next(f for f in families if f.name == "fit")
     # the printed config and the signatures give types, Literal choices and paths
-    assert "--trainer.accumulate_grad_batches" in fit.options and "0" in fit.options["--trainer.accumulate_grad_batches"]
-    assert "bogus" in fit.options["--model.init_args.lr_schedule"] and "wsd" in fit.options["--model.init_args.lr_schedule"]
+    assert (
+        "--trainer.accumulate_grad_batches" in fit.options and "0" in fit.options["--trainer.accumulate_grad_batches"]
+    )
+    assert (
+        "bogus" in fit.options["--model.init_args.lr_schedule"]
+        and "wsd" in fit.options["--model.init_args.lr_schedule"]
+    )
     assert any("trunc_30k.ckpt" in v for v in fit.options["--ckpt_path"])
     export = next(f for f in families if f.script == "lightning-pretrain-export")
     assert any("random.ckpt" in v for v in export.options["checkpoint"])

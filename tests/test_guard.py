@@ -16,9 +16,22 @@ import torch
 from conftest import FAST, REPO, cli, only_run_dir
 from test_resume import CORPUS_MODES, EVERY, corpus, events_files, finish, launch, train_losses  # noqa: F401
 
-TINY_GPT2 = ["--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_layer", "1",
-             "--model.init_args.model.init_args.n_head", "2", "--model.init_args.model.init_args.n_positions", "32",
-             "--data.vocab_size", "300", "--data.seq_len", "32", "--data.batch_size", "4"]
+TINY_GPT2 = [
+    "--model.init_args.model.init_args.n_embd",
+    "32",
+    "--model.init_args.model.init_args.n_layer",
+    "1",
+    "--model.init_args.model.init_args.n_head",
+    "2",
+    "--model.init_args.model.init_args.n_positions",
+    "32",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--data.batch_size",
+    "4",
+]
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_is_exact(tmp_path, corpus):  # noqa: F811
@@ -54,9 +67,23 @@ def test_non_finite_steps_in_a_row_stop_the_run_keep_a_checkpoint_and_export_not
     (tests/test_loss_guard.py tests the skipping itself.)"""
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-        cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST, *TINY_GPT2, "--data.source",
-            str(tiny_corpus), "--model.init_args.warmup_steps", "0", "--model.init_args.optimizer.init_args.lr", "1e6",
-            "--trainer.max_steps", "8", "--stop_guard.max_bad_steps", "2")
+        cli(
+            "fit",
+            "-c",
+            str(REPO / "configs/pretrain/clm_tiny.yaml"),
+            *FAST,
+            *TINY_GPT2,
+            "--data.source",
+            str(tiny_corpus),
+            "--model.init_args.warmup_steps",
+            "0",
+            "--model.init_args.optimizer.init_args.lr",
+            "1e6",
+            "--trainer.max_steps",
+            "8",
+            "--stop_guard.max_bad_steps",
+            "2",
+        )
     assert exit_info.value.code == 1
     errors = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "2 optimizer step(s) in a row had a non-finite" in errors[0], err.getvalue()
@@ -69,8 +96,17 @@ def test_non_finite_steps_in_a_row_stop_the_run_keep_a_checkpoint_and_export_not
 
 
 def test_a_run_that_ends_between_validations_still_reports_final_metrics(workdir, tiny_corpus):
-    cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST, *TINY_GPT2, "--data.source",
-        str(tiny_corpus), "--trainer.max_steps", "3")  # validation every 2 steps: none at step 3 by itself
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *FAST,
+        *TINY_GPT2,
+        "--data.source",
+        str(tiny_corpus),
+        "--trainer.max_steps",
+        "3",
+    )  # validation every 2 steps: none at step 3 by itself
     run = only_run_dir(workdir, "clm_tiny")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 3 and metrics["global_step"] == 3 and metrics["val/loss"] > 0

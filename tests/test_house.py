@@ -17,7 +17,7 @@ PACKAGE = REPO / "lightning_pretrain"
 
 # lower layers never import higher ones (a module may import its own layer); the longest matching prefix wins
 LAYERS = [
-    ("errors", "compat", "quiet", "allocator", "entry"),
+    ("errors", "compat", "quiet", "allocator", "entry", "config_checks"),
     ("architecture", "document_attention", "generation", "optim", "checkpoint_io", "runs", "parallel", "muon"),
     ("data",),
     ("objectives", "finetune"),
@@ -89,14 +89,23 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def layer(name: str) -> int:
     rest = name.split(".", 1)[1] if "." in name else "__init__"
-    matches = [(len(prefix), i) for i, prefixes in enumerate(LAYERS) for prefix in prefixes
-               if rest == prefix or rest.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), i)
+        for i, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if rest == prefix or rest.startswith(prefix + ".")
+    ]
+    assert matches, f"{name} is in no layer: add it to LAYERS"
     return max(matches)[1]
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
-            for a, targets in sorted(graph.items()) for b in sorted(targets) if layer(b) > layer(a)]
+    return [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if layer(b) > layer(a)
+    ]
 
 
 def private_accesses(root: Path, allowed: tuple[str, ...] = ("compat.py",)) -> list[str]:
@@ -123,11 +132,20 @@ def private_accesses(root: Path, allowed: tuple[str, ...] = ("compat.py",)) -> l
             continue
         for node in ast.walk(tree):
             attr = node.attr if isinstance(node, ast.Attribute) else None
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
-                    "getattr", "setattr", "hasattr") and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "setattr", "hasattr")
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 attr = node.args[1].value if isinstance(node.args[1].value, str) else None
-            if attr and attr.startswith("_") and not (attr.startswith("__") and attr.endswith("__")) and \
-                    attr not in ours:
+            if (
+                attr
+                and attr.startswith("_")
+                and not (attr.startswith("__") and attr.endswith("__"))
+                and attr not in ours
+            ):
                 found.append(f"{path.relative_to(root.parent)}:{node.lineno}: .{attr}")
     return sorted(found)
 
@@ -150,8 +168,9 @@ def test_ruff_lint_and_format_pass():
     if ruff is None:
         pytest.skip("ruff is not installed (it is in the dev extras)")
     for args in (["check"], ["format", "--check"]):
-        out = subprocess.run([ruff, *args, "lightning_pretrain", "tests", "benchmarks"], cwd=REPO,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [ruff, *args, "lightning_pretrain", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
 
 
@@ -164,19 +183,27 @@ def planted(tmp_path):
         (root / sub / "__init__.py").write_text("")
     (root / "__init__.py").write_text("")
     (root / "compat.py").write_text("def epoch(trainer):\n    return trainer._private_epoch\n")
-    (root / "data" / "a.py").write_text("import lightning_pretrain.data.b\n\n\nclass A:\n    def __init__(self):\n"
-                                        "        self._ours = 1\n\n    def get(self):\n        return self._ours\n")
-    (root / "data" / "b.py").write_text("def f():\n    from lightning_pretrain.data import a\n"
-                                        "    from lightning_pretrain.callbacks.c import g\n    return a, g\n")
-    (root / "callbacks" / "c.py").write_text("def g(trainer):\n    return trainer._results, "
-                                             "getattr(trainer, '_hidden', None)\n")
+    (root / "data" / "a.py").write_text(
+        "import lightning_pretrain.data.b\n\n\nclass A:\n    def __init__(self):\n"
+        "        self._ours = 1\n\n    def get(self):\n        return self._ours\n"
+    )
+    (root / "data" / "b.py").write_text(
+        "def f():\n    from lightning_pretrain.data import a\n"
+        "    from lightning_pretrain.callbacks.c import g\n    return a, g\n"
+    )
+    (root / "callbacks" / "c.py").write_text(
+        "def g(trainer):\n    return trainer._results, getattr(trainer, '_hidden', None)\n"
+    )
     return root
 
 
 def test_the_checkers_catch_planted_violations(planted):
     graph = imports(planted)
     assert cycles(graph) == [["lightning_pretrain.data.a", "lightning_pretrain.data.b"]]
-    assert upward_imports(graph) == ["lightning_pretrain.data.b (layer 2) imports lightning_pretrain.callbacks.c "
-                                     "(layer 6)"]
-    assert private_accesses(planted) == ["lightning_pretrain/callbacks/c.py:2: ._hidden",
-                                         "lightning_pretrain/callbacks/c.py:2: ._results"]
+    assert upward_imports(graph) == [
+        "lightning_pretrain.data.b (layer 2) imports lightning_pretrain.callbacks.c (layer 6)"
+    ]
+    assert private_accesses(planted) == [
+        "lightning_pretrain/callbacks/c.py:2: ._hidden",
+        "lightning_pretrain/callbacks/c.py:2: ._results",
+    ]

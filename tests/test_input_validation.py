@@ -32,8 +32,17 @@ def corpus(path: str, column: str = "text"):
 
 
 def splits(tmp_path, train: str, **kwargs) -> Splits:
-    return Splits(None, {"train": train, "val": kwargs.pop("val", train), "test": kwargs.pop("test", None),
-                         "predict": kwargs.pop("predict", None)}, {}, **kwargs)
+    return Splits(
+        None,
+        {
+            "train": train,
+            "val": kwargs.pop("val", train),
+            "test": kwargs.pop("test", None),
+            "predict": kwargs.pop("predict", None),
+        },
+        {},
+        **kwargs,
+    )
 
 
 # -- rows and columns ----------------------------------------------------------------------------------------------
@@ -84,9 +93,12 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
 
 
 def test_files_without_rows(tmp_path):
-    for name, content, message in (("h.csv", "text,label\n", "h.csv has a header \\(line 1\\) but no rows"),
-                                   ("e.csv", "", "e.csv is empty"), ("e.jsonl", "\n\n", "e.jsonl is empty"),
-                                   ("e.json", "[]", "e.json holds no records")):
+    for name, content, message in (
+        ("h.csv", "text,label\n", "h.csv has a header \\(line 1\\) but no rows"),
+        ("e.csv", "", "e.csv is empty"),
+        ("e.jsonl", "\n\n", "e.jsonl is empty"),
+        ("e.json", "[]", "e.json holds no records"),
+    ):
         path = write(tmp_path / name, content)
         with pytest.raises(InputError, match=message):
             corpus(path)
@@ -106,14 +118,22 @@ def test_a_field_longer_than_the_csv_modules_default_limit(tmp_path):
 
 
 def test_a_directory_of_csv_and_tsv_reads_each_with_its_delimiter(tmp_path):
-    write(tmp_path / "a.csv", "text,n\n\"comma, inside\",1\n")
+    write(tmp_path / "a.csv", 'text,n\n"comma, inside",1\n')
     write(tmp_path / "b.tsv", "text\tn\ttab doc, with a comma\t2\n".replace("\ttab", "\ntab"))
     assert sorted(corpus(str(tmp_path))["text"]) == ["comma, inside", "tab doc, with a comma"]
 
 
 # -- JSON ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value,says", [(17, "the number 17"), (None, "missing or null"), (["a"], "a list"),
-                                        ({"en": "a"}, "an object"), (True, "the boolean true")])
+@pytest.mark.parametrize(
+    "value,says",
+    [
+        (17, "the number 17"),
+        (None, "missing or null"),
+        (["a"], "a list"),
+        ({"en": "a"}, "an object"),
+        (True, "the boolean true"),
+    ],
+)
 def test_a_text_that_is_not_a_string_is_refused_with_its_line(tmp_path, value, says):
     lines = [json.dumps({"text": f"line {i}\nnext", "label": i % 2}) for i in range(9)]
     lines[6] = json.dumps({"text": value, "label": 0})
@@ -138,12 +158,15 @@ def test_malformed_json_names_the_line(tmp_path):
         corpus(write(tmp_path / "n.jsonl", '{"body": "a"}\n{"body": "b"}\n'))
 
 
-@pytest.mark.parametrize("content", [
-    [{"text": "a b"}, {"text": "c d"}],  # a list of records
-    {"0": {"text": "a b"}, "1": {"text": "c d"}},  # an object of records (the MNLI subsets)
-    {"data": [{"text": "a b"}, {"text": "c d"}], "version": 2},  # one list field
-    "\n".join(json.dumps({"text": t}) for t in ("a b", "c d")),  # JSON Lines in a .json file
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"text": "a b"}, {"text": "c d"}],  # a list of records
+        {"0": {"text": "a b"}, "1": {"text": "c d"}},  # an object of records (the MNLI subsets)
+        {"data": [{"text": "a b"}, {"text": "c d"}], "version": 2},  # one list field
+        "\n".join(json.dumps({"text": t}) for t in ("a b", "c d")),  # JSON Lines in a .json file
+    ],
+)
 def test_corpus_and_fine_tuning_read_the_same_json_layouts(tmp_path, content):
     path = write(tmp_path / "d.json", content if isinstance(content, str) else json.dumps(content))
     assert corpus(path)["text"] == ["a b", "c d"]
@@ -151,10 +174,15 @@ def test_corpus_and_fine_tuning_read_the_same_json_layouts(tmp_path, content):
     assert read_table(path, header=True).values("text") == ["a b", "c d"]
 
 
-@pytest.mark.parametrize("content,says", [("42", "the top level is the number 42"),
-                                          ('"text"', "the top level is the string"),
-                                          ("[1, 2]", "record 0: the number 1, not an object"),
-                                          ('{"a": [], "b": []}', "2 list fields")])
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        ("42", "the top level is the number 42"),
+        ('"text"', "the top level is the string"),
+        ("[1, 2]", "record 0: the number 1, not an object"),
+        ('{"a": [], "b": []}', "2 list fields"),
+    ],
+)
 def test_json_documents_that_hold_no_records(tmp_path, content, says):
     path = write(tmp_path / "x.json", content)
     with pytest.raises(InputError, match=says):
@@ -164,15 +192,26 @@ def test_json_documents_that_hold_no_records(tmp_path, content, says):
 
 
 # -- encodings -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("encoding,says", [
-    ("utf-16", "is UTF-16 \\(it starts with a byte-order mark\\); convert it to UTF-8, e.g. `iconv -f utf-16 -t utf-8"),
-    ("utf-32", "is UTF-32 \\(it starts with a byte-order mark\\)"),
-    ("utf-16-le", "looks like UTF-16LE text"), ("utf-16-be", "looks like UTF-16BE text"),
-    ("utf-32-le", "looks like UTF-32LE text")])
+@pytest.mark.parametrize(
+    "encoding,says",
+    [
+        (
+            "utf-16",
+            "is UTF-16 \\(it starts with a byte-order mark\\); convert it to UTF-8, e.g. `iconv -f utf-16 -t utf-8",
+        ),
+        ("utf-32", "is UTF-32 \\(it starts with a byte-order mark\\)"),
+        ("utf-16-le", "looks like UTF-16LE text"),
+        ("utf-16-be", "looks like UTF-16BE text"),
+        ("utf-32-le", "looks like UTF-32LE text"),
+    ],
+)
 def test_wide_encodings_are_named(tmp_path, encoding, says):
     for name in ("u.txt", "u.csv", "u.jsonl"):
-        text = {"u.txt": "Hello there.\n\nSecond.\n", "u.csv": "text,label\nhello,1\n",
-                "u.jsonl": '{"text": "hello"}\n'}[name]
+        text = {
+            "u.txt": "Hello there.\n\nSecond.\n",
+            "u.csv": "text,label\nhello,1\n",
+            "u.jsonl": '{"text": "hello"}\n',
+        }[name]
         path = write(tmp_path / name, text.encode(encoding))
         with pytest.raises(InputError, match=says):
             corpus(path)
@@ -238,8 +277,9 @@ def test_rows_keep_their_file_lines_through_the_holdout(tmp_path):
 def test_missing_labels_are_no_class():
     for spelling in ("NaN", "nan", "", " ", float("nan"), None, "-1"):
         assert label_vocabulary(["a", spelling, "b"]) == ["a", "b"]
-        targets = encode_labels(["a", spelling], ["a", "b"], "classification", where="t.csv",
-                                positions=["line 2", "line 3"])
+        targets = encode_labels(
+            ["a", spelling], ["a", "b"], "classification", where="t.csv", positions=["line 2", "line 3"]
+        )
         with pytest.raises(InputError, match="t.csv line 3: no label"):
             labelled(["a", spelling], targets, "classification", False, "t.csv", ["line 2", "line 3"])
     assert encode_labels(["nan", "-1"], ["nan", "-1"], "classification") == [0, 1]  # unless named as classes
@@ -247,8 +287,11 @@ def test_missing_labels_are_no_class():
 
 
 def test_label_names_and_values():
-    for names, says in ((["pos", "neg", "pos"], "names 'pos' twice"), (["pos"], "names 1 class"),
-                        (["pos", " "], "blank name")):
+    for names, says in (
+        (["pos", "neg", "pos"], "names 'pos' twice"),
+        (["pos"], "names 1 class"),
+        (["pos", " "], "blank name"),
+    ):
         with pytest.raises(InputError, match=says):
             check_label_names(names)
     check_label_names(None)
@@ -286,8 +329,12 @@ def test_the_shared_data_files_pass(tmp_path):
         pytest.skip(f"needs {SHARED_DATA}")
     # the classification tables only: the folder also holds task files of other shapes (MMLU's header-less 5-row
     # dev CSVs, SQuAD JSON, SuperGLUE JSONL), which their own readers check
-    found = sorted(p for folder in ("glue", "sst2", "ag_news", "mnli") for p in (SHARED_DATA / folder).rglob("*")
-                   if p.suffix in (".tsv", ".csv", ".json", ".jsonl"))
+    found = sorted(
+        p
+        for folder in ("glue", "sst2", "ag_news", "mnli")
+        for p in (SHARED_DATA / folder).rglob("*")
+        if p.suffix in (".tsv", ".csv", ".json", ".jsonl")
+    )
     assert found
     for path in found:
         header = not ("CoLA" in path.parts or path.name.startswith("alps") or path.parent.name == "ag_news")

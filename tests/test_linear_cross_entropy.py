@@ -74,6 +74,7 @@ def test_all_rows_ignored_is_zero_not_nan():
 
 class _Tok:
     """The facts CausalLM reads from a tokenizer."""
+
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
     mask_token_id = sep_token_id = cls_token_id = None
     all_special_ids = [0, 1, 2]
@@ -82,15 +83,27 @@ class _Tok:
         return 300
 
 
-@pytest.mark.parametrize("config", [
-    GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64),  # tied head, no bias
-    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64),  # tied head, no bias
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        ),
+    ],
+)
 def test_causal_lm_chunked_loss_equals_hf_loss(config, monkeypatch):
     """CausalLM's chunked loss equals the HF model's `labels=` loss, with the gradients of every parameter."""
     calls = []
-    monkeypatch.setattr(causal_lm, "linear_cross_entropy", lambda *a, **k: calls.append(1) or linear_cross_entropy(*a, **k))
+    monkeypatch.setattr(
+        causal_lm, "linear_cross_entropy", lambda *a, **k: calls.append(1) or linear_cross_entropy(*a, **k)
+    )
     module = CausalLM(model=config, data=DataContract(_Tok()))
     module.model.eval()  # dropout off so both paths see the same network
     batch = torch.randint(3, 300, (3, 40), generator=torch.Generator().manual_seed(0))

@@ -74,10 +74,13 @@ def test_every_datamodule_uses_it_under_ddp(tiny_corpus, tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(16)))
     cache = str(tmp_path / "cache")
-    modules = [PretrainCorpus(source=str(tiny_corpus), vocab_size=300, seq_len=32, batch_size=4, cache_dir=cache),
-               SentencePairCorpus(source=str(tiny_corpus), vocab_size=300, seq_len=32, batch_size=4, cache_dir=cache),
-               TextClassification(train_file=str(csv), val_file=str(csv), tokenizer=str(minilm_dir()), batch_size=4,
-                                  cache_dir=cache)]
+    modules = [
+        PretrainCorpus(source=str(tiny_corpus), vocab_size=300, seq_len=32, batch_size=4, cache_dir=cache),
+        SentencePairCorpus(source=str(tiny_corpus), vocab_size=300, seq_len=32, batch_size=4, cache_dir=cache),
+        TextClassification(
+            train_file=str(csv), val_file=str(csv), tokenizer=str(minilm_dir()), batch_size=4, cache_dir=cache
+        ),
+    ]
     for dm in modules:
         dm.prepare_data()
         dm.setup("fit")

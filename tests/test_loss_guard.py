@@ -24,6 +24,7 @@ from lightning_pretrain.objectives import CausalLM
 
 class Injected(CausalLM):
     """The test hook: the training loss of chosen micro-batches (batch_idx) is NaN, or ten times too large."""
+
     nan_batches: set[int] = set()
     nan_from: int | None = None
     spike_batches: set[int] = set()
@@ -56,21 +57,45 @@ class Snapshots(L.Callback):
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         same(a[k], b[k]) if isinstance(a[k], dict) else torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k]))
-        for k in a)
+        for k in a
+    )
 
 
-def fit(tmp_path, guard: StopGuard, steps: int, accumulate: int = 1, snapshots: Snapshots | None = None,
-        optimizer=torch.optim.AdamW, plugins=None, **inject):
+def fit(
+    tmp_path,
+    guard: StopGuard,
+    steps: int,
+    accumulate: int = 1,
+    snapshots: Snapshots | None = None,
+    optimizer=torch.optim.AdamW,
+    plugins=None,
+    **inject,
+):
     torch.manual_seed(0)
-    module = Injected(model=GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=32), data=DataContract(_Tok()),
-                      warmup_steps=0, lr_schedule="constant", optimizer=optimizer)
+    module = Injected(
+        model=GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=32),
+        data=DataContract(_Tok()),
+        warmup_steps=0,
+        lr_schedule="constant",
+        optimizer=optimizer,
+    )
     for name, value in inject.items():
         setattr(module, name, value)
     snapshots = snapshots or Snapshots(accumulate)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate,
-                        default_root_dir=tmp_path, logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
-                        log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=[guard, snapshots], plugins=plugins)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        accumulate_grad_batches=accumulate,
+        default_root_dir=tmp_path,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[guard, snapshots],
+        plugins=plugins,
+    )
     blocks = torch.randint(3, 300, (4 * steps * accumulate, 16), generator=torch.Generator().manual_seed(1))
     try:
         trainer.fit(module, torch.utils.data.DataLoader(blocks, batch_size=4))
@@ -148,8 +173,14 @@ def fp16(init_scale: float) -> MixedPrecision:
 def test_fp16_loss_scaling_skips_nan_steps_with_fused_and_plain_adamw_and_its_own_overflows_are_not_counted(tmp_path):
     norms = {}
     for fused in (False, True):  # a fused AdamW unscales inside its step: the guard's gradients are still scaled
-        trainer, _, snap = fit(tmp_path / str(fused), StopGuard(max_bad_steps=2), steps=5, nan_batches={2},
-                               plugins=[fp16(2.0**8)], optimizer=partial(torch.optim.AdamW, fused=fused))
+        trainer, _, snap = fit(
+            tmp_path / str(fused),
+            StopGuard(max_bad_steps=2),
+            steps=5,
+            nan_batches={2},
+            plugins=[fp16(2.0**8)],
+            optimizer=partial(torch.optim.AdamW, fused=fused),
+        )
         assert trainer.callbacks[0].skipped_steps == 1 and trainer.precision_plugin.scaler.get_scale() == 2.0**7
         assert same(snap.weights[2], snap.weights[3]) and same(snap.states[2], snap.states[3])
         assert not same(snap.weights[3], snap.weights[4])

@@ -51,7 +51,9 @@ def test_specials_never_touched_and_unselected_positions_unchanged():
         assert (labels[special] == IGNORE_INDEX).all()
         assert torch.equal(inputs[special], ids[special])
         assert torch.equal(inputs[labels == IGNORE_INDEX], ids[labels == IGNORE_INDEX])
-        assert not torch.isin(inputs[(labels != IGNORE_INDEX) & (inputs != MASK)], SPECIALS).any()  # random never special
+        assert not torch.isin(
+            inputs[(labels != IGNORE_INDEX) & (inputs != MASK)], SPECIALS
+        ).any()  # random never special
 
 
 def test_same_generator_seed_same_mask():
@@ -62,6 +64,7 @@ def test_same_generator_seed_same_mask():
 
 class _Tok:
     """The three facts MaskedLM reads from a tokenizer."""
+
     mask_token_id, pad_token_id = MASK, 0
     bos_token_id = eos_token_id = sep_token_id = cls_token_id = None
     all_special_ids = SPECIALS.tolist()
@@ -70,12 +73,21 @@ class _Tok:
         return VOCAB
 
 
-@pytest.mark.parametrize("config", [
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-    RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-    ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     layer_types=["full_attention", "sliding_attention"], local_attention=16),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        ModernBertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            layer_types=["full_attention", "sliding_attention"],
+            local_attention=16,
+        ),
+    ],
+)
 def test_sparse_head_loss_equals_hf_loss(config):
     """Our loss on masked positions only equals the HF model's full-logit `labels=` loss, gradients included."""
     module = MaskedLM(model=config, data=DataContract(_Tok()))

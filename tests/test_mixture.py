@@ -55,7 +55,7 @@ def test_order_is_a_function_of_the_seed_and_each_source_epoch_a_permutation():
     for s, size in enumerate(SIZES):  # 'repeat': each pass over a source uses every row once, in a new order
         rows = a[source_of(a) == s]
         assert sorted(rows[:size]) == list(range(blocks_of().offsets[s], blocks_of().offsets[s] + size))
-        assert (rows[:size] != rows[size:2 * size]).any()
+        assert (rows[:size] != rows[size : 2 * size]).any()
 
 
 def test_ranks_share_the_one_global_sequence():
@@ -72,8 +72,9 @@ def cached_loader(workers: int):
 
     ds = blocks_of()
     sampler = mx.MixtureSampler(ds, np.array([0.5, 0.3, 0.2]), 4, seed=7)
-    return StatefulDataLoader(ds, batch_size=4, sampler=sampler, drop_last=True, collate_fn=BlockCollate(),
-                              num_workers=workers)
+    return StatefulDataLoader(
+        ds, batch_size=4, sampler=sampler, drop_last=True, collate_fn=BlockCollate(), num_workers=workers
+    )
 
 
 def take(it, n):
@@ -81,8 +82,10 @@ def take(it, n):
 
 
 def same(a, b) -> bool:
-    return all(torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["mixture_source"], y["mixture_source"])
-               for x, y in zip(a, b, strict=True))
+    return all(
+        torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["mixture_source"], y["mixture_source"])
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -111,7 +114,7 @@ def test_stop_ends_at_the_first_spent_source_and_repeat_goes_on():
     assert (counts <= SIZES).all() and counts[2] > SIZES[2] - 4  # it ends within a round (4) of running out
     assert list(stop) == []  # spent: a new epoch is empty (the callback stops the run before one starts)
     more = sampled(w, len(rows) + 40)  # 'repeat' draws past that point, into source 2's second epoch
-    assert (np.bincount(source_of(more), minlength=3)[2] > SIZES[2])
+    assert np.bincount(source_of(more), minlength=3)[2] > SIZES[2]
 
 
 def test_bad_sources_are_refused_in_one_line():
@@ -121,8 +124,9 @@ def test_bad_sources_are_refused_in_one_line():
         mx.check_sources([{"source": "builtin", "weight": 0}])
     with pytest.raises(InputError, match="duplicate"):
         mx.check_sources([{"source": "a.txt", "name": "x"}, {"source": "b.txt", "name": "x"}])
-    _, names, weights = mx.check_sources([{"source": "/d/train.txt", "weight": 3}, {"source": "/e/train.txt"},
-                                          {"source": "org/set:cfg@train"}])
+    _, names, weights = mx.check_sources(
+        [{"source": "/d/train.txt", "weight": 3}, {"source": "/e/train.txt"}, {"source": "org/set:cfg@train"}]
+    )
     assert names == ["train", "train_2", "set_cfg"] and np.allclose(weights, [0.6, 0.2, 0.2])
 
 
@@ -196,8 +200,13 @@ def test_a_mixture_reads_its_sources_itself_and_publishes_its_state(tmp_path):
 
     a, b = two_corpora(tmp_path)
     mix = [{"source": str(a), "weight": 0.7}, {"source": str(b), "weight": 0.3, "name": "beta"}]
-    common = {"sources": mix, "tokenizer": str(minilm_dir()), "seq_len": 16, "batch_size": 4,
-              "cache_dir": str(tmp_path / "cache")}
+    common = {
+        "sources": mix,
+        "tokenizer": str(minilm_dir()),
+        "seq_len": 16,
+        "batch_size": 4,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     dm = PretrainCorpus(**common)
     assert len(dm.parts) == 2 and not any(isinstance(p, L.LightningDataModule) for p in dm.parts)
     with pytest.raises(RuntimeError, match="publish"):
@@ -205,8 +214,9 @@ def test_a_mixture_reads_its_sources_itself_and_publishes_its_state(tmp_path):
     assert dm.publish() is dm.contract and dm.contract.seq_len == 16
     dm.setup("fit")
     state = dm.mixture_state([7, 3], None)
-    assert state == mx.MixtureState(("alpha", "beta"), (7 / len(dm.parts[0].train_blocks),
-                                                        3 / len(dm.parts[1].train_blocks)), None)
+    assert state == mx.MixtureState(
+        ("alpha", "beta"), (7 / len(dm.parts[0].train_blocks), 3 / len(dm.parts[1].train_blocks)), None
+    )
     assert PretrainCorpus(**{**common, "sources": None, "source": str(a)}).mixture_state([5], None) is None
     streaming = StreamingCorpus(**common, num_workers=0, val_documents=5)
     streaming.trainer = SimpleNamespace(global_rank=1, world_size=2, max_steps=10, accumulate_grad_batches=1)
@@ -227,8 +237,18 @@ def test_cli_logs_the_realised_mixture(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     a, b = two_corpora(tmp_path)
     mix = f"[{{source: {a}, weight: 0.7}}, {{source: {b}, weight: 0.3, name: beta}}]"
-    args = ["fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *TINY, "--data.sources", mix,
-            "--data.batch_size", "8", "--trainer.max_steps", "30"]
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *TINY,
+        "--data.sources",
+        mix,
+        "--data.batch_size",
+        "8",
+        "--trainer.max_steps",
+        "30",
+    ]
     cli(*args)
     got = scalars(tmp_path / "logs" / "resume" / "version_0")
     alpha, beta = got["train/mixture/alpha"][-1].value, got["train/mixture/beta"][-1].value
@@ -247,7 +267,24 @@ def test_cli_logs_the_realised_mixture(tmp_path, monkeypatch, caplog):
 def test_mixture_run_killed_and_resumed_logs_the_same_losses(tmp_path):
     a, b = two_corpora(tmp_path)
     mix = f"[{{source: {a}, weight: 0.7}}, {{source: {b}, weight: 0.3}}]"
-    check_kill_and_resume(tmp_path, ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *TINY, "--data.sources", mix,
-                                     "--data.batch_size", "8", "--data.num_workers", "1", "--trainer.max_steps", "24",
-                                     "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last", "true",
-                                     "--trainer.callbacks.every_n_train_steps", "5"])
+    check_kill_and_resume(
+        tmp_path,
+        [
+            "-c",
+            str(REPO / "configs/pretrain/clm_tiny.yaml"),
+            *TINY,
+            "--data.sources",
+            mix,
+            "--data.batch_size",
+            "8",
+            "--data.num_workers",
+            "1",
+            "--trainer.max_steps",
+            "24",
+            "--trainer.callbacks+=ModelCheckpoint",
+            "--trainer.callbacks.save_last",
+            "true",
+            "--trainer.callbacks.every_n_train_steps",
+            "5",
+        ],
+    )

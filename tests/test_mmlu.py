@@ -15,8 +15,14 @@ SUBJECTS = {"anatomy": 6, "pet_care": 4}  # one subject lm-eval knows, one it do
 
 def question(subject: str, split: str, k: int) -> list[str]:
     word = ["cat", "dog", "bird", "tree", "house", "water", "garden", "mat"][k]  # in the tiny vocabularies
-    return [f" {subject} {split} question {k} on the {word}, with a comma? ", f"red {word}", f"blue {k}",
-            "big, green", "", "ABCD"[(k * 3 + len(subject)) % 4]]
+    return [
+        f" {subject} {split} question {k} on the {word}, with a comma? ",
+        f"red {word}",
+        f"blue {k}",
+        "big, green",
+        "",
+        "ABCD"[(k * 3 + len(subject)) % 4],
+    ]
 
 
 def write_mmlu(root, header: bool = False, dev_rows: int = 5):
@@ -57,8 +63,9 @@ def lm_eval_own_task(subject: str, folder, rows: dict[str, list[dict]]):
     for split, records in rows.items():
         files[split] = folder / f"ref_{subject}_{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in records))
-    config.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {k: str(v) for k, v in
-                                                                                          files.items()}})
+    config.update(
+        dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {k: str(v) for k, v in files.items()}}
+    )
     if description is not None:  # what lm-eval's _generate_configs.py writes for a subject
         config["description"] = description
     config.pop("tag", None)
@@ -66,8 +73,10 @@ def lm_eval_own_task(subject: str, folder, rows: dict[str, list[dict]]):
 
 
 def cais_records(subject: str, split: str, n: int) -> list[dict]:
-    return [{"question": q[0], "subject": subject, "choices": q[1:5], "answer": "ABCD".index(q[5])}
-            for q in (question(subject, split, k) for k in range(n))]
+    return [
+        {"question": q[0], "subject": subject, "choices": q[1:5], "answer": "ABCD".index(q[5])}
+        for q in (question(subject, split, k) for k in range(n))
+    ]
 
 
 def test_prompts_equal_lm_eval_own_mmlu_task(tmp_path):
@@ -78,21 +87,35 @@ def test_prompts_equal_lm_eval_own_mmlu_task(tmp_path):
     assert [s.name for s in specs] == ["mmlu_anatomy", "mmlu_pet_care"]
     ours = loaded_tasks(specs, tmp_path)["tasks"]
     for spec, subject in zip(specs, ["anatomy", "pet_care"]):
-        reference = lm_eval_own_task(subject, tmp_path, {"test": cais_records(subject, "test", SUBJECTS[subject]),
-                                                         "dev": cais_records(subject, "dev", 5)})
+        reference = lm_eval_own_task(
+            subject,
+            tmp_path,
+            {"test": cais_records(subject, "test", SUBJECTS[subject]), "dev": cais_records(subject, "dev", 5)},
+        )
         got = requests_of(ours[spec.lm_eval_name])
         assert got == requests_of(reference) and len(got) == 4 * SUBJECTS[subject]
     # and written out: description, the first 5 dev questions in order with their answers, the question, " A".." D"
-    shot = "".join(f"{subject_q.strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer: {ans}\n\n"
-                   for subject_q, a, b, c, d, ans in (question("anatomy", "dev", k) for k in range(5)))
+    shot = "".join(
+        f"{subject_q.strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer: {ans}\n\n"
+        for subject_q, a, b, c, d, ans in (question("anatomy", "dev", k) for k in range(5))
+    )
     q = question("anatomy", "test", 2)
-    context = ("The following are multiple choice questions (with answers) about anatomy.\n\n" + shot
-               + f"{q[0].strip()}\nA. {q[1]}\nB. {q[2]}\nC. {q[3]}\nD. \nAnswer:")
-    assert requests_of(ours[specs[0].lm_eval_name])[8:12] == [(context, " A"), (context, " B"), (context, " C"),
-                                                               (context, " D")]
+    context = (
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        + shot
+        + f"{q[0].strip()}\nA. {q[1]}\nB. {q[2]}\nC. {q[3]}\nD. \nAnswer:"
+    )
+    assert requests_of(ours[specs[0].lm_eval_name])[8:12] == [
+        (context, " A"),
+        (context, " B"),
+        (context, " C"),
+        (context, " D"),
+    ]
     pet = requests_of(ours[specs[1].lm_eval_name], num_fewshot=0)[0][0]
-    assert pet.startswith("The following are multiple choice questions (with answers) about pet care.\n\n"
-                          "pet_care test question 0 on the cat")
+    assert pet.startswith(
+        "The following are multiple choice questions (with answers) about pet care.\n\n"
+        "pet_care test question 0 on the cat"
+    )
     assert registry.shipped()["mmlu"]["layout"] == "multiple_choice"  # `--tasks mmlu` without --mmlu_dir unchanged
 
 
@@ -117,8 +140,22 @@ def test_cli_scores_every_subject_and_the_averages(tiny_causal, tmp_path, capsys
 
     _, _, model_dir = tiny_causal
     root = write_mmlu(tmp_path / "mmlu")
-    main(["--model", str(model_dir), "--tasks", "mmlu", "--mmlu_dir", str(root), "--limit", "5", "--device", "cpu",
-          "--output_dir", str(tmp_path / "out")])
+    main(
+        [
+            "--model",
+            str(model_dir),
+            "--tasks",
+            "mmlu",
+            "--mmlu_dir",
+            str(root),
+            "--limit",
+            "5",
+            "--device",
+            "cpu",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     out = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     tasks = out["tasks"]
     assert set(tasks) == {"mmlu_anatomy", "mmlu_pet_care", "mmlu"} and out["num_fewshot"] == 5
@@ -152,21 +189,25 @@ def test_masked_lm_scores_mmlu_with_one_forward_per_question(tiny_bert, tmp_path
     assert sum(seen) == SUBJECTS["anatomy"] and rows[0].samples == SUBJECTS["anatomy"]
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("no_dev", "5-shot MMLU needs"),
-    ("columns", "5 columns, expected 6"),
-    ("letter", "answer 'E' is not one of A, B, C, D"),
-    ("header_answer", "answer '4' is not one of 0, 1, 2, 3"),
-    ("empty", "no <subject>_test.csv files"),
-    ("subject", "MMLU subject(s) botany have no test file"),
-    ("subjects_alone", "--mmlu_subjects needs --mmlu_dir"),
-    ("short_dev", "holds 2 questions, fewer than --num_fewshot 5"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("no_dev", "5-shot MMLU needs"),
+        ("columns", "5 columns, expected 6"),
+        ("letter", "answer 'E' is not one of A, B, C, D"),
+        ("header_answer", "answer '4' is not one of 0, 1, 2, 3"),
+        ("empty", "no <subject>_test.csv files"),
+        ("subject", "MMLU subject(s) botany have no test file"),
+        ("subjects_alone", "--mmlu_subjects needs --mmlu_dir"),
+        ("short_dev", "holds 2 questions, fewer than --num_fewshot 5"),
+    ],
+)
 def test_bad_mmlu_folders_are_one_error_line(tmp_path, capsys, breakage, message):
     from lightning_pretrain.evaluate.cli import main
 
-    root = write_mmlu(tmp_path / "mmlu", header=breakage == "header_answer", dev_rows=2 if breakage == "short_dev"
-                      else 5)
+    root = write_mmlu(
+        tmp_path / "mmlu", header=breakage == "header_answer", dev_rows=2 if breakage == "short_dev" else 5
+    )
     test_file = root / "test" / "anatomy_test.csv"
     args = ["--model", str(tmp_path / "never_loaded"), "--mmlu_dir", str(root), "--output_dir", str(tmp_path / "o")]
     if breakage == "no_dev":

@@ -23,12 +23,46 @@ from lightning_pretrain.finetune import Frozen, GradualUnfreezing, LayerwiseLRDe
 from lightning_pretrain.finetune.token_classifier import EntityScores, TokenClassifier
 
 CONFIG = ["-c", str(REPO / "configs" / "finetune" / "conll2003.yaml")]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-         "--trainer.log_every_n_steps", "1"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "mary", "john", "##son", "smith", "peter", "acme", "corp",
-         "glob", "##ex", "paris", "bos", "##ton", "london", "visited", "works", "at", "in", "and", "met", "."]
-PER, ORG, LOC = [["Mary", "Johnson"], ["John", "Smith"], ["Peter"]], [["Acme", "Corp"], ["Globex"]], \
-    [["Paris"], ["Boston"], ["London"]]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "mary",
+    "john",
+    "##son",
+    "smith",
+    "peter",
+    "acme",
+    "corp",
+    "glob",
+    "##ex",
+    "paris",
+    "bos",
+    "##ton",
+    "london",
+    "visited",
+    "works",
+    "at",
+    "in",
+    "and",
+    "met",
+    ".",
+]
+PER, ORG, LOC = (
+    [["Mary", "Johnson"], ["John", "Smith"], ["Peter"]],
+    [["Acme", "Corp"], ["Globex"]],
+    [["Paris"], ["Boston"], ["London"]],
+)
 
 
 def iob1(words: list[str], kind: str, touching: bool = False) -> list[tuple[str, str]]:
@@ -43,18 +77,24 @@ def sentences(n: int) -> list[list[tuple[str, str]]]:
         if i % 3 == 0:
             out.append(iob1(per, "PER") + [("visited", "O")] + iob1(loc, "LOC") + [(".", "O")])
         elif i % 3 == 1:
-            out.append(iob1(per, "PER") + [("works", "O"), ("at", "O")] + iob1(org, "ORG") + [("in", "O")]
-                       + iob1(loc, "LOC") + [(".", "O")])
+            out.append(
+                iob1(per, "PER")
+                + [("works", "O"), ("at", "O")]
+                + iob1(org, "ORG")
+                + [("in", "O")]
+                + iob1(loc, "LOC")
+                + [(".", "O")]
+            )
         else:  # two touching locations: the second begins with B- in IOB1
-            out.append(iob1(per, "PER") + [("visited", "O")] + iob1(loc, "LOC") + iob1(loc2, "LOC", True)
-                       + [(".", "O")])
+            out.append(
+                iob1(per, "PER") + [("visited", "O")] + iob1(loc, "LOC") + iob1(loc2, "LOC", True) + [(".", "O")]
+            )
     return out
 
 
 def conll_text(sents) -> str:
     """CoNLL-2003's layout: `word POS chunk NER`, a -DOCSTART- line, blank lines between sentences."""
-    return "-DOCSTART- -X- -X- O\n\n" + "".join(
-        "".join(f"{w} NNP I-NP {t}\n" for w, t in s) + "\n" for s in sents)
+    return "-DOCSTART- -X- -X- O\n\n" + "".join("".join(f"{w} NNP I-NP {t}\n" for w, t in s) + "\n" for s in sents)
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +103,18 @@ def tiny_ner_backbone(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_ner_bert")
     BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(out)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=256, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)).save_pretrained(out)
+    BertModel(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    ).save_pretrained(out)
     return out
 
 
@@ -78,13 +127,16 @@ def conll_dir(tmp_path_factory):
 
 
 # -- reading and IOB -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tags,expected,was_iob1", [
-    (["I-PER", "I-PER", "O", "I-LOC"], ["B-PER", "I-PER", "O", "B-LOC"], True),
-    (["I-LOC", "B-LOC", "I-LOC", "O"], ["B-LOC", "B-LOC", "I-LOC", "O"], True),  # two touching LOCs
-    (["I-ORG", "I-PER", "O", "O", "I-MISC"], ["B-ORG", "B-PER", "O", "O", "B-MISC"], True),  # type change
-    (["B-PER", "I-PER", "O", "B-LOC", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC", "B-LOC"], False),  # IOB2 already
-    (["O", "O"], ["O", "O"], False),
-])
+@pytest.mark.parametrize(
+    "tags,expected,was_iob1",
+    [
+        (["I-PER", "I-PER", "O", "I-LOC"], ["B-PER", "I-PER", "O", "B-LOC"], True),
+        (["I-LOC", "B-LOC", "I-LOC", "O"], ["B-LOC", "B-LOC", "I-LOC", "O"], True),  # two touching LOCs
+        (["I-ORG", "I-PER", "O", "O", "I-MISC"], ["B-ORG", "B-PER", "O", "O", "B-MISC"], True),  # type change
+        (["B-PER", "I-PER", "O", "B-LOC", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC", "B-LOC"], False),  # IOB2 already
+        (["O", "O"], ["O", "O"], False),
+    ],
+)
 def test_iob1_to_iob2_by_hand(tags, expected, was_iob1):
     at = [f"line {i}" for i in range(len(tags))]
     assert to_iob2(tags, at, "iob1", "f") == (expected, was_iob1)
@@ -116,21 +168,45 @@ def test_column_and_json_readers(tmp_path):
 
 def test_first_subtoken_alignment_and_truncation(tiny_ner_backbone, tmp_path, caplog):
     path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps({"tokens": ["Mary", "Johnson", "visited", "Boston", "."],
-                                "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {"tokens": ["Mary", "Johnson", "visited", "Boston", "."], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
+        )
+        + "\n"
+    )
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    dm = TokenTagging(train_file=str(path), val_file=str(path), tokenizer=str(tiny_ner_backbone), labels=labels,
-                      cache_dir=str(tmp_path / "cache"))
+    dm = TokenTagging(
+        train_file=str(path),
+        val_file=str(path),
+        tokenizer=str(tiny_ner_backbone),
+        labels=labels,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
     row = dm.splits["train"][0]
-    assert dm.tokenizer.convert_ids_to_tokens(row["input_ids"]) == \
-        ["[CLS]", "mary", "john", "##son", "visited", "bos", "##ton", ".", "[SEP]"]
+    assert dm.tokenizer.convert_ids_to_tokens(row["input_ids"]) == [
+        "[CLS]",
+        "mary",
+        "john",
+        "##son",
+        "visited",
+        "bos",
+        "##ton",
+        ".",
+        "[SEP]",
+    ]
     assert row["word_ids"] == [-1, 0, 1, 1, 2, 3, 3, 4, -1]
     assert row["labels"] == [-100, 1, 2, -100, 0, 3, -100, 0, -100]
     assert row["tags"] == [1, 2, 0, 3, 0]
     # 5 tokens: [CLS] mary john ##son [SEP]; 'visited', 'Boston' and '.' are cut, counted and warned about
-    short = TokenTagging(train_file=str(path), val_file=str(path), tokenizer=str(tiny_ner_backbone), labels=labels,
-                         max_length=5, cache_dir=str(tmp_path / "cache"))
+    short = TokenTagging(
+        train_file=str(path),
+        val_file=str(path),
+        tokenizer=str(tiny_ner_backbone),
+        labels=labels,
+        max_length=5,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with caplog.at_level(logging.WARNING):
         short.setup("fit")
     assert short.splits["train"][0]["labels"] == [-100, 1, 2, -100, -100]
@@ -143,12 +219,23 @@ def test_first_subtoken_alignment_and_truncation(tiny_ner_backbone, tmp_path, ca
 def test_length_grouped_batches_pad_little_and_resume_exactly(tiny_ner_backbone, tmp_path):
     rng = random.Random(0)
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps({"tokens": ["visited"] * (n := rng.randint(1, 40)), "tags": ["O"] * n}) + "\n"
-                            for _ in range(240)))
+    path.write_text(
+        "".join(
+            json.dumps({"tokens": ["visited"] * (n := rng.randint(1, 40)), "tags": ["O"] * n}) + "\n"
+            for _ in range(240)
+        )
+    )
 
     def padding(grouped: bool) -> tuple[float, list[int]]:
-        dm = TokenTagging(train_file=str(path), val_file=str(path), tokenizer=str(tiny_ner_backbone), batch_size=8,
-                          group_by_length=grouped, labels=["O", "B-PER", "I-PER"], cache_dir=str(tmp_path / "cache"))
+        dm = TokenTagging(
+            train_file=str(path),
+            val_file=str(path),
+            tokenizer=str(tiny_ner_backbone),
+            batch_size=8,
+            group_by_length=grouped,
+            labels=["O", "B-PER", "I-PER"],
+            cache_dir=str(tmp_path / "cache"),
+        )
         dm.setup("fit")
         batches = list(dm.train_dataloader())
         ids = sorted(i for b in batches for i in b["example_id"].tolist())
@@ -156,8 +243,15 @@ def test_length_grouped_batches_pad_little_and_resume_exactly(tiny_ner_backbone,
 
     (grouped, ids), (shuffled, _) = padding(True), padding(False)
     assert ids == list(range(240)) and grouped < 1.15 < 1.5 < shuffled
-    dm = TokenTagging(train_file=str(path), val_file=str(path), tokenizer=str(tiny_ner_backbone), batch_size=8,
-                      group_by_length=True, labels=["O", "B-PER", "I-PER"], cache_dir=str(tmp_path / "cache"))
+    dm = TokenTagging(
+        train_file=str(path),
+        val_file=str(path),
+        tokenizer=str(tiny_ner_backbone),
+        batch_size=8,
+        group_by_length=True,
+        labels=["O", "B-PER", "I-PER"],
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(1)  # as Lightning does every epoch
@@ -182,7 +276,7 @@ def test_entity_scores_equal_seqeval_on_random_tags(strict):
     preds = [[t if rng.random() < 0.7 else rng.choice(["O", "B-PER", "I-LOC"]) for t in g] for g in golds]
     metric = EntityScores(strict)
     for start in range(0, 300, 64):  # accumulated over batches
-        metric.update(preds[start:start + 64], golds[start:start + 64])
+        metric.update(preds[start : start + 64], golds[start : start + 64])
     got = metric.compute()
     kw = {"mode": "strict", "scheme": IOB2} if strict else {}
     assert got["precision"].item() == pytest.approx(seqeval.precision_score(golds, preds, **kw), abs=1e-6)
@@ -194,8 +288,21 @@ def test_entity_scores_equal_seqeval_on_random_tags(strict):
 
 # -- training, modes, predict, export --------------------------------------------------------------------------------
 def test_cli_fit_predict_export_pipeline(workdir, tiny_ner_backbone, conll_dir):
-    cli("fit", *CONFIG, *QUIET, "--model.backbone", str(tiny_ner_backbone), "--data.source", str(conll_dir),
-        "--data.batch_size", "8", "--trainer.max_epochs", "6", "--model.optimizer.init_args.lr", "0.01")
+    cli(
+        "fit",
+        *CONFIG,
+        *QUIET,
+        "--model.backbone",
+        str(tiny_ner_backbone),
+        "--data.source",
+        str(conll_dir),
+        "--data.batch_size",
+        "8",
+        "--trainer.max_epochs",
+        "6",
+        "--model.optimizer.init_args.lr",
+        "0.01",
+    )
     run = only_run_dir(workdir, "conll2003")
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"val/loss", "val/acc", "val/precision", "val/recall", "val/f1"} <= set(metrics)
@@ -207,51 +314,94 @@ def test_cli_fit_predict_export_pipeline(workdir, tiny_ner_backbone, conll_dir):
     assert AutoModelForTokenClassification.from_pretrained(hf).config.id2label[5] == "B-LOC"
     texts = ["Mary Johnson  visited Boston .", "Peter works at Acme Corp in Paris London ."]
     (workdir / "pred.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    cli("predict", *CONFIG, "--model.backbone", str(hf), "--data.source", "null", "--data.predict_file",
-        str(workdir / "pred.jsonl"), "--model.predictions_file", str(workdir / "out.jsonl"),
-        "--trainer.enable_progress_bar", "false")
+    cli(
+        "predict",
+        *CONFIG,
+        "--model.backbone",
+        str(hf),
+        "--data.source",
+        "null",
+        "--data.predict_file",
+        str(workdir / "pred.jsonl"),
+        "--model.predictions_file",
+        str(workdir / "out.jsonl"),
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     rows = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == texts and [r["id"] for r in rows] == [0, 1]
     for r in rows:
         for e in r["entities"]:
-            assert r["text"][e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+            assert r["text"][e["start"] : e["end"]] == e["text"] and 0 < e["score"] <= 1
     found = [[(e["type"], e["text"]) for e in r["entities"]] for r in rows]
-    assert found == [[("PER", "Mary Johnson"), ("LOC", "Boston")],
-                     [("PER", "Peter"), ("ORG", "Acme Corp"), ("LOC", "Paris"), ("LOC", "London")]]
+    assert found == [
+        [("PER", "Mary Johnson"), ("LOC", "Boston")],
+        [("PER", "Peter"), ("ORG", "Acme Corp"), ("LOC", "Paris"), ("LOC", "London")],
+    ]
 
     # the export in transformers' own pipeline: 'simple' groups sub-tokens by their own tags (only first sub-tokens
     # were trained, so a word may split); 'first' takes each word's tag from its first sub-token, as predict does,
     # and finds the same entities at the same character spans
     for text, r in zip(texts, rows):
         simple = pipeline("token-classification", model=str(hf), aggregation_strategy="simple", device="cpu")(text)
-        assert simple and all(g["entity_group"] in {"PER", "ORG", "LOC"} and 0 <= g["start"] < g["end"] <= len(text)
-                              for g in simple)
+        assert simple and all(
+            g["entity_group"] in {"PER", "ORG", "LOC"} and 0 <= g["start"] < g["end"] <= len(text) for g in simple
+        )
         first = pipeline("token-classification", model=str(hf), aggregation_strategy="first", device="cpu")(text)
-        assert [(g["entity_group"], g["start"], g["end"]) for g in first] == \
-            [(e["type"], e["start"], e["end"]) for e in r["entities"]]
+        assert [(g["entity_group"], g["start"], g["end"]) for g in first] == [
+            (e["type"], e["start"], e["end"]) for e in r["entities"]
+        ]
 
     # the export scores the validation split as the trained model did at the end of fit
-    cli("validate", *CONFIG, "--model.backbone", str(hf), "--data.source", str(conll_dir),
-        "--trainer.enable_progress_bar", "false")
+    cli(
+        "validate",
+        *CONFIG,
+        "--model.backbone",
+        str(hf),
+        "--data.source",
+        str(conll_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     validated = json.loads((only_run_dir(workdir, "conll2003") / "validate_metrics.json").read_text())
     assert validated["val/f1"] == pytest.approx(metrics["val/f1"])
     assert validated["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("policy,trains", [
-    (Frozen(), ("classifier.",)), (TopK(k=1), ("classifier.", "layer.1.")),
-    (LayerwiseLRDecay(0.5), ("",)), (GradualUnfreezing(every_n_steps=2), ("classifier.", "layer.1.")),
-    (LoRA(r=2, alpha=4, dropout=0.0), ("classifier.", "lora_")),
-])
+@pytest.mark.parametrize(
+    "policy,trains",
+    [
+        (Frozen(), ("classifier.",)),
+        (TopK(k=1), ("classifier.", "layer.1.")),
+        (LayerwiseLRDecay(0.5), ("",)),
+        (GradualUnfreezing(every_n_steps=2), ("classifier.", "layer.1.")),
+        (LoRA(r=2, alpha=4, dropout=0.0), ("classifier.", "lora_")),
+    ],
+)
 def test_every_fine_tuning_mode(tiny_ner_backbone, conll_dir, tmp_path, policy, trains):
-    dm = TokenTagging(source=str(conll_dir), tokenizer=str(tiny_ner_backbone), batch_size=8,
-                      cache_dir=str(tmp_path / "cache"))
-    model = TokenClassifier(backbone=str(tiny_ner_backbone), data=dm.contract, trainability=policy,
-                            optimizer=partial(torch.optim.AdamW, lr=1e-2), warmup_steps=0, lr_schedule="constant")
+    dm = TokenTagging(
+        source=str(conll_dir), tokenizer=str(tiny_ner_backbone), batch_size=8, cache_dir=str(tmp_path / "cache")
+    )
+    model = TokenClassifier(
+        backbone=str(tiny_ner_backbone),
+        data=dm.contract,
+        trainability=policy,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        warmup_steps=0,
+        lr_schedule="constant",
+    )
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     changed = {n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(any(t in n for t in trains) for n in changed), sorted(changed)
@@ -263,36 +413,67 @@ def test_every_fine_tuning_mode(tiny_ner_backbone, conll_dir, tmp_path, policy, 
 
 
 # -- bad input -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("content,args,needles", [
-    ("EU NNP I-NP I-ORG\nrejects VBZ I-VP\n", [], ["line 2", "3 columns where line 1 has 4"]),
-    ("", [], ["holds no sentence"]),
-    ("Mary NNP I-PER\nvisited VBD O\nParis NNP I-LOC\n", ["--data.labels", "[O,B-PER,I-PER]"],
-     ["line 3", "'B-LOC'", "--data.labels"]),
-    ("Mary I-PER\nvisited O\n", ["--data.tag_column", "3"], ["line 1", "2 columns", "--data.tag_column 3"]),
-    ('{"tokens": ["Mary"], "tags": ["B-PER"]}\n{"tokens": ["Mary"], "tags": [\n', [], ["line 2", "not valid JSON"]),
-])
+@pytest.mark.parametrize(
+    "content,args,needles",
+    [
+        ("EU NNP I-NP I-ORG\nrejects VBZ I-VP\n", [], ["line 2", "3 columns where line 1 has 4"]),
+        ("", [], ["holds no sentence"]),
+        (
+            "Mary NNP I-PER\nvisited VBD O\nParis NNP I-LOC\n",
+            ["--data.labels", "[O,B-PER,I-PER]"],
+            ["line 3", "'B-LOC'", "--data.labels"],
+        ),
+        ("Mary I-PER\nvisited O\n", ["--data.tag_column", "3"], ["line 1", "2 columns", "--data.tag_column 3"]),
+        ('{"tokens": ["Mary"], "tags": ["B-PER"]}\n{"tokens": ["Mary"], "tags": [\n', [], ["line 2", "not valid JSON"]),
+    ],
+)
 def test_bad_input_is_one_line(capsys, workdir, tiny_ner_backbone, content, args, needles):
     path = workdir / ("train.jsonl" if content.startswith("{") else "train.conll")
     path.write_text(content)
-    expect_error(capsys, ["fit", *CONFIG, *QUIET, "--model.backbone", str(tiny_ner_backbone), "--data.source", "null",
-                          "--data.train_file", str(path), "--data.val_file", str(path), *args], str(path), *needles)
+    expect_error(
+        capsys,
+        [
+            "fit",
+            *CONFIG,
+            *QUIET,
+            "--model.backbone",
+            str(tiny_ner_backbone),
+            "--data.source",
+            "null",
+            "--data.train_file",
+            str(path),
+            "--data.val_file",
+            str(path),
+            *args,
+        ],
+        str(path),
+        *needles,
+    )
 
 
-@pytest.mark.parametrize("content,kwargs,needles", [
-    ("\n\n-DOCSTART- -X- O O\n\n", {}, ["holds no sentence"]),
-    ("Mary NNP I-PER\nvisited VBD O\n", {"tag_column": 1}, ["line 1", "'NNP' is not O, B-TYPE or I-TYPE"]),
-    ("Mary NNP I-PER\nvisited VBD O\n", {"scheme": "iob2"}, ["line 1", "not IOB2", "iob1"]),
-    ("Mary NNP I-PER\nvisited VBD\n", {"tag_column": 2}, ["line 2", "2 columns where line 1 has 3"]),
-    ('{"tokens": ["Mary", "visited"], "tags": ["B-PER"]}\n', {}, ["line 1", "1 tags for 2 words"]),
-    ('{"tokens": ["Mary", ""], "tags": ["B-PER", "O"]}\n', {}, ["line 1", "tokens[1]", "not a word"]),
-    ('{"tokens": ["Mary"], "tags": [7]}\n', {}, ["line 1", "the id 7", "--data.labels"]),
-    ('{"tokens": ["Mary"], "tags": ["B-PER"]}\n{"tokens": ["Mary"]}\n', {}, ["line 2", "tag every sentence"]),
-])
+@pytest.mark.parametrize(
+    "content,kwargs,needles",
+    [
+        ("\n\n-DOCSTART- -X- O O\n\n", {}, ["holds no sentence"]),
+        ("Mary NNP I-PER\nvisited VBD O\n", {"tag_column": 1}, ["line 1", "'NNP' is not O, B-TYPE or I-TYPE"]),
+        ("Mary NNP I-PER\nvisited VBD O\n", {"scheme": "iob2"}, ["line 1", "not IOB2", "iob1"]),
+        ("Mary NNP I-PER\nvisited VBD\n", {"tag_column": 2}, ["line 2", "2 columns where line 1 has 3"]),
+        ('{"tokens": ["Mary", "visited"], "tags": ["B-PER"]}\n', {}, ["line 1", "1 tags for 2 words"]),
+        ('{"tokens": ["Mary", ""], "tags": ["B-PER", "O"]}\n', {}, ["line 1", "tokens[1]", "not a word"]),
+        ('{"tokens": ["Mary"], "tags": [7]}\n', {}, ["line 1", "the id 7", "--data.labels"]),
+        ('{"tokens": ["Mary"], "tags": ["B-PER"]}\n{"tokens": ["Mary"]}\n', {}, ["line 2", "tag every sentence"]),
+    ],
+)
 def test_bad_files_name_their_line(tiny_ner_backbone, tmp_path, content, kwargs, needles):
     path = tmp_path / ("train.jsonl" if content.startswith("{") else "train.conll")
     path.write_text(content)
-    dm = TokenTagging(train_file=str(path), val_file=str(path), tokenizer=str(tiny_ner_backbone),
-                      cache_dir=str(tmp_path / "cache"), **kwargs)
+    dm = TokenTagging(
+        train_file=str(path),
+        val_file=str(path),
+        tokenizer=str(tiny_ner_backbone),
+        cache_dir=str(tmp_path / "cache"),
+        **kwargs,
+    )
     with pytest.raises(InputError) as e:
         dm.setup("fit")
     assert all(n in str(e.value) for n in [str(path), *needles]), str(e.value)

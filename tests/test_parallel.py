@@ -19,27 +19,55 @@ from lightning_pretrain import compat, parallel
 from lightning_pretrain.callbacks import export
 from lightning_pretrain.parallel import ActivationCheckpointing, Compile
 
-TINY_GPT2 = ["--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_head", "2",
-             "--data.init_args.vocab_size", "300", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4"]
+TINY_GPT2 = [
+    "--model.init_args.model.init_args.n_embd",
+    "32",
+    "--model.init_args.model.init_args.n_head",
+    "2",
+    "--data.init_args.vocab_size",
+    "300",
+    "--data.init_args.seq_len",
+    "32",
+    "--data.init_args.batch_size",
+    "4",
+]
 
 
 def tiny(kind: str) -> torch.nn.Module:
     configs = {
         "gpt2": transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, n_positions=32),
-        "bert": transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                        intermediate_size=32, max_position_embeddings=32),
-        "t5": transformers.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2,
-                                    num_heads=2),
-        "llama": transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                                          num_attention_heads=2, num_key_value_heads=1),
+        "bert": transformers.BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        ),
+        "t5": transformers.T5Config(
+            vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2
+        ),
+        "llama": transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
     }
-    auto = transformers.AutoModelForSeq2SeqLM if kind == "t5" else (
-        transformers.AutoModelForMaskedLM if kind == "bert" else transformers.AutoModelForCausalLM)
+    auto = (
+        transformers.AutoModelForSeq2SeqLM
+        if kind == "t5"
+        else (transformers.AutoModelForMaskedLM if kind == "bert" else transformers.AutoModelForCausalLM)
+    )
     return auto.from_config(configs[kind])
 
 
-@pytest.mark.parametrize("kind,block,count", [("gpt2", "GPT2Block", 3), ("bert", "BertLayer", 3),
-                                              ("t5", "T5Block", 5), ("llama", "LlamaDecoderLayer", 3)])
+@pytest.mark.parametrize(
+    "kind,block,count",
+    [("gpt2", "GPT2Block", 3), ("bert", "BertLayer", 3), ("t5", "T5Block", 5), ("llama", "LlamaDecoderLayer", 3)],
+)
 def test_transformer_blocks_are_the_repeated_layers_of_any_architecture(kind, block, count):
     blocks = parallel.transformer_blocks(tiny(kind))
     assert [type(b).__name__ for b in blocks] == [block] * count
@@ -69,16 +97,33 @@ class RecordBatches(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"world_size": trainer.world_size, "blocks": self.seen}))
+            json.dumps({"world_size": trainer.world_size, "blocks": self.seen})
+        )
 
 
 # MaskedLM calls parts of the HF model directly (base_model, then the head on masked positions only): the hardest
 # case for FSDP2, whose root gathers its own weights only in its forward
-RUN = [*FAST,  # 4 steps, validated and checkpointed at 2 and 4
-       "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true",
-       "--model.init_args.model.init_args.hidden_size", "32", "--model.init_args.model.init_args.num_attention_heads", "2",
-       "--model.init_args.model.init_args.intermediate_size", "64", "--data.init_args.vocab_size", "300",
-       "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4"]
+RUN = [
+    *FAST,  # 4 steps, validated and checkpointed at 2 and 4
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.devices",
+    "2",
+    "--trainer.precision",
+    "32-true",
+    "--model.init_args.model.init_args.hidden_size",
+    "32",
+    "--model.init_args.model.init_args.num_attention_heads",
+    "2",
+    "--model.init_args.model.init_args.intermediate_size",
+    "64",
+    "--data.init_args.vocab_size",
+    "300",
+    "--data.init_args.seq_len",
+    "32",
+    "--data.init_args.batch_size",
+    "4",
+]
 
 
 def recipe(preset: str) -> list[str]:
@@ -88,8 +133,14 @@ def recipe(preset: str) -> list[str]:
 def run_cli_processes(workdir: Path, *args: str) -> None:
     """The CLI as its own process: Lightning's launcher re-runs the command for rank 1, which pytest cannot host."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_pretrain", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -104,8 +155,18 @@ def two_process_runs(tmp_path_factory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("OMP_NUM_THREADS", "1")  # two processes on a small machine
-        cli("fit", *recipe("ddp.yaml"), *RUN, *data, "--trainer.strategy", "ddp_spawn",
-            "--trainer.callbacks", json.dumps([record]), "--trainer.logger.init_args.name", "ddp")
+        cli(
+            "fit",
+            *recipe("ddp.yaml"),
+            *RUN,
+            *data,
+            "--trainer.strategy",
+            "ddp_spawn",
+            "--trainer.callbacks",
+            json.dumps([record]),
+            "--trainer.logger.init_args.name",
+            "ddp",
+        )
     run_cli_processes(root, "fit", *recipe("fsdp.yaml"), *RUN, *data, "--trainer.logger.init_args.name", "fsdp")
     return {"root": root, "ddp": only_run_dir(root, "ddp"), "fsdp": only_run_dir(root, "fsdp")}
 
@@ -127,19 +188,24 @@ def test_fsdp2_checkpoint_holds_each_block_as_one_shard_per_rank(two_process_run
     meta = FileSystemReader(str(ckpt)).read_metadata()
     key = "state_dict.model.bert.encoder.layer.1.attention.self.query.weight"  # 32 x 32
     assert sorted(tuple(c.offsets) for c in meta.state_dict_metadata[key].chunks) == [(0, 0), (16, 0)]
-    assert {meta.storage_data[i].relative_path for i in meta.storage_data if i.fqn == key} == \
-        {"__0_0.distcp", "__1_0.distcp"}
+    assert {meta.storage_data[i].relative_path for i in meta.storage_data if i.fqn == key} == {
+        "__0_0.distcp",
+        "__1_0.distcp",
+    }
 
 
 def test_fsdp2_trains_the_same_weights_as_ddp(two_process_runs):
     fsdp = transformers.AutoModelForMaskedLM.from_pretrained(two_process_runs["fsdp"] / "hf").state_dict()
     ddp = transformers.AutoModelForMaskedLM.from_pretrained(two_process_runs["ddp"] / "hf").state_dict()
     start = transformers.AutoModelForMaskedLM.from_config(
-        transformers.AutoConfig.from_pretrained(two_process_runs["ddp"] / "hf")).state_dict()
+        transformers.AutoConfig.from_pretrained(two_process_runs["ddp"] / "hf")
+    ).state_dict()
     assert fsdp.keys() == ddp.keys()
     for name in fsdp:
         torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4, msg=name)
-    assert not torch.equal(fsdp["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(
+        fsdp["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"]
+    )
 
 
 def test_sharded_checkpoint_exports_to_a_loadable_hf_directory(two_process_runs):
@@ -206,7 +272,16 @@ def test_compile_is_applied_in_place_and_keeps_parameter_names(scope):
 @pytest.mark.slow
 def test_compiled_blocks_train_through_the_cli(workdir, tiny_corpus):
     """torch.compile on CPU (needs g++; the first step compiles for tens of seconds)."""
-    cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST, *TINY_GPT2, "--data.init_args.source",
-        str(tiny_corpus), "--compile.enabled", "true")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *FAST,
+        *TINY_GPT2,
+        "--data.init_args.source",
+        str(tiny_corpus),
+        "--compile.enabled",
+        "true",
+    )
     run = only_run_dir(workdir, "clm_tiny")
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 4

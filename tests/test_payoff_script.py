@@ -72,15 +72,26 @@ def test_split_labelled_seeded_and_disjoint():
 
 
 # -- budget ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [
-    ("30m", "00:00:30:00"), ("90s", "00:00:01:30"), ("1h", "00:01:00:00"), ("1h30m", "00:01:30:00"),
-    ("36h", "01:12:00:00"), ("2d", "02:00:00:00"), ("20M", "00:00:20:00"), ("00:02:05:00", "00:02:05:00")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("30m", "00:00:30:00"),
+        ("90s", "00:00:01:30"),
+        ("1h", "00:01:00:00"),
+        ("1h30m", "00:01:30:00"),
+        ("36h", "01:12:00:00"),
+        ("2d", "02:00:00:00"),
+        ("20M", "00:00:20:00"),
+        ("00:02:05:00", "00:02:05:00"),
+    ],
+)
 def test_parse_budget(text, expected):
     assert payoff.parse_budget(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "30", "abc", "0m", "1.5h", "m30", "-5m", "30 minutes", "00:25:00:00",
-                                  "1:2:3", "30m1h"])
+@pytest.mark.parametrize(
+    "text", ["", "30", "abc", "0m", "1.5h", "m30", "-5m", "30 minutes", "00:25:00:00", "1:2:3", "30m1h"]
+)
 def test_parse_budget_refuses(text):
     with pytest.raises(ValueError):
         payoff.parse_budget(text)
@@ -109,8 +120,19 @@ def tables(tmp_path):
 
 def base(tables, *more):
     train, test = tables
-    return ["--corpus", str(train), "--train_file", str(train), "--test_file", str(test),
-            "--text_column", "sentence", "--label_column", "label", *more]
+    return [
+        "--corpus",
+        str(train),
+        "--train_file",
+        str(train),
+        "--test_file",
+        str(test),
+        "--text_column",
+        "sentence",
+        "--label_column",
+        "label",
+        *more,
+    ]
 
 
 def test_arguments_defaults(tables):
@@ -121,32 +143,36 @@ def test_arguments_defaults(tables):
     assert args.test_text_column == "sentence" and args.test_label_column == "label"
     assert args.corpus_text_column == "sentence" and args.test_label_offset == 0
     assert args.pretrain_config.endswith(("mlm_laptop.yaml", "mlm_tiny.yaml"))
-    assert payoff.parse_args(base(tables, "--objective", "electra", "--pretrain_steps", "5")).pretrain_config \
-        .endswith(("electra_laptop.yaml", "electra_tiny.yaml"))
+    assert payoff.parse_args(base(tables, "--objective", "electra", "--pretrain_steps", "5")).pretrain_config.endswith(
+        ("electra_laptop.yaml", "electra_tiny.yaml")
+    )
     # header-less files: columns by index
     args = payoff.parse_args(base(tables, "--budget", "1h", "--text_column", "0", "--test_label_column", "0"))
     assert args.text_column == 0 and args.test_label_column == 0 and args.label_column == "label"
 
 
-@pytest.mark.parametrize("more,message", [
-    ([], "one of the arguments --budget --pretrain_steps is required"),
-    (["--budget", "30m", "--pretrain_steps", "5"], "not allowed with"),
-    (["--budget", "soon"], "--budget"),
-    (["--pretrain_steps", "0"], "--pretrain_steps must be positive"),
-    (["--budget", "1m", "--labels", "1"], "--labels must be at least 2"),
-    (["--budget", "1m", "--labels", "4", "--val_fraction", "0.9"], "leaves no training rows"),
-    (["--budget", "1m", "--val_fraction", "1.5"], "--val_fraction"),
-    (["--budget", "1m", "--finetune_steps", "5", "--finetune_epochs", "2"], "not both"),
-    (["--budget", "1m", "--finetune_steps", "0"], "--finetune_steps must be positive"),
-    (["--budget", "1m", "--lrs", "1e-3", "0"], "--lrs must be positive"),
-    (["--budget", "1m", "--lrs", "1e-3", "1e-3"], "--lrs must be distinct"),
-    (["--budget", "1m", "--seeds", "1", "1"], "--seeds must be distinct"),
-    (["--budget", "1m", "--objective", "gpt"], "invalid choice"),
-    (["--budget", "1m", "--label_names", "only"], "--label_names"),
-    (["--budget", "1m", "--finetune_args", "--model.init_args.optimizer.init_args.lr 1"], "--lrs"),
-    (["--budget", "1m", "--pretrain_args", "'unclosed"], "--pretrain_args"),
-    (["--budget", "1m", "--pretrain_config", "nope.yaml"], "--pretrain_config: file not found"),
-])
+@pytest.mark.parametrize(
+    "more,message",
+    [
+        ([], "one of the arguments --budget --pretrain_steps is required"),
+        (["--budget", "30m", "--pretrain_steps", "5"], "not allowed with"),
+        (["--budget", "soon"], "--budget"),
+        (["--pretrain_steps", "0"], "--pretrain_steps must be positive"),
+        (["--budget", "1m", "--labels", "1"], "--labels must be at least 2"),
+        (["--budget", "1m", "--labels", "4", "--val_fraction", "0.9"], "leaves no training rows"),
+        (["--budget", "1m", "--val_fraction", "1.5"], "--val_fraction"),
+        (["--budget", "1m", "--finetune_steps", "5", "--finetune_epochs", "2"], "not both"),
+        (["--budget", "1m", "--finetune_steps", "0"], "--finetune_steps must be positive"),
+        (["--budget", "1m", "--lrs", "1e-3", "0"], "--lrs must be positive"),
+        (["--budget", "1m", "--lrs", "1e-3", "1e-3"], "--lrs must be distinct"),
+        (["--budget", "1m", "--seeds", "1", "1"], "--seeds must be distinct"),
+        (["--budget", "1m", "--objective", "gpt"], "invalid choice"),
+        (["--budget", "1m", "--label_names", "only"], "--label_names"),
+        (["--budget", "1m", "--finetune_args", "--model.init_args.optimizer.init_args.lr 1"], "--lrs"),
+        (["--budget", "1m", "--pretrain_args", "'unclosed"], "--pretrain_args"),
+        (["--budget", "1m", "--pretrain_config", "nope.yaml"], "--pretrain_config: file not found"),
+    ],
+)
 def test_arguments_refused(tables, capsys, more, message):
     with pytest.raises(SystemExit) as e:
         payoff.parse_args(base(tables, *more))
@@ -157,12 +183,23 @@ def test_arguments_refused(tables, capsys, more, message):
 def test_arguments_refuse_missing_and_shared_test_file(tables, capsys):
     train, test = tables
     with pytest.raises(SystemExit):
-        payoff.parse_args(["--corpus", str(train), "--train_file", str(train), "--test_file", str(train) + ".missing",
-                           "--budget", "1m"])
+        payoff.parse_args(
+            [
+                "--corpus",
+                str(train),
+                "--train_file",
+                str(train),
+                "--test_file",
+                str(train) + ".missing",
+                "--budget",
+                "1m",
+            ]
+        )
     assert "--test_file: file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        payoff.parse_args(["--corpus", str(train), "--train_file", str(train), "--test_file", str(train),
-                           "--budget", "1m"])
+        payoff.parse_args(
+            ["--corpus", str(train), "--train_file", str(train), "--test_file", str(train), "--budget", "1m"]
+        )
     assert "--test_file is --train_file" in capsys.readouterr().err
 
 
@@ -171,21 +208,55 @@ def test_labels_and_columns_checked_before_training(tables, tmp_path):
     with pytest.raises(SystemExit, match="no column 'text'"):
         payoff.main(base(tables, "--pretrain_steps", "3", "--text_column", "text", "--out", str(tmp_path / "o")))
     with pytest.raises(SystemExit, match="not one of"):
-        payoff.main(base(tables, "--pretrain_steps", "3", "--label_names", "a", "b", "c", "--label_offset", "5",
-                         "--out", str(tmp_path / "o")))
+        payoff.main(
+            base(
+                tables,
+                "--pretrain_steps",
+                "3",
+                "--label_names",
+                "a",
+                "b",
+                "c",
+                "--label_offset",
+                "5",
+                "--out",
+                str(tmp_path / "o"),
+            )
+        )
     assert not (tmp_path / "o" / "pretrain_seed1").exists()
 
 
 # -- end to end --------------------------------------------------------------------------------------------------------
 def test_end_to_end_tiny(tables, workdir):
     out = workdir / "payoff"
-    results = payoff.main(base(
-        tables, "--pretrain_steps", "3", "--finetune_steps", "2", "--lrs", "1e-3", "--seeds", "1", "--labels", "40",
-        "--label_names", "negative", "positive", "--out", str(out), "--json", str(workdir / "payoff.json"),
-        "--in_process",
-        "--pretrain_args", "--data.vocab_size 200 --data.seq_len 32 --data.batch_size 4 --data.val_fraction 0.2 "
-                           "--model.warmup_steps 1 --trainer.val_check_interval 2 --trainer.limit_val_batches 1",
-        "--finetune_args", "--data.batch_size 8 --data.max_length 32"))
+    results = payoff.main(
+        base(
+            tables,
+            "--pretrain_steps",
+            "3",
+            "--finetune_steps",
+            "2",
+            "--lrs",
+            "1e-3",
+            "--seeds",
+            "1",
+            "--labels",
+            "40",
+            "--label_names",
+            "negative",
+            "positive",
+            "--out",
+            str(out),
+            "--json",
+            str(workdir / "payoff.json"),
+            "--in_process",
+            "--pretrain_args",
+            "--data.vocab_size 200 --data.seq_len 32 --data.batch_size 4 --data.val_fraction 0.2 "
+            "--model.warmup_steps 1 --trainer.val_check_interval 2 --trainer.limit_val_batches 1",
+            "--finetune_args",
+            "--data.batch_size 8 --data.max_length 32",
+        )
+    )
     saved = json.loads((workdir / "payoff.json").read_text())
     assert saved["gap"] == results["gap"]
     for arm in ("pretrained", "scratch"):
@@ -200,8 +271,13 @@ def test_end_to_end_tiny(tables, workdir):
     pre = saved["pretraining"]["seed1"]
     assert pre["global_step"] == 3 and math.isfinite(pre["val_metrics"]["val/loss"]) and pre["wall_s"] > 0
     what = [c["what"] for c in saved["commands"]]
-    assert what == ["pretrain seed1", "pretrained seed 1 lr 0.001", "pretrained seed 1 test (lr 0.001)",
-                    "scratch seed 1 lr 0.001", "scratch seed 1 test (lr 0.001)"]
+    assert what == [
+        "pretrain seed1",
+        "pretrained seed 1 lr 0.001",
+        "pretrained seed 1 test (lr 0.001)",
+        "scratch seed 1 lr 0.001",
+        "scratch seed 1 test (lr 0.001)",
+    ]
     assert all(c["status"] == 0 and c["command"].startswith("lightning-pretrain ") for c in saved["commands"])
     assert "--trainer.max_steps 3" in saved["commands"][0]["command"]
     # the scratch arm: the export's architecture and tokenizer, other weights

@@ -13,7 +13,7 @@ from lightning_pretrain.data import PretrainCorpus, StreamingCorpus
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.generation import Generation
 from lightning_pretrain.objectives import CausalLM, SentencePairMLM
-from lightning_pretrain.objectives.span_corruption import target_spans
+from lightning_pretrain.objectives.sentinels import target_spans
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -27,8 +27,14 @@ class Runs:
         self.corpus.write_text("\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph number {i}." for i in range(400)))
 
     def data(self, name: str) -> list[str]:
-        return ["-c", str(REPO / "configs/pretrain" / f"{name}.yaml"), "--data.source", str(self.corpus),
-                "--data.vocab_size", "500"]
+        return [
+            "-c",
+            str(REPO / "configs/pretrain" / f"{name}.yaml"),
+            "--data.source",
+            str(self.corpus),
+            "--data.vocab_size",
+            "500",
+        ]
 
     def fit(self, name: str):
         """The run directory of a 4-step fit of configs/pretrain/<name>.yaml."""
@@ -58,8 +64,10 @@ def runs(tmp_path_factory):
 def test_prompt_batches_skip_blank_lines(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("first prompt\n\n   \n second, with its spaces \nthird\n")
-    for dm in (PretrainCorpus(predict_file=str(path), batch_size=2), StreamingCorpus(predict_file=str(path),
-                                                                                   batch_size=2)):
+    for dm in (
+        PretrainCorpus(predict_file=str(path), batch_size=2),
+        StreamingCorpus(predict_file=str(path), batch_size=2),
+    ):
         batches = list(dm.predict_dataloader())
         assert [b["text"] for b in batches] == [["first prompt", " second, with its spaces "], ["third"]]
         assert [b["example_id"].tolist() for b in batches] == [[0, 1], [2]]
@@ -70,8 +78,14 @@ def test_causal_lm_continues_prompts_as_generate_does_on_the_export(runs):
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     prompts = ["The quick brown", "Language models learn the statistics of", "A"]
     # an explicit checkpoint: its saved hyperparameters must not override the command line's generation options
-    rows = runs.predict("clm_tiny", [prompts[0], "", *prompts[1:]], "--ckpt_path", str(ckpt),
-                        "--model.init_args.generation.max_new_tokens", "6")
+    rows = runs.predict(
+        "clm_tiny",
+        [prompts[0], "", *prompts[1:]],
+        "--ckpt_path",
+        str(ckpt),
+        "--model.init_args.generation.max_new_tokens",
+        "6",
+    )
     assert [r["id"] for r in rows] == [0, 1, 2] and [r["prompt"] for r in rows] == prompts
     assert all(set(r) == {"id", "prompt", "generation"} for r in rows)
     assert not (run / "predictions.jsonl").exists()  # predict writes into its own version_N, never the fit's
@@ -79,9 +93,10 @@ def test_causal_lm_continues_prompts_as_generate_does_on_the_export(runs):
     model, tok = AutoModelForCausalLM.from_pretrained(run / "hf").eval(), AutoTokenizer.from_pretrained(run / "hf")
     for prompt, row in zip(prompts, rows):  # one at a time, unpadded: what the batched, left-padded rows must equal
         ids = torch.tensor([[tok.eos_token_id, *tok(prompt, add_special_tokens=False).input_ids]])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        assert row["generation"] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        assert row["generation"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert any(r["generation"] for r in rows)
 
 
@@ -91,8 +106,11 @@ def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(runs):
     batch = {"text": ["The quick brown", "Language models"], "example_id": torch.tensor([0, 1])}
 
     def sample(seed: int, global_seed: int) -> list[dict]:
-        module = CausalLM(model=str(hf), data=DataContract(tok, seq_len=64),
-                          generation=Generation(do_sample=True, max_new_tokens=12, seed=seed)).eval()
+        module = CausalLM(
+            model=str(hf),
+            data=DataContract(tok, seq_len=64),
+            generation=Generation(do_sample=True, max_new_tokens=12, seed=seed),
+        ).eval()
         torch.manual_seed(global_seed)
         state = torch.get_rng_state()
         with torch.inference_mode():
@@ -130,9 +148,11 @@ def test_masked_lm_top_k_is_the_softmax_at_each_mask_token(runs):
 
 def test_sentence_pair_mlm_predicts_with_its_masked_lm_head(runs):
     tok = AutoTokenizer.from_pretrained(runs.fit("mlm_tiny") / "hf")
-    module = SentencePairMLM(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                              intermediate_size=64), data=DataContract(tok, seq_len=32, task="nsp"),
-                             top_k=2).eval()
+    module = SentencePairMLM(
+        model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        data=DataContract(tok, seq_len=32, task="nsp"),
+        top_k=2,
+    ).eval()
     batch = {"text": ["the [MASK] sat on the [MASK].", "a [MASK]"], "example_id": torch.tensor([4, 5])}
     with torch.inference_mode():
         rows = module.predict_step(batch, 0)["rows"]
@@ -143,8 +163,9 @@ def test_sentence_pair_mlm_predicts_with_its_masked_lm_head(runs):
 def test_span_corruption_fills_each_sentinel(runs):
     hf = runs.fit("t5_tiny") / "hf"
     prompts = ["The quick <extra_id_0> fox jumps over the <extra_id_1> dog.", "Language <extra_id_0> learn."]
-    rows = runs.predict("t5_tiny", prompts, "--model.model", str(hf),
-                        "--model.init_args.generation.max_new_tokens", "10")
+    rows = runs.predict(
+        "t5_tiny", prompts, "--model.model", str(hf), "--model.init_args.generation.max_new_tokens", "10"
+    )
     assert [r["text"] for r in rows] == prompts and all(set(r) == {"id", "text", "spans", "filled"} for r in rows)
 
     model, tok = AutoModelForSeq2SeqLM.from_pretrained(hf).eval(), AutoTokenizer.from_pretrained(hf)
@@ -172,23 +193,33 @@ def test_target_spans_splits_a_generated_target_at_its_sentinels():
     assert target_spans([99, 10, 99, 11], names, {1}) == {"<extra_id_0>": [10, 11]}
 
 
-@pytest.mark.parametrize("case, needles", [
-    ("missing file", ["predict_file", "file not found"]),
-    ("blank lines only", ["holds no prompt"]),
-    ("no predict_file", ["--data.predict_file"]),
-    ("a table", ["plain text, one per line"]),
-    ("no mask token", ["prompt 1 ('a prompt without a mask')", "holds no [MASK]"]),
-    ("too long", ["prompt 0", "more than the model's 128 positions"]),
-    ("untrained weights", ["predict needs trained weights", "--ckpt_path"]),
-])
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("missing file", ["predict_file", "file not found"]),
+        ("blank lines only", ["holds no prompt"]),
+        ("no predict_file", ["--data.predict_file"]),
+        ("a table", ["plain text, one per line"]),
+        ("no mask token", ["prompt 1 ('a prompt without a mask')", "holds no [MASK]"]),
+        ("too long", ["prompt 0", "more than the model's 128 positions"]),
+        ("untrained weights", ["predict needs trained weights", "--ckpt_path"]),
+    ],
+)
 def test_bad_prompts_are_one_error_line_and_exit_2(runs, capsys, case, needles):
     hf = runs.fit("mlm_tiny") / "hf"
     path = runs.root / "bad.txt"
-    files = {"blank lines only": "\n  \n\n", "no mask token": "the [MASK] sat.\na prompt without a mask\n",
-             "too long": " ".join(["word"] * 200) + " [MASK]\n", "untrained weights": "the [MASK] sat.\n"}
+    files = {
+        "blank lines only": "\n  \n\n",
+        "no mask token": "the [MASK] sat.\na prompt without a mask\n",
+        "too long": " ".join(["word"] * 200) + " [MASK]\n",
+        "untrained weights": "the [MASK] sat.\n",
+    }
     path.write_text(files.get(case, "the [MASK] sat.\n"))
-    given = {"missing file": ["--data.predict_file", str(runs.root / "nope.txt")], "no predict_file": [],
-             "a table": ["--data.predict_file", str(path.with_suffix(".jsonl"))]}
+    given = {
+        "missing file": ["--data.predict_file", str(runs.root / "nope.txt")],
+        "no predict_file": [],
+        "a table": ["--data.predict_file", str(path.with_suffix(".jsonl"))],
+    }
     path.with_suffix(".jsonl").write_text('{"text": "the [MASK] sat."}\n')
     weights = [] if case == "untrained weights" else ["--model.model", str(hf)]
     before = sorted((runs.root / "logs" / "mlm_tiny").glob("version_*"))

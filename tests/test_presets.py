@@ -44,34 +44,59 @@ def test_preset_composes_with_recipe_and_keeps_its_model_and_optimizer(preset, r
 
 
 def test_preset_values():
-    precision = {p: resolved("pretrain/clm_tiny.yaml", f"trainer/{p}")["trainer"]["precision"]
-                 for p in ("cpu.yaml", "gpu_bf16.yaml", "gpu_fp16.yaml", "ddp.yaml", "fsdp.yaml")}
-    assert precision == {"cpu.yaml": "32-true", "gpu_bf16.yaml": "bf16-mixed", "gpu_fp16.yaml": "16-mixed",
-                         "ddp.yaml": "bf16-mixed", "fsdp.yaml": "bf16-mixed"}
+    precision = {
+        p: resolved("pretrain/clm_tiny.yaml", f"trainer/{p}")["trainer"]["precision"]
+        for p in ("cpu.yaml", "gpu_bf16.yaml", "gpu_fp16.yaml", "ddp.yaml", "fsdp.yaml")
+    }
+    assert precision == {
+        "cpu.yaml": "32-true",
+        "gpu_bf16.yaml": "bf16-mixed",
+        "gpu_fp16.yaml": "16-mixed",
+        "ddp.yaml": "bf16-mixed",
+        "fsdp.yaml": "bf16-mixed",
+    }
     fsdp = resolved("pretrain/gpt2_124m.yaml", "trainer/fsdp.yaml")
     assert fsdp["trainer"]["strategy"]["class_path"] == "lightning_pretrain.parallel.FSDP2Strategy"
     assert fsdp["activation_checkpointing"]["enabled"] is True
-    multi = resolved("pretrain/gpt2_124m.yaml", "trainer/fsdp.yaml", "trainer/multinode.yaml",
-                     extra=("--trainer.num_nodes", "4"))
+    multi = resolved(
+        "pretrain/gpt2_124m.yaml", "trainer/fsdp.yaml", "trainer/multinode.yaml", extra=("--trainer.num_nodes", "4")
+    )
     assert (multi["trainer"]["num_nodes"], multi["trainer"]["devices"]) == (4, 8)
     assert multi["trainer"]["strategy"]["class_path"] == "lightning_pretrain.parallel.FSDP2Strategy"
 
 
-@pytest.mark.parametrize("preset,strategy,precision", [
-    ("ddp.yaml", "DDPStrategy", "bf16-mixed"),
-    ("fsdp.yaml", "FSDP2Strategy", "bf16-mixed"),
-    ("gpu_fp16.yaml", "SingleDeviceStrategy", "16-mixed"),
-])
+@pytest.mark.parametrize(
+    "preset,strategy,precision",
+    [
+        ("ddp.yaml", "DDPStrategy", "bf16-mixed"),
+        ("fsdp.yaml", "FSDP2Strategy", "bf16-mixed"),
+        ("gpu_fp16.yaml", "SingleDeviceStrategy", "16-mixed"),
+    ],
+)
 def test_gpu_presets_build_their_trainer_on_cpu(preset, strategy, precision, workdir, tiny_corpus):
     from lightning_pretrain.cli import PretrainCLI
     from lightning_pretrain.parallel import Parallelize
 
     devices = "1" if strategy == "SingleDeviceStrategy" else "2"
     precision_arg = ["--trainer.precision", "bf16-mixed"] if precision == "16-mixed" else []  # fp16 needs CUDA
-    built = PretrainCLI(args=["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), "-c", str(REPO / "configs/trainer" / preset),
-                              "--trainer.accelerator", "cpu", "--trainer.devices", devices, *precision_arg,
-                              "--data.init_args.source", str(tiny_corpus), "--data.init_args.vocab_size", "300"],
-                        run=False)
+    built = PretrainCLI(
+        args=[
+            "-c",
+            str(REPO / "configs/pretrain/clm_tiny.yaml"),
+            "-c",
+            str(REPO / "configs/trainer" / preset),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            devices,
+            *precision_arg,
+            "--data.init_args.source",
+            str(tiny_corpus),
+            "--data.init_args.vocab_size",
+            "300",
+        ],
+        run=False,
+    )
     trainer = built.trainer
     assert type(trainer.strategy).__name__ == strategy
     assert trainer.num_devices == int(devices)
@@ -81,8 +106,21 @@ def test_gpu_presets_build_their_trainer_on_cpu(preset, strategy, precision, wor
 
 
 def test_cpu_preset_trains(workdir, tiny_corpus):
-    cli("fit", "-c", str(REPO / "configs/pretrain/mlm_tiny.yaml"), "-c", str(REPO / "configs/trainer/cpu.yaml"), *FAST,
-        "--data.init_args.source", str(tiny_corpus), "--data.init_args.vocab_size", "300",
-        "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/mlm_tiny.yaml"),
+        "-c",
+        str(REPO / "configs/trainer/cpu.yaml"),
+        *FAST,
+        "--data.init_args.source",
+        str(tiny_corpus),
+        "--data.init_args.vocab_size",
+        "300",
+        "--data.init_args.seq_len",
+        "32",
+        "--data.init_args.batch_size",
+        "4",
+    )
     metrics = json.loads((only_run_dir(workdir, "mlm_tiny") / "metrics.json").read_text())
     assert metrics["global_step"] == 4

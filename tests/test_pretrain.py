@@ -12,8 +12,17 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokeniz
 def run(config, name, workdir, tiny_corpus, *extra):
     from conftest import REPO
 
-    cli("fit", "-c", str(REPO / "configs/pretrain" / config), *FAST, "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", *extra)
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain" / config),
+        *FAST,
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        *extra,
+    )
     return only_run_dir(workdir, name)
 
 
@@ -28,14 +37,15 @@ def test_clm_tiny_trains_logs_and_exports(workdir, tiny_corpus):
     assert {"train/loss", "val/loss", "val/ppl"} <= tags and any(t.startswith("lr") for t in tags), tags
     assert (run_dir / "config.yaml").exists() and (run_dir / "tokenizer" / "tokenizer.json").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["step"] == 4 and metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-4)
+    assert metrics["step"] == 4 and metrics["val/ppl"] == pytest.approx(
+        torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-4
+    )
 
     hf = run_dir / "hf"
     model = AutoModelForCausalLM.from_pretrained(hf)
     tok = AutoTokenizer.from_pretrained(hf)
     assert model.config.vocab_size == len(tok) and model.config.eos_token_id == tok.eos_token_id
-    out = pipeline("text-generation", model=str(hf), device="cpu")("The quick brown", max_new_tokens=5,
-                                                                   do_sample=False)
+    out = pipeline("text-generation", model=str(hf), device="cpu")("The quick brown", max_new_tokens=5, do_sample=False)
     assert out[0]["generated_text"].startswith("The quick brown")
 
 
@@ -57,5 +67,15 @@ def test_validate_from_checkpoint_loads_weights_only(workdir, tiny_corpus):
     run_dir = run("clm_tiny.yaml", "clm_tiny", workdir, tiny_corpus)
     (ckpt,) = (run_dir / "checkpoints").glob("*.ckpt")
     torch.load(ckpt, weights_only=True)  # nothing but tensors and primitives inside
-    cli("validate", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST[6:], "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", "--ckpt_path", str(ckpt))
+    cli(
+        "validate",
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *FAST[6:],
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--ckpt_path",
+        str(ckpt),
+    )

@@ -16,14 +16,21 @@ from test_finetune_modes import tiny_backbone  # noqa: F401 (fixture)
 from torchmetrics.functional.text import squad as tm_squad
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from lightning_pretrain.data.finetune.squad import SquadData, read_squad, span_labels
+from lightning_pretrain.data.finetune.squad import SquadData, span_labels
+from lightning_pretrain.data.finetune.squad_json import read_squad
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune import Frozen, Full, GradualUnfreezing, LayerwiseLRDecay, LoRA, TopK
 from lightning_pretrain.finetune.question_answering import QuestionAnswering, best_answers, window_spans
 from lightning_pretrain.finetune.squad_metrics import SquadScores, normalize_answer, score
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-         "--trainer.log_every_n_steps", "1"]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 SMALL = ["--data.max_length", "48", "--data.doc_stride", "8", "--data.max_question_length", "24"]
 FILLER = "the river runs past a quiet town where old stone houses stand beside narrow lanes and fields".split()
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "brown"]
@@ -40,11 +47,23 @@ def squad_doc(n_paragraphs: int = 4, unanswerable: bool = True, n_facts: int = 8
         for i, c in enumerate(COLOURS[:n_facts]):
             number = str(3 * i + p + 1)
             start = context.index(facts[i]) + facts[i].index(f"holds {number}") + len("holds ")
-            qas.append({"id": f"p{p}q{i}", "question": f"In room {p}, how many coins does the {c} box hold?",
-                        "answers": [{"text": number, "answer_start": start}], "is_impossible": False})
+            qas.append(
+                {
+                    "id": f"p{p}q{i}",
+                    "question": f"In room {p}, how many coins does the {c} box hold?",
+                    "answers": [{"text": number, "answer_start": start}],
+                    "is_impossible": False,
+                }
+            )
         if unanswerable:
-            qas.append({"id": f"p{p}none", "question": f"In room {p}, how many coins does the purple box hold?",
-                        "answers": [], "is_impossible": True})
+            qas.append(
+                {
+                    "id": f"p{p}none",
+                    "question": f"In room {p}, how many coins does the purple box hold?",
+                    "answers": [],
+                    "is_impossible": True,
+                }
+            )
         data.append({"title": f"room {p}", "paragraphs": [{"context": context, "qas": qas}]})
     return {"version": "v2.0", "data": data}
 
@@ -88,20 +107,21 @@ def test_windows_overlap_by_doc_stride_and_offsets_map_back(tiny_backbone, squad
         expected = 1 + -(-(len(context_ids) - room) // (room - 8))  # first window, then room - stride new tokens each
         assert len(row["input_ids"]) == expected > 1
         seen = []
-        for ids, offsets, start, end in zip(row["input_ids"], row["offsets"], row["start_positions"],
-                                            row["end_positions"]):
+        for ids, offsets, start, end in zip(
+            row["input_ids"], row["offsets"], row["start_positions"], row["end_positions"]
+        ):
             inside = [i for i, (s, _) in enumerate(offsets) if s >= 0]
-            assert ids[:len(question_ids) + 2] == [tok.cls_token_id, *question_ids, tok.sep_token_id]
+            assert ids[: len(question_ids) + 2] == [tok.cls_token_id, *question_ids, tok.sep_token_id]
             assert inside == list(range(len(question_ids) + 2, len(ids) - 1)) and len(ids) <= 48
             # each context token's offsets cut out exactly its text
             for i in inside:
                 piece = tok.convert_ids_to_tokens(ids[i]).removeprefix("##")
-                assert context[offsets[i][0]:offsets[i][1]].lower() == piece
+                assert context[offsets[i][0] : offsets[i][1]].lower() == piece
             if seen:
                 assert seen[-1][-8:] == [ids[i] for i in inside][:8]  # doc_stride tokens shared with the last window
             seen.append([ids[i] for i in inside])
             if start:  # a window holding the answer labels its tokens; the others the no-answer position
-                assert context[offsets[start][0]:offsets[end][1]] == row["answers"][0]
+                assert context[offsets[start][0] : offsets[end][1]] == row["answers"][0]
             else:
                 assert end == 0
         assert set(context_ids) == {t for window in seen for t in window}  # the windows cover the context
@@ -181,8 +201,10 @@ def test_squad_scores_breakdown_and_agreement_with_torchmetrics():
     assert out["exact"] == pytest.approx(100 * 3 / 6) and out["f1"] == pytest.approx(100 * (1 + 1 + 2 / 3 + 1) / 6)
     # torchmetrics' SQuAD (v1.1) agrees on the answerable questions
     answerable = [(str(i), p, g) for i, (p, g) in enumerate(zip(preds, golds)) if g]
-    reference = tm_squad([{"prediction_text": p, "id": i} for i, p, _ in answerable],
-                         [{"answers": {"text": g, "answer_start": [0] * len(g)}, "id": i} for i, _, g in answerable])
+    reference = tm_squad(
+        [{"prediction_text": p, "id": i} for i, p, _ in answerable],
+        [{"answers": {"text": g, "answer_start": [0] * len(g)}, "id": i} for i, _, g in answerable],
+    )
     assert out["has_ans_exact"] == pytest.approx(reference["exact_match"].item())
     assert out["has_ans_f1"] == pytest.approx(reference["f1"].item())
     only_has = SquadScores()
@@ -200,8 +222,11 @@ def test_read_squad_v1_v2_and_counted_drops(tmp_path):
     qas[-1] = {"id": "v2-no-flag", "question": "Who?", "answers": []}  # no answers, no flag: unanswerable
     path = tmp_path / "d.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match=r"d\.json: article 0 paragraph 0 question 0 \(id p0q0\): answer 'wrong' "
-                                         r"does not match the context at 0"):
+    with pytest.raises(
+        InputError,
+        match=r"d\.json: article 0 paragraph 0 question 0 \(id p0q0\): answer 'wrong' "
+        r"does not match the context at 0",
+    ):
         read_squad(str(path), labelled=True)
     cols, counts = read_squad(str(path), labelled=True, drop_bad_answers=True)
     assert counts == {"dropped_answers": 2, "skipped_questions": 1}  # p0q2 lost its only answer
@@ -214,19 +239,31 @@ def test_read_squad_v1_v2_and_counted_drops(tmp_path):
 BAD = {  # what is wrong with one question of a SQuAD file -> what the one-line refusal must say
     "not json": (lambda d: "not json {", ["is not JSON"]),
     "not squad": (lambda d: json.dumps([{"context": "c", "question": "q"}]), ["is not SQuAD JSON"]),
-    "no id": (lambda d: d["data"][0]["paragraphs"][0]["qas"][1].__delitem__("id"),
-              ["article 0 paragraph 0 question 1 has no id"]),
-    "blank question": (lambda d: d["data"][0]["paragraphs"][0]["qas"][2].update(question="  "),
-                       ["(id p0q2): the question is"]),
+    "no id": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][1].__delitem__("id"),
+        ["article 0 paragraph 0 question 1 has no id"],
+    ),
+    "blank question": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][2].update(question="  "),
+        ["(id p0q2): the question is"],
+    ),
     "empty context": (lambda d: d["data"][0]["paragraphs"][0].update(context=""), ["(id p0q0): the context is empty"]),
-    "start out of range": (lambda d: d["data"][0]["paragraphs"][0]["qas"][3]["answers"][0].update(answer_start=10_000),
-                           ["(id p0q3)", "answer_start 10000 lies outside the context"]),
-    "text mismatch": (lambda d: d["data"][0]["paragraphs"][0]["qas"][3]["answers"][0].update(text="9999"),
-                      ["(id p0q3)", "answer '9999' does not match"]),
-    "blank answer": (lambda d: d["data"][0]["paragraphs"][0]["qas"][4].update(answers=[{"text": "", "answer_start": 0}]),
-                     ["(id p0q4)", "answer's text is empty"]),
-    "answerable without answers": (lambda d: d["data"][0]["paragraphs"][0]["qas"][5].update(answers=[]),
-                                   ["(id p0q5)", "has no answers"]),
+    "start out of range": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][3]["answers"][0].update(answer_start=10_000),
+        ["(id p0q3)", "answer_start 10000 lies outside the context"],
+    ),
+    "text mismatch": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][3]["answers"][0].update(text="9999"),
+        ["(id p0q3)", "answer '9999' does not match"],
+    ),
+    "blank answer": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][4].update(answers=[{"text": "", "answer_start": 0}]),
+        ["(id p0q4)", "answer's text is empty"],
+    ),
+    "answerable without answers": (
+        lambda d: d["data"][0]["paragraphs"][0]["qas"][5].update(answers=[]),
+        ["(id p0q5)", "has no answers"],
+    ),
 }
 
 
@@ -251,9 +288,20 @@ def test_bad_input_through_the_cli_is_one_line(workdir, tiny_backbone, case):  #
     good.write_text(json.dumps(squad_doc(1)))
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
-        cli("fit", "-c", str(REPO / "configs/finetune/squad.yaml"), "--model.backbone", str(tiny_backbone), *SMALL,
-            "--data.train_file", str(good), "--data.val_file", str(bad_file(workdir, case)), "--trainer.logger",
-            "false")
+        cli(
+            "fit",
+            "-c",
+            str(REPO / "configs/finetune/squad.yaml"),
+            "--model.backbone",
+            str(tiny_backbone),
+            *SMALL,
+            "--data.train_file",
+            str(good),
+            "--data.val_file",
+            str(bad_file(workdir, case)),
+            "--trainer.logger",
+            "false",
+        )
     assert exit_info.value.code == 2
     lines = err.getvalue().strip().splitlines()
     assert lines[-1].startswith("error: ") and "Traceback" not in err.getvalue(), lines
@@ -270,8 +318,10 @@ def year_doc(n: int = 12, words: int = 40) -> dict:
         qa = {"id": f"y{p}", "question": "In which year?", "answers": [], "is_impossible": True}
         if p % 4 != 3:
             context.insert(rng.randrange(words), str(1950 + p))
-            qa.update(answers=[{"text": str(1950 + p), "answer_start": " ".join(context).index(str(1950 + p))}],
-                      is_impossible=False)
+            qa.update(
+                answers=[{"text": str(1950 + p), "answer_start": " ".join(context).index(str(1950 + p))}],
+                is_impossible=False,
+            )
         data.append({"paragraphs": [{"context": " ".join(context), "qas": [qa]}]})
     return {"data": data}
 
@@ -280,35 +330,79 @@ def test_overfits_a_small_set_to_exact_answers(tiny_backbone, tmp_path):  # noqa
     """What the window labels teach, the postprocessing reads back: the spans and no-answers of the training set."""
     path = tmp_path / "years.json"
     path.write_text(json.dumps(year_doc()))
-    dm = data(tiny_backbone, path, cache_dir=str(tmp_path / "cache"), max_length=24, doc_stride=4,
-              max_question_length=8, batch_size=64, eval_batch_size=64)
-    model = QuestionAnswering(str(tiny_backbone), data=dm.contract, optimizer=partial(torch.optim.AdamW, lr=1e-2),
-                              warmup_steps=0, lr_schedule="constant")
-    trainer = L.Trainer(accelerator="cpu", max_epochs=80, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=80,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    dm = data(
+        tiny_backbone,
+        path,
+        cache_dir=str(tmp_path / "cache"),
+        max_length=24,
+        doc_stride=4,
+        max_question_length=8,
+        batch_size=64,
+        eval_batch_size=64,
+    )
+    model = QuestionAnswering(
+        str(tiny_backbone),
+        data=dm.contract,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        warmup_steps=0,
+        lr_schedule="constant",
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=80,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=80,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert len(dm.splits["train"]) > 2 * len(year_doc()["data"])  # (several windows per context)
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     assert metrics["val/exact"] == metrics["val/has_ans_exact"] == metrics["val/no_ans_exact"] == 100.0, metrics
 
 
-@pytest.mark.parametrize("mode,trained", [(Full(), "all"), (Frozen(), "head"), (TopK(k=1), "top"),
-                                          (LayerwiseLRDecay(decay=0.5), "all"),
-                                          (GradualUnfreezing(every_n_steps=100), "head"),
-                                          (LoRA(r=2, alpha=4, dropout=0.0), "lora")])
+@pytest.mark.parametrize(
+    "mode,trained",
+    [
+        (Full(), "all"),
+        (Frozen(), "head"),
+        (TopK(k=1), "top"),
+        (LayerwiseLRDecay(decay=0.5), "all"),
+        (GradualUnfreezing(every_n_steps=100), "head"),
+        (LoRA(r=2, alpha=4, dropout=0.0), "lora"),
+    ],
+)
 def test_every_mode_trains_the_span_head(tiny_backbone, squad_file, tmp_path, mode, trained):  # noqa: F811
     dm = data(tiny_backbone, squad_file, cache_dir=str(tmp_path / "cache"))
-    model = QuestionAnswering(str(tiny_backbone), data=dm.contract, trainability=mode, warmup_steps=0,
-                              optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    model = QuestionAnswering(
+        str(tiny_backbone),
+        data=dm.contract,
+        trainability=mode,
+        warmup_steps=0,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+    )
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
-    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(model, dm)
+    L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    ).fit(model, dm)
     changed = {n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])}
     assert any("qa_outputs" in n for n in changed), changed  # the span head always trains
-    expected = {"all": lambda n: True, "head": lambda n: "qa_outputs" in n,
-                "top": lambda n: "qa_outputs" in n or "layer.1." in n,
-                "lora": lambda n: "lora_" in n or "qa_outputs.modules_to_save" in n}[trained]
+    expected = {
+        "all": lambda n: True,
+        "head": lambda n: "qa_outputs" in n,
+        "top": lambda n: "qa_outputs" in n or "layer.1." in n,
+        "lora": lambda n: "lora_" in n or "qa_outputs.modules_to_save" in n,
+    }[trained]
     assert changed == {n for n in before if expected(n)}
     if trained == "lora":  # the merged export answers as the adapted model does
         out = model.export_hf(tmp_path / "hf")
@@ -317,15 +411,32 @@ def test_every_mode_trains_the_span_head(tiny_backbone, squad_file, tmp_path, mo
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         model.model.eval()
         with torch.no_grad():
-            torch.testing.assert_close(merged(**inputs).start_logits, model.model(**inputs).start_logits,
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                merged(**inputs).start_logits, model.model(**inputs).start_logits, rtol=1e-4, atol=1e-5
+            )
 
 
 def test_cli_fit_validate_predict_and_export(workdir, tiny_backbone, squad_file):  # noqa: F811
-    args = ["-c", str(REPO / "configs/finetune/squad.yaml"), *QUIET, "--model.backbone", str(tiny_backbone),
-            "--data.val_file", str(squad_file), *SMALL]
-    cli("fit", *args, "--data.train_file", f"[{squad_file}, {squad_file}]", "--trainer.max_epochs", "1",
-        "--data.batch_size", "16")
+    args = [
+        "-c",
+        str(REPO / "configs/finetune/squad.yaml"),
+        *QUIET,
+        "--model.backbone",
+        str(tiny_backbone),
+        "--data.val_file",
+        str(squad_file),
+        *SMALL,
+    ]
+    cli(
+        "fit",
+        *args,
+        "--data.train_file",
+        f"[{squad_file}, {squad_file}]",
+        "--trainer.max_epochs",
+        "1",
+        "--data.batch_size",
+        "16",
+    )
     run = only_run_dir(workdir, "squad")
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"val/exact", "val/f1", "val/loss", "val/has_ans_f1", "val/no_ans_f1"} <= set(metrics)
@@ -336,19 +447,33 @@ def test_cli_fit_validate_predict_and_export(workdir, tiny_backbone, squad_file)
     assert type(model).__name__ == "BertForQuestionAnswering"
     cli("validate", *args, "--model.backbone", str(hf))
     validated = json.loads((only_run_dir(workdir, "squad") / "validate_metrics.json").read_text())
-    assert validated["val/f1"] == pytest.approx(metrics["val/f1"]) and \
-        validated["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
+    assert validated["val/f1"] == pytest.approx(metrics["val/f1"]) and validated["val/loss"] == pytest.approx(
+        metrics["val/loss"], rel=1e-4
+    )
 
-    cli("predict", *args, "--model.backbone", str(hf), "--data.val_file", "null", "--data.predict_file",
-        str(squad_file), "--model.predictions_file", str(workdir / "pred.jsonl"), "--model.null_threshold", "null")
+    cli(
+        "predict",
+        *args,
+        "--model.backbone",
+        str(hf),
+        "--data.val_file",
+        "null",
+        "--data.predict_file",
+        str(squad_file),
+        "--model.predictions_file",
+        str(workdir / "pred.jsonl"),
+        "--model.null_threshold",
+        "null",
+    )
     rows = [json.loads(line) for line in (workdir / "pred.jsonl").read_text().splitlines()]
     doc = squad_doc()
-    questions = [(q["id"], q["question"], a["paragraphs"][0]["context"]) for a in doc["data"]
-                 for q in a["paragraphs"][0]["qas"]]
+    questions = [
+        (q["id"], q["question"], a["paragraphs"][0]["context"]) for a in doc["data"] for q in a["paragraphs"][0]["qas"]
+    ]
     assert [(r["id"], r["question"]) for r in rows] == [(i, q) for i, q, _ in questions]
     for row, (_, _, context) in zip(rows, questions):
         assert list(row) == ["id", "question", "answer", "start", "end", "score"]
-        assert row["answer"] and context[row["start"]:row["end"]] == row["answer"]  # null_threshold null: a span
+        assert row["answer"] and context[row["start"] : row["end"]] == row["answer"]  # null_threshold null: a span
 
 
 def test_export_loads_in_the_question_answering_pipeline(tiny_backbone, squad_file, tmp_path):  # noqa: F811
@@ -359,7 +484,8 @@ def test_export_loads_in_the_question_answering_pipeline(tiny_backbone, squad_fi
     dm = data(tiny_backbone, squad_file, cache_dir=str(tmp_path / "cache"))
     out = QuestionAnswering(str(tiny_backbone), data=dm.contract).export_hf(tmp_path / "hf")
     answer = pipeline("question-answering", model=str(out), device="cpu")(
-        question="How many coins does the red box hold?", context=squad_doc()["data"][0]["paragraphs"][0]["context"])
+        question="How many coins does the red box hold?", context=squad_doc()["data"][0]["paragraphs"][0]["context"]
+    )
     assert {"answer", "start", "end", "score"} <= set(answer)
 
 

@@ -15,16 +15,48 @@ from lightning_pretrain.quiet import KNOWN_WARNINGS, quiet_known_noise
 
 def test_the_main_jobs_console_shows_only_what_concerns_the_run(tiny_corpus, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "lightning_pretrain", "fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"),
-         "--data.source", str(tiny_corpus), "--data.vocab_size", "400", "--data.seq_len", "32",
-         "--data.batch_size", "4", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-         "--trainer.limit_val_batches", "1", "--model.init_args.warmup_steps", "1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "LIGHTNING_PRETRAIN_CACHE": str(tmp_path / "cache")})
+        [
+            sys.executable,
+            "-m",
+            "lightning_pretrain",
+            "fit",
+            "-c",
+            str(REPO / "configs/pretrain/clm_tiny.yaml"),
+            "--data.source",
+            str(tiny_corpus),
+            "--data.vocab_size",
+            "400",
+            "--data.seq_len",
+            "32",
+            "--data.batch_size",
+            "4",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--model.init_args.warmup_steps",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LIGHTNING_PRETRAIN_CACHE": str(tmp_path / "cache")},
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-2000:]
-    for noise in ("Tip:", "litlogger", "litmodels", "set_vital", "LeafSpec", "Total FLOPs", "Writing model shards",
-                  "already configured with model summary"):
+    for noise in (
+        "Tip:",
+        "litlogger",
+        "litmodels",
+        "set_vital",
+        "LeafSpec",
+        "Total FLOPs",
+        "Writing model shards",
+        "already configured with model summary",
+    ):
         assert noise not in out, f"{noise!r} in the console:\n{out[-3000:]}"
     assert "Training FLOPs per token" in out and "GPT2LMHeadModel" in out  # the summary itself is still there
 

@@ -23,34 +23,92 @@ from lightning_pretrain.errors import InputError
 EVERY = 5  # checkpoint interval in optimizer steps
 
 # a 1-layer GPT-2 with dropout, so the losses depend on the restored RNG streams as well as on the data position
-TINY = ["--model.init_args.model.init_args.n_embd", "32", "--model.init_args.model.init_args.n_layer", "1",
-        "--model.init_args.model.init_args.n_head", "2", "--model.init_args.model.init_args.n_positions", "32",
-        "--model.init_args.model.init_args.resid_pdrop", "0.1", "--model.init_args.model.init_args.attn_pdrop", "0.1",
-        "--model.init_args.warmup_steps", "3", "--data.vocab_size", "300", "--data.seq_len", "32",
-        "--trainer.val_check_interval", "7", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.logger.init_args.name", "resume", "--export.enabled", "false"]
+TINY = [
+    "--model.init_args.model.init_args.n_embd",
+    "32",
+    "--model.init_args.model.init_args.n_layer",
+    "1",
+    "--model.init_args.model.init_args.n_head",
+    "2",
+    "--model.init_args.model.init_args.n_positions",
+    "32",
+    "--model.init_args.model.init_args.resid_pdrop",
+    "0.1",
+    "--model.init_args.model.init_args.attn_pdrop",
+    "0.1",
+    "--model.init_args.warmup_steps",
+    "3",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--trainer.val_check_interval",
+    "7",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.logger.init_args.name",
+    "resume",
+    "--export.enabled",
+    "false",
+]
 
 CORPUS_MODES = {
     # epoch-based, several epochs: crosses epoch boundaries after the resume, and `configure_optimizers` builds the
     # loader before the checkpoint is read (the Lightning #20550 order)
-    "cached": ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *TINY, "--data.batch_size", "16",
-               "--data.num_workers", "1", "--trainer.max_steps", "-1", "--trainer.max_epochs", "3",
-               "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last", "true",
-               "--trainer.callbacks.every_n_train_steps", str(EVERY)],
+    "cached": [
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *TINY,
+        "--data.batch_size",
+        "16",
+        "--data.num_workers",
+        "1",
+        "--trainer.max_steps",
+        "-1",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.save_last",
+        "true",
+        "--trainer.callbacks.every_n_train_steps",
+        str(EVERY),
+    ],
     # tokenized in a loader worker, endless stream cycling over the small corpus (several passes in the run)
-    "streaming": ["-c", str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"), *TINY, "--data.batch_size", "8",
-                  "--data.num_workers", "1", "--data.val_documents", "20", "--data.tokenizer_documents", "1000",
-                  "--data.shuffle_window", "16", "--trainer.max_steps", "45",
-                  "--trainer.callbacks.every_n_train_steps", str(EVERY)],
+    "streaming": [
+        "-c",
+        str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"),
+        *TINY,
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "1",
+        "--data.val_documents",
+        "20",
+        "--data.tokenizer_documents",
+        "1000",
+        "--data.shuffle_window",
+        "16",
+        "--trainer.max_steps",
+        "45",
+        "--trainer.callbacks.every_n_train_steps",
+        str(EVERY),
+    ],
 }
 
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph {i} has {i * 7 % 13} extra words."
-                                for i in range(300)) + "\n")
+    path.write_text(
+        "\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph {i} has {i * 7 % 13} extra words." for i in range(300))
+        + "\n"
+    )
     return path
 
 
@@ -74,8 +132,15 @@ def free_port() -> int:
 def launch(workdir: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(free_port())}
     # a session of its own, so the kill takes ddp_spawn's worker processes down with the launcher
-    return subprocess.Popen([sys.executable, "-m", "lightning_pretrain", "fit", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_pretrain", "fit", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -134,8 +199,9 @@ def check_kill_and_resume(tmp_path: Path, args: list[str], kill_after_step: int 
         # the checkpoint loads with torch's default weights_only=True (our hparams, RNG and loader states included)
         ckpt = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
         resumed_from = ckpt["global_step"]
-        assert resumed_from >= kill_after_step and ckpt["resume_state"]["ranks"][0]["loaders"], \
+        assert resumed_from >= kill_after_step and ckpt["resume_state"]["ranks"][0]["loaders"], (
             "no mid-run loader state saved"
+        )
         # the resume starts while the uninterrupted run finishes: its start-up overlaps that run's last steps
         started.append(launch(tmp_path / "b", *args, "--ckpt_path", "last"))
         finish(uninterrupted)
@@ -168,16 +234,21 @@ def test_kill_and_resume_ddp_spawn_two_processes(tmp_path, corpus, mode):
     ddp = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"]
     if mode == "cached":
         ddp += ["--data.batch_size", "32"]
-    ckpt = check_kill_and_resume(tmp_path, [*CORPUS_MODES[mode], "--data.source", str(corpus), *ddp],
-                                 kill_after_step=3 * EVERY if mode == "cached" else EVERY)
+    ckpt = check_kill_and_resume(
+        tmp_path,
+        [*CORPUS_MODES[mode], "--data.source", str(corpus), *ddp],
+        kill_after_step=3 * EVERY if mode == "cached" else EVERY,
+    )
     assert len(ckpt["resume_state"]["ranks"]) == 2
     if mode == "cached":
         assert ckpt["epoch"] >= 1
 
 
 def test_resume_on_another_world_size_is_refused_clearly():
-    checkpoint = {"resume_state": {"world_size": 2, "ranks": [{"rng": None, "loaders": []}] * 2},
-                  "loops": {"fit_loop": {"state_dict": {"combined_loader": [{}]}}}}
+    checkpoint = {
+        "resume_state": {"world_size": 2, "ranks": [{"rng": None, "loaders": []}] * 2},
+        "loops": {"fit_loop": {"state_dict": {"combined_loader": [{}]}}},
+    }
     trainer = SimpleNamespace(world_size=1, global_rank=0, state=SimpleNamespace(fn="fit"))
     with pytest.raises(InputError, match="written by 2 process.*this run has 1"):
         ResumeState().on_load_checkpoint(trainer, None, checkpoint)

@@ -13,22 +13,71 @@ from test_resume import EVERY, check_kill_and_resume, corpus  # noqa: F401 (fixt
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 # both runs of each test: two ranks, a checkpoint every EVERY steps, losses logged every step, no export
-DDP = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-       "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last", "true",
-       "--trainer.callbacks.every_n_train_steps", str(EVERY), "--trainer.log_every_n_steps", "1",
-       "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-       "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.name", "resume",
-       "--export.enabled", "false"]
+DDP = [
+    "--trainer.strategy",
+    "ddp_spawn",
+    "--trainer.devices",
+    "2",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.callbacks+=ModelCheckpoint",
+    "--trainer.callbacks.save_last",
+    "true",
+    "--trainer.callbacks.every_n_train_steps",
+    str(EVERY),
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.logger.init_args.name",
+    "resume",
+    "--export.enabled",
+    "false",
+]
 
 BERT = "--model.init_args.model.init_args."
 # MLM + NSP on a 1-layer BERT with dropout; ~170 training pairs, 64 per step: 2 steps per epoch, killed in the third
-PAIRS = ["-c", str(REPO / "configs/pretrain/bert_nsp_tiny.yaml"), *DDP, f"{BERT}hidden_size", "32",
-         f"{BERT}num_hidden_layers", "1", f"{BERT}num_attention_heads", "2", f"{BERT}intermediate_size", "64",
-         f"{BERT}max_position_embeddings", "32", f"{BERT}hidden_dropout_prob", "0.1",
-         f"{BERT}attention_probs_dropout_prob", "0.1", "--model.init_args.warmup_steps", "3",
-         "--data.vocab_size", "300", "--data.seq_len", "32", "--data.batch_size", "32", "--data.dupe_factor", "1",
-         "--data.val_fraction", "0.05", "--trainer.max_steps", "-1", "--trainer.max_epochs", "4",
-         "--trainer.val_check_interval", "7"]
+PAIRS = [
+    "-c",
+    str(REPO / "configs/pretrain/bert_nsp_tiny.yaml"),
+    *DDP,
+    f"{BERT}hidden_size",
+    "32",
+    f"{BERT}num_hidden_layers",
+    "1",
+    f"{BERT}num_attention_heads",
+    "2",
+    f"{BERT}intermediate_size",
+    "64",
+    f"{BERT}max_position_embeddings",
+    "32",
+    f"{BERT}hidden_dropout_prob",
+    "0.1",
+    f"{BERT}attention_probs_dropout_prob",
+    "0.1",
+    "--model.init_args.warmup_steps",
+    "3",
+    "--data.vocab_size",
+    "300",
+    "--data.seq_len",
+    "32",
+    "--data.batch_size",
+    "32",
+    "--data.dupe_factor",
+    "1",
+    "--data.val_fraction",
+    "0.05",
+    "--trainer.max_steps",
+    "-1",
+    "--trainer.max_epochs",
+    "4",
+    "--trainer.val_check_interval",
+    "7",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +86,16 @@ def dropout_backbone(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dropout_bert")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(out)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
@@ -62,9 +119,24 @@ def test_sentence_pairs_resume_exactly_under_ddp_spawn(tmp_path, corpus):  # noq
 
 @pytest.mark.slow
 def test_classification_resumes_exactly_under_ddp_spawn(tmp_path, dropout_backbone, sentiment_dir):
-    args = ["-c", str(REPO / "configs/finetune/sst2.yaml"), "-c", str(REPO / "configs/finetune/modes/full.yaml"), *DDP,
-            "--model.backbone", str(dropout_backbone), "--model.init_args.optimizer.init_args.lr", "1e-3",
-            "--data.source", str(sentiment_dir), "--data.batch_size", "8", "--data.max_length", "32",
-            "--trainer.max_epochs", "2"]
+    args = [
+        "-c",
+        str(REPO / "configs/finetune/sst2.yaml"),
+        "-c",
+        str(REPO / "configs/finetune/modes/full.yaml"),
+        *DDP,
+        "--model.backbone",
+        str(dropout_backbone),
+        "--model.init_args.optimizer.init_args.lr",
+        "1e-3",
+        "--data.source",
+        str(sentiment_dir),
+        "--data.batch_size",
+        "8",
+        "--data.max_length",
+        "32",
+        "--trainer.max_epochs",
+        "2",
+    ]
     ckpt = check_kill_and_resume(tmp_path, args)
     assert len(ckpt["resume_state"]["ranks"]) == 2 and ckpt["epoch"] >= 1

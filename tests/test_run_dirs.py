@@ -16,8 +16,11 @@ CLM = ["-c", str(REPO / "configs/pretrain/clm_tiny.yaml")]
 
 
 def snapshot(run) -> dict:
-    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes() if p.name == "config.yaml" else None)
-            for p in sorted(run.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes() if p.name == "config.yaml" else None)
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_validate_with_a_fit_runs_config_writes_a_fresh_version(workdir, tiny_corpus):
@@ -26,8 +29,19 @@ def test_validate_with_a_fit_runs_config_writes_a_fresh_version(workdir, tiny_co
     runs = workdir / "logs" / "clm_tiny"
     fit_run = runs / "version_0"
     (first,) = (fit_run / "checkpoints").glob("epoch=*.ckpt")
-    cli("fit", *CLM, *FAST, *TINY_GPT2, *data, "--trainer.max_steps", "6", "--ckpt_path", str(first),
-        "--trainer.logger.init_args.version", "0")  # resumed in its own directory: its config.yaml pins version 0
+    cli(
+        "fit",
+        *CLM,
+        *FAST,
+        *TINY_GPT2,
+        *data,
+        "--trainer.max_steps",
+        "6",
+        "--ckpt_path",
+        str(first),
+        "--trainer.logger.init_args.version",
+        "0",
+    )  # resumed in its own directory: its config.yaml pins version 0
     assert not (runs / "version_1").exists()
     before = snapshot(fit_run)
     ckpt = max((fit_run / "checkpoints").glob("epoch=*.ckpt"), key=lambda f: f.stat().st_mtime)

@@ -19,24 +19,21 @@ from transformers import (
 
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
-from lightning_pretrain.data.pretrain.sentence_pairs import (
-    PairDataset,
-    SentencePairCorpus,
-    TokenizedDocs,
-    make_pairs,
-    split_sentences,
-    tokenize_documents,
-)
+from lightning_pretrain.data.pretrain.pair_drawing import TokenizedDocs, make_pairs, split_sentences, tokenize_documents
+from lightning_pretrain.data.pretrain.sentence_pairs import PairDataset, SentencePairCorpus
 from lightning_pretrain.data.sources.text import paragraphs
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 
 
 def test_documents_and_sentences():
-    text = " = Title = \n \n First one. Second one!\n \n\n Dr. who said \"Stop.\" Then 3 left. e.g. lower stays"
+    text = ' = Title = \n \n First one. Second one!\n \n\n Dr. who said "Stop." Then 3 left. e.g. lower stays'
     docs = paragraphs(text)
-    assert [d.strip() for d in docs] == ["= Title =", "First one. Second one!",
-                                         "Dr. who said \"Stop.\" Then 3 left. e.g. lower stays"]
+    assert [d.strip() for d in docs] == [
+        "= Title =",
+        "First one. Second one!",
+        'Dr. who said "Stop." Then 3 left. e.g. lower stays',
+    ]
     for doc in docs:
         assert "".join(split_sentences(doc)) == doc  # nothing lost: whitespace opens the next sentence
     # an abbreviation before a lower-case word does not end a sentence; a closing quote stays with its sentence
@@ -80,8 +77,9 @@ def test_pairs_are_balanced_true_and_fit(task, max_tokens):
     else:
         assert (b1[neg] == a0[neg]).all()  # the same two segments, swapped
     # deterministic given the seed
-    assert np.array_equal(make_pairs(docs, max_tokens, task, random.Random(3)),
-                          make_pairs(docs, max_tokens, task, random.Random(3)))
+    assert np.array_equal(
+        make_pairs(docs, max_tokens, task, random.Random(3)), make_pairs(docs, max_tokens, task, random.Random(3))
+    )
 
 
 def test_short_seq_prob_shortens_pairs():
@@ -123,8 +121,14 @@ def test_dataset_rows_segment_ids_and_padding():
 
 
 def corpus(path, **kw):
-    args = dict(source=str(path), tokenizer="wordpiece", vocab_size=300, seq_len=64, batch_size=4,
-                cache_dir=str(path.parent / "cache"))
+    args = dict(
+        source=str(path),
+        tokenizer="wordpiece",
+        vocab_size=300,
+        seq_len=64,
+        batch_size=4,
+        cache_dir=str(path.parent / "cache"),
+    )
     args.update(kw)
     dm = SentencePairCorpus(**args)
     dm.prepare_data()
@@ -142,8 +146,12 @@ def test_datamodule_pairs_are_cached_and_deterministic(tiny_corpus):
     other = corpus(tiny_corpus, task="sop", dupe_factor=2, seed=7)
     assert other.cache_entry != dm.cache_entry
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input_ids"].shape == (4, 64) and set(batch) == {"input_ids", "token_type_ids", "attention_mask",
-                                                                  "pair_label"}
+    assert batch["input_ids"].shape == (4, 64) and set(batch) == {
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "pair_label",
+    }
     assert (batch["input_ids"][:, 0] == dm.tokenizer.cls_token_id).all()
     assert ((batch["input_ids"] == dm.tokenizer.sep_token_id).sum(1) == 2).all()
 
@@ -179,11 +187,27 @@ class _Tok:
         return 300
 
 
-@pytest.mark.parametrize("config,cls", [
-    (BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), BertForPreTraining),
-    (AlbertConfig(hidden_size=32, embedding_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                  hidden_dropout_prob=0.0, classifier_dropout_prob=0.0), AlbertForPreTraining),
-])
+@pytest.mark.parametrize(
+    "config,cls",
+    [
+        (
+            BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            BertForPreTraining,
+        ),
+        (
+            AlbertConfig(
+                hidden_size=32,
+                embedding_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                hidden_dropout_prob=0.0,
+                classifier_dropout_prob=0.0,
+            ),
+            AlbertForPreTraining,
+        ),
+    ],
+)
 def test_losses_equal_hf_pretraining_loss(config, cls):
     module = SentencePairMLM(model=config, data=DataContract(_Tok(), task="nsp"))
     assert isinstance(module.model, cls)
@@ -195,8 +219,13 @@ def test_losses_equal_hf_pretraining_loss(config, cls):
     inputs, labels = module.corrupt(batch["input_ids"], 0, 0)
     mlm, pair, _ = module.losses(batch, inputs, labels)
     label_kw = "next_sentence_label" if cls is BertForPreTraining else "sentence_order_label"
-    out = module.model(input_ids=inputs, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"],
-                       labels=labels, **{label_kw: batch["pair_label"]})
+    out = module.model(
+        input_ids=inputs,
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        labels=labels,
+        **{label_kw: batch["pair_label"]},
+    )
     torch.testing.assert_close(mlm + pair, out.loss)
     assert (labels[batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding is never a prediction target
 
@@ -205,14 +234,26 @@ def test_architecture_without_pair_head_is_refused():
     from transformers import RobertaConfig
 
     with pytest.raises(InputError, match="sentence-pair heads"):
-        SentencePairMLM(model=RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=64), data=DataContract(_Tok(), task="nsp"))
+        SentencePairMLM(
+            model=RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            data=DataContract(_Tok(), task="nsp"),
+        )
 
 
 @pytest.mark.parametrize("config,task", [("bert_nsp_tiny.yaml", "nsp"), ("bert_sop_tiny.yaml", "sop")])
 def test_tiny_pair_configs_train_log_and_export(workdir, tiny_corpus, config, task):
-    cli("fit", "-c", str(REPO / "configs/pretrain" / config), *FAST, "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", "--data.seq_len", "64")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain" / config),
+        *FAST,
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--data.seq_len",
+        "64",
+    )
     run_dir = only_run_dir(workdir, config.removesuffix(".yaml"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/loss", f"val/{task}_loss", f"val/{task}_acc"} <= set(metrics) and 0 <= metrics[f"val/{task}_acc"] <= 1
@@ -231,19 +272,36 @@ def test_help_and_print_config_show_every_option_with_its_documentation(capsys):
         cli("fit", "--data.help", "lightning_pretrain.data.SentencePairCorpus")
     assert exit_.value.code in (0, None)
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for option, doc in [("source", "'builtin' (CPython's documentation"), ("val_source", "validation text"),
-                        ("seq_len", "tokens per example"), ("batch_size", "examples (blocks or pairs) per batch"),
-                        ("vocab_size", "vocabulary size of a tokenizer"), ("seed", "seed of the held-out validation documents"),
-                        ("tokenizer", "it needs CLS, SEP and PAD tokens"), ("task", "'nsp' (BERT"),
-                        ("short_seq_prob", "random length below seq_len"), ("dupe_factor", "independent draws")]:
+    for option, doc in [
+        ("source", "'builtin' (CPython's documentation"),
+        ("val_source", "validation text"),
+        ("seq_len", "tokens per example"),
+        ("batch_size", "examples (blocks or pairs) per batch"),
+        ("vocab_size", "vocabulary size of a tokenizer"),
+        ("seed", "seed of the held-out validation documents"),
+        ("tokenizer", "it needs CLS, SEP and PAD tokens"),
+        ("task", "'nsp' (BERT"),
+        ("short_seq_prob", "random length below seq_len"),
+        ("dupe_factor", "independent draws"),
+    ]:
         assert f"--data.{option} " in text and doc in text, option
 
     with pytest.raises(SystemExit) as exit_:
         cli("fit", "-c", str(REPO / "configs/pretrain/bert_nsp_tiny.yaml"), "--print_config")
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
-    data = printed[printed.index("\ndata:"):]
-    for line in ("class_path: lightning_pretrain.data.SentencePairCorpus", "source: builtin", "tokenizer: wordpiece",
-                 "vocab_size: 4096", "seq_len: 128", "batch_size: 16", "task: nsp", "dupe_factor: 3",
-                 "short_seq_prob: 0.1", "val_fraction: 0.1", "seed: 1234"):
+    data = printed[printed.index("\ndata:") :]
+    for line in (
+        "class_path: lightning_pretrain.data.SentencePairCorpus",
+        "source: builtin",
+        "tokenizer: wordpiece",
+        "vocab_size: 4096",
+        "seq_len: 128",
+        "batch_size: 16",
+        "task: nsp",
+        "dupe_factor: 3",
+        "short_seq_prob: 0.1",
+        "val_fraction: 0.1",
+        "seed: 1234",
+    ):
         assert line in data, line

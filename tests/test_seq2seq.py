@@ -42,11 +42,26 @@ from lightning_pretrain.finetune import LoRA, Seq2SeqFineTune, TopK
 from lightning_pretrain.finetune.trainability import depth_groups
 from lightning_pretrain.generation import Generation
 
-EN = ["a man rides a bike", "two dogs play in the snow", "a woman reads a book on a bench", "children run",
-      "a cat sleeps on a red chair in the sun", "people walk", "a boy jumps into the lake", "an old man sings a song"]
-DE = ["ein mann fährt fahrrad", "zwei hunde spielen im schnee", "eine frau liest ein buch auf einer bank",
-      "kinder laufen", "eine katze schläft auf einem roten stuhl in der sonne", "leute gehen",
-      "ein junge springt in den see", "ein alter mann singt ein lied"]
+EN = [
+    "a man rides a bike",
+    "two dogs play in the snow",
+    "a woman reads a book on a bench",
+    "children run",
+    "a cat sleeps on a red chair in the sun",
+    "people walk",
+    "a boy jumps into the lake",
+    "an old man sings a song",
+]
+DE = [
+    "ein mann fährt fahrrad",
+    "zwei hunde spielen im schnee",
+    "eine frau liest ein buch auf einer bank",
+    "kinder laufen",
+    "eine katze schläft auf einem roten stuhl in der sonne",
+    "leute gehen",
+    "ein junge springt in den see",
+    "ein alter mann singt ein lied",
+]
 PREFIX = "translate English to German: "
 
 
@@ -57,10 +72,21 @@ def t5_dir(tmp_path_factory):
     tok = train_unigram((EN + DE + [PREFIX]) * 5, 160)
     tok.save_pretrained(out)
     torch.manual_seed(0)
-    T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.pad_token_id)).save_pretrained(out)
+    T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    ).save_pretrained(out)
     return out
 
 
@@ -70,14 +96,20 @@ def contract(t5_dir) -> DataContract:
 
 def batch(tok, rows: list[int], window_tokens: int | None = None) -> dict:
     """TextToText's batch layout, built by hand: right-padded inputs, labels ending in EOS and -100 on padding."""
+
     def pad(seqs, value):
         return torch.tensor([s + [value] * (max(map(len, seqs)) - len(s)) for s in seqs])
 
     src = [tok(PREFIX + EN[i])["input_ids"] + [tok.eos_token_id] for i in rows]
     tgt = [tok(DE[i])["input_ids"] + [tok.eos_token_id] for i in rows]
-    out = {"input_ids": pad(src, tok.pad_token_id), "attention_mask": pad([[1] * len(s) for s in src], 0),
-           "labels": pad(tgt, -100), "example_id": torch.tensor(rows), "source": [EN[i] for i in rows],
-           "target": [DE[i] for i in rows]}
+    out = {
+        "input_ids": pad(src, tok.pad_token_id),
+        "attention_mask": pad([[1] * len(s) for s in src], 0),
+        "labels": pad(tgt, -100),
+        "example_id": torch.tensor(rows),
+        "source": [EN[i] for i in rows],
+        "target": [DE[i] for i in rows],
+    }
     if window_tokens is not None:
         out["window_tokens"] = torch.tensor(window_tokens)
     return out
@@ -93,9 +125,18 @@ def finetune(t5_dir, **kwargs) -> Seq2SeqFineTune:
 
 
 def train(model, batches, tmp_path, steps=1, accumulate=1, **kwargs) -> None:
-    L.Trainer(accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate, logger=False,
-              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-              default_root_dir=tmp_path, **kwargs).fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
+    L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    ).fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
 def test_accumulated_batches_give_the_loss_of_one_big_batch(t5_dir, tmp_path):
@@ -106,9 +147,11 @@ def test_accumulated_batches_give_the_loss_of_one_big_batch(t5_dir, tmp_path):
     total = n_labels(tok, list(range(8)))
     assert len({n_labels(tok, r) for r in rows}) > 1
     weights = {}
-    for name, batches, k in [("big", [batch(tok, list(range(8)), total)], 1),
-                             ("accumulated", [batch(tok, r, total) for r in rows], 4),
-                             ("mean of means", [batch(tok, r) for r in rows], 4)]:
+    for name, batches, k in [
+        ("big", [batch(tok, list(range(8)), total)], 1),
+        ("accumulated", [batch(tok, r, total) for r in rows], 4),
+        ("mean of means", [batch(tok, r) for r in rows], 4),
+    ]:
         model = finetune(t5_dir)
         train(model, batches, tmp_path, accumulate=k)
         weights[name] = {n: p.detach().clone() for n, p in model.model.named_parameters()}
@@ -116,8 +159,9 @@ def test_accumulated_batches_give_the_loss_of_one_big_batch(t5_dir, tmp_path):
     assert all(not torch.equal(weights["big"][n], initial[n]) for n in initial)
     for n in initial:
         torch.testing.assert_close(weights["accumulated"][n], weights["big"][n], rtol=1e-5, atol=1e-6)
-    assert any(not torch.allclose(weights["mean of means"][n], weights["big"][n], rtol=1e-4, atol=1e-5)
-               for n in initial)
+    assert any(
+        not torch.allclose(weights["mean of means"][n], weights["big"][n], rtol=1e-4, atol=1e-5) for n in initial
+    )
 
 
 class RankBatches(torch.utils.data.Dataset):
@@ -147,8 +191,16 @@ def test_ddp_with_accumulation_gives_the_loss_of_one_big_batch(t5_dir, tmp_path)
     shards = [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
     per_rank = [[batch(tok, r, sum(n_labels(tok, x) for x in shard)) for r in shard] for shard in shards]
     assert per_rank[0][0]["window_tokens"] != per_rank[1][0]["window_tokens"]  # unequal ranks: the sum matters
-    train(finetune(t5_dir), RankBatches(per_rank), tmp_path, accumulate=2, devices=2, use_distributed_sampler=False,
-          strategy=DDPStrategy(start_method="spawn"), callbacks=[SaveWeights()])
+    train(
+        finetune(t5_dir),
+        RankBatches(per_rank),
+        tmp_path,
+        accumulate=2,
+        devices=2,
+        use_distributed_sampler=False,
+        strategy=DDPStrategy(start_method="spawn"),
+        callbacks=[SaveWeights()],
+    )
     big = finetune(t5_dir)
     train(big, [batch(tok, list(range(8)), n_labels(tok, list(range(8))))], tmp_path)
     ddp = torch.load(tmp_path / "ddp.pt")
@@ -160,25 +212,85 @@ def tiny(config_cls, model_cls, **kwargs):
     return model_cls(config_cls(vocab_size=64, **kwargs))
 
 
-@pytest.mark.parametrize("build,expected,n", [
-    (lambda: tiny(T5Config, T5ForConditionalGeneration, d_model=16, d_kv=4, d_ff=32, num_layers=2,
-                  num_decoder_layers=3, num_heads=2),
-     {"shared.weight": 0, "decoder.final_layer_norm.weight": 1, "decoder.block.2.layer.0.SelfAttention.q.weight": 1,
-      "decoder.block.0.layer.1.EncDecAttention.q.weight": 3, "encoder.final_layer_norm.weight": 4,
-      "encoder.block.1.layer.0.SelfAttention.q.weight": 4, "encoder.block.0.layer.0.SelfAttention.q.weight": 5}, 5),
-    (lambda: AutoModelForSeq2SeqLM.from_config(BartConfig(
-        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)),
-     {"model.shared.weight": 0, "model.decoder.layers.0.fc1.weight": 1, "model.encoder.layers.0.fc1.weight": 2,
-      "model.encoder.layernorm_embedding.weight": 3, "model.decoder.embed_positions.weight": 3}, 2),
-    (lambda: tiny(GPT2Config, GPT2LMHeadModel, n_embd=16, n_layer=2, n_head=2, n_positions=32),
-     {"transformer.wte.weight": 0, "transformer.ln_f.weight": 1, "transformer.h.1.attn.c_attn.weight": 1,
-      "transformer.h.0.attn.c_attn.weight": 2, "transformer.wpe.weight": 3}, 2),
-    (lambda: tiny(LlamaConfig, LlamaForCausalLM, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=2),
-     {"lm_head.weight": 0, "model.norm.weight": 1, "model.layers.0.self_attn.q_proj.weight": 2,
-      "model.embed_tokens.weight": 3}, 2),
-])
+@pytest.mark.parametrize(
+    "build,expected,n",
+    [
+        (
+            lambda: tiny(
+                T5Config,
+                T5ForConditionalGeneration,
+                d_model=16,
+                d_kv=4,
+                d_ff=32,
+                num_layers=2,
+                num_decoder_layers=3,
+                num_heads=2,
+            ),
+            {
+                "shared.weight": 0,
+                "decoder.final_layer_norm.weight": 1,
+                "decoder.block.2.layer.0.SelfAttention.q.weight": 1,
+                "decoder.block.0.layer.1.EncDecAttention.q.weight": 3,
+                "encoder.final_layer_norm.weight": 4,
+                "encoder.block.1.layer.0.SelfAttention.q.weight": 4,
+                "encoder.block.0.layer.0.SelfAttention.q.weight": 5,
+            },
+            5,
+        ),
+        (
+            lambda: AutoModelForSeq2SeqLM.from_config(
+                BartConfig(
+                    vocab_size=64,
+                    d_model=16,
+                    encoder_layers=1,
+                    decoder_layers=1,
+                    encoder_attention_heads=2,
+                    decoder_attention_heads=2,
+                    encoder_ffn_dim=32,
+                    decoder_ffn_dim=32,
+                    max_position_embeddings=32,
+                )
+            ),
+            {
+                "model.shared.weight": 0,
+                "model.decoder.layers.0.fc1.weight": 1,
+                "model.encoder.layers.0.fc1.weight": 2,
+                "model.encoder.layernorm_embedding.weight": 3,
+                "model.decoder.embed_positions.weight": 3,
+            },
+            2,
+        ),
+        (
+            lambda: tiny(GPT2Config, GPT2LMHeadModel, n_embd=16, n_layer=2, n_head=2, n_positions=32),
+            {
+                "transformer.wte.weight": 0,
+                "transformer.ln_f.weight": 1,
+                "transformer.h.1.attn.c_attn.weight": 1,
+                "transformer.h.0.attn.c_attn.weight": 2,
+                "transformer.wpe.weight": 3,
+            },
+            2,
+        ),
+        (
+            lambda: tiny(
+                LlamaConfig,
+                LlamaForCausalLM,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+            ),
+            {
+                "lm_head.weight": 0,
+                "model.norm.weight": 1,
+                "model.layers.0.self_attn.q_proj.weight": 2,
+                "model.embed_tokens.weight": 3,
+            },
+            2,
+        ),
+    ],
+)
 def test_layer_depths_of_generative_models(build, expected, n):
     """The LM head is depth 0 even tied to the input embeddings; an encoder-decoder's decoder sits above its
     encoder; embeddings (also BART's layernorm_embedding, registered after its layers) at the bottom."""
@@ -190,23 +302,31 @@ def test_top_k_and_llrd_on_t5(t5_dir):
     model = finetune(t5_dir, trainability=TopK(k=1))
     trained = {n for n, p in model.model.named_parameters() if p.requires_grad}
     assert "shared.weight" in trained and "decoder.final_layer_norm.weight" in trained
-    assert all(n.startswith("decoder.block.1.") or n in ("shared.weight", "decoder.final_layer_norm.weight")
-               for n in trained)
+    assert all(
+        n.startswith("decoder.block.1.") or n in ("shared.weight", "decoder.final_layer_norm.weight") for n in trained
+    )
     names = {g["name"] for g in depth_groups(finetune(t5_dir).model)}
     assert {"head", "decoder.layer.1", "decoder.layer.0", "encoder.layer.1", "encoder.layer.0"} <= names
 
 
 def test_lora_task_type_follows_the_model():
     gpt2 = tiny(GPT2Config, GPT2LMHeadModel, n_embd=16, n_layer=1, n_head=2, n_positions=32)
-    bert = tiny(BertConfig, BertForSequenceClassification, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=32)
+    bert = tiny(
+        BertConfig,
+        BertForSequenceClassification,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     assert isinstance(LoRA(r=2).prepare(gpt2), PeftModelForCausalLM)
     assert isinstance(LoRA(r=2).prepare(bert), PeftModelForSequenceClassification)
 
 
 def test_lora_on_t5_trains_adapters_only_and_exports_merged(t5_dir, tmp_path):
-    model = finetune(t5_dir, trainability=LoRA(r=4, alpha=8, dropout=0.0),
-                     optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    model = finetune(
+        t5_dir, trainability=LoRA(r=4, alpha=8, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-2)
+    )
     assert isinstance(model.model, PeftModelForSeq2SeqLM)
     before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
     tok = model.tokenizer
@@ -220,17 +340,22 @@ def test_lora_on_t5_trains_adapters_only_and_exports_merged(t5_dir, tmp_path):
     b, model = batch(tok, [0, 5]), model.eval()
     decoder_inputs = merged.prepare_decoder_input_ids_from_labels(labels=b["labels"])
     with torch.no_grad():
-        expected = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                               decoder_input_ids=decoder_inputs).logits
+        expected = model.model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], decoder_input_ids=decoder_inputs
+        ).logits
         got = merged(input_ids=b["input_ids"], attention_mask=b["attention_mask"], decoder_input_ids=decoder_inputs)
     torch.testing.assert_close(got.logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_from_config_is_sized_to_the_tokenizer(t5_dir):
     tok = AutoTokenizer.from_pretrained(t5_dir)
-    model = Seq2SeqFineTune(model=T5Config(d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                                           decoder_start_token_id=99, pad_token_id=99), data=contract(t5_dir),
-                            generation=Generation(max_new_tokens=3))
+    model = Seq2SeqFineTune(
+        model=T5Config(
+            d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=99, pad_token_id=99
+        ),
+        data=contract(t5_dir),
+        generation=Generation(max_new_tokens=3),
+    )
     config = model.model.config
     assert config.vocab_size == len(tok) and config.pad_token_id == config.decoder_start_token_id == tok.pad_token_id
     # evaluation options never enter the checkpoint's hyperparameters (LightningCLI would apply them over the CLI)
@@ -244,12 +369,24 @@ def test_warm_started_encoder_decoder(t5_dir, tmp_path):
     """Two BERT checkpoints become an EncoderDecoderModel: [CLS] starts the target, the decoder cross-attends."""
     tok = AutoTokenizer.from_pretrained(t5_dir)
     tok.cls_token = tok.bos_token
-    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32, pad_token_id=tok.pad_token_id))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     bert.save_pretrained(tmp_path / "bert")
     data = DataContract(tok, max_length=32, max_target_length=32, task="text_to_text")
-    model = Seq2SeqFineTune(encoder=str(tmp_path / "bert"), decoder=str(tmp_path / "bert"), data=data,
-                            generation=Generation(max_new_tokens=4))
+    model = Seq2SeqFineTune(
+        encoder=str(tmp_path / "bert"),
+        decoder=str(tmp_path / "bert"),
+        data=data,
+        generation=Generation(max_new_tokens=4),
+    )
     assert model.model.config.decoder_start_token_id == tok.bos_token_id
     assert model.model.config.decoder.add_cross_attention and model.model.config.decoder.is_decoder
     nll, n = model.forward_loss(batch(tok, [0, 1]))
@@ -276,9 +413,15 @@ def parallel_text(workdir):
 
 def data_args(root, model_dir) -> list[str]:
     """The model directory (the data module takes its tokenizer) and the parallel files."""
-    return ["--model.model", str(model_dir),
-            *[a for s in ("train", "val") for a in (f"--data.{s}_file", str(root / f"{s}.en"),
-                                                    f"--data.{s}_target_file", str(root / f"{s}.de"))]]
+    return [
+        "--model.model",
+        str(model_dir),
+        *[
+            a
+            for s in ("train", "val")
+            for a in (f"--data.{s}_file", str(root / f"{s}.en"), f"--data.{s}_target_file", str(root / f"{s}.de"))
+        ],
+    ]
 
 
 CONFIG = ["-c", str(REPO / "configs/finetune/multi30k_t5.yaml")]
@@ -286,8 +429,18 @@ CONFIG = ["-c", str(REPO / "configs/finetune/multi30k_t5.yaml")]
 
 def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
     workdir = parallel_text
-    cli("fit", *CONFIG, *FAST, *data_args(workdir, t5_dir), "--data.batch_size", "4",
-        "--model.generation.max_new_tokens", "8", "--trainer.accumulate_grad_batches", "2")
+    cli(
+        "fit",
+        *CONFIG,
+        *FAST,
+        *data_args(workdir, t5_dir),
+        "--data.batch_size",
+        "4",
+        "--model.generation.max_new_tokens",
+        "8",
+        "--trainer.accumulate_grad_batches",
+        "2",
+    )
     run = only_run_dir(workdir, "multi30k_t5")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and {"val/loss", "val/ppl", "val/sacrebleu", "val/chrf"} <= set(metrics)
@@ -302,10 +455,28 @@ def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
 
     inputs = workdir / "inputs.txt"
     inputs.write_text("a dog runs\ntwo cats sleep\na man sings\n")
-    cli("predict", *CONFIG, "--model.model", str(hf), "--data.train_file", "null",
-        "--data.train_target_file", "null", "--data.val_file", "null", "--data.val_target_file", "null",
-        "--data.predict_file", str(inputs), "--model.predictions_file", str(workdir / "pred.jsonl"),
-        "--model.generation.max_new_tokens", "8", "--trainer.enable_progress_bar", "false")
+    cli(
+        "predict",
+        *CONFIG,
+        "--model.model",
+        str(hf),
+        "--data.train_file",
+        "null",
+        "--data.train_target_file",
+        "null",
+        "--data.val_file",
+        "null",
+        "--data.val_target_file",
+        "null",
+        "--data.predict_file",
+        str(inputs),
+        "--model.predictions_file",
+        str(workdir / "pred.jsonl"),
+        "--model.generation.max_new_tokens",
+        "8",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     rows = [json.loads(line) for line in (workdir / "pred.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1, 2] and [r["source"] for r in rows] == inputs.read_text().splitlines()
     assert all(isinstance(r["generation"], str) for r in rows)
@@ -314,7 +485,8 @@ def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
 def decoder_only(root, t5_dir):
     tok = AutoTokenizer.from_pretrained(t5_dir)
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        root / "gpt2")
+        root / "gpt2"
+    )
     tok.save_pretrained(root / "gpt2")
     return data_args(root, root / "gpt2")
 
@@ -331,13 +503,24 @@ def empty_target(root, t5_dir):
 
 def table_without_target(root, t5_dir):
     (root / "train.jsonl").write_text("".join(json.dumps({"source": EN[i]}) + "\n" for i in range(8)))
-    return [*data_args(root, t5_dir), "--data.train_file", str(root / "train.jsonl"), "--data.train_target_file",
-            "null"]
+    return [
+        *data_args(root, t5_dir),
+        "--data.train_file",
+        str(root / "train.jsonl"),
+        "--data.train_target_file",
+        "null",
+    ]
 
 
-@pytest.mark.parametrize("make_args, expected", [
-    (decoder_only, "without an encoder-decoder"), (short_target_file, "7"), (empty_target, "line 2"),
-    (table_without_target, "target")])
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (decoder_only, "without an encoder-decoder"),
+        (short_target_file, "7"),
+        (empty_target, "line 2"),
+        (table_without_target, "target"),
+    ],
+)
 def test_cli_bad_input_is_one_error_line(parallel_text, t5_dir, make_args, expected):
     """A decoder-only model, parallel files of different lengths, an empty target, a table without the target
     column: one `error:` line, exit status 2."""

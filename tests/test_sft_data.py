@@ -15,8 +15,10 @@ from lightning_pretrain.data.finetune.completions import first_fit
 from lightning_pretrain.data.tokenizers import train_bpe
 from lightning_pretrain.errors import InputError
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 WORDS = " ".join(ENGLISH).split()
 
 
@@ -33,8 +35,13 @@ def tokenizers(tmp_path_factory) -> tuple[Path, Path]:
 
 def pairs(n: int, start: int = 0) -> list[dict]:
     """Prompts and completions of varied lengths."""
-    return [{"prompt": "Question: " + " ".join(WORDS[i:i + 2 + i % 7]) + "?",
-             "completion": " " + " ".join(WORDS[i + 3:i + 4 + (5 * i) % 9])} for i in range(start, start + n)]
+    return [
+        {
+            "prompt": "Question: " + " ".join(WORDS[i : i + 2 + i % 7]) + "?",
+            "completion": " " + " ".join(WORDS[i + 3 : i + 4 + (5 * i) % 9]),
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def jsonl(path: Path, records: list[dict]) -> str:
@@ -43,8 +50,13 @@ def jsonl(path: Path, records: list[dict]) -> str:
 
 
 def fitted(tmp_path, tok: Path, train: list[dict], val: list[dict] | None = None, **kw) -> SFTData:
-    dm = SFTData(train_file=jsonl(tmp_path / "train.jsonl", train), val_file=jsonl(tmp_path / "val.jsonl", val or
-                 pairs(5, 40)), tokenizer=str(tok), cache_dir=str(tmp_path / "cache"), **kw)
+    dm = SFTData(
+        train_file=jsonl(tmp_path / "train.jsonl", train),
+        val_file=jsonl(tmp_path / "val.jsonl", val or pairs(5, 40)),
+        tokenizer=str(tok),
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -63,8 +75,9 @@ def expected(dm: SFTData, records: list[dict]) -> dict[tuple, list[int]]:
 def examples_of(batch: dict) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) of every example in a batch: a new one starts where position_ids == 0 on a real token."""
     out = []
-    for ids, mask, labels, pos in zip(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                      batch["position_ids"]):
+    for ids, mask, labels, pos in zip(
+        batch["input_ids"], batch["attention_mask"], batch["labels"], batch["position_ids"]
+    ):
         n = int(mask.sum())
         assert mask[:n].all() and not mask[n:].any() and (labels[n:] == -100).all() and (pos[n:] == 0).all()
         starts = [i for i in range(n) if pos[i] == 0] + [n]
@@ -92,8 +105,9 @@ def test_labels_only_on_completion_tokens_unpacked_and_packed(tmp_path, tokenize
     assert sorted(seen) == sorted(want)  # every example once, whole
     rows = len(dm.train_dataloader().dataset)
     assert (rows < len(train)) if pack else rows == len(train)
-    assert dm.publish().task == "sft" and dm.contract.max_length == (40 if pack else max(map(len, want | expected(
-        dm, pairs(5, 40)))))
+    assert dm.publish().task == "sft" and dm.contract.max_length == (
+        40 if pack else max(map(len, want | expected(dm, pairs(5, 40))))
+    )
 
 
 def test_first_fit_puts_each_example_in_the_first_row_with_room():
@@ -120,7 +134,7 @@ def test_evaluation_batches_left_pad_the_prompts_for_generation(tmp_path, tokeni
     for i, r in enumerate(val):
         p = dm.tokenizer(r["prompt"])["input_ids"]
         assert batch["prompt_attention_mask"][i].tolist() == [0] * (width - len(p)) + [1] * len(p)  # left padding
-        assert batch["prompt_input_ids"][i, width - len(p):].tolist() == p == batch["input_ids"][i, :len(p)].tolist()
+        assert batch["prompt_input_ids"][i, width - len(p) :].tolist() == p == batch["input_ids"][i, : len(p)].tolist()
     assert [ids for ids, _ in examples_of(batch)] == [ids for ids in map(list, expected(dm, val))]
 
     (tmp_path / "prompts.txt").write_text("Question: what is a fox?\n\nQuestion: the dog?\n")
@@ -130,8 +144,12 @@ def test_evaluation_batches_left_pad_the_prompts_for_generation(tmp_path, tokeni
     assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "prompt", "example_id"}
     assert batch["prompt"] == ["Question: what is a fox?", "Question: the dog?"]
     # a .txt file's prompts get the template the model was trained with, as a table's prompt column does
-    dm = SFTData(predict_file=str(tmp_path / "prompts.txt"), tokenizer=str(tokenizers[0]), cache_dir=str(tmp_path),
-                 prompt_template="Q: {prompt}\nA:")
+    dm = SFTData(
+        predict_file=str(tmp_path / "prompts.txt"),
+        tokenizer=str(tokenizers[0]),
+        cache_dir=str(tmp_path),
+        prompt_template="Q: {prompt}\nA:",
+    )
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
     assert batch["prompt"] == ["Q: Question: what is a fox?\nA:", "Q: Question: the dog?\nA:"]
@@ -139,8 +157,16 @@ def test_evaluation_batches_left_pad_the_prompts_for_generation(tmp_path, tokeni
 
 
 def test_chat_messages_render_with_the_tokenizers_template(tmp_path, tokenizers):
-    chats = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
-                           {"role": "assistant", "content": r["completion"]}]} for r in pairs(6)]
+    chats = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["completion"]},
+            ]
+        }
+        for r in pairs(6)
+    ]
     dm = fitted(tmp_path, tokenizers[1], chats, chats[:2], messages_column="messages", batch_size=6)
     first, tok = pairs(1)[0], dm.tokenizer
     rendered = f"<|system|>Be brief.\n<|user|>{first['prompt']}\n<|assistant|>"
@@ -155,15 +181,24 @@ def test_chat_messages_render_with_the_tokenizers_template(tmp_path, tokenizers)
     found = examples_of(next(iter(dm.train_dataloader())))
     assert len(found) == len(chats) and all(labels == want[tuple(ids)] for ids, labels in found)
 
-    no_template = dict(train_file=str(tmp_path / "train.jsonl"), val_file=str(tmp_path / "val.jsonl"),
-                       tokenizer=str(tokenizers[0]), messages_column="messages", cache_dir=str(tmp_path / "c2"))
+    no_template = dict(
+        train_file=str(tmp_path / "train.jsonl"),
+        val_file=str(tmp_path / "val.jsonl"),
+        tokenizer=str(tokenizers[0]),
+        messages_column="messages",
+        cache_dir=str(tmp_path / "c2"),
+    )
     with pytest.raises(InputError, match="no chat template"):
         SFTData(**no_template).prepare_data()
     SFTData(**no_template, chat_template=TEMPLATE).prepare_data()  # the explicit fallback
 
     (tmp_path / "prompts.txt").write_text("What is a fox?\n")  # a chat model's prompt file: one user message a line
-    dm = SFTData(predict_file=str(tmp_path / "prompts.txt"), tokenizer=str(tokenizers[1]), messages_column="messages",
-                 cache_dir=str(tmp_path / "c3"))
+    dm = SFTData(
+        predict_file=str(tmp_path / "prompts.txt"),
+        tokenizer=str(tokenizers[1]),
+        messages_column="messages",
+        cache_dir=str(tmp_path / "c3"),
+    )
     dm.setup("predict")
     assert next(iter(dm.predict_dataloader()))["prompt"] == ["<|user|>What is a fox?\n<|assistant|>"]
 
@@ -178,17 +213,31 @@ def test_prompts_that_fill_max_length_are_dropped_and_counted(tmp_path, tokenize
         fitted(tmp_path / "again", tokenizers[0], train, max_length=4)
 
 
-@pytest.mark.parametrize("records,match", [
-    ([{"prompt": "a question", "answer": "yes"}] * 3, "completion column 'completion' not found"),
-    ([{"prompt": "a question", "completion": "yes"}, {"prompt": "another", "completion": "  "}],
-     "line 2: the text column 'completion' is empty"),
-    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-      {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]}],
-     "line 2: the conversation does not end with an assistant message"),
-])
+@pytest.mark.parametrize(
+    "records,match",
+    [
+        ([{"prompt": "a question", "answer": "yes"}] * 3, "completion column 'completion' not found"),
+        (
+            [{"prompt": "a question", "completion": "yes"}, {"prompt": "another", "completion": "  "}],
+            "line 2: the text column 'completion' is empty",
+        ),
+        (
+            [
+                {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+                {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]},
+            ],
+            "line 2: the conversation does not end with an assistant message",
+        ),
+    ],
+)
 def test_bad_input_is_refused_naming_the_line(tmp_path, tokenizers, records, match):
     chat = "messages" in records[0]
-    dm = SFTData(train_file=jsonl(tmp_path / "t.jsonl", records), val_file=str(tmp_path / "t.jsonl"),
-                 tokenizer=str(tokenizers[1]), messages_column="messages" if chat else None, cache_dir=str(tmp_path))
+    dm = SFTData(
+        train_file=jsonl(tmp_path / "t.jsonl", records),
+        val_file=str(tmp_path / "t.jsonl"),
+        tokenizer=str(tokenizers[1]),
+        messages_column="messages" if chat else None,
+        cache_dir=str(tmp_path),
+    )
     with pytest.raises(InputError, match=match):
         dm.prepare_data()

@@ -52,11 +52,12 @@ def test_other_suffixes_named_explicitly_are_plain_text(tmp_path):
 def test_jsonl_csv_parquet_dir_and_glob(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text("\n".join(json.dumps({"body": f"json doc {i}", "n": i}) for i in range(3)))
-    (tmp_path / "d" / "b.csv").write_text("id,body\n1,csv doc one\n2,\"csv, doc two\"\n")
+    (tmp_path / "d" / "b.csv").write_text('id,body\n1,csv doc one\n2,"csv, doc two"\n')
     pq.write_table(pa.table({"body": ["parquet doc"], "x": [1]}), tmp_path / "d" / "c.parquet")
     ds = sources.resolve(str(tmp_path / "d"), text_column="body").load()
-    assert sorted(ds["text"]) == sorted(["json doc 0", "json doc 1", "json doc 2", "csv doc one", "csv, doc two",
-                                         "parquet doc"])
+    assert sorted(ds["text"]) == sorted(
+        ["json doc 0", "json doc 1", "json doc 2", "csv doc one", "csv, doc two", "parquet doc"]
+    )
     assert ds.column_names == ["text"]
     globbed = sources.resolve(str(tmp_path / "d" / "*.jsonl"), text_column="body").load()
     assert len(globbed) == 3
@@ -101,8 +102,7 @@ def test_unreachable_hub_dataset_is_a_clear_error():
 
 
 def test_hub_ids_and_local_paths_parse_one_way():
-    assert sources.parse_hub("wikitext:wikitext-2-raw-v1@validation") == ("wikitext", "wikitext-2-raw-v1",
-                                                                          "validation")
+    assert sources.parse_hub("wikitext:wikitext-2-raw-v1@validation") == ("wikitext", "wikitext-2-raw-v1", "validation")
     assert sources.parse_hub("imdb") == ("imdb", None, None)
     assert sources.parse_hub("nyu-mll/multi_nli@train") == ("nyu-mll/multi_nli", None, "train")
     for local in ("./x", "/abs/file", "~/data", "corpus.txt", "data/*.jsonl", "dev.tsv"):
@@ -156,8 +156,11 @@ def write_table(path, fmt: formats.Format) -> None:
     if fmt.builder == "csv":
         sep = fmt.delimiter
         quote = (lambda v: f'"{v}"' if sep in v else v) if fmt.quoting else (lambda v: v)
-        path.write_text("".join(sep.join(quote(v) for v in row.values()) + "\n" for row in [dict(
-            text="text", label="label"), *ROWS]))
+        path.write_text(
+            "".join(
+                sep.join(quote(v) for v in row.values()) + "\n" for row in [dict(text="text", label="label"), *ROWS]
+            )
+        )
     elif fmt.builder == "json":
         path.write_text("\n".join(map(json.dumps, ROWS)) + "\n" if fmt.lines else json.dumps(ROWS))
     else:

@@ -20,6 +20,7 @@ from transformers import (
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.sentinels import with_sentinels
 from lightning_pretrain.objectives.span_corruption import (
     SpanCorruption,
     block_length_for,
@@ -27,7 +28,6 @@ from lightning_pretrain.objectives.span_corruption import (
     random_spans_noise_mask,
     span_corrupt,
     span_lengths,
-    with_sentinels,
 )
 
 SETTINGS = [(0.15, 3.0), (0.3, 5.0), (0.5, 2.0)]
@@ -88,13 +88,16 @@ def test_noise_mask_matches_t5_statistics(density, mean):
     assert abs(ours.mean() - density) < 0.5 / length and abs(n.noise / n.spans - mean) < mean * 0.1
     assert not ours[:, 0].any() and ours[:, -1].all()  # T5's layout: kept first, noise last
     # the distribution of span lengths and of noise positions matches T5's algorithm
-    ours_hist, theirs_hist = Counter(np.concatenate([runs(r) for r in ours])), Counter(
-        np.concatenate([runs(r) for r in theirs]))
+    ours_hist, theirs_hist = (
+        Counter(np.concatenate([runs(r) for r in ours])),
+        Counter(np.concatenate([runs(r) for r in theirs])),
+    )
     total = rows * n.spans
     for k in range(1, 6):
         assert abs(ours_hist[k] - theirs_hist[k]) / total < 0.01, (k, ours_hist[k], theirs_hist[k])
-    np.testing.assert_allclose(ours[:, 16:240].mean(0).reshape(-1, 32).mean(1),
-                               theirs[:, 16:240].mean(0).reshape(-1, 32).mean(1), atol=0.02)
+    np.testing.assert_allclose(
+        ours[:, 16:240].mean(0).reshape(-1, 32).mean(1), theirs[:, 16:240].mean(0).reshape(-1, 32).mean(1), atol=0.02
+    )
 
 
 def reconstruct(inputs, targets, sentinels):
@@ -129,7 +132,7 @@ def test_fixed_lengths_exact_reconstruction_descending_sentinels(density, mean):
         for b, i, t in zip(blocks.tolist(), inputs.tolist(), targets.tolist()):
             assert reconstruct(i, t, sentinels) == b
             in_sent = [x for x in i if x in sentinels]
-            assert in_sent == [x for x in t if x in sentinels] == sentinel_ids[:n.spans].tolist()  # descending
+            assert in_sent == [x for x in t if x in sentinels] == sentinel_ids[: n.spans].tolist()  # descending
             assert in_sent == sorted(in_sent, reverse=True)
 
 
@@ -155,12 +158,22 @@ def test_sentinels_added_descending_never_produced_by_text(unigram):
 
 
 TINY_T5 = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, dropout_rate=0.0)
-TINY_BART = BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                       dropout=0.0)
+TINY_BART = BartConfig(
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=1,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=64,
+    dropout=0.0,
+)
 
 
-@pytest.mark.parametrize("config,cls", [(TINY_T5, T5ForConditionalGeneration), (TINY_BART, BartForConditionalGeneration)])
+@pytest.mark.parametrize(
+    "config,cls", [(TINY_T5, T5ForConditionalGeneration), (TINY_BART, BartForConditionalGeneration)]
+)
 def test_objective_learns_on_t5_and_bart(config, cls, unigram):
     torch.manual_seed(0)
     module = SpanCorruption(model=config, data=DataContract(unigram), num_sentinels=20)
@@ -191,11 +204,20 @@ def test_objective_learns_on_t5_and_bart(config, cls, unigram):
 
 def test_pretrained_checkpoint_without_sentinels_gets_them_and_resized_embeddings(tmp_path):
     bpe = toks.train_bpe(ENGLISH * 20, 300)
-    config = BartConfig(**{**TINY_BART.to_dict(), "vocab_size": len(bpe), "pad_token_id": bpe.pad_token_id,
-                           "eos_token_id": bpe.eos_token_id, "bos_token_id": bpe.bos_token_id})
+    config = BartConfig(
+        **{
+            **TINY_BART.to_dict(),
+            "vocab_size": len(bpe),
+            "pad_token_id": bpe.pad_token_id,
+            "eos_token_id": bpe.eos_token_id,
+            "bos_token_id": bpe.bos_token_id,
+        }
+    )
     BartForConditionalGeneration(config).save_pretrained(tmp_path)
     bpe.save_pretrained(tmp_path)
-    module = SpanCorruption(model=str(tmp_path), data=DataContract(AutoTokenizer.from_pretrained(tmp_path)), num_sentinels=10)
+    module = SpanCorruption(
+        model=str(tmp_path), data=DataContract(AutoTokenizer.from_pretrained(tmp_path)), num_sentinels=10
+    )
     assert module.model.get_input_embeddings().num_embeddings == len(bpe) + 10 == len(module.tokenizer)
     assert module.model.training  # from_pretrained's eval mode is undone
     batch = torch.tensor([bpe(" ".join(ENGLISH), add_special_tokens=False).input_ids[:48]])
@@ -204,8 +226,18 @@ def test_pretrained_checkpoint_without_sentinels_gets_them_and_resized_embedding
 
 
 def test_t5_tiny_config_trains_and_exports_a_seq2seq_model(workdir, tiny_corpus):
-    cli("fit", "-c", str(REPO / "configs/pretrain/t5_tiny.yaml"), *FAST, "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", "--data.seq_len", "64")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/t5_tiny.yaml"),
+        *FAST,
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--data.seq_len",
+        "64",
+    )
     run_dir = only_run_dir(workdir, "t5_tiny")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and np.isfinite(metrics["val/loss"])

@@ -17,13 +17,13 @@ from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives import MaskedLM
-from lightning_pretrain.objectives.masked_lm import word_boundaries, word_index
 from lightning_pretrain.objectives.span_masking import (
     SpanBoundaryHead,
     span_boundaries,
     span_length_probs,
     span_mask_tokens,
 )
+from lightning_pretrain.objectives.word_boundaries import word_boundaries, word_index
 
 TINY_BERT = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
@@ -49,7 +49,7 @@ def padded_rows(tok, texts, rows=512, length=128, seed=0):
     out, at = [], 0
     for k in pads:
         n = length - 1 - k
-        out.append(ids[at:at + n] + [end] + [tok.pad_token_id] * k)
+        out.append(ids[at : at + n] + [end] + [tok.pad_token_id] * k)
         at += n
     return torch.tensor(out)
 
@@ -72,8 +72,15 @@ def corrupt(tok, batch, seed, **kw):
     specials = torch.tensor(sorted(set(tok.all_special_ids)))
     vocab = torch.arange(len(tok))
     words = word_index(batch, *word_boundaries(tok))
-    inputs, labels = span_mask_tokens(batch, tok.mask_token_id, specials, vocab[~torch.isin(vocab, specials)], words,
-                                      generator=torch.Generator().manual_seed(seed), **kw)
+    inputs, labels = span_mask_tokens(
+        batch,
+        tok.mask_token_id,
+        specials,
+        vocab[~torch.isin(vocab, specials)],
+        words,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
     return words, specials, inputs, labels
 
 
@@ -94,7 +101,7 @@ def test_budget_span_lengths_and_80_10_10_per_span(tok, texts):
             assert 0 < a and b < len(batch[r]) - 1
             assert words[r][a - 1] != words[r][a] and words[r][b + 1] != words[r][b]
             lengths[words[r][b] - words[r][a]] += 1
-            span_in, span_orig = inputs[r][a:b + 1], batch[r][a:b + 1]
+            span_in, span_orig = inputs[r][a : b + 1], batch[r][a : b + 1]
             n_mask = span_in.count(tok.mask_token_id)
             assert n_mask in (0, len(span_in))  # one kind per span
             kinds[0 if n_mask else 1 if span_in == span_orig else 2] += 1
@@ -171,9 +178,24 @@ def test_masked_lm_sbo_loss_and_refusals(texts):
 
 
 def test_spanbert_tiny_learns_and_exports(workdir, tiny_corpus):
-    cli("fit", "-c", str(REPO / "configs/pretrain/spanbert_tiny.yaml"), *FAST, "--data.source", str(tiny_corpus),
-        "--data.vocab_size", "500", "--data.seq_len", "64", "--data.batch_size", "8",
-        "--trainer.max_steps", "16", "--trainer.val_check_interval", "8")
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/spanbert_tiny.yaml"),
+        *FAST,
+        "--data.source",
+        str(tiny_corpus),
+        "--data.vocab_size",
+        "500",
+        "--data.seq_len",
+        "64",
+        "--data.batch_size",
+        "8",
+        "--trainer.max_steps",
+        "16",
+        "--trainer.val_check_interval",
+        "8",
+    )
     run_dir = only_run_dir(workdir, "spanbert_tiny")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 16 and math.isfinite(metrics["val/loss"])

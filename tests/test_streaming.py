@@ -89,10 +89,10 @@ def test_blocks_are_the_shards_documents_packed_and_cycle_endlessly(unequal_file
     docs = shard_documents(stream, 1, 2)
     expected = blocks.pack(encoding.encode_batches(tokenizer, [docs]), tokenizer.sep_token_id, SEQ)
     got = list(itertools.islice(stream._blocks(), 3 * len(expected)))  # three passes and more
-    np.testing.assert_array_equal(np.stack(got[:len(expected)]), expected)
+    np.testing.assert_array_equal(np.stack(got[: len(expected)]), expected)
     # the second pass is reshuffled, and the partial block at the end of a pass carries over into it
-    second = np.concatenate(got[len(expected):2 * len(expected)])
-    assert Counter(second.tolist()) != Counter(np.concatenate(got[:len(expected)]).tolist()) or len(docs) < 2
+    second = np.concatenate(got[len(expected) : 2 * len(expected)])
+    assert Counter(second.tolist()) != Counter(np.concatenate(got[: len(expected)]).tolist()) or len(docs) < 2
 
 
 @pytest.mark.parametrize("cut", [1, 4, 29, 61, 150])
@@ -120,6 +120,7 @@ def test_multiworker_loader_resumes_exactly_on_each_rank(unequal_files, tokenize
     """Two ranks x two workers through torchdata's StatefulDataLoader: state after 5 batches, the next 6 agree."""
     folder, docs = unequal_files
     for rank in range(2):
+
         def loader(rank=rank):
             ds = BlockStream(stream_of(folder), tokenizer, SEQ, rank=rank, world_size=2, shuffle_window=2)
             return StatefulDataLoader(ds, batch_size=2, num_workers=2)
@@ -159,8 +160,16 @@ def test_too_few_files_for_file_sharding_and_empty_shards_fail_clearly(unequal_f
 
 def test_corpus_holds_out_validation_documents_and_needs_max_steps(unequal_files, tmp_path):
     folder, docs = unequal_files
-    dm = StreamingCorpus(source=str(folder), val_documents=5, tokenizer=str(minilm_dir()), seq_len=SEQ,
-                         batch_size=2, num_workers=0, shuffle_window=4, cache_dir=str(tmp_path / "cache"))
+    dm = StreamingCorpus(
+        source=str(folder),
+        val_documents=5,
+        tokenizer=str(minilm_dir()),
+        seq_len=SEQ,
+        batch_size=2,
+        num_workers=0,
+        shuffle_window=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
     assert dm.parts[0].exclude == frozenset(map(doc_hash, docs[:5])) and dm.val_blocks.shape[1] == SEQ
     trained = set(shard_documents(dm.train_dataset(), 0, 1))
@@ -210,14 +219,45 @@ def test_an_input_error_in_a_loader_worker_ends_the_console_script_in_one_line(t
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"{ENGLISH[i % 6]} Paragraph {i}." for i in range(200)) + "\n")
-    args = ["fit", "-c", str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"), "--trainer.enable_progress_bar",
-            "false", "--trainer.enable_model_summary", "false", "--trainer.max_steps", "2",
-            "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1", "--model.init_args.warmup_steps",
-            "0", "--data.source", str(corpus), "--data.vocab_size", "300", "--data.seq_len", "32",
-            "--data.val_documents", "20", "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "2",
-            "--data.shard_by", "files"]
-    done = subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/clm_streaming_tiny.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.init_args.warmup_steps",
+        "0",
+        "--data.source",
+        str(corpus),
+        "--data.vocab_size",
+        "300",
+        "--data.seq_len",
+        "32",
+        "--data.val_documents",
+        "20",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.num_workers",
+        "2",
+        "--data.shard_by",
+        "files",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_pretrain", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "DataLoader worker" not in errors[0]

@@ -18,37 +18,99 @@ AT = "x.jsonl line 3"
 OFFICIAL = {
     "boolq": {"question": "is the sky blue", "passage": "The sky is blue on clear days.", "idx": 7, "label": True},
     "cb": {"premise": "It rained, she said.", "hypothesis": "it rained", "label": "entailment", "idx": 44},
-    "rte": {"premise": "Paris is in France.", "hypothesis": "Paris is in Spain.", "label": "not_entailment",
-            "idx": 1},
-    "copa": {"premise": "The chandelier shattered on the floor.", "choice1": "It dropped from the ceiling.",
-             "choice2": "Its lights flickered.", "question": "cause", "label": 0, "idx": 249},
-    "wic": {"word": "feel", "sentence1": "You make me feel naked.", "sentence2": "She felt small.", "idx": 4232,
-            "label": False, "start1": 12, "start2": 4, "end1": 16, "end2": 8, "version": 1.1},
-    "wsc": {"text": "The city councilmen refused the demonstrators a permit because they advocated violence.",
-            "target": {"span2_index": 9, "span1_index": 4, "span1_text": "The demonstrators", "span2_text": "they"},
-            "idx": 16, "label": True},
-    "multirc": {"idx": 6, "version": 1.1, "passage": {"text": "Jason objects to the stranger.", "questions": [
-        {"question": "How does Jason react?", "idx": 0, "answers": [{"text": "He objects", "idx": 0, "label": 1},
-                                                                    {"text": "He welcomes him", "idx": 1, "label": 0}]},
-        {"question": "Who is Jason?", "idx": 1, "answers": [{"text": "A guardian", "idx": 2, "label": 1}]}]}},
+    "rte": {"premise": "Paris is in France.", "hypothesis": "Paris is in Spain.", "label": "not_entailment", "idx": 1},
+    "copa": {
+        "premise": "The chandelier shattered on the floor.",
+        "choice1": "It dropped from the ceiling.",
+        "choice2": "Its lights flickered.",
+        "question": "cause",
+        "label": 0,
+        "idx": 249,
+    },
+    "wic": {
+        "word": "feel",
+        "sentence1": "You make me feel naked.",
+        "sentence2": "She felt small.",
+        "idx": 4232,
+        "label": False,
+        "start1": 12,
+        "start2": 4,
+        "end1": 16,
+        "end2": 8,
+        "version": 1.1,
+    },
+    "wsc": {
+        "text": "The city councilmen refused the demonstrators a permit because they advocated violence.",
+        "target": {"span2_index": 9, "span1_index": 4, "span1_text": "The demonstrators", "span2_text": "they"},
+        "idx": 16,
+        "label": True,
+    },
+    "multirc": {
+        "idx": 6,
+        "version": 1.1,
+        "passage": {
+            "text": "Jason objects to the stranger.",
+            "questions": [
+                {
+                    "question": "How does Jason react?",
+                    "idx": 0,
+                    "answers": [
+                        {"text": "He objects", "idx": 0, "label": 1},
+                        {"text": "He welcomes him", "idx": 1, "label": 0},
+                    ],
+                },
+                {"question": "Who is Jason?", "idx": 1, "answers": [{"text": "A guardian", "idx": 2, "label": 1}]},
+            ],
+        },
+    },
 }
 EXPECTED = {
     "boolq": [{"idx": 7, "text": "is the sky blue", "text_pair": "The sky is blue on clear days.", "label": "true"}],
     "cb": [{"idx": 44, "text": "It rained, she said.", "text_pair": "it rained", "label": "entailment"}],
     "rte": [{"idx": 1, "text": "Paris is in France.", "text_pair": "Paris is in Spain.", "label": "not_entailment"}],
-    "copa": [{"idx": 249, "context": "The chandelier shattered on the floor. What was the cause?",
-              "choice1": "It dropped from the ceiling.", "choice2": "Its lights flickered.", "label": 0}],
-    "wic": [{"idx": 4232, "text": "feel: You make me *feel* naked.", "text_pair": "She *felt* small.",
-             "label": "false"}],
-    "wsc": [{"idx": 16, "text": "The city councilmen refused *the demonstrators* a permit because #they# advocated "
-                                "violence.", "text_pair": 'Does "they" refer to "The demonstrators"?',
-             "label": "true"}],
-    "multirc": [{"idx": 0, "question": "6/0", "text": "Jason objects to the stranger.",
-                 "text_pair": "How does Jason react? He objects", "label": "true"},
-                {"idx": 1, "question": "6/0", "text": "Jason objects to the stranger.",
-                 "text_pair": "How does Jason react? He welcomes him", "label": "false"},
-                {"idx": 2, "question": "6/1", "text": "Jason objects to the stranger.",
-                 "text_pair": "Who is Jason? A guardian", "label": "true"}],
+    "copa": [
+        {
+            "idx": 249,
+            "context": "The chandelier shattered on the floor. What was the cause?",
+            "choice1": "It dropped from the ceiling.",
+            "choice2": "Its lights flickered.",
+            "label": 0,
+        }
+    ],
+    "wic": [
+        {"idx": 4232, "text": "feel: You make me *feel* naked.", "text_pair": "She *felt* small.", "label": "false"}
+    ],
+    "wsc": [
+        {
+            "idx": 16,
+            "text": "The city councilmen refused *the demonstrators* a permit because #they# advocated violence.",
+            "text_pair": 'Does "they" refer to "The demonstrators"?',
+            "label": "true",
+        }
+    ],
+    "multirc": [
+        {
+            "idx": 0,
+            "question": "6/0",
+            "text": "Jason objects to the stranger.",
+            "text_pair": "How does Jason react? He objects",
+            "label": "true",
+        },
+        {
+            "idx": 1,
+            "question": "6/0",
+            "text": "Jason objects to the stranger.",
+            "text_pair": "How does Jason react? He welcomes him",
+            "label": "false",
+        },
+        {
+            "idx": 2,
+            "question": "6/1",
+            "text": "Jason objects to the stranger.",
+            "text_pair": "Who is Jason? A guardian",
+            "label": "true",
+        },
+    ],
 }
 
 
@@ -60,8 +122,11 @@ def test_each_task_converts_its_official_layout(task):
 def test_copa_effect_and_a_single_word_wsc_span():
     effect = {**OFFICIAL["copa"], "question": "effect", "label": 1}
     assert TASKS["copa"].convert(effect, AT)[0]["context"].endswith("floor. What happened as a result?")
-    row = {"text": "She changed it to Tina , because it was easier.", "label": False,
-           "target": {"span1_index": 4, "span1_text": "Tina", "span2_index": 7, "span2_text": "it"}}
+    row = {
+        "text": "She changed it to Tina , because it was easier.",
+        "label": False,
+        "target": {"span1_index": 4, "span1_text": "Tina", "span2_index": 7, "span2_text": "it"},
+    }
     assert TASKS["wsc"].convert(row, AT)[0]["text"] == "She changed it to *Tina* , because #it# was easier."
 
 
@@ -73,19 +138,25 @@ def test_record_is_left_out_with_its_reason(capsys):
     assert len(err) == 1 and err[0].startswith("error: ReCoRD is left out: it is a cloze task")
 
 
-@pytest.mark.parametrize("task,change,needle", [
-    ("cb", {"label": "maybe"}, "label 'maybe' is not one of entailment, contradiction, neutral"),
-    ("rte", {"hypothesis": "  "}, "'hypothesis' is empty"),
-    ("boolq", {"passage": None}, "'passage' is null, not text"),
-    ("boolq", {"label": None}, "label None is not one of false, true"),
-    ("copa", {"question": "why"}, "question 'why' is neither 'cause' nor 'effect'"),
-    ("copa", {"label": 2}, "label 2 is not 0 or 1"),
-    ("wic", {"end1": 99}, "the span start1/end1 (12, 99) is not inside its sentence (23 characters)"),
-    ("wsc", {"target": {"span1_index": 5, "span1_text": "The demonstrators", "span2_index": 9, "span2_text": "they"}},
-     "span1_text 'The demonstrators' is not the text's words at span1_index 5 ('demonstrators a')"),
-    ("wsc", {"target": {"span1_index": 4, "span1_text": "the"}}, "no 'span2_text' field"),
-    ("multirc", {"passage": {"text": "p", "questions": []}}, "the passage has no questions"),
-])
+@pytest.mark.parametrize(
+    "task,change,needle",
+    [
+        ("cb", {"label": "maybe"}, "label 'maybe' is not one of entailment, contradiction, neutral"),
+        ("rte", {"hypothesis": "  "}, "'hypothesis' is empty"),
+        ("boolq", {"passage": None}, "'passage' is null, not text"),
+        ("boolq", {"label": None}, "label None is not one of false, true"),
+        ("copa", {"question": "why"}, "question 'why' is neither 'cause' nor 'effect'"),
+        ("copa", {"label": 2}, "label 2 is not 0 or 1"),
+        ("wic", {"end1": 99}, "the span start1/end1 (12, 99) is not inside its sentence (23 characters)"),
+        (
+            "wsc",
+            {"target": {"span1_index": 5, "span1_text": "The demonstrators", "span2_index": 9, "span2_text": "they"}},
+            "span1_text 'The demonstrators' is not the text's words at span1_index 5 ('demonstrators a')",
+        ),
+        ("wsc", {"target": {"span1_index": 4, "span1_text": "the"}}, "no 'span2_text' field"),
+        ("multirc", {"passage": {"text": "p", "questions": []}}, "the passage has no questions"),
+    ],
+)
 def test_bad_official_rows_name_their_line(task, change, needle):
     with pytest.raises(InputError) as e:
         TASKS[task].convert({**OFFICIAL[task], **change}, AT)
@@ -120,10 +191,23 @@ def write_jsonl(path, rows) -> None:
 
 
 def multirc_passage(i: int) -> dict:
-    return {"idx": i, "passage": {"text": f"Passage {i}: the cat sat on the mat.", "questions": [
-        {"question": f"Where did the cat sit {i}?", "idx": 0, "answers": [
-            {"text": "on the mat", "idx": 3 * i, "label": 1}, {"text": "in the sky", "idx": 3 * i + 1, "label": 0},
-            {"text": "on a mat", "idx": 3 * i + 2, "label": 1}]}]}}
+    return {
+        "idx": i,
+        "passage": {
+            "text": f"Passage {i}: the cat sat on the mat.",
+            "questions": [
+                {
+                    "question": f"Where did the cat sit {i}?",
+                    "idx": 0,
+                    "answers": [
+                        {"text": "on the mat", "idx": 3 * i, "label": 1},
+                        {"text": "in the sky", "idx": 3 * i + 1, "label": 0},
+                        {"text": "on a mat", "idx": 3 * i + 2, "label": 1},
+                    ],
+                }
+            ],
+        },
+    }
 
 
 def test_runner_on_a_fewglue_like_folder(workdir, tiny_backbone, capsys):  # noqa: F811
@@ -134,23 +218,44 @@ def test_runner_on_a_fewglue_like_folder(workdir, tiny_backbone, capsys):  # noq
     write_jsonl(root / "COPA" / "dev32.jsonl", copa[:2])  # val.jsonl is there: dev32 is not the choice
     write_jsonl(root / "MultiRC" / "train.jsonl", [multirc_passage(i) for i in range(4)])
     write_jsonl(root / "MultiRC" / "dev32.jsonl", [multirc_passage(i) for i in range(4, 7)])  # FewGLUE: no val
-    status = superglue.main(["--backbone", str(tiny_backbone), "--tasks", "multirc", "copa", "--superglue_dir",
-                             str(root), "--out", str(workdir / "runs"), "--in_process", "--trainer.max_epochs", "1",
-                             "--data.max_length", "64", "--trainer.enable_progress_bar", "false",
-                             "--trainer.enable_model_summary", "false"])
+    status = superglue.main(
+        [
+            "--backbone",
+            str(tiny_backbone),
+            "--tasks",
+            "multirc",
+            "copa",
+            "--superglue_dir",
+            str(root),
+            "--out",
+            str(workdir / "runs"),
+            "--in_process",
+            "--trainer.max_epochs",
+            "1",
+            "--data.max_length",
+            "64",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     assert status == 0
     out = capsys.readouterr().out
-    assert f"multirc: train on {root}/MultiRC/train.jsonl (4 examples), evaluate on {root}/MultiRC/dev32.jsonl " \
-           f"(3 examples, 9 rows)" in out
+    assert (
+        f"multirc: train on {root}/MultiRC/train.jsonl (4 examples), evaluate on {root}/MultiRC/dev32.jsonl "
+        f"(3 examples, 9 rows)" in out
+    )
     assert f"copa: train on {root}/COPA/train.jsonl (8 examples), evaluate on {root}/COPA/val.jsonl (4 examples" in out
     table = json.loads((workdir / "runs" / "superglue_full.json").read_text())
     multirc, copa_result = table["tasks"]["multirc"], table["tasks"]["copa"]
     # the exported model's predictions score exactly as the last validation of the fit did
     assert multirc["metrics"]["val/f1a"] == pytest.approx(multirc["metrics"]["val/f1_pos"])
-    predictions = [json.loads(line) for line in
-                   (workdir / multirc["run_dir"] / "val_predictions.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line) for line in (workdir / multirc["run_dir"] / "val_predictions.jsonl").read_text().splitlines()
+    ]
     right = [p["label"] == ("true" if i % 3 != 1 else "false") for i, p in enumerate(predictions)]
-    assert multirc["metrics"]["val/em"] == pytest.approx(sum(all(right[q:q + 3]) for q in (0, 3, 6)) / 3)
+    assert multirc["metrics"]["val/em"] == pytest.approx(sum(all(right[q : q + 3]) for q in (0, 3, 6)) / 3)
     assert multirc["score"] == pytest.approx(50 * (multirc["metrics"]["val/f1a"] + multirc["metrics"]["val/em"]))
     assert copa_result["score"] == pytest.approx(100 * copa_result["metrics"]["val/acc"])
     assert table["average"] == pytest.approx((multirc["score"] + copa_result["score"]) / 2)
@@ -160,12 +265,15 @@ def test_runner_on_a_fewglue_like_folder(workdir, tiny_backbone, capsys):  # noq
 
 def test_runner_bad_row_is_one_error_line(workdir, capsys):
     write_jsonl(workdir / "sg" / "CB" / "train.jsonl", [OFFICIAL["cb"], {**OFFICIAL["cb"], "label": "yes"}])
-    status = superglue.main(["--backbone", "b", "--tasks", "cb", "--superglue_dir", str(workdir / "sg"),
-                             "--out", str(workdir / "runs")])
+    status = superglue.main(
+        ["--backbone", "b", "--tasks", "cb", "--superglue_dir", str(workdir / "sg"), "--out", str(workdir / "runs")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert err[0] == f"error: {workdir}/sg/CB/train.jsonl line 2: label 'yes' is not one of entailment, " \
-                     f"contradiction, neutral"
+    assert (
+        err[0] == f"error: {workdir}/sg/CB/train.jsonl line 2: label 'yes' is not one of entailment, "
+        f"contradiction, neutral"
+    )
 
 
 def test_runner_missing_task_folder_and_eval_file(workdir, capsys):

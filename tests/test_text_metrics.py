@@ -9,10 +9,24 @@ from rouge_score import rouge_scorer
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.text_metrics import text_metrics
 
-HYPS = ["the cat sat on the mat", "a dog runs in the park today", "hello world",
-        "Ein Mann fährt mit dem Fahrrad über eine Brücke.", "Zwei Kinder spielen im Schnee", "", "x y z"]
-REFS = ["the cat is on the mat", "a dog ran in the park", "hello there world",
-        "Ein Mann fährt Fahrrad auf einer Brücke.", "Zwei Kinder spielen im Schnee.", "nothing here", "x y z"]
+HYPS = [
+    "the cat sat on the mat",
+    "a dog runs in the park today",
+    "hello world",
+    "Ein Mann fährt mit dem Fahrrad über eine Brücke.",
+    "Zwei Kinder spielen im Schnee",
+    "",
+    "x y z",
+]
+REFS = [
+    "the cat is on the mat",
+    "a dog ran in the park",
+    "hello there world",
+    "Ein Mann fährt Fahrrad auf einer Brücke.",
+    "Zwei Kinder spielen im Schnee.",
+    "nothing here",
+    "x y z",
+]
 
 
 def scores(names, batches):

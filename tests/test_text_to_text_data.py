@@ -17,8 +17,14 @@ from lightning_pretrain.data.finetune.text_to_text import PadPairs
 from lightning_pretrain.errors import InputError
 
 PREFIX = "translate English to German: "
-GERMAN = ["Der schnelle braune Fuchs springt.", "Sprachmodelle lernen Text.", "Ein Block hat viele Dokumente.",
-          "Wörter werden in Stücke geteilt.", "Lightning führt die Schleife aus.", "Der Verlust sollte fallen."]
+GERMAN = [
+    "Der schnelle braune Fuchs springt.",
+    "Sprachmodelle lernen Text.",
+    "Ein Block hat viele Dokumente.",
+    "Wörter werden in Stücke geteilt.",
+    "Lightning führt die Schleife aus.",
+    "Der Verlust sollte fallen.",
+]
 
 
 def _tokenizer(tmp_path_factory, kind: str) -> str:
@@ -56,9 +62,13 @@ def pairs(tmp_path) -> dict:
     """Parallel train.en/train.de (24 lines of varied lengths) and val.en/val.de."""
     en = [ENGLISH[i % 6][: 20 + 9 * i].strip() for i in range(24)]
     de = [GERMAN[i % 6][: 8 + (5 * i) % 30].strip() for i in range(24)]
-    return {"train_file": write_lines(tmp_path / "train.en", en), "train_target_file": write_lines(
-        tmp_path / "train.de", de), "val_file": write_lines(tmp_path / "val.en", en[:6]),
-        "val_target_file": write_lines(tmp_path / "val.de", de[:6]), "cache_dir": str(tmp_path / "c")}
+    return {
+        "train_file": write_lines(tmp_path / "train.en", en),
+        "train_target_file": write_lines(tmp_path / "train.de", de),
+        "val_file": write_lines(tmp_path / "val.en", en[:6]),
+        "val_target_file": write_lines(tmp_path / "val.de", de[:6]),
+        "cache_dir": str(tmp_path / "c"),
+    }
 
 
 def test_labels_are_minus_100_exactly_on_padding_and_inputs_padded_with_pad_id(t5_tok, pairs):
@@ -81,9 +91,12 @@ def test_labels_are_minus_100_exactly_on_padding_and_inputs_padded_with_pad_id(t
 
 
 def test_collate_pads_labels_with_minus_100_only_where_there_is_no_token():
-    batch = PadPairs(pad_id=7)([
-        {"input_ids": [5, 1], "labels": [4, 4, 1], "example_id": 0, "source": "a", "target": "b"},
-        {"input_ids": [3, 3, 3, 1], "labels": [1], "example_id": 1, "source": "c", "target": "d"}])
+    batch = PadPairs(pad_id=7)(
+        [
+            {"input_ids": [5, 1], "labels": [4, 4, 1], "example_id": 0, "source": "a", "target": "b"},
+            {"input_ids": [3, 3, 3, 1], "labels": [1], "example_id": 1, "source": "c", "target": "d"},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 1, 7, 7], [3, 3, 3, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert batch["labels"].tolist() == [[4, 4, 1], [1, -100, -100]]
@@ -159,11 +172,17 @@ def test_parallel_files_are_read_line_aligned(t5_tok, tmp_path):
     en = [f"source {i}" + ("\u2028tail" if i == 3 else "\rx" if i == 5 else "") for i in range(12)]
     (tmp_path / "a.en").write_bytes("".join(f"{s}\r\n" for s in en).encode())
     write_lines(tmp_path / "a.de", [f"ziel {i}" for i in range(12)])
-    dm = TextToText(tokenizer=t5_tok, train_file=str(tmp_path / "a.en"), train_target_file=str(tmp_path / "a.de"),
-                    val_fraction=0.25, cache_dir=str(tmp_path / "c"))
+    dm = TextToText(
+        tokenizer=t5_tok,
+        train_file=str(tmp_path / "a.en"),
+        train_target_file=str(tmp_path / "a.de"),
+        val_fraction=0.25,
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     rows = list(zip(dm.splits["train"]["source"], dm.splits["train"]["target"])) + list(
-        zip(dm.splits["val"]["source"], dm.splits["val"]["target"]))
+        zip(dm.splits["val"]["source"], dm.splits["val"]["target"])
+    )
     assert len(dm.splits["val"]) == 3 and len(rows) == 12
     assert sorted(rows, key=lambda r: int(r[1].split()[1])) == list(zip(en, [f"ziel {i}" for i in range(12)]))
 
@@ -171,8 +190,14 @@ def test_parallel_files_are_read_line_aligned(t5_tok, tmp_path):
 def test_parallel_files_of_different_lengths_are_refused(t5_tok, tmp_path):
     src = write_lines(tmp_path / "t.en", ["one", "two", "three"])
     tgt = write_lines(tmp_path / "t.de", ["eins", "zwei"])
-    dm = TextToText(tokenizer=t5_tok, train_file=src, train_target_file=tgt, val_file=src, val_target_file=src,
-                    cache_dir=str(tmp_path / "c"))
+    dm = TextToText(
+        tokenizer=t5_tok,
+        train_file=src,
+        train_target_file=tgt,
+        val_file=src,
+        val_target_file=src,
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(InputError, match=r"t\.en has 3 lines, .*t\.de has 2"):
         dm.setup("fit")
 
@@ -180,8 +205,14 @@ def test_parallel_files_of_different_lengths_are_refused(t5_tok, tmp_path):
 def test_an_empty_line_is_refused_naming_file_and_line_unless_dropped(t5_tok, tmp_path):
     src = write_lines(tmp_path / "t.en", ["one", "two", "three", "four"])
     tgt = write_lines(tmp_path / "t.de", ["eins", "zwei", "  ", "vier"])
-    kw = dict(tokenizer=t5_tok, train_file=src, train_target_file=tgt, val_file=src, val_target_file=src,
-              cache_dir=str(tmp_path / "c"))
+    kw = dict(
+        tokenizer=t5_tok,
+        train_file=src,
+        train_target_file=tgt,
+        val_file=src,
+        val_target_file=src,
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(InputError, match=r"t\.de line 3: empty line.*drop_empty"):
         TextToText(**kw).setup("fit")
     dm = TextToText(drop_empty=True, **kw)
@@ -189,15 +220,25 @@ def test_an_empty_line_is_refused_naming_file_and_line_unless_dropped(t5_tok, tm
     assert dm.splits["train"]["source"] == ["one", "two", "four"]
 
 
-@pytest.mark.parametrize("records, kwargs, message", [
-    ([{"en": "hello", "de": "hallo"}], {}, r"column 'source' not found in .*; available: en, de"),
-    ([{"source": "hello", "de": "hallo"}], {}, r"column 'target' not found .*available: source, de .*target_column"),
-    ([{"source": "hello", "target": "hallo"}, {"source": "bye", "target": " "}], {},
-     r"t\.jsonl line 2: .*'target' is empty"),
-    ([{"source": "hello", "target": 3}], {}, r"t\.jsonl line 1: .*'target' is the number 3, not text"),
-    ([{"source": None, "target": "x"}], {}, r"'source' is missing or null"),
-    ([{"source": "a", "target": "b"}], {"source_column": 2}, r"column 2 not found .*--data.source_column"),
-])
+@pytest.mark.parametrize(
+    "records, kwargs, message",
+    [
+        ([{"en": "hello", "de": "hallo"}], {}, r"column 'source' not found in .*; available: en, de"),
+        (
+            [{"source": "hello", "de": "hallo"}],
+            {},
+            r"column 'target' not found .*available: source, de .*target_column",
+        ),
+        (
+            [{"source": "hello", "target": "hallo"}, {"source": "bye", "target": " "}],
+            {},
+            r"t\.jsonl line 2: .*'target' is empty",
+        ),
+        ([{"source": "hello", "target": 3}], {}, r"t\.jsonl line 1: .*'target' is the number 3, not text"),
+        ([{"source": None, "target": "x"}], {}, r"'source' is missing or null"),
+        ([{"source": "a", "target": "b"}], {"source_column": 2}, r"column 2 not found .*--data.source_column"),
+    ],
+)
 def test_bad_tables_are_input_errors(t5_tok, tmp_path, records, kwargs, message):
     path = write_jsonl(tmp_path / "t.jsonl", records)
     dm = TextToText(tokenizer=t5_tok, train_file=path, val_file=path, cache_dir=str(tmp_path / "c"), **kwargs)
@@ -207,13 +248,18 @@ def test_bad_tables_are_input_errors(t5_tok, tmp_path, records, kwargs, message)
 
 def test_missing_files_plain_text_without_targets_and_no_training_data(t5_tok, tmp_path, pairs):
     src = pairs["train_file"]
-    bad = [dict(train_file=str(tmp_path / "nope.jsonl"), val_file=src),
-           dict(train_file=src, train_target_file=str(tmp_path / "nope.de"), val_file=src, val_target_file=src),
-           dict(train_file=src, val_file=src, val_target_file=src),
-           dict(val_file=src, val_target_file=src)]
-    messages = ["train_file: file not found", "train_target_file: file not found",
-                r"train_file .*train\.en is plain text: give its targets line by line as --data.train_target_file",
-                "no train data"]
+    bad = [
+        dict(train_file=str(tmp_path / "nope.jsonl"), val_file=src),
+        dict(train_file=src, train_target_file=str(tmp_path / "nope.de"), val_file=src, val_target_file=src),
+        dict(train_file=src, val_file=src, val_target_file=src),
+        dict(val_file=src, val_target_file=src),
+    ]
+    messages = [
+        "train_file: file not found",
+        "train_target_file: file not found",
+        r"train_file .*train\.en is plain text: give its targets line by line as --data.train_target_file",
+        "no train data",
+    ]
     for kw, message in zip(bad, messages):
         with pytest.raises(InputError, match=message):
             TextToText(tokenizer=t5_tok, cache_dir=str(tmp_path / "c"), **kw).setup("fit")
@@ -265,7 +311,7 @@ def test_training_batches_carry_window_tokens(t5_tok, pairs):
     tokens = [int((b["labels"] != -100).sum()) for b in batches]
     assert len(batches) == 5  # 24 training examples in batches of 5: windows of batches 0-1, 2-3, 4
     for j, b in enumerate(batches):
-        window = tokens[j // 2 * 2: j // 2 * 2 + 2]
+        window = tokens[j // 2 * 2 : j // 2 * 2 + 2]
         assert b["window_tokens"].ndim == 0 and int(b["window_tokens"]) == sum(window)
     assert "window_tokens" not in next(iter(dm.val_dataloader()))
 
@@ -296,12 +342,23 @@ def test_hub_style_dict_column_and_training_subset(t5_tok, tmp_path, monkeypatch
     import datasets
 
     from lightning_pretrain.data.sources import tables
+
     rows = [{"en": f"sentence {i}", "de": f"satz {i}"} for i in range(40)]
-    hub = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"translation": rows}),
-                                "validation": datasets.Dataset.from_dict({"translation": rows[:4]})})
+    hub = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"translation": rows}),
+            "validation": datasets.Dataset.from_dict({"translation": rows[:4]}),
+        }
+    )
     monkeypatch.setattr(tables, "hub_splits", lambda spec: hub)
-    dm = TextToText(tokenizer=t5_tok, source="wmt16:de-en", source_column="translation.en",
-                    target_column="translation.de", max_train_examples=10, cache_dir=str(tmp_path / "c"))
+    dm = TextToText(
+        tokenizer=t5_tok,
+        source="wmt16:de-en",
+        source_column="translation.en",
+        target_column="translation.de",
+        max_train_examples=10,
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     train = dm.splits["train"]
     assert len(train) == 10 and len(dm.splits["val"]) == 4
@@ -314,9 +371,17 @@ def test_multi30k_parallel_files(tmp_path_factory, tmp_path):
     head = en.read_text(encoding="utf-8").split("\n")[:300] + de.read_text(encoding="utf-8").split("\n")[:300]
     tok = toks.train_unigram(head + [PREFIX], 400)
     tok.save_pretrained(tmp_path / "tok")
-    dm = TextToText(tokenizer=str(tmp_path / "tok"), train_file=str(en), train_target_file=str(de),
-                    val_file=str(val_en), val_target_file=str(val_de), prefix=PREFIX, max_train_examples=300,
-                    batch_size=16, cache_dir=str(tmp_path / "c"))
+    dm = TextToText(
+        tokenizer=str(tmp_path / "tok"),
+        train_file=str(en),
+        train_target_file=str(de),
+        val_file=str(val_en),
+        val_target_file=str(val_de),
+        prefix=PREFIX,
+        max_train_examples=300,
+        batch_size=16,
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.setup("fit")
     assert len(dm.splits["train"]) == 300 and len(dm.splits["val"]) == 1014
     val = dm.splits["val"]

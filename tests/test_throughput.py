@@ -11,8 +11,9 @@ from lightning_pretrain.callbacks.throughput import batch_flops, flops_per_token
 
 
 def tiny_gpt2() -> transformers.GPT2LMHeadModel:
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2,
-                                                                n_positions=32))
+    return transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2, n_positions=32)
+    )
 
 
 # GPT-2 with vocab 64, width 16, 3 layers, 32 positions, by hand:
@@ -55,8 +56,16 @@ def test_gpt2_124m_matches_the_published_flops_per_token():
 
 
 def test_encoder_decoder_counts_encoder_per_input_and_decoder_per_target_token():
-    config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=1,
-                                   num_heads=4, feed_forward_proj="relu")
+    config = transformers.T5Config(
+        vocab_size=64,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=1,
+        num_heads=4,
+        feed_forward_proj="relu",
+    )
     model = transformers.T5ForConditionalGeneration(config)
     n_all, _ = matmul_parameters(model)
     n_enc, _ = matmul_parameters(model, within=model.get_encoder())
@@ -69,7 +78,10 @@ def test_encoder_decoder_counts_encoder_per_input_and_decoder_per_target_token()
 
 def test_tokens_exclude_padding_when_the_batch_has_an_attention_mask():
     assert tokens_in(torch.zeros(4, 8, dtype=torch.long)) == 32
-    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])}
+    batch = {
+        "input_ids": torch.zeros(2, 5, dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]),
+    }
     assert tokens_in(batch) == 7
 
 
@@ -77,15 +89,38 @@ def test_throughput_and_mfu_scalars_reach_tensorboard(workdir, tiny_corpus):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     peak = 1e12
-    cli("fit", "-c", str(REPO / "configs/pretrain/clm_tiny.yaml"), *FAST, "--trainer.max_steps", "8",
-        "--trainer.val_check_interval", "4", "--data.init_args.source", str(tiny_corpus),
-        "--data.init_args.vocab_size", "300", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
-        "--throughput.window", "3", "--throughput.peak_flops", str(peak))
+    cli(
+        "fit",
+        "-c",
+        str(REPO / "configs/pretrain/clm_tiny.yaml"),
+        *FAST,
+        "--trainer.max_steps",
+        "8",
+        "--trainer.val_check_interval",
+        "4",
+        "--data.init_args.source",
+        str(tiny_corpus),
+        "--data.init_args.vocab_size",
+        "300",
+        "--data.init_args.seq_len",
+        "32",
+        "--data.init_args.batch_size",
+        "4",
+        "--throughput.window",
+        "3",
+        "--throughput.peak_flops",
+        str(peak),
+    )
     events = EventAccumulator(str(only_run_dir(workdir, "clm_tiny")))
     events.Reload()
     last = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
-    for key in ("train/device/items_per_sec", "train/device/samples_per_sec", "train/device/flops_per_sec",
-                "train/device/mfu", "train/data_wait_fraction"):
+    for key in (
+        "train/device/items_per_sec",
+        "train/device/samples_per_sec",
+        "train/device/flops_per_sec",
+        "train/device/mfu",
+        "train/data_wait_fraction",
+    ):
         assert key in last, sorted(last)
     assert last["train/device/items_per_sec"] == pytest.approx(32 * last["train/device/samples_per_sec"], rel=1e-4)
     assert last["train/device/mfu"] == pytest.approx(last["train/device/flops_per_sec"] / peak, rel=1e-4)
@@ -93,8 +128,7 @@ def test_throughput_and_mfu_scalars_reach_tensorboard(workdir, tiny_corpus):
     model = transformers.AutoModelForCausalLM.from_pretrained(only_run_dir(workdir, "clm_tiny") / "hf")
     n, _ = matmul_parameters(model)
     per_token = flops_per_token(n, 0, 2, 128, 32)  # clm_tiny: 2 layers of width 128, here 32-token blocks
-    assert last["train/device/flops_per_sec"] == pytest.approx(per_token * last["train/device/items_per_sec"],
-                                                               rel=1e-3)
+    assert last["train/device/flops_per_sec"] == pytest.approx(per_token * last["train/device/items_per_sec"], rel=1e-3)
     assert 0 <= last["train/data_wait_fraction"] < 1
 
 
@@ -106,9 +140,25 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_throughput.py"), "--tiny", "--workloads", "gpt2",
-                           "--checkpointing", "off", "--peak-tflops", "0.05", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks/gpu_throughput.py"),
+            "--tiny",
+            "--workloads",
+            "gpt2",
+            "--checkpointing",
+            "off",
+            "--peak-tflops",
+            "0.05",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines()[-2:]]
     assert [r[:3] for r in rows] == [["gpt2", "ours", "off"], ["gpt2", "hf", "off"]], proc.stdout

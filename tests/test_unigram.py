@@ -27,8 +27,14 @@ def test_unigram_layout_and_round_trip(tmp_path):
 
 def test_unigram_is_a_datamodule_family_and_cached(tiny_corpus):
     def make():
-        dm = PretrainCorpus(source=str(tiny_corpus), tokenizer="unigram", vocab_size=400, seq_len=32, batch_size=4,
-                            cache_dir=str(tiny_corpus.parent / "cache"))
+        dm = PretrainCorpus(
+            source=str(tiny_corpus),
+            tokenizer="unigram",
+            vocab_size=400,
+            seq_len=32,
+            batch_size=4,
+            cache_dir=str(tiny_corpus.parent / "cache"),
+        )
         return dm
 
     first = make()

@@ -20,30 +20,34 @@ from transformers import (
 
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.unilm import (
+from lightning_pretrain.objectives.unilm import UniLM, draw_kinds, draw_source_lengths, mix_probabilities, unilm_corrupt
+from lightning_pretrain.objectives.unilm_masks import (
     BIDIRECTIONAL,
     KINDS,
     LEFT_TO_RIGHT,
     RIGHT_TO_LEFT,
     SEQ2SEQ,
-    UniLM,
     attention_masks,
-    draw_kinds,
-    draw_source_lengths,
-    mix_probabilities,
     segment_ids,
-    unilm_corrupt,
 )
 
 VOCAB, PAD, SEP, MASK = 120, 0, 2, 4
 SPECIALS = torch.tensor([0, 1, 2, 3, 4])
 REPLACEMENTS = torch.arange(5, VOCAB)
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 class _Tok:
     """The facts UniLM reads from a tokenizer: [PAD] 0, [CLS] 1, [SEP] 2 (the document separator), [UNK] 3, [MASK] 4."""
+
     pad_token_id, cls_token_id, sep_token_id, mask_token_id = PAD, 1, SEP, MASK
     bos_token_id = eos_token_id = None
     all_special_ids = [0, 1, 2, 3, 4]
@@ -64,13 +68,30 @@ def test_the_four_masks_by_hand_on_six_tokens():
     assert masks.shape == (4, 1, 6, 6) and masks.dtype == torch.bool
     expected = {
         BIDIRECTIONAL: [[1] * 6] * 6,
-        LEFT_TO_RIGHT: [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
-                        [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]],
-        RIGHT_TO_LEFT: [[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1],
-                        [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]],
-        SEQ2SEQ: [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],   # the source sees the source only
-                  [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0],   # the target: the source and itself up to here
-                  [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]],
+        LEFT_TO_RIGHT: [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1, 1],
+        ],
+        RIGHT_TO_LEFT: [
+            [1, 1, 1, 1, 1, 1],
+            [0, 1, 1, 1, 1, 1],
+            [0, 0, 1, 1, 1, 1],
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1],
+            [0, 0, 0, 0, 0, 1],
+        ],
+        SEQ2SEQ: [
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],  # the source sees the source only
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],  # the target: the source and itself up to here
+            [1, 1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1, 1],
+        ],
     }
     for kind, matrix in expected.items():
         assert masks[kind, 0].int().tolist() == matrix, KINDS[kind]
@@ -85,8 +106,11 @@ def test_bert_honours_each_mask_token_by_token(implementation):
     every mask is closed under that, so the direct mask is the whole answer)."""
     m = module(attn_implementation=implementation).eval()
     assert m.model.config._attn_implementation == implementation
-    kinds, sources, length = torch.tensor([BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ]), torch.tensor(
-        [3, 3, 3, 3]), 6
+    kinds, sources, length = (
+        torch.tensor([BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ]),
+        torch.tensor([3, 3, 3, 3]),
+        6,
+    )
     ids = torch.randint(5, VOCAB, (4, length), generator=torch.Generator().manual_seed(0))
     allowed = attention_masks(kinds, sources, length)[:, 0]
     with torch.no_grad():
@@ -108,8 +132,9 @@ def test_kinds_splits_and_corruption_statistics():
     rows, length = 6000, 64
     ids = torch.randint(5, VOCAB, (rows, length), generator=g)
     ids[torch.rand(rows, length, generator=g) < 0.05] = SEP
-    kinds = draw_kinds(rows, mix_probabilities({"bidirectional": 2, "seq2seq": 2, "left_to_right": 1,
-                                                "right_to_left": 1}), g)
+    kinds = draw_kinds(
+        rows, mix_probabilities({"bidirectional": 2, "seq2seq": 2, "left_to_right": 1, "right_to_left": 1}), g
+    )
     share = torch.bincount(kinds, minlength=4).float() / rows
     torch.testing.assert_close(share, torch.tensor([1 / 3, 1 / 6, 1 / 6, 1 / 3]), atol=0.015, rtol=0)
     sources = draw_source_lengths(ids, SEP, generator=g)
@@ -166,15 +191,18 @@ def test_training_draws_reproducibly_and_validation_scores_each_kind():
     assert [name for name, metric in only.kind_nll.items() if metric.update_count] == ["bidirectional", "seq2seq"]
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(mix={"bidirectional": 1, "prefix": 1}), "mix takes weights"),
-    (dict(mix={"bidirectional": 0}), "mix takes weights"),
-    (dict(mix={"seq2seq": -1, "bidirectional": 2}), "mix takes weights"),
-    (dict(mlm_probability=0.0), "mlm_probability"),
-    (dict(model=GPT2Config(n_embd=32, n_layer=1, n_head=2)), "BERT-family"),
-    (dict(model=DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)), "BERT-family"),
-    (dict(attn_implementation="flex_attention"), "'sdpa' or 'eager'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(mix={"bidirectional": 1, "prefix": 1}), "mix takes weights"),
+        (dict(mix={"bidirectional": 0}), "mix takes weights"),
+        (dict(mix={"seq2seq": -1, "bidirectional": 2}), "mix takes weights"),
+        (dict(mlm_probability=0.0), "mlm_probability"),
+        (dict(model=GPT2Config(n_embd=32, n_layer=1, n_head=2)), "BERT-family"),
+        (dict(model=DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)), "BERT-family"),
+        (dict(attn_implementation="flex_attention"), "'sdpa' or 'eager'"),
+    ],
+)
 def test_bad_options_are_input_errors(kwargs, needle):
     with pytest.raises(InputError, match=needle):
         module(**kwargs)
@@ -191,8 +219,14 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("unilm")
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(f"{ENGLISH[i % len(ENGLISH)]} Paragraph number {i}." for i in range(400)))
-    data = ["-c", str(REPO / "configs/pretrain/unilm_tiny.yaml"), "--data.source", str(corpus),
-            "--data.vocab_size", "500"]
+    data = [
+        "-c",
+        str(REPO / "configs/pretrain/unilm_tiny.yaml"),
+        "--data.source",
+        str(corpus),
+        "--data.vocab_size",
+        "500",
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         cli("fit", *data, *FAST)
@@ -223,8 +257,11 @@ def greedy_seq2seq(model, tok, prompt: str, max_new: int) -> str:
         allowed = torch.ones(n, n, dtype=torch.bool).tril()
         allowed[:s, :s] = True
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=allowed[None, None],
-                           token_type_ids=torch.tensor([[0] * s + [1] * (n - s)])).logits[0, -1]
+            logits = model(
+                input_ids=ids,
+                attention_mask=allowed[None, None],
+                token_type_ids=torch.tensor([[0] * s + [1] * (n - s)]),
+            ).logits[0, -1]
         logits[banned] = float("-inf")
         token = int(logits.argmax())
         if token == tok.sep_token_id:
@@ -237,8 +274,16 @@ def test_predict_generates_what_a_greedy_loop_on_the_export_does(run, capsys):
     root, data, path = run
     prompts = ["The quick brown fox", "Language models learn the statistics of text by", "A"]
     (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-             "--model.model", str(path / "hf"), "--data.predict_file", str(root / "prompts.txt")]
+    quiet = [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.model",
+        str(path / "hf"),
+        "--data.predict_file",
+        str(root / "prompts.txt"),
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         cli("predict", *data, *quiet, "--model.init_args.generation.max_new_tokens", "5")

@@ -13,7 +13,8 @@ from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.data.sources.text import builtin_documents
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.masked_lm import MaskedLM, mask_tokens, word_boundaries, word_index
+from lightning_pretrain.objectives.masked_lm import MaskedLM, mask_tokens
+from lightning_pretrain.objectives.word_boundaries import word_boundaries, word_index
 
 SENTENCE = "Hello, world! The tokenizers' 1990s prizes weren't unbelievable; they were predictable."
 FAMILIES = ["bpe", "wordpiece", "unigram", "minilm"]
@@ -72,15 +73,18 @@ def test_byte_level_keeps_multibyte_characters_in_their_word(tokenizers):
 
 
 def corrupt_blocks(tok, texts, seed, rows=128, length=128, **kw):
-    ids = [i for t in texts for i in tok(t, add_special_tokens=False).input_ids + [tok.sep_token_id or tok.eos_token_id]]
+    ids = [
+        i for t in texts for i in tok(t, add_special_tokens=False).input_ids + [tok.sep_token_id or tok.eos_token_id]
+    ]
     g = torch.Generator().manual_seed(seed)
     start = int(torch.randint(0, len(ids) - rows * length, (1,), generator=g))
-    blocks = torch.tensor(ids[start:start + rows * length]).view(rows, length)
+    blocks = torch.tensor(ids[start : start + rows * length]).view(rows, length)
     words = word_index(blocks, *word_boundaries(tok))
     specials = torch.tensor(sorted(set(tok.all_special_ids)))
     vocab = torch.arange(len(tok))
-    inputs, labels = mask_tokens(blocks, tok.mask_token_id, specials, vocab[~torch.isin(vocab, specials)],
-                                 generator=g, word_ids=words, **kw)
+    inputs, labels = mask_tokens(
+        blocks, tok.mask_token_id, specials, vocab[~torch.isin(vocab, specials)], generator=g, word_ids=words, **kw
+    )
     return blocks, words, inputs, labels, specials
 
 
@@ -109,8 +113,10 @@ def test_whole_words_rate_and_80_10_10_per_word(tokenizers, texts, family):
         unchanged = per_word((inputs == blocks) | ~selected, words, "amin")
         chosen = any_sel & exists
         assert torch.equal(masked[chosen], all_masked[chosen])  # a [MASK] word is [MASK] in every piece
-        counts += torch.tensor([selectable.sum(), chosen.sum(), (masked & chosen).sum(),
-                                (unchanged & chosen & ~masked).sum()], dtype=torch.float)
+        counts += torch.tensor(
+            [selectable.sum(), chosen.sum(), (masked & chosen).sum(), (unchanged & chosen & ~masked).sum()],
+            dtype=torch.float,
+        )
         sizes = torch.zeros(words.shape, dtype=torch.long).scatter_add_(1, words, torch.ones_like(words))
         multi_piece += (chosen & (sizes > 1)).sum().item()
         assert (labels[selected] == blocks[selected]).all() and (labels[~selected] == IGNORE_INDEX).all()
@@ -127,22 +133,29 @@ def test_token_level_masking_is_unchanged_by_the_option():
     ids = torch.randint(5, 1000, (8, 64), generator=torch.Generator().manual_seed(0))
     args = (4, torch.tensor([0, 1, 2, 3, 4]), torch.arange(5, 1000))
     plain = mask_tokens(ids, *args, generator=torch.Generator().manual_seed(1))
-    identity = mask_tokens(ids, *args, generator=torch.Generator().manual_seed(1),
-                           word_ids=torch.arange(64).expand(8, 64))
+    identity = mask_tokens(
+        ids, *args, generator=torch.Generator().manual_seed(1), word_ids=torch.arange(64).expand(8, 64)
+    )
     assert all(torch.equal(a, b) for a, b in zip(plain, identity))
 
 
 def test_masked_lm_option_masks_whole_words(tokenizers, texts):
     tok = tokenizers["wordpiece"]
-    module = MaskedLM(model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-                      data=DataContract(tok), whole_word_mask=True, mlm_probability=0.3)
+    module = MaskedLM(
+        model=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        data=DataContract(tok),
+        whole_word_mask=True,
+        mlm_probability=0.3,
+    )
     ids = [i for t in texts[:60] for i in tok(t, add_special_tokens=False).input_ids]
     batch = torch.tensor(ids[: 8 * 64]).view(8, 64)
     inputs, labels = module.corrupt(batch, 0, 0)
     pieces = [tok.convert_ids_to_tokens(i) for i in batch[labels != IGNORE_INDEX].tolist()]
-    selected = (labels != IGNORE_INDEX)
+    selected = labels != IGNORE_INDEX
     # a selected "##" piece never follows an unselected piece of its word
-    continuation = torch.tensor([[tok.convert_ids_to_tokens(i).startswith("##") for i in row] for row in batch.tolist()])
+    continuation = torch.tensor(
+        [[tok.convert_ids_to_tokens(i).startswith("##") for i in row] for row in batch.tolist()]
+    )
     assert not (continuation[:, 1:] & selected[:, 1:] & ~selected[:, :-1]).any()
     assert not (continuation[:, 1:] & ~selected[:, 1:] & selected[:, :-1]).any()
     assert any(p.startswith("##") for p in pieces) and module.mlm_loss(inputs, labels).isfinite()

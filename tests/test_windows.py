@@ -51,8 +51,9 @@ def test_each_batch_carries_its_windows_tokens_and_the_last_window_is_shorter(k)
 
 def test_limit_batches_and_drop_last_end_the_last_window_where_the_epoch_ends():
     for limit, stop in ((5, 5), (0.9, 6), (1.0, 7), (None, 7)):
-        loader = stateful_loader(ROWS, 3, shuffle=True, seed=1, drop_last=True, token_counts=COUNTS, accumulate=4,
-                                 limit_batches=limit)
+        loader = stateful_loader(
+            ROWS, 3, shuffle=True, seed=1, drop_last=True, token_counts=COUNTS, accumulate=4, limit_batches=limit
+        )
         got = run(loader)
         assert len(got) == 7 and all(len(b) == 3 for b, _ in got)  # drop_last: the short batch is gone
         assert [w for _, w in got] == expected([b for b, _ in got], 4, stop), limit
@@ -61,8 +62,10 @@ def test_limit_batches_and_drop_last_end_the_last_window_where_the_epoch_ends():
 
 
 def test_each_rank_sums_its_own_share():
-    ranks = [stateful_loader(ROWS, 2, shuffle=True, seed=3, rank=r, world_size=2, token_counts=COUNTS, accumulate=3)
-             for r in (0, 1)]
+    ranks = [
+        stateful_loader(ROWS, 2, shuffle=True, seed=3, rank=r, world_size=2, token_counts=COUNTS, accumulate=3)
+        for r in (0, 1)
+    ]
     assert all(isinstance(r.sampler, TokenWindows) for r in ranks)
     seen = []
     for r in ranks:
@@ -86,8 +89,17 @@ def test_hf_datasets_and_no_token_counts_behave_as_before():
 @pytest.mark.parametrize("workers,world_size", [(0, 1), (2, 1), (0, 2)])
 def test_a_state_dict_taken_mid_epoch_resumes_the_exact_batches_and_windows(workers, world_size):
     def make():
-        loader = stateful_loader(ROWS, 2, shuffle=True, seed=11, rank=world_size - 1, world_size=world_size,
-                                 num_workers=workers, token_counts=COUNTS, accumulate=4)
+        loader = stateful_loader(
+            ROWS,
+            2,
+            shuffle=True,
+            seed=11,
+            rank=world_size - 1,
+            world_size=world_size,
+            num_workers=workers,
+            token_counts=COUNTS,
+            accumulate=4,
+        )
         loader.sampler.set_epoch(1)  # a later epoch: its order depends on the epoch
         return loader
 
@@ -128,9 +140,17 @@ def test_windows_are_the_batches_lightning_accumulates_between_optimizer_steps(t
             return stateful_loader(ROWS, 3, shuffle=True, seed=0, token_counts=COUNTS, **training_windows(self.trainer))
 
     model = Recorder()
-    L.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=3, limit_train_batches=7, logger=False,
-              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-              default_root_dir=tmp_path).fit(model, Data())
+    L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        accumulate_grad_batches=3,
+        limit_train_batches=7,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(model, Data())
     bounds = [0, *model.steps]
     assert [b - a for a, b in zip(bounds, bounds[1:])] == [3, 3, 1] * 2  # 8 batches an epoch, limited to 7
     for a, b in zip(bounds, bounds[1:]):  # each batch of a step's window carries the tokens of all of them

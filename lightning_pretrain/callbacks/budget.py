@@ -12,7 +12,6 @@ earlier end wins: the schedule ends at the smaller total.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,8 +22,9 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_pretrain import compat, optim
+from lightning_pretrain import optim
 from lightning_pretrain.callbacks import progress
+from lightning_pretrain.callbacks.budget_plan import plan_steps, validation_estimate
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,31 +38,6 @@ PROVISIONAL_STEPS = 10**9
 
 def describe(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
-
-
-def plan_steps(budget: float, elapsed: float, taken: int, s_per_step: float, val_s: float = 0.0,
-               val_per_step: float = 0.0, reserve: float = 0.03) -> int:
-    """The run's total optimizer steps: the `taken` ones plus as many as fit in what is left of `budget` seconds
-    after `elapsed`, each costing `s_per_step` and `val_per_step` validations of `val_s` seconds, with `reserve` of
-    the budget and one more validation kept for the end (the last validation, checkpoint and export)."""
-    left = budget * (1.0 - reserve) - val_s - elapsed
-    per_step = max(s_per_step + val_per_step * val_s, 1e-9)
-    return taken + max(0, math.floor(left / per_step))
-
-
-def validations_per_step(trainer: L.Trainer, s_per_step: float) -> float:
-    """How many validation runs an optimizer step brings on average (Lightning's `val_check_interval` logic)."""
-    if not trainer.enable_validation:
-        return 0.0
-    interval_s = compat.val_check_time_interval(trainer)  # val_check_interval given as a time
-    if interval_s:
-        return s_per_step / interval_s
-    every = trainer.val_check_batch
-    if every is None or every == float("inf"):
-        return 0.0  # an endless epoch: validated only when it ends
-    batches, per_epoch = trainer.num_training_batches, trainer.check_val_every_n_epoch
-    per_batch = 1 / every if per_epoch is None or batches == float("inf") else (batches // every) / batches / per_epoch
-    return per_batch * trainer.accumulate_grad_batches
 
 
 class TimeBudget(L.Callback):
@@ -80,8 +55,10 @@ class TimeBudget(L.Callback):
                 safety net for a run far slower than measured (it then ends before its LR schedule does).
         """
         if measure_steps < 1 or skip_steps < 0:
-            raise InputError(f"--time_budget.measure_steps must be at least 1 and skip_steps at least 0, got "
-                             f"{measure_steps} and {skip_steps}")
+            raise InputError(
+                f"--time_budget.measure_steps must be at least 1 and skip_steps at least 0, got "
+                f"{measure_steps} and {skip_steps}"
+            )
         if not 0.0 <= reserve < 1.0:
             raise InputError(f"--time_budget.reserve must be in [0, 1), got {reserve}")
         if hard_stop < 1.0:
@@ -108,9 +85,13 @@ class TimeBudget(L.Callback):
         if not self._active and self.total_steps is None:
             return {}
         elapsed = self._offset + (clock() - self._start if self._start is not None else 0.0)
-        return {"total_steps": self.total_steps, "budget_s": self.budget, "s_per_step": self.s_per_step,
-                "measured_steps": list(self.measured) if self.measured else None,
-                "elapsed_s": elapsed if self.total_steps is None else None}
+        return {
+            "total_steps": self.total_steps,
+            "budget_s": self.budget,
+            "s_per_step": self.s_per_step,
+            "measured_steps": list(self.measured) if self.measured else None,
+            "elapsed_s": elapsed if self.total_steps is None else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.total_steps = state_dict.get("total_steps")
@@ -144,16 +125,21 @@ class TimeBudget(L.Callback):
         cap = None if cap >= PROVISIONAL_STEPS else int(cap)
         for config in trainer.lr_scheduler_configs:
             if getattr(config.scheduler, "rebuild", None) is None:
-                raise InputError(f"--trainer.max_time as a time budget re-targets the LR schedule, and "
-                                 f"{type(config.scheduler).__name__} cannot be (use optim.scheduler_config); set "
-                                 f"--trainer.max_steps instead")
+                raise InputError(
+                    f"--trainer.max_time as a time budget re-targets the LR schedule, and "
+                    f"{type(config.scheduler).__name__} cannot be (use optim.scheduler_config); set "
+                    f"--trainer.max_steps instead"
+                )
         if self.total_steps is not None:  # a resume: the checkpoint's total, never measured again
             total = self.total_steps if cap is None else min(self.total_steps, cap)
             self._apply(trainer, total, taken=0)
             self.total_steps = total
             self._hard_stop_only()
-            self._log(trainer, f"time budget {describe(self.budget)}: the schedule ends at step {total:,} (the "
-                               f"checkpoint's total; not measured again)")
+            self._log(
+                trainer,
+                f"time budget {describe(self.budget)}: the schedule ends at step {total:,} (the "
+                f"checkpoint's total; not measured again)",
+            )
             return
         first = trainer.global_step
         window = (first + self.skip_steps, first + self.skip_steps + self.measure_steps)
@@ -162,13 +148,17 @@ class TimeBudget(L.Callback):
             return
         warmup = getattr(pl_module, "warmup_steps", None)
         if isinstance(warmup, int) and getattr(pl_module, "lr_schedule", None) != "constant" and window[1] > warmup:
-            raise InputError(f"the time budget (--trainer.max_time) measures the throughput over optimizer steps "
-                             f"{window[0]}-{window[1]}, which must lie within the LR warmup (there the schedule does "
-                             f"not depend on the run's length), but --model.warmup_steps is {warmup}: raise it to "
-                             f"at least {window[1]}, or lower --time_budget.measure_steps / skip_steps")
+            raise InputError(
+                f"the time budget (--trainer.max_time) measures the throughput over optimizer steps "
+                f"{window[0]}-{window[1]}, which must lie within the LR warmup (there the schedule does "
+                f"not depend on the run's length), but --model.warmup_steps is {warmup}: raise it to "
+                f"at least {window[1]}, or lower --time_budget.measure_steps / skip_steps"
+            )
         if self._offset >= self.budget:
-            raise InputError(f"--trainer.max_time {describe(self.budget)} is already spent ({describe(self._offset)} "
-                             f"of training in the checkpoint); raise it to continue")
+            raise InputError(
+                f"--trainer.max_time {describe(self.budget)} is already spent ({describe(self._offset)} "
+                f"of training in the checkpoint); raise it to continue"
+            )
         self._hard_stop_only()  # the budget itself is watched here, step by step, until the total is fixed
         self._window, self._start, self._marks = window, clock(), {}
         self._last_step = first
@@ -207,60 +197,56 @@ class TimeBudget(L.Callback):
         if step == end:
             self._fix_total(trainer, pl_module, now)
         elif trainer.strategy.broadcast(self._offset + now - self._start >= self.budget, src=0):
-            raise InputError(f"--trainer.max_time {describe(self.budget)} ran out at step {step}, before the time "
-                             f"budget had measured the throughput (steps {start}-{end}); raise --trainer.max_time "
-                             f"or lower --time_budget.measure_steps / skip_steps")
-
-    def _validation_estimate(self, trainer: L.Trainer, s_per_step: float) -> tuple[float, float]:
-        """(seconds per validation run, validation runs per optimizer step)."""
-        per_step = validations_per_step(trainer, s_per_step)
-        if not trainer.enable_validation:
-            return 0.0, 0.0
-        if self._val_runs:
-            return sum(self._val_runs) / len(self._val_runs), per_step
-        batches = sum(trainer.num_val_batches or [float("inf")])
-        marks = self._sanity_marks
-        if len(marks) >= 2 and batches != float("inf"):
-            # the sanity check's batches after its first (which starts the loader and warms up eval)
-            per_batch = (marks[-1] - marks[1]) / (len(marks) - 2) if len(marks) >= 3 else marks[1] - marks[0]
-            return per_batch * batches, per_step
-        if per_step:
-            rank_zero_warn("time budget: the validation time could not be measured (no sanity check and no "
-                           "validation among the measured steps), so it is left to --time_budget.reserve")
-        return 0.0, per_step
+            raise InputError(
+                f"--trainer.max_time {describe(self.budget)} ran out at step {step}, before the time "
+                f"budget had measured the throughput (steps {start}-{end}); raise --trainer.max_time "
+                f"or lower --time_budget.measure_steps / skip_steps"
+            )
 
     def _fix_total(self, trainer: L.Trainer, pl_module, now: float) -> None:
         start, end = self._window
         (t0, v0), (t1, v1) = self._marks[start], self._marks[end]
         s_per_step = ((t1 - t0) - (v1 - v0)) / (end - start)
-        val_s, val_per_step = self._validation_estimate(trainer, s_per_step)
+        val_s, val_per_step = validation_estimate(trainer, s_per_step, self._val_runs, self._sanity_marks)
         elapsed = self._offset + now - self._start
         budget_total = plan_steps(self.budget, elapsed, end, s_per_step, val_s, val_per_step, self.reserve)
         # rank 0's measurement decides for every rank (they must stop at the same step)
         s_per_step, val_s, budget_total = trainer.strategy.broadcast((s_per_step, val_s, budget_total), src=0)
         measured = f"{s_per_step:.3g} s/step measured over steps {start}-{end}"
         if budget_total <= end:
-            raise InputError(f"--trainer.max_time {describe(self.budget)} is too short for a time budget: measuring "
-                             f"the throughput ({measured}) took {elapsed:.0f} s and leaves no step besides the "
-                             f"reserve for the end; raise --trainer.max_time")
+            raise InputError(
+                f"--trainer.max_time {describe(self.budget)} is too short for a time budget: measuring "
+                f"the throughput ({measured}) took {elapsed:.0f} s and leaves no step besides the "
+                f"reserve for the end; raise --trainer.max_time"
+            )
         cap = trainer.estimated_stepping_batches
         total = budget_total if cap >= PROVISIONAL_STEPS else min(budget_total, int(cap))
         try:
             self._apply(trainer, total, taken=end)
         except ValueError as e:
-            advice = ("; a warmup_ratio's warmup follows the total: set --model.warmup_steps instead"
-                      if getattr(pl_module, "warmup_steps", 0) is None else "; or raise --trainer.max_time")
-            raise InputError(f"the time budget {describe(self.budget)} allows {total:,} optimizer steps ({measured}): "
-                             f"{e}{advice}") from e
+            advice = (
+                "; a warmup_ratio's warmup follows the total: set --model.warmup_steps instead"
+                if getattr(pl_module, "warmup_steps", 0) is None
+                else "; or raise --trainer.max_time"
+            )
+            raise InputError(
+                f"the time budget {describe(self.budget)} allows {total:,} optimizer steps ({measured}): {e}{advice}"
+            ) from e
         self.total_steps, self.s_per_step, self.measured = total, s_per_step, (start, end)
         validation = f" + {val_s:.3g} s per validation" if val_s and val_per_step else ""
-        first = (f" (--trainer.max_steps / max_epochs end the run first; the budget allows {budget_total:,})"
-                 if total < budget_total else "")
-        self._log(trainer, f"time budget {describe(self.budget)}: {measured}{validation}, the schedule ends at "
-                           f"step {total:,}{first}")
+        first = (
+            f" (--trainer.max_steps / max_epochs end the run first; the budget allows {budget_total:,})"
+            if total < budget_total
+            else ""
+        )
+        self._log(
+            trainer,
+            f"time budget {describe(self.budget)}: {measured}{validation}, the schedule ends at step {total:,}{first}",
+        )
         for logger in trainer.loggers:
-            logger.log_metrics({"train/budget_steps": total, "train/budget_s_per_step": s_per_step},
-                               step=trainer.global_step)
+            logger.log_metrics(
+                {"train/budget_steps": total, "train/budget_s_per_step": s_per_step}, step=trainer.global_step
+            )
 
     def _apply(self, trainer: L.Trainer, total: int, taken: int) -> None:
         """max_steps and every LR schedule end at `total`; the first `taken` steps' LRs must not change."""
@@ -284,6 +270,8 @@ class TimeBudget(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if self._active and self.total_steps is not None and trainer.global_step < trainer.max_steps:
-            rank_zero_warn(f"time budget: the run stopped at step {trainer.global_step}, before its schedule's end at "
-                           f"step {trainer.max_steps} (the hard stop at {self.hard_stop}x the budget, or another "
-                           f"callback); its LR is not fully decayed")
+            rank_zero_warn(
+                f"time budget: the run stopped at step {trainer.global_step}, before its schedule's end at "
+                f"step {trainer.max_steps} (the hard stop at {self.hard_stop}x the budget, or another "
+                f"callback); its LR is not fully decayed"
+            )

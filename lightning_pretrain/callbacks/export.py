@@ -54,8 +54,11 @@ class HFExport(L.Callback):
         # batch of the last epoch, `should_stop` makes Lightning's epoch loop validate right after it, unless the
         # val_check_interval already does (a run of 150 steps whose validation is per epoch would otherwise end
         # with no metrics at all)
-        last_epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and \
-            trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+        last_epoch_end = (
+            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            and trainer.max_epochs is not None
+            and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+        )
         if (0 < trainer.max_steps <= trainer.global_step) or last_epoch_end:
             trainer.should_stop = True
 
@@ -73,8 +76,10 @@ class HFExport(L.Callback):
     def _write(self, trainer, name: str, values: dict[str, float]) -> None:
         root = run_dir(trainer)  # a broadcast: every rank asks
         if self.enabled and trainer.is_global_zero:
-            metrics = {"global_step": checkpoint_step(trainer),
-                       **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+            metrics = {
+                "global_step": checkpoint_step(trainer),
+                **{k: (v if math.isfinite(v) else None) for k, v in values.items()},
+            }
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"metrics: {root / name}")
@@ -93,8 +98,10 @@ class HFExport(L.Callback):
         bad = [k for k, v in self.last_val.items() if not math.isfinite(v)]
         if bad or (model is not None and not all_finite(trainer, model)):
             what = f"validation {', '.join(bad)} not finite" if bad else "non-finite weights"
-            raise RunStopped(f"the run ended at step {trainer.global_step} with {what}: nothing was exported and no "
-                             f"{self.metrics_file} written (lower the learning rate, or use fp32 / bf16)")
+            raise RunStopped(
+                f"the run ended at step {trainer.global_step} with {what}: nothing was exported and no "
+                f"{self.metrics_file} written (lower the learning rate, or use fp32 / bf16)"
+            )
         # a sharded (FSDP2) model is gathered to full weights first: a collective, so every rank takes part
         full = parallel.full_state_dict(model) if export is not None and model is not None else None
         if trainer.is_global_zero:

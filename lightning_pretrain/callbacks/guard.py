@@ -39,8 +39,15 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
 
 
 class StopGuard(L.Callback):
-    def __init__(self, skip_non_finite: bool = True, max_bad_steps: int = 5, spike_window: int = 50,
-                 spike_rtol: float = 0.5, spike_atol: float = 1.0, checkpoint_on_stop: bool = True):
+    def __init__(
+        self,
+        skip_non_finite: bool = True,
+        max_bad_steps: int = 5,
+        spike_window: int = 50,
+        spike_rtol: float = 0.5,
+        spike_atol: float = 1.0,
+        checkpoint_on_stop: bool = True,
+    ):
         """
         Args:
             skip_non_finite: skip an optimizer step whose training loss (of any of its accumulated micro-batches, on
@@ -61,14 +68,24 @@ class StopGuard(L.Callback):
                 exiting.
         """
         if max_bad_steps < 1:
-            raise InputError(f"--stop_guard.max_bad_steps must be at least 1 (1: stop at the first skipped step), "
-                             f"got {max_bad_steps}")
-        if spike_window < 0 or not (math.isfinite(spike_rtol) and spike_rtol >= 0) or not (
-                math.isfinite(spike_atol) and spike_atol >= 0):  # NaN compares false: it would turn detection off
-            raise InputError(f"--stop_guard.spike_window, spike_rtol and spike_atol must be finite and not negative, "
-                             f"got {spike_window}, {spike_rtol}, {spike_atol}")
-        self.skip_non_finite, self.max_bad_steps, self.checkpoint_on_stop = (skip_non_finite, max_bad_steps,
-                                                                              checkpoint_on_stop)
+            raise InputError(
+                f"--stop_guard.max_bad_steps must be at least 1 (1: stop at the first skipped step), "
+                f"got {max_bad_steps}"
+            )
+        if (
+            spike_window < 0
+            or not (math.isfinite(spike_rtol) and spike_rtol >= 0)
+            or not (math.isfinite(spike_atol) and spike_atol >= 0)
+        ):  # NaN compares false: it would turn detection off
+            raise InputError(
+                f"--stop_guard.spike_window, spike_rtol and spike_atol must be finite and not negative, "
+                f"got {spike_window}, {spike_rtol}, {spike_atol}"
+            )
+        self.skip_non_finite, self.max_bad_steps, self.checkpoint_on_stop = (
+            skip_non_finite,
+            max_bad_steps,
+            checkpoint_on_stop,
+        )
         self.spike_window, self.spike_rtol, self.spike_atol = spike_window, spike_rtol, spike_atol
         # what the checkpoint keeps, so a resume continues the counts and the running mean
         self.skipped_steps = self.bad_in_a_row = self.loss_spikes = 0
@@ -111,18 +128,30 @@ class StopGuard(L.Callback):
         bad = ~torch.isfinite(loss)
         self._loss, self._bad = (loss, bad) if self._loss is None else (self._loss + loss, self._bad | bad)
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         device = trainer.strategy.root_device
         loss, bad_loss, self._loss, self._bad = self._loss, self._bad, None, None
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = grad_norm(grads, device)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and _optimizer_handles_unscaling(optimizer) and compat.grad_scaler_scale(scaler) is not None:
-            norm = norm / compat.grad_scaler_scale(scaler)  # fused optimizers unscale inside their step: these gradients are scaled
+        if (
+            scaler is not None
+            and _optimizer_handles_unscaling(optimizer)
+            and compat.grad_scaler_scale(scaler) is not None
+        ):
+            norm = norm / compat.grad_scaler_scale(
+                scaler
+            )  # fused optimizers unscale inside their step: these gradients are scaled
         zero = torch.zeros((), device=device)
-        flags = torch.stack([zero if bad_loss is None else bad_loss.float(), (~torch.isfinite(norm)).float(),
-                             zero if loss is None else loss])
+        flags = torch.stack(
+            [
+                zero if bad_loss is None else bad_loss.float(),
+                (~torch.isfinite(norm)).float(),
+                zero if loss is None else loss,
+            ]
+        )
         if trainer.world_size > 1:  # every rank decides alike (or the others hang in the next collective)
             flags = trainer.strategy.reduce(flags, reduce_op="sum")
         # the one host sync of the step
@@ -143,14 +172,19 @@ class StopGuard(L.Callback):
             self.skipped_steps += 1
             self.bad_in_a_row += 1
             if trainer.is_global_zero:
-                log.warning(f"step {trainer.global_step}: skipped (training loss {step_loss}, gradient norm "
-                            f"{norm_value}); {self.bad_in_a_row} in a row, {self.skipped_steps} in all")
+                log.warning(
+                    f"step {trainer.global_step}: skipped (training loss {step_loss}, gradient norm "
+                    f"{norm_value}); {self.bad_in_a_row} in a row, {self.skipped_steps} in all"
+                )
         else:
             self.bad_in_a_row = 0
             if step_loss is not None and math.isfinite(step_loss):
                 self.check_spike(trainer, step_loss)
-        pl_module.log_dict({"train/skipped_steps": float(self.skipped_steps),
-                            "train/loss_spikes": float(self.loss_spikes)}, on_step=True, on_epoch=False)
+        pl_module.log_dict(
+            {"train/skipped_steps": float(self.skipped_steps), "train/loss_spikes": float(self.loss_spikes)},
+            on_step=True,
+            on_epoch=False,
+        )
         if skip and self.bad_in_a_row >= self.max_bad_steps:
             loop, first = trainer.fit_loop, trainer.global_step - self.bad_in_a_row + 1
             raise NonFiniteLoss(
@@ -159,7 +193,8 @@ class StopGuard(L.Callback):
                 f"batch {loop.epoch_loop.batch_idx}: loss {step_loss}, gradient norm {norm_value}), so the weights "
                 f"are still those before step {first}; lower the learning rate, add warmup or gradient clipping "
                 f"(--trainer.gradient_clip_val 1.0), or check the data (--stop_guard.max_bad_steps sets how many "
-                f"in a row are tolerated)")
+                f"in a row are tolerated)"
+            )
 
     def check_spike(self, trainer: L.Trainer, loss: float) -> None:
         """Fabric's `SpikeDetection` rule (lightning/fabric/utilities/spike.py) on plain floats, per optimizer step
@@ -172,15 +207,22 @@ class StopGuard(L.Callback):
             if loss > self.last_loss and excess >= self.spike_rtol * mean and excess >= self.spike_atol:
                 self.loss_spikes += 1
                 if trainer.is_global_zero:
-                    log.warning(f"step {trainer.global_step}: loss spike {loss:.4g}, running mean {mean:.4g} of "
-                                f"the last {len(self.recent)} steps ({self.loss_spikes} spikes in all)")
+                    log.warning(
+                        f"step {trainer.global_step}: loss spike {loss:.4g}, running mean {mean:.4g} of "
+                        f"the last {len(self.recent)} steps ({self.loss_spikes} spikes in all)"
+                    )
         if self.spike_window:
             self.recent.append(loss)
         self.last_loss = loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_steps": self.skipped_steps, "bad_in_a_row": self.bad_in_a_row,
-                "loss_spikes": self.loss_spikes, "recent": list(self.recent), "last_loss": self.last_loss}
+        return {
+            "skipped_steps": self.skipped_steps,
+            "bad_in_a_row": self.bad_in_a_row,
+            "loss_spikes": self.loss_spikes,
+            "recent": list(self.recent),
+            "last_loss": self.last_loss,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_steps = state_dict["skipped_steps"]

@@ -61,16 +61,21 @@ class MixtureLog(L.Callback):
             self._epochs = epochs
         epochs = self._epochs
         share = total / total.sum()
-        metrics = {**{f"train/mixture/{n}": float(share[i]) for i, n in enumerate(self._names)},
-                   **{f"train/epochs/{n}": float(epochs[i]) for i, n in enumerate(self._names)}}
+        metrics = {
+            **{f"train/mixture/{n}": float(share[i]) for i, n in enumerate(self._names)},
+            **{f"train/epochs/{n}": float(epochs[i]) for i, n in enumerate(self._names)},
+        }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         state = self._state(trainer, self._total)
         if state is not None and state.exhausted is not None and not trainer.should_stop:
             samples = int(self._total.sum()) if self._total is not None else 0
-            log.info("data mixture: source '%s' ran out after %d samples; exhaustion='stop' ends the run",
-                     state.exhausted, samples)
+            log.info(
+                "data mixture: source '%s' ran out after %d samples; exhaustion='stop' ends the run",
+                state.exhausted,
+                samples,
+            )
             # else Lightning would start another epoch on the spent mixture (an empty one, again and again)
             trainer.should_stop = True
 

@@ -33,8 +33,9 @@ class RichBar(RichProgressBar):
         if self.progress is not None and self.train_progress_bar_id is not None:
             description = self._get_train_description(trainer.current_epoch)
             theme = self.theme.description
-            self.progress.update(self.train_progress_bar_id,
-                                 description=f"[{theme}]{description}" if theme else description)
+            self.progress.update(
+                self.train_progress_bar_id, description=f"[{theme}]{description}" if theme else description
+            )
 
 
 class TQDMBar(TQDMProgressBar):

@@ -28,9 +28,17 @@ KEY = "resume_state"
 def rng_states() -> dict[str, Any]:
     """Global RNG states as tensors and plain Python values, so the checkpoint loads with `weights_only=True`."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -40,8 +48,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     n = states["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -61,9 +70,11 @@ def check_workers(loaders: list, states: list[dict[str, Any]]) -> None:
     for dl, state in zip(stateful, states):
         saved = compat.loader_state_workers(state)
         if saved != dl.num_workers:
-            raise InputError(f"the checkpoint's train loader ran {saved} worker process(es) and this run's has "
-                             f"{dl.num_workers}: resume with the same --data.num_workers (a streaming corpus's "
-                             f"shards depend on it)")
+            raise InputError(
+                f"the checkpoint's train loader ran {saved} worker process(es) and this run's has "
+                f"{dl.num_workers}: resume with the same --data.num_workers (a streaming corpus's "
+                f"shards depend on it)"
+            )
 
 
 def fit_loop_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +114,13 @@ class ResumeState(L.Callback):
                     f"the checkpoint was written by {state['world_size']} process(es) and this run has "
                     f"{trainer.world_size}: exact resume needs the same number (devices x nodes). Resume with "
                     f"{state['world_size']}, or pass --resume_state.allow_world_size_change true to continue with "
-                    f"each rank's data restarting at the beginning of the epoch / stream")
+                    f"each rank's data restarting at the beginning of the epoch / stream"
+                )
             loop_state.pop("combined_loader", None)
-            rank_zero_warn(f"resuming a {state['world_size']}-process checkpoint on {trainer.world_size} processes: "
-                           f"data positions and RNG streams start afresh")
+            rank_zero_warn(
+                f"resuming a {state['world_size']}-process checkpoint on {trainer.world_size} processes: "
+                f"data positions and RNG streams start afresh"
+            )
             return
         mine = state["ranks"][trainer.global_rank]
         # this rank's loader state is applied in on_train_start, not by Lightning (see there): take it out of the loops

@@ -36,14 +36,24 @@ class Summary(ModelSummary):
         super().on_fit_start(trainer, pl_module)
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                  total_flops, flops_per_token=None, **summarize_kwargs) -> None:
+    def summarize(
+        summary_data,
+        total_parameters,
+        trainable_parameters,
+        model_size,
+        total_training_modes,
+        total_flops,
+        flops_per_token=None,
+        **summarize_kwargs,
+    ) -> None:
         columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
-        totals = [("Trainable params", get_human_readable_count(int(trainable_parameters))),
-                  ("Non-trainable params", get_human_readable_count(int(total_parameters - trainable_parameters))),
-                  ("Total params", get_human_readable_count(int(total_parameters))),
-                  ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
-                  ("Modules in train / eval mode", f"{total_training_modes['train']} / {total_training_modes['eval']}")]
+        totals = [
+            ("Trainable params", get_human_readable_count(int(trainable_parameters))),
+            ("Non-trainable params", get_human_readable_count(int(total_parameters - trainable_parameters))),
+            ("Total params", get_human_readable_count(int(total_parameters))),
+            ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
+            ("Modules in train / eval mode", f"{total_training_modes['train']} / {total_training_modes['eval']}"),
+        ]
         if flops_per_token:
             totals.append(("Training FLOPs per token (6N + attention)", get_human_readable_count(flops_per_token)))
         try:

@@ -30,8 +30,11 @@ def matmul_parameters(model: nn.Module, within: nn.Module | None = None) -> tupl
     within = within or model
     lookups = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is not None and getattr(output, "weight", None) is not None and \
-            any(m is output for m in within.modules()):
+    if (
+        output is not None
+        and getattr(output, "weight", None) is not None
+        and any(m is output for m in within.modules())
+    ):
         lookups.discard(id(output.weight))  # a tied embedding is also the output projection: one matmul
     trainable = frozen = 0
     for p in within.parameters():  # parameters() yields a tied parameter once; DTensor numel is global
@@ -43,16 +46,18 @@ def matmul_parameters(model: nn.Module, within: nn.Module | None = None) -> tupl
     return trainable, frozen
 
 
-def flops_per_token(trainable: int, frozen: int, layers: int, attention_width: int, context: int,
-                    training: bool = True) -> int:
+def flops_per_token(
+    trainable: int, frozen: int, layers: int, attention_width: int, context: int, training: bool = True
+) -> int:
     """PaLM's 6N + 12·L·H·Q·T per token (2N + 4·L·H·Q·T forward only), frozen parameters 4N (forward 2N)."""
     if training:
         return 6 * trainable + 4 * frozen + 12 * layers * attention_width * context
     return 2 * (trainable + frozen) + 4 * layers * attention_width * context
 
 
-def batch_flops(model: nn.Module, input_shape: tuple[int, int], target_len: int | None = None,
-                training: bool = True) -> int:
+def batch_flops(
+    model: nn.Module, input_shape: tuple[int, int], target_len: int | None = None, training: bool = True
+) -> int:
     """Model FLOPs of one batch of `input_shape` = (sequences, length) through an HF model."""
     config = model.config
     n, t_in = input_shape

@@ -120,6 +120,8 @@ class ZeroShot(L.Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)
-        rank_zero_info(f"zero-shot @ step {trainer.global_step}: "
-                       + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in values.items()))
+        rank_zero_info(
+            f"zero-shot @ step {trainer.global_step}: "
+            + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in values.items())
+        )
         return values

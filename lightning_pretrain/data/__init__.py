@@ -10,5 +10,14 @@ from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
 from lightning_pretrain.data.pretrain.sentence_pairs import SentencePairCorpus
 from lightning_pretrain.data.pretrain.streaming import StreamingCorpus
 
-__all__ = ["MultipleChoiceData", "PretrainCorpus", "SentencePairCorpus", "SFTData", "SquadData", "StreamingCorpus",
-           "TextClassification", "TextToText", "TokenTagging"]
+__all__ = [
+    "MultipleChoiceData",
+    "PretrainCorpus",
+    "SentencePairCorpus",
+    "SFTData",
+    "SquadData",
+    "StreamingCorpus",
+    "TextClassification",
+    "TextToText",
+    "TokenTagging",
+]

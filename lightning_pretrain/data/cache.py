@@ -49,8 +49,10 @@ def resolve_root(cache_dir: str | None) -> Path:
     for p in (root, *root.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
-                raise InputError(f"cache_dir {root} is not a directory: {p} is a file (pass a folder as "
-                                 f"--data.cache_dir or $LIGHTNING_PRETRAIN_CACHE)")
+                raise InputError(
+                    f"cache_dir {root} is not a directory: {p} is a file (pass a folder as "
+                    f"--data.cache_dir or $LIGHTNING_PRETRAIN_CACHE)"
+                )
             break
     return root
 
@@ -164,8 +166,9 @@ def lookup(entry: Path, valid: Callable[[Path, dict], bool] | None = None) -> di
     return meta
 
 
-def get_or_build(entry: Path, build: Callable[[Path], dict],
-                 valid: Callable[[Path, dict], bool] | None = None) -> tuple[Path, bool]:
+def get_or_build(
+    entry: Path, build: Callable[[Path], dict], valid: Callable[[Path, dict], bool] | None = None
+) -> tuple[Path, bool]:
     """Return `(entry, reused)`. `build(tmp_dir)` fills a fresh directory and returns the metadata to seal it with.
 
     An existing entry that is damaged or fails `valid` is removed and rebuilt.

@@ -24,8 +24,7 @@ _CUT = re.compile(r"(?<=\S)[ \t\n\r]")  # searched in the reversed text: a later
 log = logging.getLogger(__name__)
 
 
-def encode_batches(tokenizer, texts: Iterable[list[str]], progress: Progress | None = None
-                   ) -> Iterator[Sequence[int]]:
+def encode_batches(tokenizer, texts: Iterable[list[str]], progress: Progress | None = None) -> Iterator[Sequence[int]]:
     """Ids of each text of the batches, no special tokens (`encode_texts`)."""
     return encode_texts(tokenizer.backend_tokenizer, itertools.chain.from_iterable(texts), progress)
 
@@ -38,7 +37,7 @@ def pieces(text: str, size: int | None = None) -> list[str]:
     whole text, e.g. prepends "▁" once: each piece then gets its own)."""
     out, start, size = [], 0, size or PIECE_CHARS
     while len(text) - start > size:
-        m = _CUT.search(text[start + 1:start + size][::-1])
+        m = _CUT.search(text[start + 1 : start + size][::-1])
         cut = start + size - 1 - m.start() if m else start + size
         out.append(text[start:cut])
         start = cut
@@ -80,8 +79,10 @@ def _encode_long(backend, text: str, progress: Progress | None) -> np.ndarray:
     parts: list[np.ndarray] = []
     cut, per_call = pieces(text), max(1, BATCH_CHARS // PIECE_CHARS)
     for c0 in range(0, len(cut), per_call):
-        ids = [np.asarray(enc.ids, dtype=np.uint32)
-               for enc in backend.encode_batch_fast(cut[c0:c0 + per_call], add_special_tokens=False)]
+        ids = [
+            np.asarray(enc.ids, dtype=np.uint32)
+            for enc in backend.encode_batch_fast(cut[c0 : c0 + per_call], add_special_tokens=False)
+        ]
         parts += ids
         if progress is not None:
             progress.add(0, sum(map(len, ids)))
@@ -104,5 +105,13 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.EVERY:
             self.last = now
-            log.info("%s: %d %s, %d %s so far (%.0f %s/s)", self.what, self.docs, self.items, self.tokens, self.unit,
-                     self.tokens / max(now - self.start, 1e-9), self.unit)
+            log.info(
+                "%s: %d %s, %d %s so far (%.0f %s/s)",
+                self.what,
+                self.docs,
+                self.items,
+                self.tokens,
+                self.unit,
+                self.tokens / max(now - self.start, 1e-9),
+                self.unit,
+            )

@@ -19,11 +19,22 @@ from lightning_pretrain.data.windows import TokenWindows, WindowCollate, Windowe
 from lightning_pretrain.errors import InputError
 
 
-def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuffle: bool = False,
-                    num_workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    collate_fn: Callable | None = None, drop_last: bool = False,
-                    token_counts: Sequence[int] | None = None, accumulate: int = 1,
-                    limit_batches: int | float | None = None, sampler: Sampler | None = None) -> StatefulDataLoader:
+def stateful_loader(
+    dataset: Dataset | IterableDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    collate_fn: Callable | None = None,
+    drop_last: bool = False,
+    token_counts: Sequence[int] | None = None,
+    accumulate: int = 1,
+    limit_batches: int | float | None = None,
+    sampler: Sampler | None = None,
+) -> StatefulDataLoader:
     """Batches of `dataset`, this rank's share of them under DDP.
 
     StatefulDataLoader: Lightning checkpoints its position, so a mid-epoch resume continues with the exact next batch
@@ -43,20 +54,38 @@ def stateful_loader(dataset: Dataset | IterableDataset, batch_size: int, *, shuf
     if sampler is None and token_counts is not None:
         if iterable:
             raise ValueError("window_tokens need a map-style dataset: an IterableDataset has no known order")
-        sampler = TokenWindows(dataset, token_counts, batch_size, accumulate, rank=rank, world_size=world_size,
-                               shuffle=shuffle, seed=seed, drop_last=drop_last, limit_batches=limit_batches)
+        sampler = TokenWindows(
+            dataset,
+            token_counts,
+            batch_size,
+            accumulate,
+            rank=rank,
+            world_size=world_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            limit_batches=limit_batches,
+        )
         dataset, collate_fn = Windowed(dataset), WindowCollate(collate_fn)
     elif sampler is None and world_size > 1 and not iterable:
         # Our own resumable DistributedSampler: given torchdata's RandomSampler, Lightning would wrap it in a
         # DistributedSamplerWrapper whose inner order depends on how often it was iterated, which no checkpoint holds
-        sampler = StatefulDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                             drop_last=drop_last)
+        sampler = StatefulDistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
     loader = StatefulDataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None and not iterable else None,
-        sampler=sampler, drop_last=drop_last, collate_fn=collate_fn, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None and not iterable else None,
+        sampler=sampler,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
         worker_init_fn=_ignore_sigterm if num_workers > 0 else None,
-        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed))
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     # Exact resume: loaders draw the workers' base seed from a generator of their own, never from the global RNG
     # (a resumed run skips the sanity check and starts its validation workers later, which would shift dropout's
     # random stream), and not from the shuffling sampler's either: sharing it, torchdata's saved sampler state
@@ -115,9 +144,11 @@ def check_val_interval(trainer, loader, what: str) -> None:
     elif isinstance(limit, float):
         batches = int(batches * limit)
     if 0 < batches < interval:
-        raise InputError(f"val_check_interval={interval} is beyond the {batches} training batches of {what}, so "
-                         f"validation would never run: set --trainer.val_check_interval {batches} or less, or a "
-                         f"fraction of the epoch (e.g. 0.5)")
+        raise InputError(
+            f"val_check_interval={interval} is beyond the {batches} training batches of {what}, so "
+            f"validation would never run: set --trainer.val_check_interval {batches} or less, or a "
+            f"fraction of the epoch (e.g. 0.5)"
+        )
 
 
 def rank_and_world(trainer) -> tuple[int, int]:

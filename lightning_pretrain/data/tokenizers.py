@@ -25,10 +25,22 @@ from lightning_pretrain.errors import InputError
 log = logging.getLogger(__name__)
 
 # RoBERTa's special tokens: <s>/</s> double as bos/eos for causal LMs and cls/sep for masked LMs
-_BPE_SPECIALS = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
-                 "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
-_WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                       "mask_token": "[MASK]"}
+_BPE_SPECIALS = {
+    "bos_token": "<s>",
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "cls_token": "<s>",
+    "sep_token": "</s>",
+}
+_WORDPIECE_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -36,8 +48,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = list(dict.fromkeys(_BPE_SPECIALS.values()))
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     # no post-processor: packing inserts the document separator itself, and generation must not get a stray </s>
     return PreTrainedTokenizerFast(tokenizer_object=tok, **_BPE_SPECIALS)
@@ -54,16 +70,25 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     # the BERT template, so fill-mask / classification pipelines on the export see [CLS] ... [SEP]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
     # segment ids are model inputs, as for BERT's own tokenizer: sentence-pair pretraining and pair fine-tuning
     # (MRPC, MNLI, ...) feed them to the token-type embeddings
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "token_type_ids",
-                                                                            "attention_mask"], **_WORDPIECE_SPECIALS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_input_names=["input_ids", "token_type_ids", "attention_mask"], **_WORDPIECE_SPECIALS
+    )
 
 
 # T5's order (pad 0, eos 1, unk 2): a T5 config's default ids then already name the right tokens
-_UNIGRAM_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>",
-                     "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
+_UNIGRAM_SPECIALS = {
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "mask_token": "<mask>",
+    "cls_token": "<s>",
+    "sep_token": "</s>",
+}
 
 
 def train_unigram(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -71,13 +96,17 @@ def train_unigram(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     # WhitespaceSplit first: runs of spaces/newlines collapse to one word boundary, as in SentencePiece
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     specials = list(dict.fromkeys(_UNIGRAM_SPECIALS.values()))
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     # no post-processor, as for BPE: packing inserts separators itself; objectives that want a template add it
     return PreTrainedTokenizerFast(tokenizer_object=tok, **_UNIGRAM_SPECIALS)
@@ -93,8 +122,10 @@ def check_vocab_size(kind: str, vocab_size: int) -> None:
     """Refuse a `vocab_size` below what a trained `kind` tokenizer needs (a pretrained one ignores it)."""
     if kind in MIN_VOCAB and vocab_size < MIN_VOCAB[kind]:
         need = "256 byte symbols and 5 special tokens" if kind == "bpe" else "5 special tokens and a character"
-        raise InputError(f"vocab_size={vocab_size} is below the minimum of {MIN_VOCAB[kind]} for a '{kind}' tokenizer "
-                         f"({need}); pass --data.vocab_size {MIN_VOCAB[kind]} or more (thousands, for a useful one)")
+        raise InputError(
+            f"vocab_size={vocab_size} is below the minimum of {MIN_VOCAB[kind]} for a '{kind}' tokenizer "
+            f"({need}); pass --data.vocab_size {MIN_VOCAB[kind]} or more (thousands, for a useful one)"
+        )
 
 
 def _learn(kind: str, texts: Callable[[], Iterable[str]], vocab_size: int) -> PreTrainedTokenizerBase:
@@ -116,9 +147,11 @@ def _learn(kind: str, texts: Callable[[], Iterable[str]], vocab_size: int) -> Pr
         tok = None
     need = _unigram_minimum(texts()) if tok is None else len(tok)
     if tok is None or len(tok) > vocab_size:  # the trainers keep the alphabet and the specials whatever the size
-        raise InputError(f"vocab_size={vocab_size} is below the minimum of {need} for a '{kind}' tokenizer of this "
-                         f"corpus (its special tokens and every character of the training text); pass "
-                         f"--data.vocab_size {need} or more")
+        raise InputError(
+            f"vocab_size={vocab_size} is below the minimum of {need} for a '{kind}' tokenizer of this "
+            f"corpus (its special tokens and every character of the training text); pass "
+            f"--data.vocab_size {need} or more"
+        )
     return tok
 
 
@@ -131,8 +164,9 @@ def _unigram_minimum(texts: Iterable[str]) -> int:
     return len({c for c in chars if not c.isspace()}) + 1 + len(set(_UNIGRAM_SPECIALS.values()))
 
 
-def trained(kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str],
-            cache_root: Path) -> PreTrainedTokenizerBase:
+def trained(
+    kind: str, vocab_size: int, texts: Callable[[], Iterable[str]], text_identity: list[str], cache_root: Path
+) -> PreTrainedTokenizerBase:
     """A `kind` tokenizer trained on `texts()`, built once per (kind, size, text identity) and cached."""
     check_vocab_size(kind, vocab_size)
     entry = cache_root / "tokenizers" / cache.cache_key("tokenizer", kind, vocab_size, *text_identity)
@@ -152,9 +186,11 @@ def load_pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as e:  # not found, unreachable, not a tokenizer: the message names the fix
-        raise InputError(f"could not load tokenizer '{name_or_path}': not a trainable family "
-                         f"({', '.join(TRAINERS)}), a local tokenizer directory, or a reachable hub id "
-                         f"({type(e).__name__})") from e
+        raise InputError(
+            f"could not load tokenizer '{name_or_path}': not a trainable family "
+            f"({', '.join(TRAINERS)}), a local tokenizer directory, or a reachable hub id "
+            f"({type(e).__name__})"
+        ) from e
     if not tok.is_fast:
         raise InputError(f"tokenizer '{name_or_path}' has no fast (Rust) version; batched tokenization needs one")
     # some tokenizer.json files (sentence-transformers' among them) switch on padding to 128 and truncation in the

@@ -23,8 +23,10 @@ from lightning_pretrain import compat
 def training_windows(trainer) -> dict:
     """`stateful_loader`'s window options for a DataModule's trainer: accumulate_grad_batches (1 outside a Trainer)
     and limit_train_batches (where Lightning ends an epoch early)."""
-    return {"accumulate": int(getattr(trainer, "accumulate_grad_batches", 1) or 1),
-            "limit_batches": getattr(trainer, "limit_train_batches", None)}
+    return {
+        "accumulate": int(getattr(trainer, "accumulate_grad_batches", 1) or 1),
+        "limit_batches": getattr(trainer, "limit_train_batches", None),
+    }
 
 
 def window_totals(batch_tokens: Sequence[int], accumulate: int, run: int | None = None) -> np.ndarray:
@@ -46,9 +48,20 @@ class TokenWindows(DistributedSampler):
     state (`{"yielded": n}`) kept here: the order is a function of seed and epoch, so the window totals after a
     resume are those of the uninterrupted epoch."""
 
-    def __init__(self, dataset: Dataset, token_counts: Sequence[int], batch_size: int, accumulate: int = 1, *,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 limit_batches: int | float | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        token_counts: Sequence[int],
+        batch_size: int,
+        accumulate: int = 1,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        limit_batches: int | float | None = None,
+    ):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         if len(token_counts) != len(dataset):
             raise ValueError(f"token_counts has {len(token_counts)} entries for {len(dataset)} examples")
@@ -70,7 +83,7 @@ class TokenWindows(DistributedSampler):
     def _totals(self, order: list[int]) -> list[int]:
         """Window totals of the epoch's batches, as its BatchSampler will cut `order` into them."""
         n = len(order) // self.batch_size if self.batch_drop_last else -(-len(order) // self.batch_size)
-        counts = self.token_counts[np.asarray(order[:n * self.batch_size], dtype=np.int64)]
+        counts = self.token_counts[np.asarray(order[: n * self.batch_size], dtype=np.int64)]
         per_batch = np.add.reduceat(counts, np.arange(0, len(counts), self.batch_size)) if len(counts) else counts
         return window_totals(per_batch, self.accumulate, compat.train_batches_run(n, self.limit_batches)).tolist()
 

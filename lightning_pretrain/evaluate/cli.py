@@ -23,32 +23,65 @@ from lightning_pretrain.errors import InputError, refused_values
 
 
 def parser() -> argparse.ArgumentParser:
-    p = entry.Parser(prog="lightning-pretrain-eval", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a Hugging Face directory (a run's hf/ export), a Lightning .ckpt "
-                   "of a run (exported to hf first, tokenizer from <run dir>/tokenizer), or a hub id")
-    p.add_argument("--model_kind", default="auto", choices=["auto", "causal", "seq2seq", "masked"],
-                   help="how to score it; auto reads the config (masked LMs are scored by pseudo-log-likelihood)")
+    p = entry.Parser(
+        prog="lightning-pretrain-eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a Hugging Face directory (a run's hf/ export), a Lightning .ckpt "
+        "of a run (exported to hf first, tokenizer from <run dir>/tokenizer), or a hub id",
+    )
+    p.add_argument(
+        "--model_kind",
+        default="auto",
+        choices=["auto", "causal", "seq2seq", "masked"],
+        help="how to score it; auto reads the config (masked LMs are scored by pseudo-log-likelihood)",
+    )
     p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model's)")
-    p.add_argument("--tasks", nargs="*", default=[], help="shipped gauntlet names (piqa, arc_easy, copa, openbook_qa, "
-                   "winogrande, lambada, ...: see evaluate/tasks/gauntlet.yaml), paths to gauntlet-layout JSONL "
-                   "files (task name = file name), or lm-eval task names (need the hub)")
-    p.add_argument("--task_file", nargs="*", action="extend", default=[], metavar="NAME=PATH",
-                   help="the JSONL file of a task name, e.g. piqa=data/piqa.jsonl (runs even if not in --tasks)")
+    p.add_argument(
+        "--tasks",
+        nargs="*",
+        default=[],
+        help="shipped gauntlet names (piqa, arc_easy, copa, openbook_qa, "
+        "winogrande, lambada, ...: see evaluate/tasks/gauntlet.yaml), paths to gauntlet-layout JSONL "
+        "files (task name = file name), or lm-eval task names (need the hub)",
+    )
+    p.add_argument(
+        "--task_file",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=PATH",
+        help="the JSONL file of a task name, e.g. piqa=data/piqa.jsonl (runs even if not in --tasks)",
+    )
     p.add_argument("--data_dir", help="folder holding task files under their gauntlet names (piqa.jsonl, ...)")
     p.add_argument("--include_path", nargs="*", default=[], help="folders of your own lm-eval task YAMLs")
-    p.add_argument("--mmlu_dir", help="MMLU as CSV files: a folder with dev/<subject>_dev.csv and "
-                   "test/<subject>_test.csv (scored as lm-eval's mmlu tasks; runs even if 'mmlu' is not in --tasks)")
+    p.add_argument(
+        "--mmlu_dir",
+        help="MMLU as CSV files: a folder with dev/<subject>_dev.csv and "
+        "test/<subject>_test.csv (scored as lm-eval's mmlu tasks; runs even if 'mmlu' is not in --tasks)",
+    )
     p.add_argument("--mmlu_subjects", nargs="*", help="MMLU subjects to score (default: every test file)")
-    p.add_argument("--num_fewshot", type=int, help="examples in context (default 0, drawn from the same file; "
-                   "MMLU: 5, the first of its dev file)")
+    p.add_argument(
+        "--num_fewshot",
+        type=int,
+        help="examples in context (default 0, drawn from the same file; MMLU: 5, the first of its dev file)",
+    )
     p.add_argument("--limit", type=int, help="score only the first N examples of each task")
-    p.add_argument("--batch_size", type=int, default=16,
-                   help="sequences per forward (masked LMs: masked copies per forward)")
+    p.add_argument(
+        "--batch_size", type=int, default=16, help="sequences per forward (masked LMs: masked copies per forward)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--bpb_file", help="plain UTF-8 text to score: bits per byte, token and word perplexity")
-    p.add_argument("--max_length", type=int, help="rolling window length in tokens (default: the model's positions; "
-                   "masked LMs: at most 128, as PLL costs one window-long forward per token)")
+    p.add_argument(
+        "--max_length",
+        type=int,
+        help="rolling window length in tokens (default: the model's positions; "
+        "masked LMs: at most 128, as PLL costs one window-long forward per token)",
+    )
     p.add_argument("--stride", type=int, help="window step (default: max_length/2 for causal, max_length for masked)")
     p.add_argument("--bpb_max_bytes", type=int, help="score only the first lines of --bpb_file, up to N bytes")
     p.add_argument("--output_dir", default="eval_out")
@@ -60,8 +93,14 @@ def parser() -> argparse.ArgumentParser:
 def _check_numbers(args) -> None:
     if not 0 <= args.seed < 2**32:  # numpy's and lm-eval's seed range
         raise InputError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
-    for name, low in (("limit", 1), ("num_fewshot", 0), ("batch_size", 1), ("max_length", 2), ("stride", 1),
-                      ("bpb_max_bytes", 1)):
+    for name, low in (
+        ("limit", 1),
+        ("num_fewshot", 0),
+        ("batch_size", 1),
+        ("max_length", 2),
+        ("stride", 1),
+        ("bpb_max_bytes", 1),
+    ):
         value = getattr(args, name)
         if value is not None and value < low:
             raise InputError(f"--{name} must be >= {low}, got {value}")
@@ -97,8 +136,14 @@ def run(args) -> None:
     _check_numbers(args)
     if not (args.tasks or args.task_file or args.bpb_file or args.mmlu_dir):
         raise InputError("nothing to evaluate: give --tasks, --task_file, --mmlu_dir and/or --bpb_file")
-    specs = mmlu.resolve_tasks(args.tasks, registry.parse_task_files(args.task_file), args.data_dir, args.mmlu_dir,
-                               args.mmlu_subjects, args.num_fewshot)
+    specs = mmlu.resolve_tasks(
+        args.tasks,
+        registry.parse_task_files(args.task_file),
+        args.data_dir,
+        args.mmlu_dir,
+        args.mmlu_subjects,
+        args.num_fewshot,
+    )
     text = read_text(args.bpb_file, args.bpb_max_bytes) if args.bpb_file else None
     made = [d for d in (Path(args.output_dir), *Path(args.output_dir).parents) if not d.exists()]
     entry.on_refusal(lambda: [d.rmdir() for d in made if d.is_dir() and not any(d.iterdir())])
@@ -123,30 +168,46 @@ def run(args) -> None:
             loaded_tasks = registry.load_tasks(registry.task_manager(specs, folder, args.include_path), specs)
             generating = [n for n, t in loaded_tasks["tasks"].items() if t.OUTPUT_TYPE == "generate_until"]
             if generating and ref.kind == "masked":
-                raise InputError(f"task(s) {', '.join(generating)} generate text, which a masked LM cannot do: use a "
-                                 f"causal or seq2seq model, or tasks scored by log-likelihood")
+                raise InputError(
+                    f"task(s) {', '.join(generating)} generate text, which a masked LM cannot do: use a "
+                    f"causal or seq2seq model, or tasks scored by log-likelihood"
+                )
         with refused_values(f"could not load model {args.model}"):  # nonsense config.json, cut weights file
             loaded = load_model(ref, args.tokenizer, device)
         refuse_non_finite(loaded.model.named_parameters(), f"model {args.model}")
         rows = []
         if loaded_tasks is not None:
             lm = build_lm(loaded.model, loaded.tokenizer, loaded.kind, args.batch_size, progress=True)
-            rows = mmlu.with_summary(harness.run_tasks(lm, specs, loaded_tasks, args.limit, args.num_fewshot,
-                                                       seed=args.seed), specs)
+            rows = mmlu.with_summary(
+                harness.run_tasks(lm, specs, loaded_tasks, args.limit, args.num_fewshot, seed=args.seed), specs
+            )
             if lm.truncated:
-                loaded.notes.append(f"{lm.truncated} answer(s) longer than the model's window were scored on their "
-                                    f"last tokens only")
-        score = score_text(loaded.model, loaded.tokenizer, text, loaded.kind, args.max_length, args.stride,
-                           args.batch_size) if text is not None else None
-    scoring = "pseudo-log-likelihood (masked LM, one forward per scored token)" if loaded.kind == "masked" else \
-        "exact log-likelihood (lm-evaluation-harness HFLM)"
+                loaded.notes.append(
+                    f"{lm.truncated} answer(s) longer than the model's window were scored on their last tokens only"
+                )
+        score = (
+            score_text(loaded.model, loaded.tokenizer, text, loaded.kind, args.max_length, args.stride, args.batch_size)
+            if text is not None
+            else None
+        )
+    scoring = (
+        "pseudo-log-likelihood (masked LM, one forward per scored token)"
+        if loaded.kind == "masked"
+        else "exact log-likelihood (lm-evaluation-harness HFLM)"
+    )
     shots = sorted({r.num_fewshot for r in rows}) if args.num_fewshot is None else [args.num_fewshot]
-    header = {"model": args.model, "source": loaded.source, "kind": loaded.kind, "scoring": scoring,
-              "num_fewshot": shots[0] if len(shots) == 1 else shots if shots else 0, "limit": args.limit,
-              "notes": loaded.notes,
-              "summary": f"{loaded.kind} LM ({loaded.source}); {scoring}; {'/'.join(map(str, shots)) or 0}-shot"
-                         + (f", first {args.limit} examples per task" if args.limit else ""),
-              "command": ["lightning-pretrain-eval", *args.argv]}
+    header = {
+        "model": args.model,
+        "source": loaded.source,
+        "kind": loaded.kind,
+        "scoring": scoring,
+        "num_fewshot": shots[0] if len(shots) == 1 else shots if shots else 0,
+        "limit": args.limit,
+        "notes": loaded.notes,
+        "summary": f"{loaded.kind} LM ({loaded.source}); {scoring}; {'/'.join(map(str, shots)) or 0}-shot"
+        + (f", first {args.limit} examples per task" if args.limit else ""),
+        "command": ["lightning-pretrain-eval", *args.argv],
+    }
     try:
         json_path, md_path = report.write(args.output_dir, header, rows, (args.bpb_file, score) if score else None)
     except OSError as e:

@@ -37,9 +37,18 @@ class TaskResult:
     metrics: list[Metric] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "metrics": {m.name: {"value": m.value, "stderr": m.stderr,
-                                                     "random_baseline": m.random_baseline, "rescaled": m.rescaled}
-                                            for m in self.metrics}}
+        return {
+            **asdict(self),
+            "metrics": {
+                m.name: {
+                    "value": m.value,
+                    "stderr": m.stderr,
+                    "random_baseline": m.random_baseline,
+                    "rescaled": m.rescaled,
+                }
+                for m in self.metrics
+            },
+        }
 
 
 def quiet_lm_eval(level: int = logging.ERROR) -> None:
@@ -56,8 +65,15 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None, num_fewshot: int | None = 0,
-              bootstrap_iters: int = 1000, seed: int = 1234) -> list[TaskResult]:
+def run_tasks(
+    lm,
+    specs: list[TaskSpec],
+    loaded: dict,
+    limit: int | None = None,
+    num_fewshot: int | None = 0,
+    bootstrap_iters: int = 1000,
+    seed: int = 1234,
+) -> list[TaskResult]:
     """Score the tasks of `loaded` (`registry.load_tasks`) with `lm`. Under torch.distributed with a rank-aware
     `lm`, every rank calls this, scores its share of the documents, and gets rank 0's results. `num_fewshot`
     None: each task's own setting (MMLU's 5; 0 where a task has none).
@@ -88,15 +104,23 @@ def run_tasks(lm, specs: list[TaskSpec], loaded: dict, limit: int | None = None,
         spec = by_id.get(name)
         baseline = spec.random_baseline(limit) if spec else None
         samples = out["n-samples"].get(name, {})
-        row = TaskResult(spec.name if spec else name, int(samples.get("effective", res.get("sample_len", 0)) or 0),
-                         int(out["n-shot"].get(name, num_fewshot or 0) or 0),
-                         (spec.source or (str(spec.file.path) if spec.file else "lm-eval")) if spec else "lm-eval")
+        row = TaskResult(
+            spec.name if spec else name,
+            int(samples.get("effective", res.get("sample_len", 0)) or 0),
+            int(out["n-shot"].get(name, num_fewshot or 0) or 0),
+            (spec.source or (str(spec.file.path) if spec.file else "lm-eval")) if spec else "lm-eval",
+        )
         for key, value in res.items():
             metric, _, filt = key.partition(",")
             if not filt or metric.endswith("_stderr") or _number(value) is None:
                 continue
-            row.metrics.append(Metric(metric if filt == "none" else f"{metric}/{filt}", _number(value),
-                                      _number(res.get(f"{metric}_stderr,{filt}")),
-                                      baseline if metric in ACCURACIES else None))
+            row.metrics.append(
+                Metric(
+                    metric if filt == "none" else f"{metric}/{filt}",
+                    _number(value),
+                    _number(res.get(f"{metric}_stderr,{filt}")),
+                    baseline if metric in ACCURACIES else None,
+                )
+            )
         rows.append(row)
     return rows

@@ -26,9 +26,12 @@ def bert_last_layer(base: torch.nn.Module) -> torch.nn.Module | None:
     config = getattr(base, "config", None)
     if not layers or config is None or type(layers[-1]).__name__ not in BERT_LAYERS or base.training:
         return None
-    if config.is_decoder or getattr(config, "add_cross_attention", False) or \
-            getattr(config, "position_embedding_type", "absolute") != "absolute" or \
-            (compat.attn_implementation(config) or "eager") not in ("eager", "sdpa"):
+    if (
+        config.is_decoder
+        or getattr(config, "add_cross_attention", False)
+        or getattr(config, "position_embedding_type", "absolute") != "absolute"
+        or (compat.attn_implementation(config) or "eager") not in ("eager", "sdpa")
+    ):
         return None
     return layers[-1]
 

@@ -78,18 +78,32 @@ class TaskFile:
         """Rows in the templates' fields, and lm-eval's `target_delimiter` (the delimiter's trailing space; for
         language modelling it is part of each continuation instead, as in lm-eval's lambada task)."""
         suffix = delimiter.rstrip(" ")
-        target_delimiter = delimiter[len(suffix):]
+        target_delimiter = delimiter[len(suffix) :]
         out = []
         for r in self.rows:
             if self.layout == "multiple_choice":
-                out.append({"text": r["query"].strip() + suffix, "choices": [c.strip() for c in r["choices"]],
-                            "gold": r["gold"]})
+                out.append(
+                    {
+                        "text": r["query"].strip() + suffix,
+                        "choices": [c.strip() for c in r["choices"]],
+                        "gold": r["gold"],
+                    }
+                )
             elif self.layout == "schema":
-                out.append({"contexts": [c.strip() + suffix for c in r["context_options"]],
-                            "continuation": r["continuation"].strip(), "gold": r["gold"]})
+                out.append(
+                    {
+                        "contexts": [c.strip() + suffix for c in r["context_options"]],
+                        "continuation": r["continuation"].strip(),
+                        "gold": r["gold"],
+                    }
+                )
             else:  # lm-eval does not put target_delimiter before a loglikelihood target: the row carries it
-                out.append({"context": r["context"].strip() + suffix,
-                            "continuation": target_delimiter + r["continuation"].strip()})
+                out.append(
+                    {
+                        "context": r["context"].strip() + suffix,
+                        "continuation": target_delimiter + r["continuation"].strip(),
+                    }
+                )
         return out, "" if self.layout == "language_modeling" else target_delimiter
 
 

@@ -29,8 +29,10 @@ def lm_eval_yaml(subject: str) -> tuple[Path, str | None]:
     own = folder / f"mmlu_{subject}.yaml"
     if own.is_file():
         return own, None
-    return folder / "_default_template_yaml", \
-        f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+    return (
+        folder / "_default_template_yaml",
+        f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n",
+    )
 
 
 def read_csv(path: Path, subject: str) -> list[dict]:
@@ -57,10 +59,15 @@ def read_csv(path: Path, subject: str) -> list[dict]:
             raise InputError(f"{where}: empty question")
         answer = row[5].strip()
         if len(answer) != 1 or answer not in answers:
-            raise InputError(f"{where}: answer {row[5]!r} is not one of {', '.join(answers)}"
-                             + (" (a file with the header question,choice0..3,answer takes 0-3)" if header else
-                                " (a file without a header takes letters; with the header "
-                                "question,choice0..3,answer it takes 0-3)"))
+            raise InputError(
+                f"{where}: answer {row[5]!r} is not one of {', '.join(answers)}"
+                + (
+                    " (a file with the header question,choice0..3,answer takes 0-3)"
+                    if header
+                    else " (a file without a header takes letters; with the header "
+                    "question,choice0..3,answer it takes 0-3)"
+                )
+            )
         out.append({"question": row[0], "subject": subject, "choices": row[1:5], "answer": answers.index(answer)})
     if not out:
         raise InputError(f"{path} holds no questions")
@@ -74,8 +81,9 @@ def _layout_root(mmlu_dir: str | Path) -> Path:
     if not (root / "test").is_dir() and (root / "data" / "test").is_dir():
         root = root / "data"
     if not (root / "test").is_dir():
-        raise InputError(f"--mmlu_dir {mmlu_dir} has no test/ folder (expected test/<subject>_test.csv and "
-                         f"dev/<subject>_dev.csv)")
+        raise InputError(
+            f"--mmlu_dir {mmlu_dir} has no test/ folder (expected test/<subject>_test.csv and dev/<subject>_dev.csv)"
+        )
     return root
 
 
@@ -83,13 +91,17 @@ def subjects_in(mmlu_dir: str | Path) -> list[str]:
     """The subjects that have a test file, sorted."""
     root = _layout_root(mmlu_dir)
     try:
-        return sorted(p.name[:-len("_test.csv")] for p in (root / "test").glob("*_test.csv") if p.is_file())
+        return sorted(p.name[: -len("_test.csv")] for p in (root / "test").glob("*_test.csv") if p.is_file())
     except OSError as e:
         raise InputError(f"cannot list {root / 'test'}: {e.strerror or e}") from e
 
 
-def resolve(mmlu_dir: str | Path, subjects: list[str] | None = None, num_fewshot: int = DEFAULT_FEWSHOT,
-            used_names: set[str] | None = None) -> list[TaskSpec]:
+def resolve(
+    mmlu_dir: str | Path,
+    subjects: list[str] | None = None,
+    num_fewshot: int = DEFAULT_FEWSHOT,
+    used_names: set[str] | None = None,
+) -> list[TaskSpec]:
     """One lm-eval task per subject (all subjects with a test file by default), rows read and checked now."""
     root = _layout_root(mmlu_dir)
     available = subjects_in(root)
@@ -98,8 +110,10 @@ def resolve(mmlu_dir: str | Path, subjects: list[str] | None = None, num_fewshot
     wanted = list(dict.fromkeys(subjects or available))
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise InputError(f"MMLU subject(s) {', '.join(unknown)} have no test file in {root / 'test'}; "
-                         f"available: {', '.join(available)}")
+        raise InputError(
+            f"MMLU subject(s) {', '.join(unknown)} have no test file in {root / 'test'}; "
+            f"available: {', '.join(available)}"
+        )
     specs = []
     for subject in wanted:
         test = read_csv(root / "test" / f"{subject}_test.csv", subject)
@@ -107,25 +121,41 @@ def resolve(mmlu_dir: str | Path, subjects: list[str] | None = None, num_fewshot
         dev = []
         if num_fewshot > 0:
             if not dev_path.is_file():
-                raise InputError(f"{num_fewshot}-shot MMLU needs {dev_path} (few-shot examples come from dev; "
-                                 f"--num_fewshot 0 scores without it)")
+                raise InputError(
+                    f"{num_fewshot}-shot MMLU needs {dev_path} (few-shot examples come from dev; "
+                    f"--num_fewshot 0 scores without it)"
+                )
             dev = read_csv(dev_path, subject)
             if len(dev) < num_fewshot:
                 raise InputError(f"{dev_path} holds {len(dev)} questions, fewer than --num_fewshot {num_fewshot}")
         include, description = lm_eval_yaml(subject)
-        config = {"include": str(include), "task": "lp_mmlu_" + re.sub(r"\W+", "_", subject),
-                  "task_alias": subject.replace("_", " "), "tag": [], "dataset_path": "json",
-                  "dataset_name": None, "test_split": "test", "fewshot_split": "dev" if dev else None,
-                  "num_fewshot": num_fewshot,
-                  "metadata": {"version": 1.0, "source_file": str((root / "test" / f"{subject}_test.csv").resolve())}}
+        config = {
+            "include": str(include),
+            "task": "lp_mmlu_" + re.sub(r"\W+", "_", subject),
+            "task_alias": subject.replace("_", " "),
+            "tag": [],
+            "dataset_path": "json",
+            "dataset_name": None,
+            "test_split": "test",
+            "fewshot_split": "dev" if dev else None,
+            "num_fewshot": num_fewshot,
+            "metadata": {"version": 1.0, "source_file": str((root / "test" / f"{subject}_test.csv").resolve())},
+        }
         if description is not None:
             config["description"] = description
         name = f"mmlu_{subject}"
         while used_names is not None and name in used_names:
             name += "_"
-        specs.append(TaskSpec(name, config["task"], baseline=0.25, config=config,
-                              splits={"test": test, **({"dev": dev} if dev else {})},
-                              source=str(root / "test" / f"{subject}_test.csv")))
+        specs.append(
+            TaskSpec(
+                name,
+                config["task"],
+                baseline=0.25,
+                config=config,
+                splits={"test": test, **({"dev": dev} if dev else {})},
+                source=str(root / "test" / f"{subject}_test.csv"),
+            )
+        )
     return specs
 
 
@@ -145,12 +175,23 @@ def summary(rows: list[TaskResult], specs: list[TaskSpec]) -> TaskResult | None:
     macro = sum(m.value for _, m in accs) / len(accs)
     micro_se = float(pooled_sample_stderr(errors, sizes)) if known and sum(sizes) > len(sizes) else None
     macro_se = float(unweighted_mean_stderr(errors)) if known else None
-    return TaskResult("mmlu", sum(sizes), mine[0].num_fewshot, f"{len(accs)} subjects",
-                      [Metric("acc", micro, micro_se, 0.25), Metric("acc_macro", macro, macro_se, 0.25)])
+    return TaskResult(
+        "mmlu",
+        sum(sizes),
+        mine[0].num_fewshot,
+        f"{len(accs)} subjects",
+        [Metric("acc", micro, micro_se, 0.25), Metric("acc_macro", macro, macro_se, 0.25)],
+    )
 
 
-def resolve_tasks(names: list[str] | None, task_files: dict[str, str] | None, data_dir: str | None,
-                  mmlu_dir: str | None, subjects: list[str] | None, num_fewshot: int | None) -> list[TaskSpec]:
+def resolve_tasks(
+    names: list[str] | None,
+    task_files: dict[str, str] | None,
+    data_dir: str | None,
+    mmlu_dir: str | None,
+    subjects: list[str] | None,
+    num_fewshot: int | None,
+) -> list[TaskSpec]:
     """`registry.resolve` for `names`, plus MMLU's subjects from `mmlu_dir` (which stands for the name `mmlu`)."""
     from lightning_pretrain.evaluate import registry
 
@@ -159,8 +200,9 @@ def resolve_tasks(names: list[str] | None, task_files: dict[str, str] | None, da
     names = [n for n in names or [] if not (mmlu_dir and n == "mmlu")]
     specs = registry.resolve(names, task_files, data_dir) if names or task_files else []
     if mmlu_dir:
-        specs += resolve(mmlu_dir, subjects, DEFAULT_FEWSHOT if num_fewshot is None else num_fewshot,
-                         {s.name for s in specs})
+        specs += resolve(
+            mmlu_dir, subjects, DEFAULT_FEWSHOT if num_fewshot is None else num_fewshot, {s.name for s in specs}
+        )
     return specs
 
 

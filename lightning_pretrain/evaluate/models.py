@@ -30,8 +30,11 @@ AUTO_CLASS = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, 
 def model_kind(model_or_config) -> str:
     """'causal', 'seq2seq' or 'masked', from a model's class or a config's `architectures` and type."""
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
-    names = [type(model_or_config).__name__] if isinstance(model_or_config, torch.nn.Module) else \
-        list(getattr(config, "architectures", None) or [])
+    names = (
+        [type(model_or_config).__name__]
+        if isinstance(model_or_config, torch.nn.Module)
+        else list(getattr(config, "architectures", None) or [])
+    )
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
@@ -43,8 +46,9 @@ def model_kind(model_or_config) -> str:
         return "masked"
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
         return "causal"
-    raise InputError(f"cannot tell whether {names or config.model_type} is a causal, seq2seq or masked LM: "
-                     f"pass --model_kind")
+    raise InputError(
+        f"cannot tell whether {names or config.model_type} is a causal, seq2seq or masked LM: pass --model_kind"
+    )
 
 
 @dataclass
@@ -95,8 +99,9 @@ def inspect(spec: str, kind: str = "auto", workdir: str | Path = ".") -> ModelRe
 def load_model(ref: ModelRef, tokenizer: str | None = None, device: str = "cpu") -> Loaded:
     torch.manual_seed(0)  # weights the checkpoint lacks (e.g. an MLM head) are initialised the same every run
     try:
-        model, info = AUTO_CLASS[ref.kind].from_pretrained(ref.where, trust_remote_code=False,
-                                                           output_loading_info=True, dtype=torch.float32)
+        model, info = AUTO_CLASS[ref.kind].from_pretrained(
+            ref.where, trust_remote_code=False, output_loading_info=True, dtype=torch.float32
+        )
         tok = AutoTokenizer.from_pretrained(tokenizer or ref.where, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InputError(f"could not load {ref.kind} model '{ref.where}': {str(e).strip().splitlines()[0]}") from e
@@ -105,18 +110,29 @@ def load_model(ref: ModelRef, tokenizer: str | None = None, device: str = "cpu")
     notes = []
     if missing:
         head = ref.kind == "masked" and any(k.startswith(("cls.", "lm_head.", "predictions.")) for k in missing)
-        notes.append(f"{len(missing)} weights are not in the checkpoint ({', '.join(missing[:3])}, ...): "
-                     f"{'its masked-LM head is' if head else 'they are'} randomly initialised (seed 0), so its "
-                     f"scores mean little")
+        notes.append(
+            f"{len(missing)} weights are not in the checkpoint ({', '.join(missing[:3])}, ...): "
+            f"{'its masked-LM head is' if head else 'they are'} randomly initialised (seed 0), so its "
+            f"scores mean little"
+        )
         print(f"warning: {notes[-1]}", file=sys.stderr)
     if len(tok) > model.get_input_embeddings().num_embeddings:
-        raise InputError(f"the tokenizer has {len(tok)} tokens but the model embeds only "
-                         f"{model.get_input_embeddings().num_embeddings}: use the model's own tokenizer")
+        raise InputError(
+            f"the tokenizer has {len(tok)} tokens but the model embeds only "
+            f"{model.get_input_embeddings().num_embeddings}: use the model's own tokenizer"
+        )
     return Loaded(model.to(device).eval(), tok, ref.kind, ref.source, notes)
 
 
-def build_lm(model, tokenizer, kind: str, batch_size: int = 16, spread: bool = False, max_length: int | None = None,
-             progress: bool = False):
+def build_lm(
+    model,
+    tokenizer,
+    kind: str,
+    batch_size: int = 16,
+    spread: bool = False,
+    max_length: int | None = None,
+    progress: bool = False,
+):
     """The lm-eval `LM` for an in-memory model. `spread`: split documents over the torch.distributed ranks;
     `progress`: a progress bar over the PLL batches (lm-eval draws its own for causal models)."""
     if kind == "masked":
@@ -128,7 +144,14 @@ def build_lm(model, tokenizer, kind: str, batch_size: int = 16, spread: bool = F
 
         # HFLM gives a tokenizer without padding token one: work on a copy, never the training run's tokenizer.
         # logits_cache off when spread: the number of forwards must not depend on a rank's documents (FSDP)
-        lm = LiveHFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), backend=kind, batch_size=batch_size,
-                      max_length=max_length, logits_cache=not spread, device=str(next(model.parameters()).device))
+        lm = LiveHFLM(
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            backend=kind,
+            batch_size=batch_size,
+            max_length=max_length,
+            logits_cache=not spread,
+            device=str(next(model.parameters()).device),
+        )
     lm.spread_over_ranks(spread)
     return lm

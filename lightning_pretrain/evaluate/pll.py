@@ -23,15 +23,14 @@ from lightning_pretrain.evaluate.windows import MASKED_WINDOW, windows
 class PseudoLogLikelihood:
     """Scores chosen positions of token sequences with a masked LM, one masked copy per distinct position."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 progress: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None, progress: bool = False):
         if tokenizer.mask_token_id is None:
             raise InputError("pseudo-log-likelihood needs a tokenizer with a mask token")
         self.model, self.tokenizer, self.batch_size, self.progress = model, tokenizer, batch_size, progress
         # the special tokens the tokenizer puts around a text ([CLS] ... [SEP], <s> ... </s>): around "[MASK]"
         marked = tokenizer(tokenizer.mask_token)["input_ids"]
         cut = marked.index(tokenizer.mask_token_id)
-        self.prefix, self.suffix = marked[:cut], marked[cut + 1:]
+        self.prefix, self.suffix = marked[:cut], marked[cut + 1 :]
         limit = max_positions(model.config) or tokenizer.model_max_length
         self.max_length = min(max_length or limit, limit)
         self.budget = self.max_length - len(self.prefix) - len(self.suffix)  # tokens of text per input
@@ -66,7 +65,7 @@ class PseudoLogLikelihood:
         for ids, positions in items:
             wanted.append([])
             for p in positions:
-                key = (p, tuple(ids[:p]), tuple(ids[p + 1:]))
+                key = (p, tuple(ids[:p]), tuple(ids[p + 1 :]))
                 if key not in unique:
                     unique[key] = len(inputs)
                     inputs.append((ids, p))
@@ -76,7 +75,7 @@ class PseudoLogLikelihood:
             for u, t in slots:
                 targets[u].add(t)
         order = sorted(range(len(inputs)), key=lambda u: -len(inputs[u][0]))  # little padding per batch
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         found: dict[tuple[int, int], tuple[float, bool]] = {}
         n_forwards = len(batches)
         if distributed() and sharded(self.model):
@@ -90,19 +89,23 @@ class PseudoLogLikelihood:
                 self._score_batch([self.prefix + [self.pad_id] + self.suffix], [len(self.prefix)], [(0, self.pad_id)])
                 continue
             pairs = [(r, t) for r, u in enumerate(batches[b]) for t in sorted(targets[u])]
-            lp, hit = self._score_batch([self.prefix + list(inputs[u][0]) + self.suffix for u in batches[b]],
-                                        [len(self.prefix) + inputs[u][1] for u in batches[b]], pairs)
+            lp, hit = self._score_batch(
+                [self.prefix + list(inputs[u][0]) + self.suffix for u in batches[b]],
+                [len(self.prefix) + inputs[u][1] for u in batches[b]],
+                pairs,
+            )
             for (r, t), value, best in zip(pairs, lp.tolist(), hit.tolist()):
                 found[batches[b][r], t] = (value, best)
         return [([found[s][0] for s in slots], [found[s][1] for s in slots]) for slots in wanted]
 
-    def _score_batch(self, seqs: list[list[int]], at: list[int], pairs: list[tuple[int, int]]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_batch(
+        self, seqs: list[list[int]], at: list[int], pairs: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask row r of `seqs` at `at[r]`; for each `(r, token)` of `pairs`: log p(token) there, and is it the argmax."""
         ids = torch.full((len(seqs), max(map(len, seqs))), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, seq in enumerate(seqs):
-            ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
+            ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
         ids[torch.arange(len(seqs)), at] = self.tokenizer.mask_token_id
         logits = self._forward(ids.to(self.device), mask.to(self.device), torch.tensor(at, device=self.device)).float()
         rows, tokens = (torch.tensor(c, device=self.device) for c in zip(*pairs))
@@ -113,8 +116,9 @@ class PseudoLogLikelihood:
         advancing by `stride` (rolling.windows); each token is scored once, with its window on both sides."""
         length = min(max_length or self.max_length, self.max_length) - len(self.prefix) - len(self.suffix)
         wins = windows(len(ids), length, stride or length)
-        scored = self.score([(ids[w.begin:w.end], list(range(w.score_from - w.begin, w.end - w.begin)))
-                             for w in wins])
+        scored = self.score(
+            [(ids[w.begin : w.end], list(range(w.score_from - w.begin, w.end - w.begin))) for w in wins]
+        )
         return [lp for lps, _ in scored for lp in lps]
 
 
@@ -124,8 +128,7 @@ class MaskedLMHarness(RankAware, LM):
 
     truncated = 0
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 progress: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None, progress: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.scorer = PseudoLogLikelihood(model, tokenizer, batch_size, max_length, progress)
@@ -144,13 +147,13 @@ class MaskedLMHarness(RankAware, LM):
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = self._encode(context + continuation), self._encode(context)
-        return ctx, whole[len(ctx):]
+        return ctx, whole[len(ctx) :]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         items = []
         for req in requests:
             ctx, cont = self.encode_pair(*req.args)
-            ids = (ctx + cont)[-self.scorer.budget:]  # left-truncated, as lm-eval truncates causal inputs
+            ids = (ctx + cont)[-self.scorer.budget :]  # left-truncated, as lm-eval truncates causal inputs
             n = min(len(cont), len(ids))
             self.truncated += n < len(cont)
             items.append((ids, list(range(len(ids) - n, len(ids)))))
@@ -162,5 +165,7 @@ class MaskedLMHarness(RankAware, LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         tasks = sorted({getattr(r, "task_name", None) or "?" for r in requests})
-        raise InputError(f"task(s) {', '.join(tasks)} generate text, which a masked LM cannot do: use a causal or "
-                         f"seq2seq model, or tasks scored by log-likelihood")
+        raise InputError(
+            f"task(s) {', '.join(tasks)} generate text, which a masked LM cannot do: use a causal or "
+            f"seq2seq model, or tasks scored by log-likelihood"
+        )

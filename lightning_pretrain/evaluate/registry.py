@@ -66,8 +66,9 @@ def _lm_eval_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def resolve(names: list[str] | None, task_files: dict[str, str] | None = None,
-            data_dir: str | Path | None = None) -> list[TaskSpec]:
+def resolve(
+    names: list[str] | None, task_files: dict[str, str] | None = None, data_dir: str | Path | None = None
+) -> list[TaskSpec]:
     """What each requested task is. A name given a file (`task_files`), a path, or a name with a matching file in
     `data_dir` (a shipped name's `files`, else `<name>.jsonl`) becomes a file task; anything else is left to lm-eval."""
     task_files = dict(task_files or {})
@@ -90,8 +91,10 @@ def resolve(names: list[str] | None, task_files: dict[str, str] | None = None,
             candidates = [Path(data_dir) / f for f in names_in_dir] if data_dir else []
             path = next((p for p in candidates if p.is_file()), None)
             if path is None and entry is not None and data_dir is not None:
-                raise InputError(f"task '{name}': none of {entry['files']} is in {data_dir}; give its file with "
-                                 f"--task_file {name}=PATH")
+                raise InputError(
+                    f"task '{name}': none of {entry['files']} is in {data_dir}; give its file with "
+                    f"--task_file {name}=PATH"
+                )
             display = name
             if path is None:  # one of lm-eval's own tasks (checked when the task manager is built)
                 specs.append(TaskSpec(name, name, baseline=(entry or {}).get("random_baseline")))
@@ -165,8 +168,10 @@ def task_manager(specs: list[TaskSpec], folder: str | Path, include_path: list[s
         manager = TaskManager(include_path=paths, include_defaults=True)
         unknown = [n for n in missing if n not in manager.all_tasks]
     if unknown:
-        raise InputError(f"unknown task(s) {', '.join(unknown)}: not a shipped name ({', '.join(sorted(shipped()))}), "
-                         f"not a JSONL file, and not an lm-eval task")
+        raise InputError(
+            f"unknown task(s) {', '.join(unknown)}: not a shipped name ({', '.join(sorted(shipped()))}), "
+            f"not a JSONL file, and not an lm-eval task"
+        )
     return manager
 
 

@@ -17,12 +17,16 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def table(rows: list[TaskResult], text: tuple[str, TextScore] | None = None) -> str:
-    lines = ["| task | n | metric | value | stderr | random baseline | rescaled |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| task | n | metric | value | stderr | random baseline | rescaled |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for row in rows:
         for m in row.metrics:
-            lines.append(f"| {row.task} | {row.samples} | {m.name} | {_fmt(m.value)} | {_fmt(m.stderr)} | "
-                         f"{_fmt(m.random_baseline, 3)} | {_fmt(m.rescaled)} |")
+            lines.append(
+                f"| {row.task} | {row.samples} | {m.name} | {_fmt(m.value)} | {_fmt(m.stderr)} | "
+                f"{_fmt(m.random_baseline, 3)} | {_fmt(m.rescaled)} |"
+            )
     if text is not None:
         name, score = text
         pseudo = " (PLL)" if score.method != "exact" else ""
@@ -31,18 +35,26 @@ def table(rows: list[TaskResult], text: tuple[str, TextScore] | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
-def write(output_dir: str | Path, header: dict, rows: list[TaskResult],
-          text: tuple[str, TextScore] | None = None) -> tuple[Path, Path]:
+def write(
+    output_dir: str | Path, header: dict, rows: list[TaskResult], text: tuple[str, TextScore] | None = None
+) -> tuple[Path, Path]:
     """Write `eval_results.json` and `eval_results.md` into `output_dir`; return their paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {**header, "tasks": {r.task: r.to_dict() for r in rows}}
     if text is not None:
         name, score = text
-        results["text"] = {"file": name, "method": score.method, "max_length": score.max_length,
-                           "stride": score.stride, "nll_nats": score.nll, "tokens": score.tokens,
-                           "bytes": score.bytes, "words": score.words,
-                           **{k: (v if math.isfinite(v) else None) for k, v in score.metrics().items()}}
+        results["text"] = {
+            "file": name,
+            "method": score.method,
+            "max_length": score.max_length,
+            "stride": score.stride,
+            "nll_nats": score.nll,
+            "tokens": score.tokens,
+            "bytes": score.bytes,
+            "words": score.words,
+            **{k: (v if math.isfinite(v) else None) for k, v in score.metrics().items()},
+        }
     json_path, md_path = out / "eval_results.json", out / "eval_results.md"
     json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     notes = "".join(f"\n- {n}" for n in header.get("notes", []))

@@ -32,11 +32,14 @@ def causal_token_nll(model, stream: list[int], wins: list[Window], batch_size: i
     done = i = 0
     while i < len(wins):
         group = [wins[i]]
-        while i + len(group) < len(wins) and len(group) < batch_size and \
-                wins[i + len(group)].end - wins[i + len(group)].begin == wins[i].end - wins[i].begin:
+        while (
+            i + len(group) < len(wins)
+            and len(group) < batch_size
+            and wins[i + len(group)].end - wins[i + len(group)].begin == wins[i].end - wins[i].begin
+        ):
             group.append(wins[i + len(group)])
         i += len(group)
-        ids = torch.tensor([stream[w.begin:w.end] for w in group], device=device)
+        ids = torch.tensor([stream[w.begin : w.end] for w in group], device=device)
         keep = max(w.end - w.score_from for w in group) + 1  # logits of the positions that predict scored tokens
         try:
             logits = model(input_ids=ids, logits_to_keep=keep).logits
@@ -47,8 +50,8 @@ def causal_token_nll(model, stream: list[int], wins: list[Window], batch_size: i
         width = ids.shape[1]
         for r, w in enumerate(group):
             first = w.score_from - w.begin - (width - keep + 1)
-            targets = ids[r, w.score_from - w.begin:]
-            nll[done:done + len(targets)] = -logp[r, first:].gather(1, targets[:, None])[:, 0].cpu()
+            targets = ids[r, w.score_from - w.begin :]
+            nll[done : done + len(targets)] = -logp[r, first:].gather(1, targets[:, None])[:, 0].cpu()
             done += len(targets)
     return nll
 
@@ -76,12 +79,22 @@ class TextScore:
         return math.exp(self.nll / self.words)
 
     def metrics(self) -> dict[str, float]:
-        return {"bits_per_byte": self.bits_per_byte, "token_perplexity": self.token_perplexity,
-                "word_perplexity": self.word_perplexity}
+        return {
+            "bits_per_byte": self.bits_per_byte,
+            "token_perplexity": self.token_perplexity,
+            "word_perplexity": self.word_perplexity,
+        }
 
 
-def score_text(model, tokenizer, text: str, kind: str, max_length: int | None = None, stride: int | None = None,
-               batch_size: int = 8) -> TextScore:
+def score_text(
+    model,
+    tokenizer,
+    text: str,
+    kind: str,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> TextScore:
     """Score `text` with a causal LM (exact) or a masked LM (PLL). `max_length` defaults to the model's positions
     for a causal LM and to at most 128 for a masked LM (PLL runs one window-long forward per token); `stride` to
     half a window (causal) or a whole one (masked)."""

@@ -20,8 +20,9 @@ class Window:
 def windows(n: int, max_length: int, stride: int, first_scored: int = 0, min_context: int = 0) -> list[Window]:
     """Windows over a stream of `n` tokens scoring each position in [first_scored, n) exactly once."""
     if max_length <= min_context or stride < 1:
-        raise InputError(f"need max_length > {min_context} and stride >= 1 (got max_length={max_length}, "
-                         f"stride={stride})")
+        raise InputError(
+            f"need max_length > {min_context} and stride >= 1 (got max_length={max_length}, stride={stride})"
+        )
     out, scored, begin = [], first_scored, 0
     while scored < n:
         begin = min(begin, scored - min_context)

@@ -9,15 +9,28 @@ from lightning_pretrain.finetune.question_answering import QuestionAnswering
 from lightning_pretrain.finetune.seq2seq import Seq2SeqFineTune
 from lightning_pretrain.finetune.token_classifier import TokenClassifier
 from lightning_pretrain.finetune.trainability import (
-                                                      Frozen,
-                                                      Full,
-                                                      GradualUnfreezing,
-                                                      LayerwiseLRDecay,
-                                                      LoRA,
-                                                      TopK,
-                                                      Trainability,
+    Frozen,
+    Full,
+    GradualUnfreezing,
+    LayerwiseLRDecay,
+    LoRA,
+    TopK,
+    Trainability,
 )
 
-__all__ = ["CausalSFT", "Frozen", "Full", "GenerativeFineTune", "GradualUnfreezing", "LayerwiseLRDecay", "LoRA",
-           "MultipleChoice", "QuestionAnswering", "Seq2SeqFineTune", "SequenceClassifier", "TokenClassifier", "TopK",
-           "Trainability"]
+__all__ = [
+    "CausalSFT",
+    "Frozen",
+    "Full",
+    "GenerativeFineTune",
+    "GradualUnfreezing",
+    "LayerwiseLRDecay",
+    "LoRA",
+    "MultipleChoice",
+    "QuestionAnswering",
+    "Seq2SeqFineTune",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "TopK",
+    "Trainability",
+]

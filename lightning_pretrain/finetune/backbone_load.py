@@ -30,8 +30,10 @@ class LoadReport:
 
     def text(self, max_names: int = 8) -> str:
         lines = [f"loaded {self.model_class} from {self.source}"]
-        for what, names in (("newly initialised (not in the checkpoint, trained from scratch)", self.newly_initialised),
-                            ("unused checkpoint weights (dropped)", self.unused)):
+        for what, names in (
+            ("newly initialised (not in the checkpoint, trained from scratch)", self.newly_initialised),
+            ("unused checkpoint weights (dropped)", self.unused),
+        ):
             lines.append(f"  {what}: {len(names) if names else 'none'}")
             lines.extend(f"    {entry}" for entry in group_names(names, max_names))
         lines.extend(f"  size mismatch, re-initialised: {m}" for m in self.mismatched)
@@ -64,15 +66,18 @@ def load_pretrained(auto_class, source: str | Path, **kwargs) -> tuple[PreTraine
     model, info = auto_class.from_pretrained(source, output_loading_info=True, **kwargs)
     mismatched = sorted(info.get("mismatched_keys") or ())
     report = LoadReport(
-        source=str(source), model_class=type(model).__name__,
+        source=str(source),
+        model_class=type(model).__name__,
         newly_initialised=sorted(set(info.get("missing_keys") or ()) | {m[0] for m in mismatched}),
         unused=sorted(info.get("unexpected_keys") or ()),
-        mismatched=[f"{name}: {tuple(ckpt)} -> {tuple(new)}" for name, ckpt, new in mismatched])
+        mismatched=[f"{name}: {tuple(ckpt)} -> {tuple(new)}" for name, ckpt, new in mismatched],
+    )
     return model, report
 
 
-def load_backbone(auto_class, backbone: str, tokenizer, purpose: str = "", **kwargs) -> tuple[PreTrainedModel,
-                                                                                               LoadReport]:
+def load_backbone(
+    auto_class, backbone: str, tokenizer, purpose: str = "", **kwargs
+) -> tuple[PreTrainedModel, LoadReport]:
     """A task model (`auto_class`: the backbone plus its head) for fine-tuning: loaded with the report logged, its
     embeddings checked against the data's tokenizer, in train mode. Every fine-tuning task loads through here."""
     try:
@@ -82,7 +87,9 @@ def load_backbone(auto_class, backbone: str, tokenizer, purpose: str = "", **kwa
     report.log()
     embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > embedded:
-        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but '{backbone}' embeds only {embedded}; use "
-                         f"the backbone's own tokenizer")
+        raise InputError(
+            f"the tokenizer has {len(tokenizer)} tokens but '{backbone}' embeds only {embedded}; use "
+            f"the backbone's own tokenizer"
+        )
     model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
     return model, report

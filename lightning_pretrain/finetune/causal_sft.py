@@ -26,17 +26,22 @@ def packed_inputs(batch: dict, attn_implementation: str | None, dtype: torch.dty
     if position_ids is None:  # unpacked, right- or left-padded rows: positions count the real tokens
         position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     ids = batch["input_ids"].reshape(1, -1) if one_row(attn_implementation) else batch["input_ids"]
-    return {"input_ids": ids, "use_cache": False,
-            **document_inputs(position_ids, attn_implementation, causal=True, dtype=dtype,
-                              attention_mask=batch["attention_mask"])}
+    return {
+        "input_ids": ids,
+        "use_cache": False,
+        **document_inputs(
+            position_ids, attn_implementation, causal=True, dtype=dtype, attention_mask=batch["attention_mask"]
+        ),
+    }
 
 
 def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed next-token NLL, number of predicted tokens) over the labels that are not -100, with the causal-LM
     shift (the logits at t predict the label at t + 1)."""
     targets = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                            ignore_index=IGNORE_INDEX, reduction="sum")
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return nll, (targets != IGNORE_INDEX).sum()
 
 
@@ -49,9 +54,11 @@ class CausalSFT(GenerativeFineTune):
 
     def check_config(self, config: PretrainedConfig, name: str) -> None:
         if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise InputError(f"'{name}' is a {config.model_type} model without a causal language-model head: CausalSFT "
-                             f"fine-tunes decoder-only models (GPT-2, Llama, ...); fine-tune an encoder-decoder "
-                             f"(T5, BART) with Seq2SeqFineTune")
+            raise InputError(
+                f"'{name}' is a {config.model_type} model without a causal language-model head: CausalSFT "
+                f"fine-tunes decoder-only models (GPT-2, Llama, ...); fine-tune an encoder-decoder "
+                f"(T5, BART) with Seq2SeqFineTune"
+            )
 
     def check_model(self, model) -> None:
         # An encoder with a causal-LM class (BERT, RoBERTa without `is_decoder`) attends to later tokens: it would
@@ -68,8 +75,10 @@ class CausalSFT(GenerativeFineTune):
         finally:
             model.train(training)
         if not torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4):
-            raise InputError(f"{type(model).__name__} attends to later tokens (an encoder loaded as a causal LM?): "
-                             f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)")
+            raise InputError(
+                f"{type(model).__name__} attends to later tokens (an encoder loaded as a causal LM?): "
+                f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)"
+            )
 
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = packed_inputs(batch, compat.attn_implementation(self.model.config), self.model.dtype)
@@ -80,9 +89,10 @@ class CausalSFT(GenerativeFineTune):
         """Continue the left-padded prompts; only the new tokens are decoded (the completion)."""
         prompts = batch["prompt_input_ids"]
         self.check_prompts(batch)
-        out = self.model.generate(input_ids=prompts, attention_mask=batch["prompt_attention_mask"],
-                                  **self.generation.kwargs(self.tokenizer))
-        return self.tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)
+        out = self.model.generate(
+            input_ids=prompts, attention_mask=batch["prompt_attention_mask"], **self.generation.kwargs(self.tokenizer)
+        )
+        return self.tokenizer.batch_decode(out[:, prompts.shape[1] :], skip_special_tokens=True)
 
     def check_prompts(self, batch: dict) -> None:
         """Refuse a prompt that, with the tokens to generate, does not fit the model's positions (a predict file's
@@ -94,8 +104,10 @@ class CausalSFT(GenerativeFineTune):
         for n, i, text in zip(lengths, batch["example_id"].tolist(), batch["prompt"]):
             if n + new > limit:
                 shown = text if len(text) <= 40 else text[:40] + "…"
-                raise InputError(f"prompt {i} ({shown!r}) is {n} tokens, plus {new} new ones: more than the model's "
-                                 f"{limit} positions; shorten it or lower --model.init_args.generation.max_new_tokens")
+                raise InputError(
+                    f"prompt {i} ({shown!r}) is {n} tokens, plus {new} new ones: more than the model's "
+                    f"{limit} positions; shorten it or lower --model.init_args.generation.max_new_tokens"
+                )
 
     def sources(self, batch: dict) -> list[str]:
         return batch["prompt"]
@@ -104,5 +116,7 @@ class CausalSFT(GenerativeFineTune):
         return batch["completion"]
 
     def prediction_rows(self, batch: dict, generations: list[str]) -> list[dict]:
-        return [{"id": i, "prompt": p, "generation": g}
-                for i, p, g in zip(batch["example_id"].tolist(), batch["prompt"], generations, strict=True)]
+        return [
+            {"id": i, "prompt": p, "generation": g}
+            for i, p, g in zip(batch["example_id"].tolist(), batch["prompt"], generations, strict=True)
+        ]

@@ -35,11 +35,15 @@ def task_metrics(label_names: list[str] | None) -> MetricCollection:
     """Classification: accuracy, macro-F1 and Matthews correlation (CoLA's metric), plus the positive class's F1
     for two classes (MRPC/QQP's); regression (no label names): Pearson, Spearman (STS-B's) and MSE."""
     if label_names is None:
-        return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(),
-                                 "mse": MeanSquaredError()})
+        return MetricCollection(
+            {"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()}
+        )
     n = len(label_names)
-    metrics = {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro"),
-               "mcc": MulticlassMatthewsCorrCoef(n)}
+    metrics = {
+        "acc": MulticlassAccuracy(n, average="micro"),
+        "f1": MulticlassF1Score(n, average="macro"),
+        "mcc": MulticlassMatthewsCorrCoef(n),
+    }
     if n == 2:
         metrics["f1_pos"] = BinaryF1Score()
     return MetricCollection(metrics)
@@ -79,8 +83,10 @@ class SequenceClassifier(L.LightningModule):
         """
         super().__init__()
         if data is None or data.task not in ("classification", "regression"):
-            raise InputError("the classifier needs a classification data module's contract (the CLI passes "
-                             "--data's `contract`; use lightning_pretrain.data.TextClassification)")
+            raise InputError(
+                "the classifier needs a classification data module's contract (the CLI passes "
+                "--data's `contract`; use lightning_pretrain.data.TextClassification)"
+            )
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         # predictions_file stays out of the hyperparameters: LightningCLI applies a checkpoint's over the command line
@@ -99,15 +105,23 @@ class SequenceClassifier(L.LightningModule):
         """Load the backbone with a head for `label_names` (None: one regression output) and apply the policy."""
         if label_names is not None and len(label_names) < 2:
             raise InputError(f"classification needs at least 2 classes, the data has {label_names}")
-        kwargs = {"num_labels": 1, "problem_type": "regression"} if label_names is None else {
-            "num_labels": len(label_names), "problem_type": "single_label_classification",
-            "id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+        kwargs = (
+            {"num_labels": 1, "problem_type": "regression"}
+            if label_names is None
+            else {
+                "num_labels": len(label_names),
+                "problem_type": "single_label_classification",
+                "id2label": dict(enumerate(label_names)),
+                "label2id": {n: i for i, n in enumerate(label_names)},
+            }
+        )
         if self.classifier_dropout is not None:
             kwargs["classifier_dropout"] = self.classifier_dropout
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model, report = load_backbone(AutoModelForSequenceClassification, self.backbone, self.tokenizer,
-                                      ignore_mismatched_sizes=True, **kwargs)
+        model, report = load_backbone(
+            AutoModelForSequenceClassification, self.backbone, self.tokenizer, ignore_mismatched_sizes=True, **kwargs
+        )
         # what the checkpoint did not provide (e.g. an MLM export's pooler and the head) and what it had unused
         self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
         if model.config.pad_token_id is None:  # GPT-style heads pool the last non-pad token: they must know pad
@@ -173,8 +187,11 @@ class SequenceClassifier(L.LightningModule):
             else:
                 probs = logits[i].softmax(-1).tolist()
                 best = max(range(len(probs)), key=probs.__getitem__)
-                row.update(label=self.label_names[best], score=round(probs[best], 6),
-                           probabilities={n: round(p, 6) for n, p in zip(self.label_names, probs)})
+                row.update(
+                    label=self.label_names[best],
+                    score=round(probs[best], 6),
+                    probabilities={n: round(p, 6) for n, p in zip(self.label_names, probs)},
+                )
             rows.append(row)
         return {"rows": rows}
 
@@ -205,7 +222,6 @@ class SequenceClassifier(L.LightningModule):
         """The fine-tuned model (LoRA merged) and tokenizer, loadable by `pipeline("text-classification")`."""
         out_dir = Path(out_dir)
         model = self.trainability.exportable(self.model, out_dir)
-        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None,
-                              safe_serialization=True)
+        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir

@@ -10,7 +10,6 @@ generation settings. A subclass sets `auto_class` and `task` and implements `for
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,13 +18,13 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
-from lightning_pretrain import architecture, optim
+from lightning_pretrain import optim
 from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.finetune.backbone_load import load_pretrained
+from lightning_pretrain.finetune.generative_model import build_generative_model, check_data_lengths, check_vocabulary
 from lightning_pretrain.finetune.text_metrics import text_metrics
 from lightning_pretrain.finetune.trainability import Full, Trainability
 from lightning_pretrain.generation import Generation
@@ -77,16 +76,28 @@ class GenerativeFineTune(L.LightningModule):
         """
         super().__init__()
         if data is None or data.task != self.task:
-            raise InputError(f"{type(self).__name__} needs a '{self.task}' data module's contract (the CLI passes "
-                             f"--data's `contract`), got task {getattr(data, 'task', None)!r}")
+            raise InputError(
+                f"{type(self).__name__} needs a '{self.task}' data module's contract (the CLI passes "
+                f"--data's `contract`), got task {getattr(data, 'task', None)!r}"
+            )
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if generate_every_n_validations < 0 or log_samples < 0:
             raise InputError("generate_every_n_validations and log_samples must be >= 0")
         # evaluation-time options stay out of the checkpoint's hyperparameters: LightningCLI applies those over the
         # command line when --ckpt_path FILE is given, which would silently ignore e.g. --model.generation.num_beams
-        self.save_hyperparameters(ignore=["model", "data", "optimizer", "trainability", "generation", "metrics",
-                                          "log_samples", "predictions_file"])
+        self.save_hyperparameters(
+            ignore=[
+                "model",
+                "data",
+                "optimizer",
+                "trainability",
+                "generation",
+                "metrics",
+                "log_samples",
+                "predictions_file",
+            ]
+        )
         self.data, self.tokenizer = data, data.tokenizer
         self.trainability = trainability or Full()
         self.optimizer = optimizer
@@ -102,9 +113,7 @@ class GenerativeFineTune(L.LightningModule):
         self.unused_weights: list[str] | None = None
         model = self.build_model(model, attn_implementation)
         self.check_model(model)
-        if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
-            raise InputError(f"the tokenizer has {len(self.tokenizer)} tokens but the model embeds only "
-                             f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+        check_vocabulary(self.tokenizer, model)
         self.check_lengths(model.config, data)
         model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
         self.model = self.trainability.prepare(model)
@@ -132,8 +141,10 @@ class GenerativeFineTune(L.LightningModule):
 
     def prediction_rows(self, batch: dict, generations: list[str]) -> list[dict]:
         """One JSON line per input in `predict`; default `{"id", "source", "generation"}`."""
-        return [{"id": i, "source": s, "generation": g}
-                for i, s, g in zip(batch["example_id"].tolist(), self.sources(batch), generations, strict=True)]
+        return [
+            {"id": i, "source": s, "generation": g}
+            for i, s, g in zip(batch["example_id"].tolist(), self.sources(batch), generations, strict=True)
+        ]
 
     def check_config(self, config: PretrainedConfig, name: str) -> None:
         """Refuse (InputError) an architecture the task cannot train, before it is built or loaded."""
@@ -146,37 +157,12 @@ class GenerativeFineTune(L.LightningModule):
 
     def check_lengths(self, config: PretrainedConfig, data: DataContract) -> None:
         """Refuse data longer than the model's positions (default: max_length and max_target_length)."""
-        for what in ("max_length", "max_target_length"):
-            if getattr(data, what) is not None:
-                architecture.check_length(config, getattr(data, what), what)
+        check_data_lengths(config, data)
 
     # -- the model --------------------------------------------------------------------------------------------------
     def build_model(self, spec: PretrainedConfig | str | None, attn_implementation: str | None) -> PreTrainedModel:
-        """A fresh model from a config sized to the tokenizer, or a pretrained one (`trust_remote_code=False`)."""
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        if spec is None:
-            raise InputError(f"{type(self).__name__} needs --model.model: a pretrained directory / hub id or an HF "
-                             f"config to train from scratch")
-        if isinstance(spec, str):
-            try:
-                config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
-                self.check_config(config, spec)
-                model, report = load_pretrained(self.auto_class, spec, config=config, trust_remote_code=False,
-                                                **kwargs)
-            except (OSError, ValueError) as e:
-                raise InputError(f"could not load pretrained model '{spec}': {str(e).splitlines()[0]}") from e
-            report.log()
-            self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
-            return model
-        config = copy.deepcopy(spec)
-        self.check_config(config, type(config).__name__)
-        config.vocab_size = len(self.tokenizer)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
-            if getattr(self.tokenizer, name, None) is not None:
-                setattr(config, name, getattr(self.tokenizer, name))
-        self.adapt_config(config)
-        model = self.auto_class.from_config(config, **kwargs)
-        self.newly_initialised, self.unused_weights = sorted(n for n, _ in model.named_parameters()), []
+        """A fresh model from a config sized to the tokenizer, or a pretrained one (`generative_model`)."""
+        model, self.newly_initialised, self.unused_weights = build_generative_model(self, spec, attn_implementation)
         return model
 
     def configure_model(self) -> None:
@@ -271,7 +257,8 @@ class GenerativeFineTune(L.LightningModule):
             return
         cell = lambda text: " ".join(str(text).split()).replace("|", "\\|")  # noqa: E731
         table = "| source | reference | generation |\n|---|---|---|\n" + "".join(
-            f"| {cell(s)} | {cell(r)} | {cell(g)} |\n" for s, r, g in self._samples)
+            f"| {cell(s)} | {cell(r)} | {cell(g)} |\n" for s, r, g in self._samples
+        )
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text(f"{prefix}/samples", table, self.global_step)
@@ -291,7 +278,6 @@ class GenerativeFineTune(L.LightningModule):
         model = self.trainability.exportable(self.model, out_dir)
         settings = {k: v for k, v in self.generation.kwargs(self.tokenizer).items() if k != "pad_token_id"}
         model.generation_config.update(**settings)
-        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None,
-                              safe_serialization=True)
+        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir

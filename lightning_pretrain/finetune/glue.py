@@ -38,27 +38,62 @@ TASKS = {
     "cola": GlueTask("CoLA", "glue/cola.yaml", ("mcc",), ("--data.text_column", "3", "--data.label_column", "1")),
     "sst2": GlueTask("SST-2", "sst2.yaml", ("acc",)),
     # MRPC's text columns are '#1 String' / '#2 String', which YAML (and so the CLI) reads as comments: by position
-    "mrpc": GlueTask("MRPC", "glue/mrpc.yaml", ("f1_pos", "acc"),
-                     ("--data.header", "true", "--data.text_column", "3", "--data.text_pair_column", "4",
-                      "--data.label_column", "0")),
+    "mrpc": GlueTask(
+        "MRPC",
+        "glue/mrpc.yaml",
+        ("f1_pos", "acc"),
+        (
+            "--data.header",
+            "true",
+            "--data.text_column",
+            "3",
+            "--data.text_pair_column",
+            "4",
+            "--data.label_column",
+            "0",
+        ),
+    ),
     "stsb": GlueTask("STS-B", "glue/stsb.yaml", ("pearson", "spearman"), ("--data.label_column", "score")),
     "qqp": GlueTask("QQP", "glue/qqp.yaml", ("f1_pos", "acc"), ("--data.label_column", "is_duplicate")),
-    "mnli": GlueTask("MNLI", "mnli.yaml", ("acc",),
-                     ("--data.text_column", "sentence1", "--data.text_pair_column", "sentence2",
-                      "--data.label_column", "gold_label")),
+    "mnli": GlueTask(
+        "MNLI",
+        "mnli.yaml",
+        ("acc",),
+        (
+            "--data.text_column",
+            "sentence1",
+            "--data.text_pair_column",
+            "sentence2",
+            "--data.label_column",
+            "gold_label",
+        ),
+    ),
     "qnli": GlueTask("QNLI", "glue/qnli.yaml", ("acc",)),
     "rte": GlueTask("RTE", "glue/rte.yaml", ("acc",)),
     "wnli": GlueTask("WNLI", "glue/wnli.yaml", ("acc",)),
 }
 
 
-def task_args(task: str, backbone: str, mode: str, out: Path, version: int, glue_dir: Path | None,
-              configs: Path, extra: list[str]) -> list[str]:
+def task_args(
+    task: str, backbone: str, mode: str, out: Path, version: int, glue_dir: Path | None, configs: Path, extra: list[str]
+) -> list[str]:
     """The `lightning-pretrain` arguments of one task's run."""
     spec = TASKS[task]
-    args = ["fit", "-c", str(configs / spec.config), "-c", str(configs / "modes" / f"{mode}.yaml"),
-            "--model.backbone", backbone, "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.logger.init_args.name", task, "--trainer.logger.init_args.version", str(version)]
+    args = [
+        "fit",
+        "-c",
+        str(configs / spec.config),
+        "-c",
+        str(configs / "modes" / f"{mode}.yaml"),
+        "--model.backbone",
+        backbone,
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.logger.init_args.name",
+        task,
+        "--trainer.logger.init_args.version",
+        str(version),
+    ]
     if glue_dir is not None:
         args += ["--data.source", str(glue_dir / spec.name), *spec.local]
     return args + extra
@@ -89,9 +124,16 @@ def run_task(args: list[str], in_process: bool) -> int:
 REFUSED = 2  # a task's run refused its input (its one `error:` line is out): the same input would fail the next
 
 
-def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Path = "glue_runs",
-              glue_dir: str | Path | None = None, configs: str | Path = CONFIGS, extra: list[str] | None = None,
-              in_process: bool = False) -> dict:
+def run_suite(
+    backbone: str,
+    tasks: list[str],
+    mode: str = "full",
+    out: str | Path = "glue_runs",
+    glue_dir: str | Path | None = None,
+    configs: str | Path = CONFIGS,
+    extra: list[str] | None = None,
+    in_process: bool = False,
+) -> dict:
     """Fine-tune `backbone` on each task in turn; returns (and writes to `out/glue_<mode>.{md,json}`) the table."""
     out, configs = Path(out), Path(configs)
     glue_dir = Path(glue_dir) if glue_dir else None
@@ -107,9 +149,14 @@ def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Pa
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         results["tasks"][task] = {
-            "name": TASKS[task].name, "metric": "/".join(TASKS[task].metrics), "score": score(task, metrics),
-            "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}, "exit_status": status,
-            "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)}
+            "name": TASKS[task].name,
+            "metric": "/".join(TASKS[task].metrics),
+            "score": score(task, metrics),
+            "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
+            "exit_status": status,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "run_dir": str(run_dir),
+        }
         write_tables(results, out)
     return results
 
@@ -117,8 +164,12 @@ def run_suite(backbone: str, tasks: list[str], mode: str = "full", out: str | Pa
 def write_tables(results: dict, out: Path) -> None:
     scores = [t["score"] for t in results["tasks"].values()]
     results["average"] = sum(scores) / len(scores) if scores and None not in scores else None
-    lines = [f"GLUE dev scores of `{results['backbone']}` (mode: {results['mode']})", "",
-             "| task | metric | dev score | seconds | run |", "|---|---|---:|---:|---|"]
+    lines = [
+        f"GLUE dev scores of `{results['backbone']}` (mode: {results['mode']})",
+        "",
+        "| task | metric | dev score | seconds | run |",
+        "|---|---|---:|---:|---|",
+    ]
     for t in results["tasks"].values():
         shown = f"{t['score']:.1f}" if t["score"] is not None else f"failed (exit {t['exit_status']})"
         lines.append(f"| {t['name']} | {t['metric']} | {shown} | {t['seconds']:.0f} | {t['run_dir']} |")
@@ -133,23 +184,39 @@ def write_tables(results: dict, out: Path) -> None:
 @entry.console
 def main(argv: list[str] | None = None) -> int:
     parser = entry.Parser(
-        prog="lightning-pretrain-glue", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        epilog="Any other --section.key value arguments are passed to every task's lightning-pretrain fit run.")
+        prog="lightning-pretrain-glue",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Any other --section.key value arguments are passed to every task's lightning-pretrain fit run.",
+    )
     parser.add_argument("--backbone", required=True, help="HF checkpoint directory (e.g. a run's hf/) or hub id")
-    parser.add_argument("--tasks", nargs="+", default=["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"],
-                        choices=sorted(TASKS), metavar="TASK", help=f"GLUE tasks, of: {' '.join(TASKS)}")
-    parser.add_argument("--glue_dir", help="a GLUE download (CoLA/, MRPC/, ... with train.tsv, dev.tsv); "
-                                           "default: the hub's glue dataset")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"],
+        choices=sorted(TASKS),
+        metavar="TASK",
+        help=f"GLUE tasks, of: {' '.join(TASKS)}",
+    )
+    parser.add_argument(
+        "--glue_dir",
+        help="a GLUE download (CoLA/, MRPC/, ... with train.tsv, dev.tsv); default: the hub's glue dataset",
+    )
     parser.add_argument("--mode", default="full", help="fine-tuning mode: a configs/finetune/modes/<mode>.yaml")
-    parser.add_argument("--out", default="glue_runs",
-                        help="runs go to OUT/<task>/version_N, tables to OUT/glue_<mode>.md and .json")
+    parser.add_argument(
+        "--out", default="glue_runs", help="runs go to OUT/<task>/version_N, tables to OUT/glue_<mode>.md and .json"
+    )
     parser.add_argument("--configs", default=str(CONFIGS), help="the configs/finetune directory")
-    parser.add_argument("--in_process", action="store_true",
-                        help="run every task in this process (faster start; a crash ends the suite)")
+    parser.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run every task in this process (faster start; a crash ends the suite)",
+    )
     args, extra = parser.parse_known_args(argv)
     check_inputs(args)
-    results = run_suite(args.backbone, args.tasks, args.mode, args.out, args.glue_dir, args.configs, extra,
-                        args.in_process)
+    results = run_suite(
+        args.backbone, args.tasks, args.mode, args.out, args.glue_dir, args.configs, extra, args.in_process
+    )
     if "refused" in results:
         return REFUSED
     print((Path(args.out) / f"glue_{args.mode}.md").read_text())
@@ -162,7 +229,9 @@ def check_inputs(args) -> None:
         raise InputError(f"no mode '{args.mode}' in {Path(args.configs) / 'modes'}")
     if args.glue_dir and not Path(args.glue_dir).is_dir():
         raise InputError(f"--glue_dir {args.glue_dir} is not a directory")
-    missing = [TASKS[t].name for t in args.tasks if args.glue_dir and not (Path(args.glue_dir) / TASKS[t].name).is_dir()]
+    missing = [
+        TASKS[t].name for t in args.tasks if args.glue_dir and not (Path(args.glue_dir) / TASKS[t].name).is_dir()
+    ]
     if missing:
         raise InputError(f"--glue_dir {args.glue_dir} has no folder {', '.join(missing)} (GLUE's own layout)")
     out = Path(args.out)

@@ -31,9 +31,11 @@ class MultipleChoice(SequenceClassifier):
                 attention implementation, predictions file).
         """
         if data is None or data.task != "multiple_choice":
-            raise InputError("the multiple-choice model needs a multiple-choice data module's contract (the CLI passes "
-                             "--data's `contract`; use lightning_pretrain.data.finetune.multiple_choice."
-                             "MultipleChoiceData)")
+            raise InputError(
+                "the multiple-choice model needs a multiple-choice data module's contract (the CLI passes "
+                "--data's `contract`; use lightning_pretrain.data.finetune.multiple_choice."
+                "MultipleChoiceData)"
+            )
         # the classifier's constructor, handed the choice positions as its classes (its `build` is replaced below)
         super().__init__(backbone, replace(data, task="classification"), **kwargs)
 
@@ -44,8 +46,14 @@ class MultipleChoice(SequenceClassifier):
             kwargs["classifier_dropout"] = self.classifier_dropout
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model, report = load_backbone(AutoModelForMultipleChoice, self.backbone, self.tokenizer,
-                                      " for multiple choice", ignore_mismatched_sizes=True, **kwargs)
+        model, report = load_backbone(
+            AutoModelForMultipleChoice,
+            self.backbone,
+            self.tokenizer,
+            " for multiple choice",
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
         self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
         self.label_names = label_names
         self.model = self.trainability.prepare(model)
@@ -65,8 +73,15 @@ class MultipleChoice(SequenceClassifier):
         for i, example_id in enumerate(batch["example_id"].tolist()):
             p = probs[i].tolist()
             best = max(range(len(p)), key=p.__getitem__)
-            rows.append({"id": example_id, **{k: batch[k][i] for k in ("context", "choices") if k in batch},
-                         "choice": best, "score": round(p[best], 6), "probabilities": [round(x, 6) for x in p]})
+            rows.append(
+                {
+                    "id": example_id,
+                    **{k: batch[k][i] for k in ("context", "choices") if k in batch},
+                    "choice": best,
+                    "score": round(p[best], 6),
+                    "probabilities": [round(x, 6) for x in p],
+                }
+            )
         return {"rows": rows}
 
     def label_info(self) -> dict:

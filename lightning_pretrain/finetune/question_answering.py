@@ -32,8 +32,9 @@ from lightning_pretrain.finetune.trainability import Full, Trainability
 from lightning_pretrain.runs import JsonlPredictions
 
 
-def window_spans(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor,
-                 max_answer_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def window_spans(
+    start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, max_answer_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each window's best span from its start / end logits [W, T] over its `context` tokens (bool [W, T]): score
     (-inf when there is none), first and last token, with first <= last < first + max_answer_length."""
     width = min(max_answer_length, start.shape[1])
@@ -45,8 +46,15 @@ def window_spans(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor,
     return best, first, first + flat % width
 
 
-def best_answers(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, window_question: torch.Tensor,
-                 contexts: list[str], max_answer_length: int, null_threshold: float | None) -> list[dict]:
+def best_answers(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    offsets: torch.Tensor,
+    window_question: torch.Tensor,
+    contexts: list[str],
+    max_answer_length: int,
+    null_threshold: float | None,
+) -> list[dict]:
     """One answer per question (`contexts[q]`, its windows where `window_question == q`): {'answer', 'start', 'end'
     (character offsets into the context, end exclusive; None for no answer), 'score'}: the best span's start + end
     logit, or the null score when the empty answer wins (`null_threshold`: see the module docstring; None: never)."""
@@ -99,16 +107,19 @@ class QuestionAnswering(L.LightningModule):
         """
         super().__init__()
         if data is None or data.task != "question_answering":
-            raise InputError("QuestionAnswering needs a question-answering data module's contract (the CLI passes "
-                             "--data's `contract`; use lightning_pretrain.data.finetune.squad.SquadData)")
+            raise InputError(
+                "QuestionAnswering needs a question-answering data module's contract (the CLI passes "
+                "--data's `contract`; use lightning_pretrain.data.finetune.squad.SquadData)"
+            )
         if not 0.0 <= warmup_ratio < 1.0:
             raise InputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if max_answer_length < 1:
             raise InputError(f"max_answer_length must be at least 1, got {max_answer_length}")
         # how answers are picked stays out of the hyperparameters: LightningCLI applies a checkpoint's over the
         # command line, and validate / predict may choose them anew
-        self.save_hyperparameters(ignore=["data", "optimizer", "trainability", "predictions_file", "max_answer_length",
-                                          "null_threshold"])
+        self.save_hyperparameters(
+            ignore=["data", "optimizer", "trainability", "predictions_file", "max_answer_length", "null_threshold"]
+        )
         self.backbone, self.tokenizer = backbone, data.tokenizer
         self.trainability, self.optimizer = trainability or Full(), optimizer
         self.warmup_ratio, self.warmup_steps, self.lr_schedule = warmup_ratio, warmup_steps, lr_schedule
@@ -148,8 +159,15 @@ class QuestionAnswering(L.LightningModule):
         return loss
 
     def answers(self, batch: dict, start: torch.Tensor, end: torch.Tensor) -> list[dict]:
-        return best_answers(start, end, batch["offsets"], batch["window_example"], batch["context"],
-                            self.max_answer_length, self.null_threshold)
+        return best_answers(
+            start,
+            end,
+            batch["offsets"],
+            batch["window_example"],
+            batch["context"],
+            self.max_answer_length,
+            self.null_threshold,
+        )
 
     def _evaluate(self, batch: dict, scores: SquadScores, mean_loss: MeanMetric) -> None:
         start, end = self(batch)
@@ -186,7 +204,6 @@ class QuestionAnswering(L.LightningModule):
         `pipeline("question-answering")` on transformers 4; version 5 removed that pipeline)."""
         out_dir = Path(out_dir)
         model = self.trainability.exportable(self.model, out_dir)
-        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None,
-                              safe_serialization=True)
+        model.save_pretrained(out_dir, state_dict=state_dict if model is self.model else None, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         return out_dir

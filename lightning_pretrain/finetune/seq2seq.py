@@ -42,8 +42,9 @@ class Seq2SeqFineTune(GenerativeFineTune):
         try:
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder, decoder, trust_remote_code=False)
         except (OSError, ValueError) as e:
-            raise InputError(f"could not warm-start from encoder '{encoder}' and decoder '{decoder}': "
-                             f"{str(e).splitlines()[0]}") from e
+            raise InputError(
+                f"could not warm-start from encoder '{encoder}' and decoder '{decoder}': {str(e).splitlines()[0]}"
+            ) from e
         tok = self.tokenizer
         # BERT-style tokenizers have no bos/eos: [CLS] starts the target and [SEP] ends it (HF's bert2bert recipe)
         start = next((i for i in (tok.bos_token_id, tok.cls_token_id, tok.pad_token_id) if i is not None), None)
@@ -56,9 +57,11 @@ class Seq2SeqFineTune(GenerativeFineTune):
 
     def check_config(self, config: PretrainedConfig, name: str) -> None:
         if not getattr(config, "is_encoder_decoder", False):
-            raise InputError(f"'{name}' is a {config.model_type} model without an encoder-decoder: Seq2SeqFineTune "
-                             f"trains T5 / BART-style models (or warm-starts one with --model.encoder and "
-                             f"--model.decoder); fine-tune a decoder-only model with CausalSFT")
+            raise InputError(
+                f"'{name}' is a {config.model_type} model without an encoder-decoder: Seq2SeqFineTune "
+                f"trains T5 / BART-style models (or warm-starts one with --model.encoder and "
+                f"--model.decoder); fine-tune a decoder-only model with CausalSFT"
+            )
 
     def adapt_config(self, config: PretrainedConfig) -> None:
         architecture.map_decoder_token_ids(config, self.tokenizer)
@@ -69,12 +72,18 @@ class Seq2SeqFineTune(GenerativeFineTune):
         # the decoder's inputs are the labels shifted right behind the start token (what `labels=` would do,
         # without HF also computing its own mean loss)
         decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            decoder_input_ids=decoder_input_ids).logits
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
+        ).logits
+        nll = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return nll, (labels != IGNORE_INDEX).sum()
 
     def generate_batch(self, batch: dict) -> list[str]:
-        out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  **self.generation.kwargs(self.tokenizer))
+        out = self.model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            **self.generation.kwargs(self.tokenizer),
+        )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)

@@ -41,8 +41,11 @@ def prepare(task: str, superglue_dir: Path, out: Path, train_name: str, val_name
         rows, n = convert_file(task, folder / name)
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         info[f"{split}_examples"], info[f"{split}_rows"] = n, len(rows)
-    print(f"{task}: train on {info['train_file']} ({info['train_examples']} examples), evaluate on "
-          f"{info['eval_file']} ({info['val_examples']} examples, {info['val_rows']} rows)", flush=True)
+    print(
+        f"{task}: train on {info['train_file']} ({info['train_examples']} examples), evaluate on "
+        f"{info['eval_file']} ({info['val_examples']} examples, {info['val_rows']} rows)",
+        flush=True,
+    )
     return {**info, "data_dir": str(data)}
 
 
@@ -50,21 +53,52 @@ def task_args(task: str, backbone: str, mode: str, data_dir: str, configs: Path,
     """The `lightning-pretrain` arguments of one task's run, less the subcommand and the logger."""
     spec = TASKS[task]
     config = "copa.yaml" if not spec.labels else "glue/rte.yaml"  # multiple choice, or a pair classifier
-    args = ["-c", str(configs / config), "-c", str(configs / "modes" / f"{mode}.yaml"), "--model.backbone", backbone,
-            "--data.source", data_dir, "--data.max_length", str(spec.max_length)]
+    args = [
+        "-c",
+        str(configs / config),
+        "-c",
+        str(configs / "modes" / f"{mode}.yaml"),
+        "--model.backbone",
+        backbone,
+        "--data.source",
+        data_dir,
+        "--data.max_length",
+        str(spec.max_length),
+    ]
     if spec.labels:
-        args += ["--data.text_column", "text", "--data.text_pair_column", "text_pair", "--data.label_column", "label",
-                 "--data.labels", json.dumps(list(spec.labels))]
+        args += [
+            "--data.text_column",
+            "text",
+            "--data.text_pair_column",
+            "text_pair",
+            "--data.label_column",
+            "label",
+            "--data.labels",
+            json.dumps(list(spec.labels)),
+        ]
     return args + extra
 
 
 def multirc_scores(run_dir: Path, data_dir: Path, args: list[str], in_process: bool) -> dict:
     """F1a and EM of the exported model on the evaluation rows: a `predict` run, its answers grouped per question."""
     predictions = run_dir / "val_predictions.jsonl"
-    status = run_task(["predict", *args, "--model.backbone", str(run_dir / "hf"),
-                       "--data.predict_file", str(data_dir / "val.jsonl"), "--model.predictions_file", str(predictions),
-                       "--trainer.logger.init_args.save_dir", str(run_dir),
-                       "--trainer.logger.init_args.name", "predict"], in_process)
+    status = run_task(
+        [
+            "predict",
+            *args,
+            "--model.backbone",
+            str(run_dir / "hf"),
+            "--data.predict_file",
+            str(data_dir / "val.jsonl"),
+            "--model.predictions_file",
+            str(predictions),
+            "--trainer.logger.init_args.save_dir",
+            str(run_dir),
+            "--trainer.logger.init_args.name",
+            "predict",
+        ],
+        in_process,
+    )
     if status or not predictions.is_file():
         return {}
     rows = [json.loads(line) for line in (data_dir / "val.jsonl").read_text().splitlines()]
@@ -81,9 +115,18 @@ def score(task: str, metrics: dict) -> float | None:
     return None if any(v is None for v in values) else 100 * sum(values) / len(values)
 
 
-def run_suite(backbone: str, tasks: list[str], superglue_dir: str | Path, mode: str = "full",
-              out: str | Path = "superglue_runs", train_name: str = "train.jsonl", val_name: str | None = None,
-              configs: str | Path = CONFIGS, extra: list[str] | None = None, in_process: bool = False) -> dict:
+def run_suite(
+    backbone: str,
+    tasks: list[str],
+    superglue_dir: str | Path,
+    mode: str = "full",
+    out: str | Path = "superglue_runs",
+    train_name: str = "train.jsonl",
+    val_name: str | None = None,
+    configs: str | Path = CONFIGS,
+    extra: list[str] | None = None,
+    in_process: bool = False,
+) -> dict:
     """Fine-tune `backbone` on each task in turn; returns (and writes to `out/superglue_<mode>.{md,json}`) the
     table."""
     out, configs, superglue_dir = Path(out), Path(configs), Path(superglue_dir)
@@ -93,19 +136,35 @@ def run_suite(backbone: str, tasks: list[str], superglue_dir: str | Path, mode: 
         version, t0 = next_version(out / task), time.perf_counter()
         run_dir = out / task / f"version_{version}"
         args = task_args(task, backbone, mode, prepared[task]["data_dir"], configs, extra or [])
-        status = run_task(["fit", *args, "--trainer.logger.init_args.save_dir", str(out),
-                           "--trainer.logger.init_args.name", task, "--trainer.logger.init_args.version",
-                           str(version)], in_process)
+        status = run_task(
+            [
+                "fit",
+                *args,
+                "--trainer.logger.init_args.save_dir",
+                str(out),
+                "--trainer.logger.init_args.name",
+                task,
+                "--trainer.logger.init_args.version",
+                str(version),
+            ],
+            in_process,
+        )
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
         if task == "multirc" and metrics:
             metrics.update(multirc_scores(run_dir, Path(prepared[task]["data_dir"]), args, in_process))
         results["tasks"][task] = {
-            "name": TASKS[task].name, "metric": "/".join(SHOWN[m] for m in TASKS[task].metrics),
-            "score": score(task, metrics), "parts": {m: metrics.get(f"val/{m}") for m in TASKS[task].metrics},
-            "metrics": metrics, **{k: v for k, v in prepared[task].items() if k != "data_dir"},
-            "exit_status": status, "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(run_dir)}
+            "name": TASKS[task].name,
+            "metric": "/".join(SHOWN[m] for m in TASKS[task].metrics),
+            "score": score(task, metrics),
+            "parts": {m: metrics.get(f"val/{m}") for m in TASKS[task].metrics},
+            "metrics": metrics,
+            **{k: v for k, v in prepared[task].items() if k != "data_dir"},
+            "exit_status": status,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "run_dir": str(run_dir),
+        }
         write_tables(results, out)
     return results
 
@@ -113,15 +172,20 @@ def run_suite(backbone: str, tasks: list[str], superglue_dir: str | Path, mode: 
 def write_tables(results: dict, out: Path) -> None:
     scores = [t["score"] for t in results["tasks"].values()]
     results["average"] = sum(scores) / len(scores) if scores and None not in scores else None
-    lines = [f"SuperGLUE scores of `{results['backbone']}` (mode: {results['mode']})", "",
-             "| task | metric | train | evaluated on | score | parts | seconds | run |",
-             "|---|---|---:|---|---:|---|---:|---|"]
+    lines = [
+        f"SuperGLUE scores of `{results['backbone']}` (mode: {results['mode']})",
+        "",
+        "| task | metric | train | evaluated on | score | parts | seconds | run |",
+        "|---|---|---:|---|---:|---|---:|---|",
+    ]
     for t in results["tasks"].values():
         shown = f"{t['score']:.1f}" if t["score"] is not None else f"no val metrics (exit {t['exit_status']})"
         parts = " / ".join(f"{SHOWN[m]} {100 * v:.1f}" for m, v in t["parts"].items() if v is not None)
-        lines.append(f"| {t['name']} | {t['metric']} | {t['train_examples']} | {Path(t['eval_file']).name} "
-                     f"({t['val_examples']}) | {shown} | {parts if len(t['parts']) > 1 else ''} | "
-                     f"{t['seconds']:.0f} | {t['run_dir']} |")
+        lines.append(
+            f"| {t['name']} | {t['metric']} | {t['train_examples']} | {Path(t['eval_file']).name} "
+            f"({t['val_examples']}) | {shown} | {parts if len(t['parts']) > 1 else ''} | "
+            f"{t['seconds']:.0f} | {t['run_dir']} |"
+        )
     average = f"{results['average']:.1f}" if results["average"] is not None else "n/a"
     lines.append(f"| **average** | | | | **{average}** | | | |")
     out.mkdir(parents=True, exist_ok=True)
@@ -137,22 +201,42 @@ class OneLineParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
-        prog="python -m lightning_pretrain.finetune.superglue", description=__doc__.split("\n\n")[0],
-        allow_abbrev=False, epilog="Any other --section.key value arguments are passed to every task's run.")
+        prog="python -m lightning_pretrain.finetune.superglue",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Any other --section.key value arguments are passed to every task's run.",
+    )
     parser.add_argument("--backbone", required=True, help="HF checkpoint directory (e.g. a run's hf/) or hub id")
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
-                        help=f"SuperGLUE tasks, of: {' '.join(TASKS)} (record: left out, see its message)")
-    parser.add_argument("--superglue_dir", required=True,
-                        help="a folder of the official SuperGLUE / FewGLUE jsonl files: CB/train.jsonl, CB/val.jsonl..")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=DEFAULT_TASKS,
+        metavar="TASK",
+        help=f"SuperGLUE tasks, of: {' '.join(TASKS)} (record: left out, see its message)",
+    )
+    parser.add_argument(
+        "--superglue_dir",
+        required=True,
+        help="a folder of the official SuperGLUE / FewGLUE jsonl files: CB/train.jsonl, CB/val.jsonl..",
+    )
     parser.add_argument("--train_file_name", default="train.jsonl", help="each task's training file")
-    parser.add_argument("--val_file_name", default=None,
-                        help="each task's evaluation file (default: val.jsonl where present, else dev32.jsonl)")
+    parser.add_argument(
+        "--val_file_name",
+        default=None,
+        help="each task's evaluation file (default: val.jsonl where present, else dev32.jsonl)",
+    )
     parser.add_argument("--mode", default="full", help="fine-tuning mode: a configs/finetune/modes/<mode>.yaml")
-    parser.add_argument("--out", default="superglue_runs",
-                        help="runs go to OUT/<task>/version_N, tables to OUT/superglue_<mode>.md and .json")
+    parser.add_argument(
+        "--out",
+        default="superglue_runs",
+        help="runs go to OUT/<task>/version_N, tables to OUT/superglue_<mode>.md and .json",
+    )
     parser.add_argument("--configs", default=str(CONFIGS), help="the configs/finetune directory")
-    parser.add_argument("--in_process", action="store_true",
-                        help="run every task in this process (faster start; a crash ends the suite)")
+    parser.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run every task in this process (faster start; a crash ends the suite)",
+    )
     args, extra = parser.parse_known_args(argv)
     tasks = [t.lower() for t in args.tasks]
     if "record" in tasks:
@@ -165,8 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.superglue_dir).is_dir():
         parser.error(f"--superglue_dir {args.superglue_dir} is not a directory")
     try:
-        results = run_suite(args.backbone, tasks, args.superglue_dir, args.mode, args.out, args.train_file_name,
-                            args.val_file_name, args.configs, extra, args.in_process)
+        results = run_suite(
+            args.backbone,
+            tasks,
+            args.superglue_dir,
+            args.mode,
+            args.out,
+            args.train_file_name,
+            args.val_file_name,
+            args.configs,
+            extra,
+            args.in_process,
+        )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -48,16 +48,25 @@ def _label(record: dict, at: str, names: tuple[str, ...]) -> str:
 def _mark(text: str, start, end, marker: str, at: str, what: str) -> str:
     """`text` with the characters start:end wrapped in `marker`."""
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
-        raise InputError(f"{at}: the span {what} ({start!r}, {end!r}) is not inside its sentence "
-                         f"({len(text)} characters)")
+        raise InputError(
+            f"{at}: the span {what} ({start!r}, {end!r}) is not inside its sentence ({len(text)} characters)"
+        )
     return f"{text[:start]}{marker}{text[start:end]}{marker}{text[end:]}"
 
 
 def pair(first: str, second: str, labels: tuple[str, ...]) -> Callable[[dict, str], list[dict]]:
     """CB, RTE (premise, hypothesis) and BoolQ (question, passage): two official fields as a text pair."""
+
     def convert(record: dict, at: str) -> list[dict]:
-        return [{"idx": record.get("idx"), "text": _field(record, first, at), "text_pair": _field(record, second, at),
-                 "label": _label(record, at, labels)}]
+        return [
+            {
+                "idx": record.get("idx"),
+                "text": _field(record, first, at),
+                "text_pair": _field(record, second, at),
+                "label": _label(record, at, labels),
+            }
+        ]
+
     return convert
 
 
@@ -66,8 +75,9 @@ def wic(record: dict, at: str) -> list[dict]:
     word, s1, s2 = (_field(record, k, at) for k in ("word", "sentence1", "sentence2"))
     first = _mark(s1, record.get("start1"), record.get("end1"), "*", at, "start1/end1")
     second = _mark(s2, record.get("start2"), record.get("end2"), "*", at, "start2/end2")
-    return [{"idx": record.get("idx"), "text": f"{word}: {first}", "text_pair": second,
-             "label": _label(record, at, BINARY)}]
+    return [
+        {"idx": record.get("idx"), "text": f"{word}: {first}", "text_pair": second, "label": _label(record, at, BINARY)}
+    ]
 
 
 def _words(span: str) -> list[str]:
@@ -86,15 +96,22 @@ def wsc(record: dict, at: str) -> list[dict]:
             raise InputError(f"{at}: span{k}_index {index!r} is not a word position of the text ({len(words)} words)")
         if taken & set(range(index, index + n)):
             raise InputError(f"{at}: span1 and span2 overlap")
-        if _words(" ".join(words[index:index + n])) != _words(span):
-            raise InputError(f"{at}: span{k}_text {span!r} is not the text's words at span{k}_index {index} "
-                             f"({' '.join(words[index:index + n])!r})")
+        if _words(" ".join(words[index : index + n])) != _words(span):
+            raise InputError(
+                f"{at}: span{k}_text {span!r} is not the text's words at span{k}_index {index} "
+                f"({' '.join(words[index : index + n])!r})"
+            )
         taken |= set(range(index, index + n))
         words[index] = marker + words[index]
         words[index + n - 1] += marker
-    return [{"idx": record.get("idx"), "text": " ".join(words),
-             "text_pair": f"Does \"{target['span2_text']}\" refer to \"{target['span1_text']}\"?",
-             "label": _label(record, at, BINARY)}]
+    return [
+        {
+            "idx": record.get("idx"),
+            "text": " ".join(words),
+            "text_pair": f'Does "{target["span2_text"]}" refer to "{target["span1_text"]}"?',
+            "label": _label(record, at, BINARY),
+        }
+    ]
 
 
 def copa(record: dict, at: str) -> list[dict]:
@@ -105,8 +122,15 @@ def copa(record: dict, at: str) -> list[dict]:
     label = record.get("label")
     if not isinstance(label, int) or isinstance(label, bool) or label not in (0, 1):
         raise InputError(f"{at}: label {label!r} is not 0 or 1 (the right choice)")
-    return [{"idx": record.get("idx"), "context": f"{_field(record, 'premise', at)} {COPA_QUESTIONS[question]}",
-             "choice1": _field(record, "choice1", at), "choice2": _field(record, "choice2", at), "label": label}]
+    return [
+        {
+            "idx": record.get("idx"),
+            "context": f"{_field(record, 'premise', at)} {COPA_QUESTIONS[question]}",
+            "choice1": _field(record, "choice1", at),
+            "choice2": _field(record, "choice2", at),
+            "label": label,
+        }
+    ]
 
 
 def multirc(record: dict, at: str) -> list[dict]:
@@ -125,9 +149,15 @@ def multirc(record: dict, at: str) -> list[dict]:
         for ai, a in enumerate(answers):
             if not isinstance(a, dict):
                 raise InputError(f"{where} answer {ai}: {describe(a)}, not an object")
-            rows.append({"idx": a.get("idx"), "question": f"{record.get('idx')}/{q.get('idx', qi)}", "text": paragraph,
-                         "text_pair": f"{question} {_field(a, 'text', f'{where} answer {ai}')}",
-                         "label": _label(a, f"{where} answer {ai}", BINARY)})
+            rows.append(
+                {
+                    "idx": a.get("idx"),
+                    "question": f"{record.get('idx')}/{q.get('idx', qi)}",
+                    "text": paragraph,
+                    "text_pair": f"{question} {_field(a, 'text', f'{where} answer {ai}')}",
+                    "label": _label(a, f"{where} answer {ai}", BINARY),
+                }
+            )
     if not rows:
         raise InputError(f"{at}: the passage has no questions")
     return rows
@@ -144,19 +174,31 @@ class SuperGlueTask:
 
 TASKS = {
     "boolq": SuperGlueTask("BoolQ", pair("question", "passage", BINARY), ("acc",), BINARY, 256),
-    "cb": SuperGlueTask("CB", pair("premise", "hypothesis", ("entailment", "contradiction", "neutral")),
-                        ("acc", "f1"), ("entailment", "contradiction", "neutral"), 256),
+    "cb": SuperGlueTask(
+        "CB",
+        pair("premise", "hypothesis", ("entailment", "contradiction", "neutral")),
+        ("acc", "f1"),
+        ("entailment", "contradiction", "neutral"),
+        256,
+    ),
     "copa": SuperGlueTask("COPA", copa, ("acc",), (), 64),
     "multirc": SuperGlueTask("MultiRC", multirc, ("f1a", "em"), BINARY, 384),
-    "rte": SuperGlueTask("RTE", pair("premise", "hypothesis", ("entailment", "not_entailment")), ("acc",),
-                         ("entailment", "not_entailment"), 256),
+    "rte": SuperGlueTask(
+        "RTE",
+        pair("premise", "hypothesis", ("entailment", "not_entailment")),
+        ("acc",),
+        ("entailment", "not_entailment"),
+        256,
+    ),
     "wic": SuperGlueTask("WiC", wic, ("acc",), BINARY, 128),
     "wsc": SuperGlueTask("WSC", wsc, ("acc",), BINARY, 128),
 }
-RECORD_LEFT_OUT = ("ReCoRD is left out: it is a cloze task (fill @placeholder with one of the passage's entities, "
-                   "scored by the best token F1 / exact match over the gold answers), i.e. ranking a varying number "
-                   "of entity candidates per query over long passages; neither the pair classifier nor the "
-                   "fixed-N multiple-choice head expresses it")
+RECORD_LEFT_OUT = (
+    "ReCoRD is left out: it is a cloze task (fill @placeholder with one of the passage's entities, "
+    "scored by the best token F1 / exact match over the gold answers), i.e. ranking a varying number "
+    "of entity candidates per query over long passages; neither the pair classifier nor the "
+    "fixed-N multiple-choice head expresses it"
+)
 
 
 def convert_file(task: str, path: Path) -> tuple[list[dict], int]:

@@ -24,8 +24,13 @@ class SacreBLEU(SacreBLEUScore):
         super().update(preds, [[r] for r in refs])
 
     def compute(self) -> torch.Tensor:
-        score = BLEU.compute_bleu([int(c) for c in self.numerator.tolist()], [int(t) for t in self.denominator.tolist()],
-                                  int(self.preds_len), int(self.target_len), smooth_method="exp").score
+        score = BLEU.compute_bleu(
+            [int(c) for c in self.numerator.tolist()],
+            [int(t) for t in self.denominator.tolist()],
+            int(self.preds_len),
+            int(self.target_len),
+            smooth_method="exp",
+        ).score
         return torch.tensor(score, dtype=torch.float64)
 
 
@@ -42,7 +47,9 @@ class ChrF(Metric):
 
     def update(self, preds: list[str], refs: list[str]) -> None:
         for pred, ref in zip(preds, refs, strict=True):
-            pairs = zip(extract_all_char_ngrams(pred, self.order, False), extract_all_char_ngrams(ref, self.order, False))
+            pairs = zip(
+                extract_all_char_ngrams(pred, self.order, False), extract_all_char_ngrams(ref, self.order, False)
+            )
             counts = [[sum(h.values()), sum(r.values()), sum((h & r).values())] for h, r in pairs]
             self.stats += torch.tensor(counts, dtype=torch.float64, device=self.stats.device)
 
@@ -52,7 +59,7 @@ class ChrF(Metric):
         if not valid.any():
             return torch.tensor(0.0, dtype=torch.float64)
         precision, recall = (match[valid] / hyp[valid]).mean(), (match[valid] / ref[valid]).mean()
-        b2 = self.beta ** 2
+        b2 = self.beta**2
         return 100 * (1 + b2) * precision * recall / (b2 * precision + recall).clamp_min(1e-300)
 
 
@@ -83,8 +90,14 @@ class ExactMatch(Metric):
         return 100 * self.correct / self.total.clamp_min(1)
 
 
-METRICS = {"sacrebleu": SacreBLEU, "chrf": ChrF, "rouge1": lambda: Rouge("rouge1"),
-           "rouge2": lambda: Rouge("rouge2"), "rougeL": lambda: Rouge("rougeL"), "exact_match": ExactMatch}
+METRICS = {
+    "sacrebleu": SacreBLEU,
+    "chrf": ChrF,
+    "rouge1": lambda: Rouge("rouge1"),
+    "rouge2": lambda: Rouge("rouge2"),
+    "rougeL": lambda: Rouge("rougeL"),
+    "exact_match": ExactMatch,
+}
 
 
 def text_metrics(names: list[str] | tuple[str, ...]) -> MetricCollection:

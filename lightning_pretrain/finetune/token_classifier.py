@@ -75,22 +75,28 @@ class TokenClassifier(SequenceClassifier):
                 published CoNLL-2003 scores are computed), where it begins one.
         """
         if data is None or data.task != "token_classification":
-            raise InputError("the token classifier needs a token tagging data module's contract (the CLI passes "
-                             "--data's `contract`; use lightning_pretrain.data.finetune.token_tags.TokenTagging)")
+            raise InputError(
+                "the token classifier needs a token tagging data module's contract (the CLI passes "
+                "--data's `contract`; use lightning_pretrain.data.finetune.token_tags.TokenTagging)"
+            )
         self.strict_entities = strict_entities  # read by `build`, which the parent's constructor calls
         # the parent takes a classification contract: the tag names size the head as class names do
         super().__init__(data=dataclasses.replace(data, task="classification"), **kwargs)
 
     def build(self, label_names: list[str] | None) -> None:
         """Load the backbone with a per-token head for the tag names and apply the trainability policy."""
-        kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                  "label2id": {n: i for i, n in enumerate(label_names)}}
+        kwargs = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
         if self.classifier_dropout is not None:
             kwargs["classifier_dropout"] = self.classifier_dropout
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model, report = load_backbone(AutoModelForTokenClassification, self.backbone, self.tokenizer,
-                                      ignore_mismatched_sizes=True, **kwargs)
+        model, report = load_backbone(
+            AutoModelForTokenClassification, self.backbone, self.tokenizer, ignore_mismatched_sizes=True, **kwargs
+        )
         self.newly_initialised, self.unused_weights = report.newly_initialised, report.unused
         self.label_names = label_names
         self.model = self.trainability.prepare(model)
@@ -100,7 +106,9 @@ class TokenClassifier(SequenceClassifier):
     # -- steps --------------------------------------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the labelled tokens (each word's first sub-token; the rest are -100)."""
-        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        total = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -154,9 +162,16 @@ class TokenClassifier(SequenceClassifier):
             found = []
             for kind, first, last in sorted(entities(tags, self.strict_entities), key=lambda e: e[1]):
                 start, end = spans[first][0], spans[last][1]
-                probs = [score[i][t] for t in words[first:last + 1] if t is not None]
-                found.append({"type": kind, "text": text[start:end], "start": start, "end": end,
-                              "score": round(sum(probs) / len(probs), 6)})
+                probs = [score[i][t] for t in words[first : last + 1] if t is not None]
+                found.append(
+                    {
+                        "type": kind,
+                        "text": text[start:end],
+                        "start": start,
+                        "end": end,
+                        "score": round(sum(probs) / len(probs), 6),
+                    }
+                )
             rows.append({"id": example_id, "text": text, "entities": found})
         return {"rows": rows}
 

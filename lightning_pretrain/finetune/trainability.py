@@ -58,11 +58,18 @@ class Trainability(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        trainable = sum(p.numel() for opt in trainer.optimizers for g in opt.param_groups
-                        if g.get("start_step", 0) <= step for p in g["params"])
+        trainable = sum(
+            p.numel()
+            for opt in trainer.optimizers
+            for g in opt.param_groups
+            if g.get("start_step", 0) <= step
+            for p in g["params"]
+        )
         total = sum(p.numel() for p in pl_module.parameters())
-        rank_zero_info(f"{type(self).__name__}: {trainable:,} of {total:,} parameters train "
-                       f"({100 * trainable / max(total, 1):.2f}%) at step {step}")
+        rank_zero_info(
+            f"{type(self).__name__}: {trainable:,} of {total:,} parameters train "
+            f"({100 * trainable / max(total, 1):.2f}%) at step {step}"
+        )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({"train/trainable_params": trainable, "train/total_params": total}, step=step)
@@ -112,7 +119,7 @@ class LayerwiseLRDecay(Trainability):
         self.decay = decay
 
     def param_groups(self, model: nn.Module, trainer: L.Trainer) -> list[dict]:
-        return depth_groups(model, scale=lambda depth: self.decay ** depth)
+        return depth_groups(model, scale=lambda depth: self.decay**depth)
 
 
 class GradualUnfreezing(Trainability):
@@ -145,13 +152,15 @@ class GradualUnfreezing(Trainability):
 
     def param_groups(self, model: nn.Module, trainer: L.Trainer) -> list[dict]:
         every = self.every_n_steps or self.every_n_epochs * steps_per_epoch(trainer)
-        return depth_groups(model, scale=lambda depth: self.lr_decay ** depth, start=lambda depth: depth * every)
+        return depth_groups(model, scale=lambda depth: self.lr_decay**depth, start=lambda depth: depth * every)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         strategy = trainer.strategy
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not compat.ddp_finds_unused_parameters(strategy):
-            raise InputError("gradual unfreezing under DDP needs --trainer.strategy ddp_find_unused_parameters_true "
-                             "(the groups still frozen get no gradient until their step)")
+            raise InputError(
+                "gradual unfreezing under DDP needs --trainer.strategy ddp_find_unused_parameters_true "
+                "(the groups still frozen get no gradient until their step)"
+            )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -193,10 +202,23 @@ class LoRA(Trainability):
         # a span head trains as peft's QUESTION_ANS type would train it, but under the plain PeftModel: peft's QA
         # wrapper drops `token_type_ids` from the forward (0.21), so the trained model and its export would differ
         span = type(model).__name__.endswith("ForQuestionAnswering")
-        task = None if span else TaskType.SEQ_CLS if not model.can_generate() else \
-            TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
-        config = LoraConfig(task_type=task, r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=self.target_modules, modules_to_save=["qa_outputs"] if span else None)
+        task = (
+            None
+            if span
+            else TaskType.SEQ_CLS
+            if not model.can_generate()
+            else TaskType.SEQ_2_SEQ_LM
+            if getattr(model.config, "is_encoder_decoder", False)
+            else TaskType.CAUSAL_LM
+        )
+        config = LoraConfig(
+            task_type=task,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            modules_to_save=["qa_outputs"] if span else None,
+        )
         try:
             return get_peft_model(model, config)
         except ValueError as e:  # unknown architecture or target modules that do not exist

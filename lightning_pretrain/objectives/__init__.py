@@ -9,5 +9,14 @@ from lightning_pretrain.objectives.sentence_pairs import SentencePairMLM
 from lightning_pretrain.objectives.span_corruption import SpanCorruption
 from lightning_pretrain.objectives.unilm import UniLM
 
-__all__ = ["CausalDistillation", "CausalLM", "Denoising", "Distillation", "ELECTRA", "MaskedLM", "SentencePairMLM",
-           "SpanCorruption", "UniLM"]
+__all__ = [
+    "CausalDistillation",
+    "CausalLM",
+    "Denoising",
+    "Distillation",
+    "ELECTRA",
+    "MaskedLM",
+    "SentencePairMLM",
+    "SpanCorruption",
+    "UniLM",
+]

@@ -53,8 +53,9 @@ class CausalLM(PretrainingModule):
         if compat.is_compiled(self.model) or not (self.chunked_loss and head is not None):
             return self.model(input_ids=ids, labels=labels, **inputs).loss
         hidden = self.model.base_model(input_ids=ids, **inputs).last_hidden_state[:, :-1]
-        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, labels[:, 1:].reshape(-1),
-                                    head.bias)
+        return linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), head.weight, labels[:, 1:].reshape(-1), head.bias
+        )
 
     def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.lm_loss(batch)
@@ -75,7 +76,11 @@ class CausalLM(PretrainingModule):
         self.check_prompts(ids, batch, self.generation.max_new_tokens)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else sep
         inputs = self.pad_prompts(ids, pad, left=True)
-        new = self.generate(batch, inputs, pad)[:, inputs["input_ids"].shape[1]:]
+        new = self.generate(batch, inputs, pad)[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return {"rows": [{"id": i, "prompt": prompt, "generation": text}
-                         for i, prompt, text in zip(batch["example_id"].tolist(), batch["text"], texts)]}
+        return {
+            "rows": [
+                {"id": i, "prompt": prompt, "generation": text}
+                for i, prompt, text in zip(batch["example_id"].tolist(), batch["text"], texts)
+            ]
+        }

@@ -40,8 +40,10 @@ def sentence_ends(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     text (without word-boundary marks) ends in '.', '!' or '?' ("." and "?!", but also a unigram piece "s.")."""
     special = set(tokenizer.all_special_ids)
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    ends = [i not in special and p is not None and p.strip(WORD_MARKS + " ").endswith(SENTENCE_END)
-            for i, p in enumerate(pieces)]
+    ends = [
+        i not in special and p is not None and p.strip(WORD_MARKS + " ").endswith(SENTENCE_END)
+        for i, p in enumerate(pieces)
+    ]
     ends[tokenizer.eos_token_id] = True
     return torch.tensor(ends, dtype=torch.bool)
 
@@ -74,9 +76,16 @@ def poisson_spans(budget: int, poisson_lambda: float, generator=None) -> list[in
     return lengths
 
 
-def denoise(ids: torch.Tensor, mask_id: int, sentence_end: torch.Tensor | None = None, mask_ratio: float = 0.3,
-            poisson_lambda: float = 3.0, permute_ratio: float = 1.0, delete_ratio: float = 0.0,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, Corruption]:
+def denoise(
+    ids: torch.Tensor,
+    mask_id: int,
+    sentence_end: torch.Tensor | None = None,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    permute_ratio: float = 1.0,
+    delete_ratio: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, Corruption]:
     """`(corrupted, record)` for one 1-D block (CPU). The spans are placed uniformly at random among the kept
     tokens, never overlapping: the row holds exactly one mask token per span. `sentence_end` (from
     `sentence_ends`) None: no permutation. `delete_ratio`: each token left unmasked is deleted with this chance."""
@@ -88,7 +97,7 @@ def denoise(ids: torch.Tensor, mask_id: int, sentence_end: torch.Tensor | None =
     lengths = poisson_spans(min(round(len(x) * mask_ratio), len(x)), poisson_lambda, generator)
     units = len(x) - sum(lengths) + len(lengths)  # kept tokens and spans, in a random interleaving
     is_span = torch.zeros(units, dtype=torch.bool)
-    is_span[torch.randperm(units, generator=generator)[:len(lengths)]] = True
+    is_span[torch.randperm(units, generator=generator)[: len(lengths)]] = True
     drop = (torch.rand(units, generator=generator) < delete_ratio).tolist() if delete_ratio > 0 else [False] * units
     out, masks, spans, deleted, pos, span = [], [], [], [], 0, iter(lengths)
     for unit_is_span, dropped in zip(is_span.tolist(), drop):
@@ -96,7 +105,7 @@ def denoise(ids: torch.Tensor, mask_id: int, sentence_end: torch.Tensor | None =
             n = next(span)
             masks.append(len(out))
             out.append(mask_id)
-            spans.append(x[pos:pos + n])
+            spans.append(x[pos : pos + n])
             pos += n
         else:
             if dropped:
@@ -120,8 +129,10 @@ def with_mask_and_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToke
     specials = [(tokenizer.eos_token, eos)] + [(tokenizer.bos_token, bos)] * (bos is not None)
     start = f"{tokenizer.bos_token} " if bos is not None else ""
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{start}$A {tokenizer.eos_token}", pair=f"{start}$A {tokenizer.eos_token} $B {tokenizer.eos_token}",
-        special_tokens=specials)
+        single=f"{start}$A {tokenizer.eos_token}",
+        pair=f"{start}$A {tokenizer.eos_token} $B {tokenizer.eos_token}",
+        special_tokens=specials,
+    )
     return tokenizer
 
 
@@ -149,8 +160,9 @@ class Denoising(PretrainingModule):
             attn_implementation: None (the architecture's default), 'sdpa' or 'eager'.
         """
         if not 0 <= mask_ratio < 1 or poisson_lambda <= 0 or not 0 <= permute_ratio <= 1 or not 0 <= delete_ratio < 1:
-            raise InputError("need 0 <= mask_ratio < 1, poisson_lambda > 0, 0 <= permute_ratio <= 1 and "
-                             "0 <= delete_ratio < 1")
+            raise InputError(
+                "need 0 <= mask_ratio < 1, poisson_lambda > 0, 0 <= permute_ratio <= 1 and 0 <= delete_ratio < 1"
+            )
         super().__init__(attn_implementation=attn_implementation, **kwargs)
         self.mask_ratio, self.poisson_lambda = mask_ratio, poisson_lambda
         self.permute_ratio, self.delete_ratio = permute_ratio, delete_ratio
@@ -169,14 +181,18 @@ class Denoising(PretrainingModule):
     def check_seq_len(self, seq_len: int) -> None:
         limit = architecture.max_positions(self.model.config)
         if limit is not None and seq_len + 2 > limit:
-            raise InputError(f"seq_len={seq_len} gives {seq_len + 2}-token targets (<s> block </s>), more than the "
-                             f"model's {limit} positions; lower --data.seq_len to {limit - 2}")
+            raise InputError(
+                f"seq_len={seq_len} gives {seq_len + 2}-token targets (<s> block </s>), more than the "
+                f"model's {limit} positions; lower --data.seq_len to {limit - 2}"
+            )
 
     def model_input_shape(self, batch: torch.Tensor) -> tuple[tuple[int, int], int]:
         """What the model sees, for the Throughput callback's FLOPs (inputs at most as long as the targets)."""
         if isinstance(batch, dict):
-            return (len(batch["text"]), max(map(len, self.tokenizer(batch["text"]).input_ids))), \
-                self.generation.max_new_tokens
+            return (
+                len(batch["text"]),
+                max(map(len, self.tokenizer(batch["text"]).input_ids)),
+            ), self.generation.max_new_tokens
         return (batch.shape[0], batch.shape[1] + 2), batch.shape[1] + 2
 
     def corrupt(self, batch: torch.Tensor, *stream: int) -> dict[str, torch.Tensor]:
@@ -186,9 +202,23 @@ class Denoising(PretrainingModule):
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         blocks = batch.cpu()
-        rows = [[*bos, *denoise(b, tok.mask_token_id, self.sentence_end, self.mask_ratio, self.poisson_lambda,
-                                self.permute_ratio, self.delete_ratio, g)[0].tolist(), tok.eos_token_id]
-                for b in blocks]
+        rows = [
+            [
+                *bos,
+                *denoise(
+                    b,
+                    tok.mask_token_id,
+                    self.sentence_end,
+                    self.mask_ratio,
+                    self.poisson_lambda,
+                    self.permute_ratio,
+                    self.delete_ratio,
+                    g,
+                )[0].tolist(),
+                tok.eos_token_id,
+            ]
+            for b in blocks
+        ]
         inputs = self.pad_prompts(rows, pad)  # right-padded, on the model's device
         labels = torch.tensor([[*bos, *b, tok.eos_token_id] for b in blocks.tolist()], device=self.device)
         return {**inputs, "labels": labels}
@@ -211,5 +241,9 @@ class Denoising(PretrainingModule):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out = self.generate(batch, self.pad_prompts(ids, pad), pad)
         texts = tok.batch_decode(out, skip_special_tokens=True)
-        return {"rows": [{"id": i, "text": text, "filled": filled.strip()}
-                         for i, text, filled in zip(batch["example_id"].tolist(), batch["text"], texts)]}
+        return {
+            "rows": [
+                {"id": i, "text": text, "filled": filled.strip()}
+                for i, text, filled in zip(batch["example_id"].tolist(), batch["text"], texts)
+            ]
+        }

@@ -21,13 +21,28 @@ from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.causal_lm import CausalLM
 from lightning_pretrain.objectives.masked_lm import MaskedLM
 
-SPECIALS = ("mask_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id",
-            "unk_token_id")
+SPECIALS = (
+    "mask_token_id",
+    "pad_token_id",
+    "cls_token_id",
+    "sep_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "unk_token_id",
+)
 
 
-def distillation_loss(student_logits: torch.Tensor | None, teacher_logits: torch.Tensor | None,
-                      student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, hard_loss: torch.Tensor,
-                      alpha: float, beta: float, gamma: float, temperature: float) -> dict[str, torch.Tensor]:
+def distillation_loss(
+    student_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    hard_loss: torch.Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    temperature: float,
+) -> dict[str, torch.Tensor]:
     """`{"loss", "hard", "kl", "cos"}` (the last two only when their weight is non-zero).
 
     Logits are (rows, vocab) at the distilled positions: KL(softmax(t/T) ‖ softmax(s/T)) summed over the vocabulary
@@ -44,8 +59,9 @@ def distillation_loss(student_logits: torch.Tensor | None, teacher_logits: torch
         loss = loss + alpha * parts["kl"]
     if gamma:
         width = student_hidden.shape[-1]
-        cos = F.cosine_similarity(student_hidden.float().reshape(-1, width),
-                                  teacher_hidden.float().reshape(-1, width), -1)
+        cos = F.cosine_similarity(
+            student_hidden.float().reshape(-1, width), teacher_hidden.float().reshape(-1, width), -1
+        )
         parts["cos"] = (1 - cos).mean()
         loss = loss + gamma * parts["cos"]
     return {"loss": loss, **parts}
@@ -61,25 +77,30 @@ def init_from_layers(student: PreTrainedModel, teacher: PreTrainedModel, layers:
     (embeddings, final norms, head) by name. Any weight without a same-shaped teacher counterpart is an InputError."""
     s_blocks, t_blocks = architecture.transformer_blocks(student), architecture.transformer_blocks(teacher)
     if len(layers) != len(s_blocks) or not all(0 <= i < len(t_blocks) for i in layers):
-        raise InputError(f"init_from_teacher: the student has {len(s_blocks)} layers and the teacher {len(t_blocks)}; "
-                         f"give one teacher layer index (0..{len(t_blocks) - 1}) per student layer, got {layers}")
+        raise InputError(
+            f"init_from_teacher: the student has {len(s_blocks)} layers and the teacher {len(t_blocks)}; "
+            f"give one teacher layer index (0..{len(t_blocks) - 1}) per student layer, got {layers}"
+        )
     s_names = {id(m): n + "." for n, m in student.named_modules()}
     t_names = {id(m): n + "." for n, m in teacher.named_modules()}
     renames = [(s_names[id(s)], t_names[id(t_blocks[i])]) for s, i in zip(s_blocks, layers)]
     t_state, new = teacher.state_dict(), {}
     for key, value in student.state_dict().items():
-        src = next((t + key[len(s):] for s, t in renames if key.startswith(s)), key)
+        src = next((t + key[len(s) :] for s, t in renames if key.startswith(s)), key)
         if src not in t_state or t_state[src].shape != value.shape:
             have = tuple(t_state[src].shape) if src in t_state else "nothing"
-            raise InputError(f"init_from_teacher: the student's {key} {tuple(value.shape)} has no teacher counterpart "
-                             f"of that shape ({src}: {have}); give the student the teacher's sizes and architecture, "
-                             f"or set init_from_teacher false")
+            raise InputError(
+                f"init_from_teacher: the student's {key} {tuple(value.shape)} has no teacher counterpart "
+                f"of that shape ({src}: {have}); give the student the teacher's sizes and architecture, "
+                f"or set init_from_teacher false"
+            )
         new[key] = t_state[src]
     student.load_state_dict(new)
 
 
-def outputs(model: PreTrainedModel, head: torch.nn.Module | None, inputs: torch.Tensor, rows: torch.Tensor,
-            logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def outputs(
+    model: PreTrainedModel, head: torch.nn.Module | None, inputs: torch.Tensor, rows: torch.Tensor, logits: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(last hidden states, logits at the positions `rows` selects)`: the head runs on those rows only when the
     architecture's head is known, else the whole HF model runs."""
     if head is None:
@@ -91,10 +112,19 @@ def outputs(model: PreTrainedModel, head: torch.nn.Module | None, inputs: torch.
 
 class _Distil:
     """What both distillations share: the teacher, its checks, the student's init, the triple loss."""
+
     document_masking = False  # its own losses take plain blocks
 
-    def __init__(self, teacher: str, alpha: float = 5.0, beta: float = 2.0, gamma: float = 1.0,
-                 temperature: float = 2.0, init_from_teacher: bool | list[int] = False, **kwargs):
+    def __init__(
+        self,
+        teacher: str,
+        alpha: float = 5.0,
+        beta: float = 2.0,
+        gamma: float = 1.0,
+        temperature: float = 2.0,
+        init_from_teacher: bool | list[int] = False,
+        **kwargs,
+    ):
         """
         Args:
             teacher: local directory (or hub id) of the frozen teacher: a run's `hf/` export, or any HF masked /
@@ -118,15 +148,22 @@ class _Distil:
         # checkpoint and the export; `_apply` below still moves and casts it with the module
         object.__setattr__(self, "teacher", teacher_model)
         if gamma and teacher_model.config.hidden_size != self.model.config.hidden_size:
-            raise InputError(f"the cosine loss (gamma) needs equal hidden sizes: student "
-                             f"{self.model.config.hidden_size}, teacher {teacher_model.config.hidden_size}; set gamma "
-                             f"0 or match the sizes")
+            raise InputError(
+                f"the cosine loss (gamma) needs equal hidden sizes: student "
+                f"{self.model.config.hidden_size}, teacher {teacher_model.config.hidden_size}; set gamma "
+                f"0 or match the sizes"
+            )
         if init_from_teacher is not False:
             if self.trained_weights:
-                raise InputError("init_from_teacher builds the student from the teacher: give `model` an HF config "
-                                 "(its layer count and the teacher's sizes), not a pretrained directory")
-            layers = every_other_layer(len(architecture.transformer_blocks(teacher_model))) \
-                if init_from_teacher is True else list(init_from_teacher)
+                raise InputError(
+                    "init_from_teacher builds the student from the teacher: give `model` an HF config "
+                    "(its layer count and the teacher's sizes), not a pretrained directory"
+                )
+            layers = (
+                every_other_layer(len(architecture.transformer_blocks(teacher_model)))
+                if init_from_teacher is True
+                else list(init_from_teacher)
+            )
             init_from_layers(self.model, teacher_model, layers)
 
     def load_teacher(self, path: str) -> PreTrainedModel:
@@ -137,24 +174,32 @@ class _Distil:
         missing = sorted(info["missing_keys"])
         backbone = [k for k in missing if k.startswith(teacher.base_model_prefix + ".")]
         if backbone:
-            raise InputError(f"the teacher '{path}' lacks weights for {backbone[:3]}: it is not a trained "
-                             f"{self.auto_class.__name__.removeprefix('AutoModelFor')} model")
+            raise InputError(
+                f"the teacher '{path}' lacks weights for {backbone[:3]}: it is not a trained "
+                f"{self.auto_class.__name__.removeprefix('AutoModelFor')} model"
+            )
         self.teacher_head_trained = not missing
         if self.alpha and not self.teacher_head_trained:
-            raise InputError(f"the teacher '{path}' has no trained LM head (missing {missing[:2]}...): its soft "
-                             f"targets would be random. Set --model.init_args.alpha 0 to distil its hidden states "
-                             f"(gamma) beside the student's own loss (beta)")
+            raise InputError(
+                f"the teacher '{path}' has no trained LM head (missing {missing[:2]}...): its soft "
+                f"targets would be random. Set --model.init_args.alpha 0 to distil its hidden states "
+                f"(gamma) beside the student's own loss (beta)"
+            )
         try:
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, TypeError) as e:
-            raise InputError(f"the teacher '{path}' has no loadable tokenizer, needed to check that it shares the "
-                             f"data's: {str(e).splitlines()[0]}") from e
+            raise InputError(
+                f"the teacher '{path}' has no loadable tokenizer, needed to check that it shares the "
+                f"data's: {str(e).splitlines()[0]}"
+            ) from e
         ours = self.tokenizer
         differ = [n for n in SPECIALS if getattr(tok, n, None) != getattr(ours, n, None)]
         if tok.get_vocab() != ours.get_vocab() or differ:
-            raise InputError(f"the teacher '{path}' and the data use different tokenizers ({len(tok)} vs {len(ours)} "
-                             f"tokens{', special ids ' + ', '.join(differ) if differ else ''}): their outputs compare "
-                             f"token by token, so pass --data.tokenizer {path}")
+            raise InputError(
+                f"the teacher '{path}' and the data use different tokenizers ({len(tok)} vs {len(ours)} "
+                f"tokens{', special ids ' + ', '.join(differ) if differ else ''}): their outputs compare "
+                f"token by token, so pass --data.tokenizer {path}"
+            )
         if teacher.get_input_embeddings().num_embeddings < len(ours):
             raise InputError(f"the teacher '{path}' embeds fewer tokens than its tokenizer holds")
         return teacher.eval().requires_grad_(False)
@@ -166,8 +211,7 @@ class _Distil:
             self.__dict__["teacher"]._apply(fn, recurse)
         return self
 
-    def distil(self, student_in: torch.Tensor, rows: torch.Tensor, student_head, teacher_head,
-               hard) -> torch.Tensor:
+    def distil(self, student_in: torch.Tensor, rows: torch.Tensor, student_head, teacher_head, hard) -> torch.Tensor:
         """The triple loss at `rows` of the (corrupted) inputs; `hard(student logits at rows)` is the hard loss."""
         s_hidden, s_logits = outputs(self.model, student_head, student_in, rows)
         t_hidden = t_logits = None
@@ -175,8 +219,17 @@ class _Distil:
             with torch.no_grad():
                 t_hidden, t_logits = outputs(self.teacher, teacher_head, student_in, rows, logits=bool(self.alpha))
         vocab = len(self.tokenizer)  # a teacher may embed unused rows past the tokenizer (padded vocabularies)
-        parts = distillation_loss(s_logits[:, :vocab], None if t_logits is None else t_logits[:, :vocab], s_hidden,
-                                  t_hidden, hard(s_logits), self.alpha, self.beta, self.gamma, self.temperature)
+        parts = distillation_loss(
+            s_logits[:, :vocab],
+            None if t_logits is None else t_logits[:, :vocab],
+            s_hidden,
+            t_hidden,
+            hard(s_logits),
+            self.alpha,
+            self.beta,
+            self.gamma,
+            self.temperature,
+        )
         self.log("train/loss", parts["loss"], prog_bar=True)
         self.log_dict({f"train/{k}_loss": v for k, v in parts.items() if k != "loss"})
         return parts["loss"]
@@ -190,8 +243,9 @@ class Distillation(_Distil, MaskedLM):
         inputs, labels = self.corrupt(batch, self.current_epoch, batch_idx)
         selected = labels != IGNORE_INDEX
         head = architecture.mlm_head(self.teacher)
-        return self.distil(inputs, selected, self.mlm_head, head,
-                           lambda logits: F.cross_entropy(logits.float(), labels[selected]))
+        return self.distil(
+            inputs, selected, self.mlm_head, head, lambda logits: F.cross_entropy(logits.float(), labels[selected])
+        )
 
 
 class CausalDistillation(_Distil, CausalLM):
@@ -202,5 +256,10 @@ class CausalDistillation(_Distil, CausalLM):
         rows = torch.ones_like(batch, dtype=torch.bool)
         rows[:, -1] = False  # the last position predicts nothing inside the block
         targets = batch[:, 1:].reshape(-1)
-        return self.distil(batch, rows, architecture.plain_head(self.model), architecture.plain_head(self.teacher),
-                           lambda logits: F.cross_entropy(logits.float(), targets))
+        return self.distil(
+            batch,
+            rows,
+            architecture.plain_head(self.model),
+            architecture.plain_head(self.teacher),
+            lambda logits: F.cross_entropy(logits.float(), targets),
+        )

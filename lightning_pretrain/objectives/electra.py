@@ -12,19 +12,14 @@ Masking is `mask_tokens`; the Gumbel-max sample is seeded, outside autograd. Met
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall
 from torchmetrics.functional.classification import binary_precision, binary_recall
 from transformers import (
     AutoConfig,
-    AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForTokenClassification,
     ElectraConfig,
@@ -36,6 +31,8 @@ from transformers import (
 from lightning_pretrain import architecture, compat, parallel
 from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
+from lightning_pretrain.objectives.electra_generator import build_generator
+from lightning_pretrain.objectives.electra_metrics import ElectraLosses, detection_metrics, update_detection
 from lightning_pretrain.objectives.masked_lm import MaskedLM
 from lightning_pretrain.objectives.pretraining import seeded_generator
 
@@ -48,8 +45,9 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
     return (logits.detach().float() - torch.log(-torch.log(u))).argmax(-1)
 
 
-def replace_tokens(input_ids: torch.Tensor, selected: torch.Tensor,
-                   sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def replace_tokens(
+    input_ids: torch.Tensor, selected: torch.Tensor, sampled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, labels)` for the discriminator: `input_ids` with `sampled` (one per True of `selected`, in
     row-major order) at the selected positions, and labels 1 where the token now differs from the original, else 0
     (a sample that happens to equal the original is labelled original, as in ELECTRA)."""
@@ -62,54 +60,9 @@ def prior_logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def generator_config(config: PretrainedConfig, size: float) -> PretrainedConfig:
-    """The discriminator's config with `size` x its hidden width (whole heads of the same head width; the feed-forward
-    width scaled alike) and the same vocabulary and positions (ELECTRA: the same embedding size, so the embeddings can
-    be shared). A discriminator's one-output token head does not carry over."""
-    head = config.hidden_size // config.num_attention_heads
-    heads = max(1, round(config.num_attention_heads * size))
-    gen = copy.deepcopy(config)
-    gen.hidden_size, gen.num_attention_heads = heads * head, heads
-    gen.intermediate_size = max(1, round(config.intermediate_size * heads / config.num_attention_heads))
-    gen.architectures, gen.num_labels = None, 2
-    return gen
-
-
 def discriminator_class(config: PretrainedConfig):
     """ELECTRA's own pretraining head, else the architecture's token classifier (one output per token)."""
     return AutoModelForPreTraining if isinstance(config, ElectraConfig) else AutoModelForTokenClassification
-
-
-class ElectraLosses(NamedTuple):
-    gen: torch.Tensor  # generator MLM cross-entropy, mean over the selected positions
-    disc: torch.Tensor  # discriminator BCE, mean over the non-padding tokens
-    logits: torch.Tensor  # discriminator logits of the non-padding tokens (1-D)
-    labels: torch.Tensor  # their labels: 1 replaced, 0 original
-    selected: int  # positions the generator predicted
-
-
-def detection_metrics(prefix: str) -> MetricCollection:
-    """Replaced-token detection, "replaced" being the positive class: accuracy, precision, recall and F1 of the
-    discriminator's calls (logit > 0) over the non-padding tokens, their AUROC (threshold-free: above 0.5 once the
-    discriminator ranks replaced tokens higher, before any crosses probability 1/2), the generator's MLM loss and the
-    share of tokens replaced. A discriminator that calls every token original has recall 0 (and precision 0)."""
-    return MetricCollection({
-        "gen_loss": MeanMetric(), "replaced_fraction": MeanMetric(), "disc_acc": BinaryAccuracy(),
-        "disc_precision": BinaryPrecision(), "disc_recall": BinaryRecall(), "disc_f1": BinaryF1Score(),
-        # fixed thresholds, every 0.05 in logit space: constant memory, whatever the size of the validation set
-        "disc_auroc": BinaryAUROC(thresholds=torch.linspace(-10, 10, 401).sigmoid())},
-        prefix=f"{prefix}/", compute_groups=False)
-
-
-def update_detection(metrics: MetricCollection, out: ElectraLosses) -> None:
-    """Add one batch's losses and calls to `detection_metrics`."""
-    prefix = metrics.prefix
-    metrics[f"{prefix}gen_loss"].update(out.gen, weight=out.selected)
-    metrics[f"{prefix}replaced_fraction"].update(out.labels.float().mean(), weight=len(out.labels))
-    calls = (out.logits > 0).long()
-    for name in ("disc_acc", "disc_precision", "disc_recall", "disc_f1"):
-        metrics[f"{prefix}{name}"].update(calls, out.labels)
-    metrics[f"{prefix}disc_auroc"].update(out.logits.sigmoid(), out.labels)
 
 
 class ELECTRA(MaskedLM):
@@ -149,13 +102,19 @@ class ELECTRA(MaskedLM):
         if disc_weight <= 0:
             raise InputError(f"disc_weight must be positive, got {disc_weight}")
         super().__init__(mask_fraction=mask_fraction, random_fraction=random_fraction, **kwargs)
-        if not (isinstance(self.model, ElectraForPreTraining) or (
-                type(self.model).__name__.endswith("ForTokenClassification") and self.model.config.num_labels == 1)):
-            raise InputError(f"ELECTRA trains an ElectraForPreTraining or a one-output ...ForTokenClassification "
-                             f"discriminator, not {type(self.model).__name__}; use --model.init_args.model.class_path "
-                             f"transformers.ElectraConfig (or transformers.ModernBertConfig)")
+        if not (
+            isinstance(self.model, ElectraForPreTraining)
+            or (type(self.model).__name__.endswith("ForTokenClassification") and self.model.config.num_labels == 1)
+        ):
+            raise InputError(
+                f"ELECTRA trains an ElectraForPreTraining or a one-output ...ForTokenClassification "
+                f"discriminator, not {type(self.model).__name__}; use --model.init_args.model.class_path "
+                f"transformers.ElectraConfig (or transformers.ModernBertConfig)"
+            )
         self.generator_size, self.disc_weight, self.export_generator = generator_size, disc_weight, export_generator
-        self.generator = self.build_generator(self.hparams.get("attn_implementation"))
+        self.generator = build_generator(
+            self.model, self.model_dir, generator_size, self.hparams.get("attn_implementation")
+        )
         self.prior_bias = prior_bias
         if prior_bias and not self.trained_weights:
             with torch.no_grad():
@@ -172,37 +131,6 @@ class ELECTRA(MaskedLM):
     @property
     def shares_embeddings(self) -> bool:
         return self.generator.get_input_embeddings() is self.model.get_input_embeddings()
-
-    def build_generator(self, attn_implementation: str | None) -> torch.nn.Module:
-        """The generator (a previous export's, or a fresh one `generator_size` wide). ELECTRA's is tied to the
-        discriminator's embeddings module (one set of tensors, trained by both losses); another architecture's
-        embeddings are as wide as its hidden states, so a narrower generator keeps its own."""
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        saved = Path(self.model_dir) / "generator" if self.model_dir else None
-        if saved is not None and (saved / "config.json").is_file():
-            generator = AutoModelForMaskedLM.from_pretrained(saved, **kwargs)
-            generator.train()
-        else:
-            try:
-                generator = AutoModelForMaskedLM.from_config(generator_config(self.model.config, self.generator_size),
-                                                             **kwargs)
-            except ValueError as e:  # no masked-LM class for this architecture (a decoder)
-                raise InputError(f"ELECTRA needs an encoder with a masked-LM head for its generator; "
-                                 f"{type(self.model.config).__name__} has none (use transformers.ElectraConfig or "
-                                 f"transformers.ModernBertConfig)") from e
-        if generator.config.model_type != self.model.config.model_type or generator.config.vocab_size != \
-                self.model.config.vocab_size:
-            raise InputError(f"the generator in {saved} is not a {self.model.config.model_type} masked LM of the "
-                             f"discriminator's vocabulary")
-        if not isinstance(self.model, ElectraForPreTraining):
-            return generator
-        own, shared = generator.electra.embeddings, self.model.electra.embeddings
-        if any(a.shape != b.shape for a, b in zip(own.parameters(), shared.parameters())):
-            raise InputError(f"the generator in {saved} cannot share the discriminator's embeddings (another "
-                             f"vocabulary or embedding size)")
-        generator.electra.embeddings = shared
-        generator.tie_weights()  # its output layer is the (now shared) token embedding matrix again
-        return generator
 
     def build_model(self, spec, attn_implementation):
         # read by build_generator: a previous export's generator/ lives beside the discriminator
@@ -223,12 +151,15 @@ class ELECTRA(MaskedLM):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if parallel.is_sharded(self.model) and self.shares_embeddings:  # Parallelize shards before this hook
-            raise InputError("ELECTRA's generator and discriminator share their embeddings, which FSDP2 sharding "
-                             "cannot split; use a data-parallel strategy (ddp)")
+            raise InputError(
+                "ELECTRA's generator and discriminator share their embeddings, which FSDP2 sharding "
+                "cannot split; use a data-parallel strategy (ddp)"
+            )
 
     # -- the losses ---------------------------------------------------------------------------------------------
-    def generator_logits(self, inputs: torch.Tensor, selected: torch.Tensor,
-                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def generator_logits(
+        self, inputs: torch.Tensor, selected: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """The generator's vocabulary logits at the selected positions only, `(selected, vocab)`."""
         g = self.generator
         hidden = g.base_model(input_ids=inputs, attention_mask=attention_mask).last_hidden_state
@@ -260,10 +191,15 @@ class ELECTRA(MaskedLM):
         loss = out.gen + self.disc_weight * out.disc
         self.log("train/loss", loss, prog_bar=True)
         calls = (out.logits > 0).long()
-        self.log_dict({"train/gen_loss": out.gen, "train/disc_loss": out.disc,
-                       "train/disc_acc": (calls == out.labels).float().mean(),
-                       "train/disc_precision": binary_precision(calls, out.labels),
-                       "train/disc_recall": binary_recall(calls, out.labels)})
+        self.log_dict(
+            {
+                "train/gen_loss": out.gen,
+                "train/disc_loss": out.disc,
+                "train/disc_acc": (calls == out.labels).float().mean(),
+                "train/disc_precision": binary_precision(calls, out.labels),
+                "train/disc_recall": binary_recall(calls, out.labels),
+            }
+        )
         return loss
 
     def validation_update(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -296,7 +232,14 @@ class ELECTRA(MaskedLM):
         probs = self.disc_logits(**inputs).float().sigmoid()
         rows = []
         for r, (seq, i, text) in enumerate(zip(ids, batch["example_id"].tolist(), batch["text"])):
-            rows.append({"id": i, "text": text, "tokens": [
-                {"token": t, "replaced": round(p, 6)}
-                for t, p in zip(tok.convert_ids_to_tokens(seq), probs[r, :len(seq)].tolist())]})
+            rows.append(
+                {
+                    "id": i,
+                    "text": text,
+                    "tokens": [
+                        {"token": t, "replaced": round(p, 6)}
+                        for t, p in zip(tok.convert_ids_to_tokens(seq), probs[r, : len(seq)].tolist())
+                    ],
+                }
+            )
         return {"rows": rows}

@@ -28,9 +28,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=acc) if need_grad else None
         grad_bias = torch.zeros_like(bias, dtype=acc) if need_grad and bias is not None else None
         for start in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[start:start + chunk_rows]
-            t = targets[start:start + chunk_rows]
-            ok = valid[start:start + chunk_rows]
+            h = hidden[start : start + chunk_rows]
+            t = targets[start : start + chunk_rows]
+            ok = valid[start : start + chunk_rows]
             logits = torch.nn.functional.linear(h, weight, bias).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
             safe_t = torch.where(ok, t, 0)
@@ -43,25 +43,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g.scatter_add_(1, safe_t[:, None], torch.full_like(target_logit[:, None], -1.0))
             g.mul_((ok.to(g.dtype) / denominator)[:, None])
             g = g.to(weight.dtype)
-            grad_hidden[start:start + chunk_rows] = g @ weight
+            grad_hidden[start : start + chunk_rows] = g @ weight
             grad_weight.addmm_(g.t().to(acc), h.to(acc))  # free when the weights are already `acc`
             if grad_bias is not None:
                 grad_bias += g.to(acc).sum(0)
         if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype),
-                                  grad_bias.to(bias.dtype) if grad_bias is not None else None)
+            ctx.save_for_backward(
+                grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None
+            )
         ctx.has_bias = bias is not None
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_loss, grad_weight * grad_loss,
-                grad_bias * grad_loss if ctx.has_bias else None, None, None)
+        return (
+            grad_hidden * grad_loss,
+            grad_weight * grad_loss,
+            grad_bias * grad_loss if ctx.has_bias else None,
+            None,
+            None,
+        )
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk_rows: int = 512) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk_rows: int = 512,
+) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T + bias` against `targets` over the rows whose target is not -100.
 
     Equal (to float rounding) to `F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)`, in value and in

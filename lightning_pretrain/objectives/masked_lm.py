@@ -3,25 +3,25 @@
 `mask_tokens` is BERT's corruption as a pure function: each non-special token is selected with probability
 `mlm_probability`; of the selected, `mask_fraction` become [MASK], `random_fraction` a random non-special token,
 the rest stay. The loss and perplexity count the selected positions only. Whole-word masking draws the same
-decisions per word, with word boundaries read from the tokenizer family (WordPiece `##`, byte-level BPE `Ġ`,
-SentencePiece `▁`): docs/design/objectives.md. SpanBERT's span masking and boundary objective: span_masking.py.
-`predict` lists the `top_k` likeliest tokens at each mask token of a prompt (encoded with the tokenizer's own
-template, as `pipeline("fill-mask")` does).
+decisions per word, with word boundaries read from the tokenizer family (word_boundaries.py: WordPiece `##`,
+byte-level BPE `Ġ`, SentencePiece `▁`): docs/design/objectives.md. SpanBERT's span masking and boundary
+objective: span_masking.py. `predict` lists the `top_k` likeliest tokens at each mask token of a prompt (encoded
+with the tokenizer's own template, as `pipeline("fill-mask")` does).
 """
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM
 
 from lightning_pretrain import architecture
 from lightning_pretrain.data.contract import IGNORE_INDEX
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
+from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
+from lightning_pretrain.objectives.prompts import describe_prompt
 from lightning_pretrain.objectives.span_masking import SpanBoundaryHead, span_mask_tokens
+from lightning_pretrain.objectives.word_boundaries import word_boundaries, word_index
 
 
 def mask_tokens(
@@ -56,52 +56,6 @@ def mask_tokens(
     inputs = torch.where(to_mask, mask_token_id, input_ids)
     inputs = torch.where(to_random, random_tokens, inputs)
     return inputs, labels
-
-
-def word_index(input_ids: torch.Tensor, begins_word: torch.Tensor, joinable: torch.Tensor) -> torch.Tensor:
-    """Index of the word each position belongs to, counted from 0 along the last dimension.
-
-    A token continues the previous token's word unless it always begins one (`begins_word[id]`) or the previous
-    token cannot be continued (`joinable[id]` false: punctuation, specials). The first position starts a word (a
-    word cut by block packing becomes a shorter word).
-    """
-    continues = ~begins_word[input_ids]
-    continues[..., 1:] &= joinable[input_ids[..., :-1]]
-    continues[..., 0] = False
-    return (~continues).long().cumsum(-1) - 1
-
-
-def word_boundaries(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-vocabulary tables `(begins_word, joinable)` for `word_index`, read from a fast tokenizer's own pieces."""
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    special = set(tokenizer.all_special_ids)
-    prefix = backend["model"].get("continuing_subword_prefix")
-    if prefix:  # WordPiece (BERT): the pre-tokenizer already split words and punctuation; "##" continues one
-        begins = [i in special or not p.startswith(prefix) for i, p in enumerate(pieces)]
-        joinable = [i not in special for i in range(len(pieces))]
-    else:
-        layout = json.dumps([backend.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False)
-        if "ByteLevel" not in layout and "Metaspace" not in layout and "▁" not in layout:
-            raise InputError("whole-word masking needs word boundaries in the tokens: a WordPiece ('##'), byte-level "
-                             "BPE ('Ġ') or SentencePiece ('▁') tokenizer")
-        decoder = tokenizer.backend_tokenizer.decoder
-        begins, joinable = [], []
-        for i, p in enumerate(pieces):
-            text = decoder.decode([p]) if decoder is not None else p
-            body = text.lstrip()
-            # a lone space piece ("▁" in SentencePiece, "Ġ" before a rare character in byte-level BPE) starts a word
-            # whose letters follow in the next pieces; a line break ends one
-            space_only = p != "" and (p.strip("▁") == "" or text.strip(" ") == "")
-            starts_space = p.startswith("▁") or text[:1].isspace()
-            begins.append(i in special or starts_space or not body or not _word_char(body[0]))
-            joinable.append(i not in special and (space_only or (bool(body) and _word_char(body[-1]))))
-    return torch.tensor(begins), torch.tensor(joinable)
-
-
-def _word_char(c: str) -> bool:
-    # U+FFFD: one byte of a multi-byte character split over byte-level pieces; a word never ends mid-character
-    return c.isalnum() or c == "\ufffd"
 
 
 class MaskedLM(PretrainingModule):
@@ -143,14 +97,21 @@ class MaskedLM(PretrainingModule):
                 the MLM output layer, trains and is checkpointed with the model, and is not exported to `hf/`.
             top_k: candidates `predict` lists for each mask token, with their probabilities.
         """
-        if not 0 < mlm_probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
+        if (
+            not 0 < mlm_probability < 1
+            or mask_fraction < 0
+            or random_fraction < 0
+            or mask_fraction + random_fraction > 1
+        ):
             raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}")
         super().__init__(**kwargs)
         tokenizer = self.tokenizer
         if tokenizer.mask_token_id is None:
-            raise InputError("masked LM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')")
+            raise InputError(
+                "masked LM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')"
+            )
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
         self.mask_seed, self.top_k = mask_seed, top_k
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
@@ -158,18 +119,33 @@ class MaskedLM(PretrainingModule):
         self.register_buffer("special_ids", specials, persistent=False)
         self.register_buffer("replacement_ids", vocab[~torch.isin(vocab, specials)], persistent=False)
         if span_mask and not (0 < span_p <= 1 and max_span_words >= 1):
-            raise InputError(f"span masking needs 0 < span_p <= 1 and max_span_words >= 1, got span_p={span_p}, "
-                             f"max_span_words={max_span_words}")
+            raise InputError(
+                f"span masking needs 0 < span_p <= 1 and max_span_words >= 1, got span_p={span_p}, "
+                f"max_span_words={max_span_words}"
+            )
         if sbo and not span_mask:
             raise InputError("sbo (span-boundary objective) predicts spans: set span_mask true as well")
         if sbo and (type(self).training_loss is not MaskedLM.training_loss or self.mlm_head is None):
-            raise InputError(f"sbo is implemented for MaskedLM on BERT-like models (a `cls` / `lm_head`), not "
-                             f"{type(self).__name__} with {type(self.model).__name__}")
+            raise InputError(
+                f"sbo is implemented for MaskedLM on BERT-like models (a `cls` / `lm_head`), not "
+                f"{type(self).__name__} with {type(self.model).__name__}"
+            )
         self.whole_word_mask, self.span_mask, self.span_p, self.max_span_words = (
-            whole_word_mask, span_mask, span_p, max_span_words)
+            whole_word_mask,
+            span_mask,
+            span_p,
+            max_span_words,
+        )
         # outside `self.model`: trained and checkpointed, never in the HF export
-        self.sbo_head = SpanBoundaryHead(self.model.config.hidden_size, architecture.max_positions(
-            self.model.config) or 512, getattr(self.model.config, "layer_norm_eps", 1e-12)) if sbo else None
+        self.sbo_head = (
+            SpanBoundaryHead(
+                self.model.config.hidden_size,
+                architecture.max_positions(self.model.config) or 512,
+                getattr(self.model.config, "layer_norm_eps", 1e-12),
+            )
+            if sbo
+            else None
+        )
         if whole_word_mask or span_mask:
             begins, joinable = word_boundaries(tokenizer)
             self.register_buffer("word_begins", begins, persistent=False)
@@ -187,18 +163,38 @@ class MaskedLM(PretrainingModule):
         by_word = self.whole_word_mask or self.span_mask
         words = word_index(batch, self.word_begins, self.word_joinable) if by_word else None
         if self.span_mask:
-            return span_mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids, words,
-                                    self.mlm_probability, self.mask_fraction, self.random_fraction, self.span_p,
-                                    self.max_span_words, generator=g)
-        return mask_tokens(batch, self.tokenizer.mask_token_id, self.special_ids, self.replacement_ids,
-                           self.mlm_probability, self.mask_fraction, self.random_fraction, generator=g, word_ids=words)
+            return span_mask_tokens(
+                batch,
+                self.tokenizer.mask_token_id,
+                self.special_ids,
+                self.replacement_ids,
+                words,
+                self.mlm_probability,
+                self.mask_fraction,
+                self.random_fraction,
+                self.span_p,
+                self.max_span_words,
+                generator=g,
+            )
+        return mask_tokens(
+            batch,
+            self.tokenizer.mask_token_id,
+            self.special_ids,
+            self.replacement_ids,
+            self.mlm_probability,
+            self.mask_fraction,
+            self.random_fraction,
+            generator=g,
+            word_ids=words,
+        )
 
     def mlm_loss(self, inputs: torch.Tensor, labels: torch.Tensor, model_inputs: dict | None = None) -> torch.Tensor:
         """Mean cross-entropy over the selected positions (equal to the HF model's `labels=` loss)."""
         return self.mlm_and_sbo_loss(inputs, labels, with_sbo=False, model_inputs=model_inputs)[0]
 
-    def mlm_and_sbo_loss(self, inputs: torch.Tensor, labels: torch.Tensor, with_sbo: bool = True,
-                         model_inputs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def mlm_and_sbo_loss(
+        self, inputs: torch.Tensor, labels: torch.Tensor, with_sbo: bool = True, model_inputs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(MLM loss, SBO loss or None)` from one encoder pass, both means over the selected positions;
         `model_inputs`: the position ids and mask of documents kept apart (`document_batch`)."""
         model_inputs = model_inputs or {}
@@ -235,8 +231,10 @@ class MaskedLM(PretrainingModule):
         ids = tok(batch["text"]).input_ids
         for seq, i, text in zip(ids, batch["example_id"].tolist(), batch["text"]):
             if tok.mask_token_id not in seq:
-                raise InputError(f"{describe_prompt(i, text)} holds no {tok.mask_token} to fill; write "
-                                 f"{tok.mask_token} where the model should guess a token")
+                raise InputError(
+                    f"{describe_prompt(i, text)} holds no {tok.mask_token} to fill; write "
+                    f"{tok.mask_token} where the model should guess a token"
+                )
         self.check_prompts(ids, batch)
         inputs = self.pad_prompts(ids, tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id)
         out = self.model(**inputs)
@@ -248,9 +246,17 @@ class MaskedLM(PretrainingModule):
         rows, start = [], 0
         for r, (i, text) in enumerate(zip(batch["example_id"].tolist(), batch["text"])):
             n = int(is_mask[r].sum())
-            masks = [[{"token": tok.decode([t]), "score": round(p, 6)} for t, p in zip(ids_, ps)]
-                     for ids_, ps in zip(top.indices[start:start + n].tolist(), top.values[start:start + n].tolist())]
+            masks = [
+                [{"token": tok.decode([t]), "score": round(p, 6)} for t, p in zip(ids_, ps)]
+                for ids_, ps in zip(top.indices[start : start + n].tolist(), top.values[start : start + n].tolist())
+            ]
             start += n
-            rows.append({"id": i, "text": text, "masks": masks,
-                         "filled": tok.decode(filled[r][inputs["attention_mask"][r].bool()], skip_special_tokens=True)})
+            rows.append(
+                {
+                    "id": i,
+                    "text": text,
+                    "masks": masks,
+                    "filled": tok.decode(filled[r][inputs["attention_mask"][r].bool()], skip_special_tokens=True),
+                }
+            )
         return {"rows": rows}

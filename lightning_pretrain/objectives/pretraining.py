@@ -24,6 +24,7 @@ from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.document_attention import check_implementation, document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.generation import Generation
+from lightning_pretrain.objectives.prompts import check_prompt_lengths, padded_prompts
 from lightning_pretrain.runs import JsonlPredictions
 
 
@@ -41,11 +42,6 @@ def model_batch(batch):
         batch = {k: v for k, v in batch.items() if k != "mixture_source"}
         return batch["input_ids"] if batch.keys() == {"input_ids"} else batch
     return batch
-
-
-def describe_prompt(example_id: int, text: str) -> str:
-    """`prompt 3 ('The quick brown…')`, for messages about one prompt of a predict file."""
-    return f"prompt {example_id} ({text if len(text) <= 40 else text[:40] + '…'!r})"
 
 
 class PretrainingModule(L.LightningModule):
@@ -95,8 +91,7 @@ class PretrainingModule(L.LightningModule):
         super().__init__()
         if data is None:
             raise InputError("the objective needs its data's contract (the CLI passes --data's `contract`)")
-        self.save_hyperparameters(ignore=["model", "data", "optimizer", *self.predict_options,
-                                          *self.schedule_options])
+        self.save_hyperparameters(ignore=["model", "data", "optimizer", *self.predict_options, *self.schedule_options])
         self.data = data
         self.tokenizer = self.model_tokenizer(data.tokenizer)
         self.optimizer = optimizer
@@ -125,8 +120,10 @@ class PretrainingModule(L.LightningModule):
             model.train()  # from_pretrained returns eval mode (dropout off); Lightning does not switch it back
             n_embed = model.get_input_embeddings().num_embeddings
             if len(self.data.tokenizer) > n_embed:
-                raise InputError(f"tokenizer/model vocabulary mismatch: the tokenizer has {len(self.data.tokenizer)} "
-                                 f"tokens but '{spec}' embeds only {n_embed}; use the model's own tokenizer")
+                raise InputError(
+                    f"tokenizer/model vocabulary mismatch: the tokenizer has {len(self.data.tokenizer)} "
+                    f"tokens but '{spec}' embeds only {n_embed}; use the model's own tokenizer"
+                )
             if len(self.tokenizer) > n_embed:  # tokens the objective added (sentinels): make room for them
                 model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
             return model
@@ -142,8 +139,9 @@ class PretrainingModule(L.LightningModule):
         try:
             return self.auto_class.from_config(config, **kwargs)
         except ValueError as e:  # e.g. a decoder's config given to a masked-LM objective
-            raise InputError(f"{type(self).__name__} cannot train a {type(config).__name__}: "
-                             f"{str(e).splitlines()[0]}") from e
+            raise InputError(
+                f"{type(self).__name__} cannot train a {type(config).__name__}: {str(e).splitlines()[0]}"
+            ) from e
 
     def adapt_config(self, config: PretrainedConfig, tokenizer) -> None:
         """Hook for objective-specific config facts (e.g. T5's decoder start token)."""
@@ -156,8 +154,10 @@ class PretrainingModule(L.LightningModule):
             self.check_seq_len(self.data.seq_len)
         if not self.data.cross_document_attention:
             if not self.document_masking:
-                raise InputError(f"{type(self).__name__} does not keep packed documents apart: drop "
-                                 f"--data.cross_document_attention false (supported by CausalLM and MaskedLM)")
+                raise InputError(
+                    f"{type(self).__name__} does not keep packed documents apart: drop "
+                    f"--data.cross_document_attention false (supported by CausalLM and MaskedLM)"
+                )
             problem = check_implementation(compat.attn_implementation(self.model.config), self.causal)
             if problem:
                 raise InputError(problem)
@@ -200,8 +200,13 @@ class PretrainingModule(L.LightningModule):
             return batch, {}
         implementation = compat.attn_implementation(self.model.config)
         ids = batch["input_ids"].reshape(1, -1) if one_row(implementation) else batch["input_ids"]
-        return ids, document_inputs(batch["position_ids"], implementation, self.causal, self.model.dtype,
-                                    position_offset=architecture.position_offset(self.model.config))
+        return ids, document_inputs(
+            batch["position_ids"],
+            implementation,
+            self.causal,
+            self.model.dtype,
+            position_offset=architecture.position_offset(self.model.config),
+        )
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -213,27 +218,19 @@ class PretrainingModule(L.LightningModule):
     def on_predict_start(self) -> None:
         # Lightning only warns when `--ckpt_path last` finds no last*.ckpt, then predicts with the fresh weights
         if not self.trained_weights:
-            raise InputError("predict needs trained weights, and this model was just built from its config: pass "
-                             "--ckpt_path <run>/checkpoints/<file>.ckpt or --model.model <run>/hf (the export)")
+            raise InputError(
+                "predict needs trained weights, and this model was just built from its config: pass "
+                "--ckpt_path <run>/checkpoints/<file>.ckpt or --model.model <run>/hf (the export)"
+            )
 
     def check_prompts(self, ids: list[list[int]], batch: dict, new_tokens: int = 0) -> None:
         """Refuse a prompt that does not fit the model's positions (with `new_tokens` generated after it)."""
-        limit = architecture.max_positions(self.model.config)
-        for seq, i, text in zip(ids, batch["example_id"].tolist(), batch["text"]):
-            if limit is not None and len(seq) + new_tokens > limit:
-                raise InputError(f"{describe_prompt(i, text)} is {len(seq)} tokens" + (
-                    f", plus {new_tokens} new ones" if new_tokens else "") + f": more than the model's {limit} "
-                    f"positions; shorten it" + (" or lower --model.init_args.generation.max_new_tokens"
-                                                 if new_tokens else ""))
+        check_prompt_lengths(ids, batch, architecture.max_positions(self.model.config), new_tokens)
 
     def pad_prompts(self, ids: list[list[int]], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
         """`input_ids` and `attention_mask` on the model's device, padded right (or left, for decoder-only
         generation, so that every prompt ends where generation begins)."""
-        width = max(map(len, ids))
-        rows = [[pad_id] * (width - len(s)) + s if left else s + [pad_id] * (width - len(s)) for s in ids]
-        mask = [[0] * (width - len(s)) + [1] * len(s) if left else [1] * len(s) + [0] * (width - len(s)) for s in ids]
-        return {"input_ids": torch.tensor(rows, device=self.device),
-                "attention_mask": torch.tensor(mask, device=self.device)}
+        return padded_prompts(ids, pad_id, self.device, left)
 
     def generate(self, batch: dict, inputs: dict[str, torch.Tensor], pad_id: int) -> torch.Tensor:
         """`model.generate` with `self.generation`'s options. HF samples from the global RNG: it is forked, seeded

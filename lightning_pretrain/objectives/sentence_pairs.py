@@ -44,11 +44,15 @@ class SentencePairMLM(MaskedLM):
         `AlbertForPreTraining`), or a local directory / hub id of such a pretrained model."""
         super().__init__(**kwargs)
         if self.data.task not in ("nsp", "sop"):
-            raise InputError("SentencePairMLM trains on sentence pairs: use the data module "
-                             "lightning_pretrain.data.SentencePairCorpus (task nsp or sop)")
+            raise InputError(
+                "SentencePairMLM trains on sentence pairs: use the data module "
+                "lightning_pretrain.data.SentencePairCorpus (task nsp or sop)"
+            )
         if pretraining_heads(self.model) is None:
-            raise InputError(f"{type(self.model).__name__} has no masked-LM plus sentence-pair heads; use BertConfig "
-                             f"(BertForPreTraining) or AlbertConfig (AlbertForPreTraining)")
+            raise InputError(
+                f"{type(self.model).__name__} has no masked-LM plus sentence-pair heads; use BertConfig "
+                f"(BertForPreTraining) or AlbertConfig (AlbertForPreTraining)"
+            )
         self.task = self.data.task  # in the metric names: train/nsp_loss, val/sop_acc, ...
         self.val_pair_loss = MeanMetric()
         self.val_pair_acc = BinaryAccuracy()
@@ -58,12 +62,14 @@ class SentencePairMLM(MaskedLM):
         heads = pretraining_heads(self.model)
         return heads[0] if heads else None
 
-    def losses(self, batch: dict[str, torch.Tensor], inputs: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(mlm_loss, pair_loss, pair_logits)` from one encoder pass."""
         mlm_head, pair_head = pretraining_heads(self.model)
-        out = self.model.base_model(input_ids=inputs, attention_mask=batch["attention_mask"],
-                                    token_type_ids=batch["token_type_ids"])
+        out = self.model.base_model(
+            input_ids=inputs, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        )
         selected = labels != IGNORE_INDEX
         mlm_loss = F.cross_entropy(mlm_head(out.last_hidden_state[selected]).float(), labels[selected])
         pair_logits = pair_head(out.pooler_output).float()
@@ -75,8 +81,9 @@ class SentencePairMLM(MaskedLM):
         loss = mlm_loss + pair_loss
         accuracy = (logits.argmax(-1) == batch["pair_label"]).float().mean()
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/mlm_loss": mlm_loss, f"train/{self.task}_loss": pair_loss,
-                       f"train/{self.task}_acc": accuracy})
+        self.log_dict(
+            {"train/mlm_loss": mlm_loss, f"train/{self.task}_loss": pair_loss, f"train/{self.task}_acc": accuracy}
+        )
         return loss
 
     def validation_update(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

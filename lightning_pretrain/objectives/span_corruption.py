@@ -11,18 +11,18 @@ the target), so the decoder also learns to write and end long text. `predict` fi
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from tokenizers import processors
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
 
 from lightning_pretrain import architecture
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.objectives.pretraining import PretrainingModule, describe_prompt, seeded_generator
+from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
+from lightning_pretrain.objectives.prompts import describe_prompt
+from lightning_pretrain.objectives.sentinels import sentinel_tokens, target_spans, with_sentinels
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ def span_lengths(length: int, noise_density: float = 0.15, mean_noise_span_lengt
     noise = min(max(int(round(length * noise_density)), 1), length - 1)
     spans = max(int(round(noise / mean_noise_span_length)), 1)
     if spans > length - noise:  # every noise span needs a kept token before it
-        raise InputError(f"a block of {length} tokens cannot hold {spans} noise spans around {length - noise} kept "
-                         f"tokens: lower noise_density or raise mean_noise_span_length")
+        raise InputError(
+            f"a block of {length} tokens cannot hold {spans} noise spans around {length - noise} kept "
+            f"tokens: lower noise_density or raise mean_noise_span_length"
+        )
     return SpanLengths(noise, spans, length - noise + spans + 1, noise + spans + 1)
 
 
@@ -60,16 +62,26 @@ def random_segmentation(batch: int, items: int, segments: int, generator=None, d
     order = torch.rand(batch, items - 1, generator=generator, device=device).argsort(-1)
     cut_after = order < segments - 1  # exactly segments-1 cut points per row, at uniformly random gaps
     segment = F.pad(cut_after, (1, 0)).long().cumsum(-1)
-    return torch.zeros(batch, segments, dtype=torch.long, device=device).scatter_add_(1, segment, torch.ones_like(segment))
+    return torch.zeros(batch, segments, dtype=torch.long, device=device).scatter_add_(
+        1, segment, torch.ones_like(segment)
+    )
 
 
-def random_spans_noise_mask(batch: int, length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
-                            generator=None, device=None) -> torch.Tensor:
+def random_spans_noise_mask(
+    batch: int,
+    length: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    generator=None,
+    device=None,
+) -> torch.Tensor:
     """`(batch, length)` bools: True on noise. Kept and noise spans alternate, starting with a kept one."""
     n = span_lengths(length, noise_density, mean_noise_span_length)
     noise = random_segmentation(batch, n.noise, n.spans, generator, device)
     kept = random_segmentation(batch, length - n.noise, n.spans, generator, device)
-    starts = torch.stack([kept, noise], -1).reshape(batch, -1).cumsum(-1)[:, :-1]  # where each span after the first begins
+    starts = (
+        torch.stack([kept, noise], -1).reshape(batch, -1).cumsum(-1)[:, :-1]
+    )  # where each span after the first begins
     span_number = torch.zeros(batch, length, dtype=torch.long, device=device).scatter_(1, starts, 1).cumsum(-1)
     return span_number % 2 == 1
 
@@ -86,8 +98,9 @@ def replace_spans(ids: torch.Tensor, spans: torch.Tensor, sentinel_ids: torch.Te
     return out[~spans | starts].view(ids.shape[0], -1)
 
 
-def span_corrupt(blocks: torch.Tensor, noise_mask: torch.Tensor, sentinel_ids: torch.Tensor,
-                 eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def span_corrupt(
+    blocks: torch.Tensor, noise_mask: torch.Tensor, sentinel_ids: torch.Tensor, eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, targets)`: noise spans -> sentinels in the input; kept spans -> sentinels in the target; EOS on both."""
     eos = torch.full((blocks.shape[0], 1), eos_id, dtype=blocks.dtype, device=blocks.device)
     inputs = torch.cat([replace_spans(blocks, noise_mask, sentinel_ids), eos], 1)
@@ -103,53 +116,10 @@ def prefix_lm(blocks: torch.Tensor, split: int, sentinel_id: int, eos_id: int) -
     def column(v: int) -> torch.Tensor:
         return torch.full((rows, 1), v, dtype=blocks.dtype, device=blocks.device)
 
-    return (torch.cat([blocks[:, :split], column(sentinel_id), column(eos_id)], 1),
-            torch.cat([column(sentinel_id), blocks[:, split:], column(eos_id)], 1))
-
-
-def sentinel_tokens(n: int) -> list[str]:
-    return [f"<extra_id_{i}>" for i in range(n)]
-
-
-def with_sentinels(tokenizer: PreTrainedTokenizerBase, n: int) -> tuple[PreTrainedTokenizerBase, int]:
-    """The tokenizer itself when it has `<extra_id_0..n-1>` and appends EOS (T5's), else a copy that does.
-
-    Missing sentinels are appended as special tokens in reverse, so `<extra_id_0>` gets the last id as in T5, and
-    every id the corpus was tokenized with keeps its meaning. Returns `(tokenizer, number of ids added)`.
-    """
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in sentinel_tokens(n) if t not in vocab]
-    probe = tokenizer("probe").input_ids
-    needs_eos = not probe or probe[-1] != tokenizer.eos_token_id
-    if not missing and not needs_eos:
-        return tokenizer, 0
-    tokenizer = copy.deepcopy(tokenizer)  # the data module keeps its own: the corpus ids do not change
-    before = len(tokenizer)
-    if missing:
-        if len(missing) != n:
-            raise InputError(f"the tokenizer has only some of the sentinels <extra_id_0..{n - 1}>; "
-                             f"set num_sentinels to the number it has")
-        tokenizer.add_special_tokens({"additional_special_tokens": missing[::-1]})
-    if needs_eos:
-        # T5's template: an encoded prompt ends with </s>, as every training input does
-        eos = (tokenizer.eos_token, tokenizer.eos_token_id)
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"$A {eos[0]}", pair=f"$A {eos[0]} $B {eos[0]}", special_tokens=[eos])
-    return tokenizer, len(tokenizer) - before
-
-
-def target_spans(target: list[int], sentinels: dict[int, str], stop: set[int]) -> dict[str, list[int]]:
-    """The ids that follow each sentinel in a generated target `<extra_id_0> ids <extra_id_1> ids ... </s>`, up to
-    the first `stop` id (EOS, padding); ids before the first sentinel belong to none."""
-    found, current = {}, None
-    for t in target:
-        if t in stop:
-            break
-        if t in sentinels:
-            current = found.setdefault(sentinels[t], [])
-        elif current is not None:
-            current.append(t)
-    return found
+    return (
+        torch.cat([blocks[:, :split], column(sentinel_id), column(eos_id)], 1),
+        torch.cat([column(sentinel_id), blocks[:, split:], column(eos_id)], 1),
+    )
 
 
 class SpanCorruption(PretrainingModule):
@@ -203,24 +173,36 @@ class SpanCorruption(PretrainingModule):
     def lengths(self, length: int) -> SpanLengths:
         n = span_lengths(length, self.noise_density, self.mean_noise_span_length)
         if n.spans > len(self.sentinel_ids):
-            raise InputError(f"blocks of {length} tokens make {n.spans} noise spans but only {len(self.sentinel_ids)} "
-                             f"sentinels exist: raise num_sentinels or mean_noise_span_length, or lower seq_len")
+            raise InputError(
+                f"blocks of {length} tokens make {n.spans} noise spans but only {len(self.sentinel_ids)} "
+                f"sentinels exist: raise num_sentinels or mean_noise_span_length, or lower seq_len"
+            )
         return n
 
     def check_seq_len(self, seq_len: int) -> None:
         n = self.lengths(seq_len)
         limit = architecture.max_positions(self.model.config)
         if limit is not None and max(n.inputs, n.targets) > limit:
-            raise InputError(f"seq_len={seq_len} gives {n.inputs}-token inputs, more than the model's {limit} "
-                             f"positions; lower --data.seq_len")
-        log.info("span corruption: raw blocks of %d tokens -> inputs of %d, targets of %d (%d noise tokens in %d spans)",
-                 seq_len, n.inputs, n.targets, n.noise, n.spans)
+            raise InputError(
+                f"seq_len={seq_len} gives {n.inputs}-token inputs, more than the model's {limit} "
+                f"positions; lower --data.seq_len"
+            )
+        log.info(
+            "span corruption: raw blocks of %d tokens -> inputs of %d, targets of %d (%d noise tokens in %d spans)",
+            seq_len,
+            n.inputs,
+            n.targets,
+            n.noise,
+            n.spans,
+        )
 
     def model_input_shape(self, batch: torch.Tensor) -> tuple[tuple[int, int], int]:
         """What the model sees of a raw batch, for the Throughput callback's FLOPs: (sequences, input length), target length."""
         if isinstance(batch, dict):  # predict's prompts: their encoded length, at most max_new_tokens generated
-            return (len(batch["text"]), max(map(len, self.tokenizer(batch["text"]).input_ids))), \
-                self.generation.max_new_tokens
+            return (
+                len(batch["text"]),
+                max(map(len, self.tokenizer(batch["text"]).input_ids)),
+            ), self.generation.max_new_tokens
         n = self.lengths(batch.shape[1])
         return (batch.shape[0], n.inputs), n.targets
 
@@ -234,14 +216,22 @@ class SpanCorruption(PretrainingModule):
         prefix_rows = round(rows * self.prefix_lm_fraction)
         parts = []
         if rows - prefix_rows:
-            mask = random_spans_noise_mask(rows - prefix_rows, length, self.noise_density,
-                                           self.mean_noise_span_length, generator=g, device=batch.device)
-            parts.append(span_corrupt(batch[:rows - prefix_rows], mask, self.sentinel_ids,
-                                      self.tokenizer.eos_token_id))
+            mask = random_spans_noise_mask(
+                rows - prefix_rows,
+                length,
+                self.noise_density,
+                self.mean_noise_span_length,
+                generator=g,
+                device=batch.device,
+            )
+            parts.append(
+                span_corrupt(batch[: rows - prefix_rows], mask, self.sentinel_ids, self.tokenizer.eos_token_id)
+            )
         if prefix_rows:
             split = int(torch.randint(length // 4, 3 * length // 4 + 1, (1,), generator=g, device=batch.device))
-            parts.append(prefix_lm(batch[rows - prefix_rows:], split, int(self.sentinel_ids[0]),
-                                   self.tokenizer.eos_token_id))
+            parts.append(
+                prefix_lm(batch[rows - prefix_rows :], split, int(self.sentinel_ids[0]), self.tokenizer.eos_token_id)
+            )
         return parts
 
     def nll(self, batch: torch.Tensor, *stream: int) -> tuple[torch.Tensor, int]:
@@ -270,8 +260,10 @@ class SpanCorruption(PretrainingModule):
         asked = [[names[t] for t in seq if t in names] for seq in ids]
         for sentinels, i, text in zip(asked, batch["example_id"].tolist(), batch["text"]):
             if not sentinels:
-                raise InputError(f"{describe_prompt(i, text)} holds no sentinel to fill; write <extra_id_0>, "
-                                 f"<extra_id_1>, ... where the model should put back the missing text")
+                raise InputError(
+                    f"{describe_prompt(i, text)} holds no sentinel to fill; write <extra_id_0>, "
+                    f"<extra_id_1>, ... where the model should put back the missing text"
+                )
         self.check_prompts(ids, batch)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out = self.generate(batch, self.pad_prompts(ids, pad), pad)

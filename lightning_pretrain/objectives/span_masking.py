@@ -63,13 +63,21 @@ def span_mask_tokens(
     for _ in range(4 * int(budget.max().item() if B else 0) + 8):  # ample: each step usually adds a span per row
         if done.all():
             break
-        length = torch.searchsorted(cdf, torch.rand(B, device=device, generator=generator)).clamp(
-            max=max_span_words - 1)[:, None] + 1
+        length = (
+            torch.searchsorted(cdf, torch.rand(B, device=device, generator=generator)).clamp(max=max_span_words - 1)[
+                :, None
+            ]
+            + 1
+        )
         end = (w + length).clamp(max=T - 1)  # the word after the span: it must exist (the right boundary)
         masked_before = torch.nn.functional.pad(masked.long().cumsum(1), (1, 0))
-        fits = ((w >= 1) & (w + length <= T - 1) & (tokens.gather(1, end) > 0)
-                & (ok_before.gather(1, end) - ok_before[:, :T] == length)
-                & (masked_before.gather(1, end + 1) - masked_before[:, :T].roll(1, 1) == 0))  # [w-1, end] free
+        fits = (
+            (w >= 1)
+            & (w + length <= T - 1)
+            & (tokens.gather(1, end) > 0)
+            & (ok_before.gather(1, end) - ok_before[:, :T] == length)
+            & (masked_before.gather(1, end + 1) - masked_before[:, :T].roll(1, 1) == 0)
+        )  # [w-1, end] free
         scores = torch.rand(B, T, device=device, generator=generator).masked_fill(~fits, -1)
         start = scores.argmax(1, keepdim=True)
         # under a mean span from the budget: one last span with probability remaining / mean (decided before its
@@ -108,8 +116,7 @@ def span_boundaries(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     start = torch.where(first, pos, 0).cummax(1).values
     end = torch.where(last, pos, T - 1).flip(1).cummin(1).values.flip(1)
     rows = torch.arange(B, device=labels.device)[:, None].expand(B, T)
-    return (rows[chosen], (start - 1).clamp(min=0)[chosen], (end + 1).clamp(max=T - 1)[chosen],
-            (pos - start)[chosen])
+    return (rows[chosen], (start - 1).clamp(min=0)[chosen], (end + 1).clamp(max=T - 1)[chosen], (pos - start)[chosen])
 
 
 class SpanBoundaryHead(nn.Module):
@@ -119,10 +126,14 @@ class SpanBoundaryHead(nn.Module):
     def __init__(self, hidden_size: int, max_offset: int = 512, layer_norm_eps: float = 1e-12):
         super().__init__()
         self.position = nn.Embedding(max_offset, hidden_size)
-        self.mlp = nn.Sequential(nn.Linear(3 * hidden_size, hidden_size), nn.GELU(),
-                                 nn.LayerNorm(hidden_size, eps=layer_norm_eps),
-                                 nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                                 nn.LayerNorm(hidden_size, eps=layer_norm_eps))
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * hidden_size, hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+        )
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One vector per labelled position (`labels[labels != IGNORE_INDEX]` order) from the final hidden states."""

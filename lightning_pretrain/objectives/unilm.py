@@ -3,10 +3,10 @@ bidirectional (every token sees every token), left-to-right (a token sees itself
 right-to-left (its mirror) and sequence-to-sequence (the source sees the source; the target sees the source and its
 own tokens up to itself). Every kind predicts masked tokens (BERT's 80/10/10, `masked_lm.mask_tokens`); a seq2seq
 example masks its target only, document separators included, so the model learns where a target ends. The masks
-are pure functions of (kind, source length); the model gets them as 4D masks (sdpa: boolean, eager: additive).
-Training draws a kind per example; validation scores every block under each kind (`val/loss_<kind>`).
-`predict` writes a target for each prompt (the source): append [MASK], predict it under the seq2seq mask, put it
-in, repeat (greedy) until the separator or `generation.max_new_tokens`.
+are pure functions of (kind, source length), in unilm_masks.py; the model gets them as 4D masks (sdpa: boolean,
+eager: additive). Training draws a kind per example; validation scores every block under each kind
+(`val/loss_<kind>`). `predict` writes a target for each prompt (the source): append [MASK], predict it under the
+seq2seq mask, put it in, repeat (greedy) until the separator or `generation.max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from lightning_pretrain.document_attention import EXPLICIT_MASK
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.objectives.masked_lm import mask_tokens
 from lightning_pretrain.objectives.pretraining import PretrainingModule, seeded_generator
+from lightning_pretrain.objectives.unilm_masks import (
+    KINDS,
+    SEQ2SEQ,
+    attention_masks,
+    check_model_type,
+    model_mask,
+    segment_ids,
+)
 
-KINDS = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")  # index = the kind's id
-BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, SEQ2SEQ = range(len(KINDS))
 PAPER_MIX = {"bidirectional": 1 / 3, "seq2seq": 1 / 3, "left_to_right": 1 / 6, "right_to_left": 1 / 6}
-# encoders whose layers take a ready [B,1,L,L] mask as it is (transformers' masking_utils returns a 4D mask unchanged)
-MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 
 
 def mix_probabilities(mix: dict[str, float]) -> torch.Tensor:
@@ -47,8 +51,9 @@ def draw_kinds(n: int, probabilities: torch.Tensor, generator: torch.Generator |
     return torch.multinomial(probabilities, n, replacement=True, generator=generator)
 
 
-def draw_source_lengths(input_ids: torch.Tensor, separator: int, at_documents: bool = False,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_source_lengths(
+    input_ids: torch.Tensor, separator: int, at_documents: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """[B] where each row's seq2seq source ends (its length, 1..L-1, so both segments hold a token): a uniform
     point, or with `at_documents` just after one of the row's separators (uniformly among those before the last
     token; a row without one falls back to its uniform point)."""
@@ -59,54 +64,37 @@ def draw_source_lengths(input_ids: torch.Tensor, separator: int, at_documents: b
     return torch.where(ends.any(1) & at_documents, score.argmax(1) + 1, anywhere)
 
 
-def attention_masks(kinds: torch.Tensor, source_lengths: torch.Tensor, length: int) -> torch.Tensor:
-    """[B,1,L,L] bool, True where query i (row) may attend key j (column), for each row's kind: bidirectional all
-    True; left-to-right j <= i; right-to-left j >= i; seq2seq with source length s: j < s for a source query
-    (i < s), j <= i for a target query, i.e. j < max(s, i + 1). Right padding needs nothing more: a real query never
-    sees a later position in the causal kinds, and every padding query sees itself (no empty softmax row)."""
-    i = torch.arange(length, device=kinds.device)[:, None]
-    j = torch.arange(length, device=kinds.device)[None, :]
-    kind, s = kinds[:, None, None], source_lengths[:, None, None]
-    allowed = torch.where(kind == LEFT_TO_RIGHT, j <= i, j < torch.maximum(s, i + 1))  # seq2seq otherwise
-    allowed = torch.where(kind == RIGHT_TO_LEFT, j >= i, allowed)
-    return torch.where(kind == BIDIRECTIONAL, True, allowed)[:, None]
-
-
-def segment_ids(kinds: torch.Tensor, source_lengths: torch.Tensor, length: int) -> torch.Tensor:
-    """[B,L] token type ids: 1 on a seq2seq example's target, 0 everywhere else (BERT's two segment embeddings)."""
-    target = torch.arange(length, device=kinds.device)[None, :] >= source_lengths[:, None]
-    return (target & (kinds[:, None] == SEQ2SEQ)).long()
-
-
-def model_mask(allowed: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """The 4D mask as the model's attention takes it: sdpa the boolean one, eager an additive one (its kernel adds
-    the mask to the scores)."""
-    if attn_implementation == "eager":
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
-                                                                                          torch.finfo(dtype).min)
-    return allowed
-
-
-def unilm_corrupt(input_ids: torch.Tensor, kinds: torch.Tensor, source_lengths: torch.Tensor, mask_token_id: int,
-                  special_ids: torch.Tensor, replacement_ids: torch.Tensor, separator: int,
-                  mlm_probability: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def unilm_corrupt(
+    input_ids: torch.Tensor,
+    kinds: torch.Tensor,
+    source_lengths: torch.Tensor,
+    mask_token_id: int,
+    special_ids: torch.Tensor,
+    replacement_ids: torch.Tensor,
+    separator: int,
+    mlm_probability: float = 0.15,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, labels)` as `masked_lm.mask_tokens` (labels IGNORE_INDEX where nothing is predicted): a bidirectional or
     unidirectional row selects among its non-special tokens, a seq2seq row among its target's tokens, separators
     included, and keeps its source intact: as UniLM's seq2seq fine-tuning does (masking the target's [EOS] teaches
     generation to stop); its pretraining masked both segments."""
-    inputs, labels = mask_tokens(input_ids, mask_token_id, special_ids[special_ids != separator], replacement_ids,
-                                 mlm_probability, mask_fraction, random_fraction, generator=generator)
+    inputs, labels = mask_tokens(
+        input_ids,
+        mask_token_id,
+        special_ids[special_ids != separator],
+        replacement_ids,
+        mlm_probability,
+        mask_fraction,
+        random_fraction,
+        generator=generator,
+    )
     target = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= source_lengths[:, None]
     seq2seq = kinds[:, None] == SEQ2SEQ
     keep = torch.where(seq2seq, target, input_ids != separator)
     return torch.where(keep, inputs, input_ids), torch.where(keep, labels, IGNORE_INDEX)
-
-
-def check_model_type(config: PretrainedConfig) -> None:
-    if config.model_type not in MODEL_TYPES:
-        raise InputError(f"UniLM trains a BERT-family encoder that takes 4D attention masks ({', '.join(MODEL_TYPES)}"
-                         f"); got model type '{config.model_type}': use transformers.BertConfig or RobertaConfig")
 
 
 class UniLM(PretrainingModule):
@@ -139,8 +127,12 @@ class UniLM(PretrainingModule):
                 epoch, batch, rank), so a resumed run draws what an uninterrupted one would, and validation draws
                 the same every time.
         """
-        if not (0 < mlm_probability < 1 and mask_fraction >= 0 and random_fraction >= 0
-                and mask_fraction + random_fraction <= 1):
+        if not (
+            0 < mlm_probability < 1
+            and mask_fraction >= 0
+            and random_fraction >= 0
+            and mask_fraction + random_fraction <= 1
+        ):
             raise InputError("need 0 < mlm_probability < 1 and mask_fraction + random_fraction <= 1 (both >= 0)")
         probabilities = mix_probabilities(PAPER_MIX if mix is None else mix)
         if isinstance(kwargs.get("model"), PretrainedConfig):  # refused before AutoModelForMaskedLM refuses a GPT-2
@@ -149,12 +141,15 @@ class UniLM(PretrainingModule):
         config = self.model.config
         check_model_type(config)
         if compat.attn_implementation(config) not in EXPLICIT_MASK:
-            raise InputError(f"UniLM's attention masks need attn_implementation 'sdpa' or 'eager', not "
-                             f"{compat.attn_implementation(config)!r}")
+            raise InputError(
+                f"UniLM's attention masks need attn_implementation 'sdpa' or 'eager', not "
+                f"{compat.attn_implementation(config)!r}"
+            )
         tokenizer = self.tokenizer
         if tokenizer.mask_token_id is None:
-            raise InputError("UniLM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or "
-                             "'unigram')")
+            raise InputError(
+                "UniLM needs a tokenizer with a mask token (train one with 'wordpiece', 'bpe' or 'unigram')"
+            )
         self.seq2seq_split, self.mask_seed = seq2seq_split, mask_seed
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
         self.separator = document_separator(tokenizer)
@@ -172,14 +167,18 @@ class UniLM(PretrainingModule):
     def encode(self, input_ids: torch.Tensor, kinds: torch.Tensor, source_lengths: torch.Tensor) -> torch.Tensor:
         """The encoder's last hidden states [B,L,H] with each row attending under its kind's mask."""
         length, config = input_ids.shape[1], self.model.config
-        inputs = {"attention_mask": model_mask(attention_masks(kinds, source_lengths, length),
-                                               compat.attn_implementation(config), self.model.dtype)}
+        inputs = {
+            "attention_mask": model_mask(
+                attention_masks(kinds, source_lengths, length), compat.attn_implementation(config), self.model.dtype
+            )
+        }
         if getattr(config, "type_vocab_size", 0) >= 2:  # RoBERTa has one segment embedding: no segment ids
             inputs["token_type_ids"] = segment_ids(kinds, source_lengths, length)
         return self.model.base_model(input_ids=input_ids, **inputs).last_hidden_state
 
-    def masked_nll(self, batch: torch.Tensor, *stream: int, kind: int | None = None) -> tuple[torch.Tensor,
-                                                                                               torch.Tensor]:
+    def masked_nll(
+        self, batch: torch.Tensor, *stream: int, kind: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(nll, kind)` of every predicted token of a block batch, its draws seeded by (mask_seed, *stream, rank);
         `kind`: every row under that kind (the other draws unchanged, so each kind masks the same positions)."""
         g = seeded_generator(batch.device, self.mask_seed, *stream, self.global_rank)
@@ -187,9 +186,19 @@ class UniLM(PretrainingModule):
         if kind is not None:
             kinds = torch.full_like(kinds, kind)
         sources = draw_source_lengths(batch, self.separator, self.seq2seq_split == "document", g)
-        inputs, labels = unilm_corrupt(batch, kinds, sources, self.tokenizer.mask_token_id, self.special_ids,
-                                       self.replacement_ids, self.separator, self.mlm_probability, self.mask_fraction,
-                                       self.random_fraction, generator=g)
+        inputs, labels = unilm_corrupt(
+            batch,
+            kinds,
+            sources,
+            self.tokenizer.mask_token_id,
+            self.special_ids,
+            self.replacement_ids,
+            self.separator,
+            self.mlm_probability,
+            self.mask_fraction,
+            self.random_fraction,
+            generator=g,
+        )
         selected = labels != IGNORE_INDEX
         # the vocabulary head at the predicted positions only, as MaskedLM does
         logits = self.mlm_head(self.encode(inputs, kinds, sources)[selected])
@@ -234,8 +243,10 @@ class UniLM(PretrainingModule):
     def on_predict_start(self) -> None:
         super().on_predict_start()
         if self.generation.do_sample or self.generation.num_beams != 1:
-            raise InputError("UniLM's predict decodes greedily, one [MASK] at a time: drop generation.do_sample "
-                             "and generation.num_beams")
+            raise InputError(
+                "UniLM's predict decodes greedily, one [MASK] at a time: drop generation.do_sample "
+                "and generation.num_beams"
+            )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One row per prompt: `{"id", "prompt", "generation"}`, the generation holding the new tokens only."""
@@ -264,5 +275,9 @@ class UniLM(PretrainingModule):
                 if len(targets[r]) == limit:
                     live.remove(r)
         texts = tok.batch_decode(targets, skip_special_tokens=True)
-        return {"rows": [{"id": i, "prompt": prompt, "generation": text}
-                         for i, prompt, text in zip(batch["example_id"].tolist(), batch["text"], texts)]}
+        return {
+            "rows": [
+                {"id": i, "prompt": prompt, "generation": text}
+                for i, prompt, text in zip(batch["example_id"].tolist(), batch["text"], texts)
+            ]
+        }

@@ -34,8 +34,12 @@ class FineTuneData(L.LightningDataModule):
     # what "no data" and "needs --data.tokenizer" errors add
     no_data_hint: ClassVar[str] = "pass --data.source (a hub id or a directory) or --data.train_file / --data.val_file"
     tokenizer_hint: ClassVar[str] = " (the model's tokenizer directory or hub id)"
-    STAGE_SPLITS: ClassVar[dict] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                                    "predict": ("predict",)}
+    STAGE_SPLITS: ClassVar[dict] = {
+        "fit": ("train", "val"),
+        "validate": ("val",),
+        "test": ("test",),
+        "predict": ("predict",),
+    }
 
     def __init__(
         self,
@@ -147,8 +151,10 @@ class FineTuneData(L.LightningDataModule):
     def measured(self) -> dict:
         """`facts`, refused before `publish` ran (the contract reports them, and finding them takes work)."""
         if self.facts is None:
-            raise RuntimeError(f"{type(self).__name__}.contract reports facts of the tokenized data, which publish() "
-                               f"measures: call it first (the CLI does)")
+            raise RuntimeError(
+                f"{type(self).__name__}.contract reports facts of the tokenized data, which publish() "
+                f"measures: call it first (the CLI does)"
+            )
         return self.facts
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
@@ -168,9 +174,17 @@ class FineTuneData(L.LightningDataModule):
         """The cache entry of a tokenized split (built on first use) and its metadata."""
         with cache.rooted(self.cache_root):  # file digests are remembered under this cache
             identity = self.inputs.identity(split)
-        key = cache.cache_key(self.cache_name, self.format_version, split == "predict", identity, self.header,
-                              self.max_train_examples if split == "train" else None, self.seed,
-                              self.tokenizer_fingerprint, *self.cache_parts(split))
+        key = cache.cache_key(
+            self.cache_name,
+            self.format_version,
+            split == "predict",
+            identity,
+            self.header,
+            self.max_train_examples if split == "train" else None,
+            self.seed,
+            self.tokenizer_fingerprint,
+            *self.cache_parts(split),
+        )
 
         def build(tmp: Path) -> dict:
             t0 = time.perf_counter()
@@ -184,12 +198,14 @@ class FineTuneData(L.LightningDataModule):
                     datasets.enable_progress_bars()
             return {**meta, "seconds": round(time.perf_counter() - t0, 3)}
 
-        entry, reused = cache.get_or_build(self.cache_root / self.cache_name / key, build,
-                                           lambda e, m: (e / "data").is_dir() and "rows" in m)
+        entry, reused = cache.get_or_build(
+            self.cache_root / self.cache_name / key, build, lambda e, m: (e / "data").is_dir() and "rows" in m
+        )
         meta = cache.read_meta(entry)
         if not reused:  # logged as the subclass's module, where users look for it
-            logging.getLogger(type(self).__module__).info("tokenized the %s split: %s in %.1fs -> %s", split,
-                                                          self.summary(meta), meta["seconds"], entry)
+            logging.getLogger(type(self).__module__).info(
+                "tokenized the %s split: %s in %.1fs -> %s", split, self.summary(meta), meta["seconds"], entry
+            )
         return entry, meta
 
     # -- Lightning hooks ----------------------------------------------------------------------------------------
@@ -218,9 +234,17 @@ class FineTuneData(L.LightningDataModule):
         of their accumulation window), else an evaluation split."""
         rank, world_size = rank_and_world(self.trainer)
         windows = {"token_counts": token_counts, **training_windows(self.trainer)} if token_counts is not None else {}
-        return stateful_loader(rows, self.batch_size if train else self.eval_batch_size, shuffle=train,
-                               num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size,
-                               collate_fn=self.collate(train), **windows)
+        return stateful_loader(
+            rows,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            collate_fn=self.collate(train),
+            **windows,
+        )
 
     def windowed_loader(self, rows, token_counts, what: str) -> StatefulDataLoader:
         """The training loader with `window_tokens`, refused in one line when validation would never run."""

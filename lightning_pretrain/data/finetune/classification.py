@@ -54,8 +54,18 @@ class TextClassification(FineTuneData):
         super().__init__(**kwargs)
         self.resolve_header(text_column, text_pair_column, label_column)
         # where each split's rows come from (files, a directory, a hub dataset), read untokenized
-        self.inputs = Splits(self.source, self.files, self.hub_splits, text_column, text_pair_column, label_column,
-                             self.header, self.val_fraction, self.seed, self.max_train_examples)
+        self.inputs = Splits(
+            self.source,
+            self.files,
+            self.hub_splits,
+            text_column,
+            text_pair_column,
+            label_column,
+            self.header,
+            self.val_fraction,
+            self.seed,
+            self.max_train_examples,
+        )
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.task, self.labels, self.label_offset = task, labels, label_offset
         self.max_length = max_length
@@ -98,8 +108,16 @@ class TextClassification(FineTuneData):
         return None if split == "train" or self.task == "regression" else self.label_names
 
     def cache_parts(self, split: str) -> tuple:
-        return (self.text_column, self.text_pair_column, self.label_column, self.task, self.labels, self._names(split),
-                self.label_offset, self.max_length)
+        return (
+            self.text_column,
+            self.text_pair_column,
+            self.label_column,
+            self.task,
+            self.labels,
+            self._names(split),
+            self.label_offset,
+            self.max_length,
+        )
 
     def summary(self, meta: dict) -> str:
         return f"{meta['rows']} examples ({meta['truncated']} truncated to {self.max_length} tokens)"
@@ -114,8 +132,9 @@ class TextClassification(FineTuneData):
         if "label" in rows:
             targets = encode_labels(rows["label"], names, self.task, self.label_offset, where, rows.get("where"))
             # all rows labelled, or (test, predict: e.g. GLUE's test files, label -1) none; none is refused by test
-            meta["labelled"] = labelled(rows["label"], targets, self.task, split in ("test", "predict"), where,
-                                        rows.get("where"))
+            meta["labelled"] = labelled(
+                rows["label"], targets, self.task, split in ("test", "predict"), where, rows.get("where")
+            )
             if meta["labelled"]:
                 columns["labels"] = targets
                 if names:
@@ -124,8 +143,12 @@ class TextClassification(FineTuneData):
         pairs = rows.get("text_pair")
         for start in range(0, len(rows["text"]), 2000):
             stop = start + 2000
-            part = self.tokenizer(rows["text"][start:stop], pairs[start:stop] if pairs else None, truncation=True,
-                                  max_length=self.max_length)
+            part = self.tokenizer(
+                rows["text"][start:stop],
+                pairs[start:stop] if pairs else None,
+                truncation=True,
+                max_length=self.max_length,
+            )
             for k, v in part.items():
                 enc.setdefault(k, []).extend(v)
         meta["truncated"] = sum(1 for ids in enc["input_ids"] if len(ids) >= self.max_length)
@@ -137,8 +160,10 @@ class TextClassification(FineTuneData):
     # -- Lightning hooks ----------------------------------------------------------------------------------------
     def check_split(self, split: str, meta: dict) -> None:
         if split == "test" and not meta["labelled"]:
-            raise InputError(f"the test split ({self.inputs.describe('test')}) has no labels: `test` needs "
-                             f"them; use `predict` for unlabelled texts, or pass a labelled --data.test_file")
+            raise InputError(
+                f"the test split ({self.inputs.describe('test')}) has no labels: `test` needs "
+                f"them; use `predict` for unlabelled texts, or pass a labelled --data.test_file"
+            )
 
     def collate(self, train: bool) -> DynamicPadding:
         return DynamicPadding(self.tokenizer)

@@ -28,18 +28,22 @@ CHUNK = 2000  # texts per tokenizer call
 def _ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], special: bool) -> list[list[int]]:
     out: list[list[int]] = []
     for start in range(0, len(texts), CHUNK):
-        out += tokenizer(texts[start:start + CHUNK], add_special_tokens=special)["input_ids"]
+        out += tokenizer(texts[start : start + CHUNK], add_special_tokens=special)["input_ids"]
     return out
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, rows: dict[str, list], max_length: int, chat: bool,
-           where: str) -> tuple[datasets.Dataset, dict]:
+def encode(
+    tokenizer: PreTrainedTokenizerBase, rows: dict[str, list], max_length: int, chat: bool, where: str
+) -> tuple[datasets.Dataset, dict]:
     """`rows` ('prompt', 'completion' unless predicting) tokenized: the prompt with the tokenizer's special tokens
     (a rendered chat template holds its own), the completion without, then EOS. A completion is cut to fit
     `max_length` after its prompt; an example whose prompt alone fills it is dropped (counted in the metadata)."""
     prompts = _ids(tokenizer, rows["prompt"], special=not chat)
-    columns = {"example_id": list(range(len(prompts))), "prompt": rows["prompt"],
-               "prompt_length": [len(p) for p in prompts]}
+    columns = {
+        "example_id": list(range(len(prompts))),
+        "prompt": rows["prompt"],
+        "prompt_length": [len(p) for p in prompts],
+    }
     if "completion" not in rows:  # predict: prompts only
         meta = {"rows": len(prompts), "dropped": 0, "truncated": 0, "longest": max(map(len, prompts))}
         return datasets.Dataset.from_dict({**columns, "input_ids": prompts}), meta
@@ -50,20 +54,27 @@ def encode(tokenizer: PreTrainedTokenizerBase, rows: dict[str, list], max_length
         c = c + [tokenizer.eos_token_id]
         if len(p) + len(c) > max_length:
             truncated += 1
-            c = c[:max_length - len(p)]
+            c = c[: max_length - len(p)]
         keep.append(i)
         ids.append(p + c)
         row = [IGNORE_INDEX] * len(p) + c
         row[0] = IGNORE_INDEX  # the first token of an example is never a label: nothing of its own example precedes it
         labels.append(row)
     if not keep:
-        raise InputError(f"{where}: every prompt has max_length={max_length} tokens or more, so no completion token "
-                         f"fits: raise --data.max_length")
+        raise InputError(
+            f"{where}: every prompt has max_length={max_length} tokens or more, so no completion token "
+            f"fits: raise --data.max_length"
+        )
     columns = {k: [v[i] for i in keep] for k, v in {**columns, "completion": rows["completion"]}.items()}
     counts = [sum(t != IGNORE_INDEX for t in row) for row in labels]
     columns.update(input_ids=ids, labels=labels, length=list(map(len, ids)), label_tokens=counts)
-    meta = {"rows": len(keep), "dropped": len(prompts) - len(keep), "truncated": truncated,
-            "longest": max(map(len, ids)), "label_tokens": sum(counts)}
+    meta = {
+        "rows": len(keep),
+        "dropped": len(prompts) - len(keep),
+        "truncated": truncated,
+        "longest": max(map(len, ids)),
+        "label_tokens": sum(counts),
+    }
     return datasets.Dataset.from_dict(columns), meta
 
 
@@ -77,15 +88,24 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages, where: str, labell
         except ValueError:
             pass
     messages = messages.tolist() if hasattr(messages, "tolist") else messages  # (parquet: numpy arrays)
-    if not isinstance(messages, list) or not messages or not all(
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise InputError(f"{where}: the messages column holds {describe(messages)}, not a non-empty list of "
-                         f'{{"role": ..., "content": ...}} objects with string values')
+            for m in messages
+        )
+    ):
+        raise InputError(
+            f"{where}: the messages column holds {describe(messages)}, not a non-empty list of "
+            f'{{"role": ..., "content": ...}} objects with string values'
+        )
     answered = messages[-1]["role"] == "assistant"
     if labelled and not answered:
-        raise InputError(f"{where}: the conversation does not end with an assistant message, the completion to "
-                         f"learn; end each one with {{\"role\": \"assistant\", \"content\": ...}}")
+        raise InputError(
+            f"{where}: the conversation does not end with an assistant message, the completion to "
+            f'learn; end each one with {{"role": "assistant", "content": ...}}'
+        )
     if labelled and not messages[-1]["content"].strip():
         raise InputError(f"{where}: the final assistant message is empty; every example needs its completion")
     turns = messages[:-1] if answered else messages
@@ -131,8 +151,11 @@ class Packed(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         part = self.examples[self.rows[i]]
-        return {"input_ids": sum(part["input_ids"], []), "labels": sum(part["labels"], []),
-                "position_ids": [p for ids in part["input_ids"] for p in range(len(ids))]}
+        return {
+            "input_ids": sum(part["input_ids"], []),
+            "labels": sum(part["labels"], []),
+            "position_ids": [p for ids in part["input_ids"] for p in range(len(ids))],
+        }
 
 
 class CompletionBatches:
@@ -156,14 +179,20 @@ class CompletionBatches:
                 positions[i, :n] = torch.tensor(r["position_ids"]) if "position_ids" in r else torch.arange(n)
             batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
         if self.generation:
-            prompts = [r["input_ids"][:r["prompt_length"]] for r in rows]
+            prompts = [r["input_ids"][: r["prompt_length"]] for r in rows]
             width = max(map(len, prompts))
-            ids, mask = torch.full((len(rows), width), self.pad_id, dtype=torch.long), torch.zeros(len(rows), width,
-                                                                                                   dtype=torch.long)
+            ids, mask = (
+                torch.full((len(rows), width), self.pad_id, dtype=torch.long),
+                torch.zeros(len(rows), width, dtype=torch.long),
+            )
             for i, p in enumerate(prompts):
-                ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p, dtype=torch.long), 1
-            batch.update(prompt_input_ids=ids, prompt_attention_mask=mask, prompt=[r["prompt"] for r in rows],
-                         example_id=torch.tensor([r["example_id"] for r in rows]))
+                ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p, dtype=torch.long), 1
+            batch.update(
+                prompt_input_ids=ids,
+                prompt_attention_mask=mask,
+                prompt=[r["prompt"] for r in rows],
+                example_id=torch.tensor([r["example_id"] for r in rows]),
+            )
             if "completion" in rows[0]:
                 batch["completion"] = [r["completion"] for r in rows]
         return batch

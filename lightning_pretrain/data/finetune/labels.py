@@ -37,16 +37,24 @@ def label_vocabulary(values: list, where: str = "", positions: list[str] | None 
     if not present:
         raise InputError(f"{where + ': ' if where else ''}the training split has no labels")
     if len(present) < 2:
-        raise InputError(f"{where + ': ' if where else ''}every training label is {present.pop()!r}; a classifier "
-                         f"needs two classes or more (check --data.label_column, or name the classes with "
-                         f"--data.labels)")
+        raise InputError(
+            f"{where + ': ' if where else ''}every training label is {present.pop()!r}; a classifier "
+            f"needs two classes or more (check --data.label_column, or name the classes with "
+            f"--data.labels)"
+        )
     if all(_is_int(v) for v in present):
         return sorted(present, key=lambda v: int(float(v)))
     return sorted(present)
 
 
-def encode_labels(values: list, names: list[str] | None, task: Task, offset: int = 0, where: str = "",
-                  positions: list[str] | None = None) -> list:
+def encode_labels(
+    values: list,
+    names: list[str] | None,
+    task: Task,
+    offset: int = 0,
+    where: str = "",
+    positions: list[str] | None = None,
+) -> list:
     """Targets for `values`: class ids for classification (by name, else integer minus `offset`), floats for
     regression. Unlabelled rows get -1 (classification) or NaN (regression). `positions[i]` says where the i-th
     value came from ("line 17"), for messages."""
@@ -70,14 +78,17 @@ def encode_labels(values: list, names: list[str] | None, task: Task, offset: int
         elif _is_int(v) and 0 <= int(float(v)) - offset < len(index):
             out.append(int(float(v)) - offset)
         else:
-            raise InputError(f"{_at(where, positions, row)}: label {_short(v)} is not one of {names}"
-                             f"{f' (nor an id {offset}..{offset + len(index) - 1})' if names else ''}; "
-                             f"set --data.labels (and --data.label_offset for 1-based ids)")
+            raise InputError(
+                f"{_at(where, positions, row)}: label {_short(v)} is not one of {names}"
+                f"{f' (nor an id {offset}..{offset + len(index) - 1})' if names else ''}; "
+                f"set --data.labels (and --data.label_offset for 1-based ids)"
+            )
     return out
 
 
-def labelled(values: list, targets: list, task: Task, optional: bool, where: str = "",
-             positions: list[str] | None = None) -> bool:
+def labelled(
+    values: list, targets: list, task: Task, optional: bool, where: str = "", positions: list[str] | None = None
+) -> bool:
     """Whether a split's rows carry labels: all of them (True) or, where labels are `optional` (test and predict
     splits, e.g. GLUE's test files), none of them (False); anything between is refused, naming the first row."""
     missing = [i for i, t in enumerate(targets) if is_unlabelled(t, task)]
@@ -86,9 +97,11 @@ def labelled(values: list, targets: list, task: Task, optional: bool, where: str
     if optional and len(missing) == len(targets):
         return False
     i = missing[0]
-    raise InputError(f"{_at(where, positions, i)}: no label ({_short(values[i])}); {len(missing)} of "
-                     f"{len(targets)} rows have none (blank, NaN and -1 mean no label: give each row its class, or "
-                     f"name a class '-1' in --data.labels)")
+    raise InputError(
+        f"{_at(where, positions, i)}: no label ({_short(values[i])}); {len(missing)} of "
+        f"{len(targets)} rows have none (blank, NaN and -1 mean no label: give each row its class, or "
+        f"name a class '-1' in --data.labels)"
+    )
 
 
 def is_missing(v) -> bool:

@@ -42,8 +42,10 @@ def choice_index(value, n: int, offset: int, at: str, columns: tuple = ()) -> in
         raise InputError(f"{at}: label {_short(value)} is neither a choice id nor a letter (A, B, ...)")
     if not 0 <= index < n:
         hint = "; 1-based ids? set --data.label_offset 1" if index == n and offset == 0 and _is_int(value) else ""
-        raise InputError(f"{at}: label {shown} is out of range: the row has {n} choices (ids {offset}.."
-                         f"{offset + n - 1} or letters A..{chr(ord('A') + n - 1)}{hint})")
+        raise InputError(
+            f"{at}: label {shown} is out of range: the row has {n} choices (ids {offset}.."
+            f"{offset + n - 1} or letters A..{chr(ord('A') + n - 1)}{hint})"
+        )
     return index
 
 
@@ -60,15 +62,18 @@ class ChoiceSplits(Splits):
             return self._holdout(self.rows("train_all"), "val")
         src = self._required("train" if split == "train_all" else split)
         if src.is_lines:
-            raise InputError(f"{src.spec}: a .txt file has no choices; give a table with the context and choice "
-                             f"columns")
+            raise InputError(
+                f"{src.spec}: a .txt file has no choices; give a table with the context and choice columns"
+            )
         where, table = src.describe(), src.read(self.header)
 
         def column(ref, option: str) -> str:
             found = tables.resolve_column(ref, table.columns)
             if found is None:
-                raise InputError(f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set "
-                                 f"--data.{option} by name or 0-based index)")
+                raise InputError(
+                    f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set "
+                    f"--data.{option} by name or 0-based index)"
+                )
             return found
 
         blank_ok = split == "predict"
@@ -82,8 +87,10 @@ class ChoiceSplits(Splits):
         rows["choices"] = choices
         label = tables.resolve_column(self.label_column, table.columns)
         if label is None and split in ("train", "train_all", "val"):
-            raise InputError(f"label column {self.label_column!r} not found in {where}; available: "
-                             f"{', '.join(table.columns)} (set --data.label_column by name or 0-based index)")
+            raise InputError(
+                f"label column {self.label_column!r} not found in {where}; available: "
+                f"{', '.join(table.columns)} (set --data.label_column by name or 0-based index)"
+            )
         if label is not None:
             rows["label"] = list(table.values(label))
         rows["where"] = list(table.where)
@@ -91,7 +98,7 @@ class ChoiceSplits(Splits):
             rows = self._holdout(rows, "train")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["context"]):
             pick = torch.randperm(len(rows["context"]), generator=torch.Generator().manual_seed(self.seed))
-            rows = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in rows.items()}
+            rows = {k: [v[i] for i in sorted(pick[: self.max_train_examples].tolist())] for k, v in rows.items()}
         return rows
 
     @staticmethod
@@ -101,18 +108,24 @@ class ChoiceSplits(Splits):
             out = []
             for at, value in zip(table.where, table.values(names[0])):
                 if not isinstance(value, (list, tuple)):
-                    raise InputError(f"{where} {at}: the choices column {names[0]!r} is {describe(value)}, not a list "
-                                     f"of choices (name one column per choice in --data.choice_columns)")
+                    raise InputError(
+                        f"{where} {at}: the choices column {names[0]!r} is {describe(value)}, not a list "
+                        f"of choices (name one column per choice in --data.choice_columns)"
+                    )
                 out.append([_choice(c, f"{names[0]}[{i}]", where, at) for i, c in enumerate(value)])
         else:
             columns = [table.values(name) for name in names]
-            out = [[_choice(col[r], name, where, at) for col, name in zip(columns, names)]
-                   for r, at in enumerate(table.where)]
+            out = [
+                [_choice(col[r], name, where, at) for col, name in zip(columns, names)]
+                for r, at in enumerate(table.where)
+            ]
         n = len(out[0])
         for at, row in zip(table.where, out):
             if len(row) != n:
-                raise InputError(f"{where} {at}: {len(row)} choices, but {table.where[0]} has {n}; every row needs "
-                                 f"the same number of choices")
+                raise InputError(
+                    f"{where} {at}: {len(row)} choices, but {table.where[0]} has {n}; every row needs "
+                    f"the same number of choices"
+                )
         if n < 2:
             raise InputError(f"{where}: {n} choice per row; multiple choice needs two or more")
         return out
@@ -178,9 +191,20 @@ class MultipleChoiceData(FineTuneData):
         choice_columns = list(choice_columns or ["choices"])
         super().__init__(**kwargs)
         self.resolve_header(context_column, *choice_columns, label_column, choice_prefix_column)
-        self.inputs = ChoiceSplits(self.source, self.files, self.hub_splits, context_column, None, label_column,
-                                   self.header, self.val_fraction, self.seed, self.max_train_examples,
-                                   choice_columns=tuple(choice_columns), choice_prefix_column=choice_prefix_column)
+        self.inputs = ChoiceSplits(
+            self.source,
+            self.files,
+            self.hub_splits,
+            context_column,
+            None,
+            label_column,
+            self.header,
+            self.val_fraction,
+            self.seed,
+            self.max_train_examples,
+            choice_columns=tuple(choice_columns),
+            choice_prefix_column=choice_prefix_column,
+        )
         self.context_column, self.choice_columns, self.label_column = context_column, choice_columns, label_column
         self.choice_prefix_column, self.label_offset, self.max_length = choice_prefix_column, label_offset, max_length
 
@@ -192,8 +216,7 @@ class MultipleChoiceData(FineTuneData):
 
     def measure(self) -> dict:
         """N, the choices per row, of the first split there is (training, else validation, test, predict)."""
-        split = next((s for s in ("train", "val", "test", "predict") if self.inputs.source_of(s) is not None),
-                     "train")
+        split = next((s for s in ("train", "val", "test", "predict") if self.inputs.source_of(s) is not None), "train")
         return {"num_choices": self._entry(split)[1]["num_choices"]}
 
     @property
@@ -201,17 +224,26 @@ class MultipleChoiceData(FineTuneData):
         """What the multiple-choice model needs: tokenizer, the task, one label name per choice position ('0',
         '1', ...: `measure`) and the longest pair."""
         n = self.measured()["num_choices"]
-        return DataContract(self.tokenizer, max_length=self.max_length, task=TASK,
-                            label_names=tuple(str(i) for i in range(n)))
+        return DataContract(
+            self.tokenizer, max_length=self.max_length, task=TASK, label_names=tuple(str(i) for i in range(n))
+        )
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:
-        return (self.context_column, tuple(self.choice_columns), self.label_column, self.choice_prefix_column,
-                self.label_offset, self.max_length)
+        return (
+            self.context_column,
+            tuple(self.choice_columns),
+            self.label_column,
+            self.choice_prefix_column,
+            self.label_offset,
+            self.max_length,
+        )
 
     def summary(self, meta: dict) -> str:
-        return (f"{meta['rows']} examples of {meta['num_choices']} choices ({meta['truncated']} pairs truncated to "
-                f"{self.max_length} tokens)")
+        return (
+            f"{meta['rows']} examples of {meta['num_choices']} choices ({meta['truncated']} pairs truncated to "
+            f"{self.max_length} tokens)"
+        )
 
     def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
         rows, where = self.inputs.rows(split), self.inputs.describe(split)
@@ -219,10 +251,13 @@ class MultipleChoiceData(FineTuneData):
         meta: dict = {"rows": len(rows["context"]), "num_choices": n, "labelled": "label" in rows}
         columns: dict[str, list] = {}
         if "label" in rows:
-            targets = [choice_index(v, n, self.label_offset, f"{where} {at}", tuple(self.choice_columns))
-                       for v, at in zip(rows["label"], rows["where"])]
-            meta["labelled"] = labelled(rows["label"], targets, "classification", split in ("test", "predict"), where,
-                                        rows["where"])
+            targets = [
+                choice_index(v, n, self.label_offset, f"{where} {at}", tuple(self.choice_columns))
+                for v, at in zip(rows["label"], rows["where"])
+            ]
+            meta["labelled"] = labelled(
+                rows["label"], targets, "classification", split in ("test", "predict"), where, rows["where"]
+            )
             if meta["labelled"]:
                 columns["labels"] = targets
         enc: dict[str, list] = {}
@@ -232,7 +267,7 @@ class MultipleChoiceData(FineTuneData):
             seconds = [choice for choices in rows["choices"][part] for choice in choices]
             out = self.tokenizer(firsts, seconds, truncation=True, max_length=self.max_length)
             for k, v in out.items():
-                enc.setdefault(k, []).extend(v[i:i + n] for i in range(0, len(v), n))
+                enc.setdefault(k, []).extend(v[i : i + n] for i in range(0, len(v), n))
         meta["truncated"] = sum(1 for row in enc["input_ids"] for ids in row if len(ids) >= self.max_length)
         columns = {**enc, **columns, "example_id": list(range(len(rows["context"])))}
         if split == "predict":  # predictions are written next to their texts
@@ -242,12 +277,16 @@ class MultipleChoiceData(FineTuneData):
     # -- Lightning hooks ----------------------------------------------------------------------------------------
     def check_split(self, split: str, meta: dict) -> None:
         if split == "test" and not meta["labelled"]:
-            raise InputError(f"the test split ({self.inputs.describe('test')}) has no labels: `test` needs them; use "
-                             f"`predict` for unlabelled rows, or pass a labelled --data.test_file")
+            raise InputError(
+                f"the test split ({self.inputs.describe('test')}) has no labels: `test` needs them; use "
+                f"`predict` for unlabelled rows, or pass a labelled --data.test_file"
+            )
         n = self.facts["num_choices"] if self.facts else self.measure()["num_choices"]
         if meta["num_choices"] != n:
-            raise InputError(f"{self.inputs.describe(split)} has {meta['num_choices']} choices per row, but the model "
-                             f"was built for {n}; every split needs the same number of choices")
+            raise InputError(
+                f"{self.inputs.describe(split)} has {meta['num_choices']} choices per row, but the model "
+                f"was built for {n}; every split needs the same number of choices"
+            )
 
     def collate(self, train: bool) -> ChoicePadding:
         return ChoicePadding(self.tokenizer)

@@ -19,18 +19,33 @@ class PairSplits:
     """The pairs of 'train', 'val', 'test' and 'predict' (sources only): `files[split]` is a table, or the source
     side of parallel text when `targets[split]` names its target side; else `source` (a hub id or a directory)."""
 
-    def __init__(self, source: str | None, files: dict[str, str | None], targets: dict[str, str | None],
-                 hub_split_names: dict[str, str | None], source_column: Column, target_column: Column, header: bool,
-                 drop_empty: bool, val_fraction: float, seed: int, max_train_examples: int | None):
+    def __init__(
+        self,
+        source: str | None,
+        files: dict[str, str | None],
+        targets: dict[str, str | None],
+        hub_split_names: dict[str, str | None],
+        source_column: Column,
+        target_column: Column,
+        header: bool,
+        drop_empty: bool,
+        val_fraction: float,
+        seed: int,
+        max_train_examples: int | None,
+    ):
         for split, target in targets.items():
             if target and not files.get(split):
-                raise InputError(f"--data.{split}_target_file needs --data.{split}_file: the source lines it pairs "
-                                 f"with")
+                raise InputError(
+                    f"--data.{split}_target_file needs --data.{split}_file: the source lines it pairs with"
+                )
             if target and formats.is_table(files[split]):
-                raise InputError(f"--data.{split}_file {files[split]} is a table: name its target column "
-                                 f"(--data.target_column), or give plain text with --data.{split}_target_file")
-        self.inputs = Splits(source, files, hub_split_names, source_column, None, target_column, header,
-                             val_fraction, seed)
+                raise InputError(
+                    f"--data.{split}_file {files[split]} is a table: name its target column "
+                    f"(--data.target_column), or give plain text with --data.{split}_target_file"
+                )
+        self.inputs = Splits(
+            source, files, hub_split_names, source_column, None, target_column, header, val_fraction, seed
+        )
         self.targets = {k: os.path.abspath(os.path.expanduser(v)) for k, v in targets.items() if v}
         self.source_column, self.target_column, self.header = source_column, target_column, header
         self.drop_empty, self.val_fraction, self.seed = drop_empty, val_fraction, seed
@@ -44,7 +59,8 @@ class PairSplits:
         part = "train" if split == "val" and self.inputs.held_out() else split
         target = self.targets.get(part) if split != "predict" else None
         return self.inputs.identity(split) + (
-            f"|target:{TableSource('file', _existing(target, part)).identity()}" if target else "")
+            f"|target:{TableSource('file', _existing(target, part)).identity()}" if target else ""
+        )
 
     def rows(self, split: str) -> dict[str, list]:
         """{'source': [...], 'target': [...] (not for predict)} of one split, untokenized and checked."""
@@ -57,7 +73,7 @@ class PairSplits:
             rows = self._holdout(rows, "train")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["source"]):
             pick = torch.randperm(len(rows["source"]), generator=torch.Generator().manual_seed(self.seed))
-            rows = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in rows.items()}
+            rows = {k: [v[i] for i in sorted(pick[: self.max_train_examples].tolist())] for k, v in rows.items()}
         return rows
 
     def _read(self, split: str) -> dict[str, list]:
@@ -70,11 +86,16 @@ class PairSplits:
         if split in self.targets:
             return _parallel(src.spec, _existing(self.targets[split], split), self.drop_empty)
         if plain:
-            raise InputError(f"--data.{split}_file {src.spec} is plain text: give its targets line by line as "
-                             f"--data.{split}_target_file, or use a table ({'/'.join(formats.TABLES)})")
+            raise InputError(
+                f"--data.{split}_file {src.spec} is plain text: give its targets line by line as "
+                f"--data.{split}_target_file, or use a table ({'/'.join(formats.TABLES)})"
+            )
         table, where = src.read(self.header), src.describe()
-        wanted = {"source": self.source_column} if split == "predict" else {
-            "source": self.source_column, "target": self.target_column}
+        wanted = (
+            {"source": self.source_column}
+            if split == "predict"
+            else {"source": self.source_column, "target": self.target_column}
+        )
         rows = {k: _cells(table, ref, where, f"--data.{k}_column") for k, ref in wanted.items()}
         for k, values in rows.items():
             check = validate.TextColumn(str(wanted[k]), where, blank_ok=self.drop_empty or split == "predict")
@@ -105,15 +126,19 @@ def _parallel(source: str, target: str, drop_empty: bool) -> dict[str, list]:
     """Line i of `source` with line i of `target`; a blank line is refused (or, `drop_empty`, its pair dropped)."""
     left, right = _lines(source), _lines(target)
     if len(left) != len(right):
-        raise InputError(f"parallel files differ in length: {source} has {len(left)} lines, {target} has "
-                         f"{len(right)}; line i of the target file must be the target of line i of the source file")
+        raise InputError(
+            f"parallel files differ in length: {source} has {len(left)} lines, {target} has "
+            f"{len(right)}; line i of the target file must be the target of line i of the source file"
+        )
     rows: dict[str, list] = {"source": [], "target": []}
     for (i, s), (_, t) in zip(left, right):
         if not s.strip() or not t.strip():
             if drop_empty:
                 continue
-            raise InputError(f"{source if not s.strip() else target} line {i}: empty line; every example needs its "
-                             f"source and target (or set --data.drop_empty true to skip such pairs)")
+            raise InputError(
+                f"{source if not s.strip() else target} line {i}: empty line; every example needs its "
+                f"source and target (or set --data.drop_empty true to skip such pairs)"
+            )
         rows["source"].append(s)
         rows["target"].append(t)
     if not rows["source"]:
@@ -129,5 +154,7 @@ def _cells(table: tables.Table, ref: Column, where: str, option: str) -> list:
     head, _, key = str(ref).partition(".")
     if key and tables.resolve_column(head, table.columns) is not None:
         return [v.get(key) if isinstance(v, dict) else None for v in table.values(head)]
-    raise InputError(f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set {option} by "
-                     f"name, 0-based index, or column.key for a field of a dict column)")
+    raise InputError(
+        f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set {option} by "
+        f"name, 0-based index, or column.key for a field of a dict column)"
+    )

@@ -62,14 +62,26 @@ class SFTData(FineTuneData):
         if max_length < 2:
             raise InputError(f"max_length must be at least 2, got {max_length}")
         if prompt_template is not None and not _formats_prompts(prompt_template, messages_column):
-            raise InputError("--data.prompt_template formats a prompt column: '{prompt}' marks where the prompt goes "
-                             "and other braces are doubled ('{{'); chat messages are rendered by the chat template")
+            raise InputError(
+                "--data.prompt_template formats a prompt column: '{prompt}' marks where the prompt goes "
+                "and other braces are doubled ('{{'); chat messages are rendered by the chat template"
+            )
         super().__init__(batch_size=batch_size, **kwargs)
         self.resolve_header(prompt_column, completion_column, messages_column)
-        self.inputs = Splits(self.source, self.files, self.hub_splits, header=self.header,
-                             val_fraction=self.val_fraction, seed=self.seed, max_train_examples=self.max_train_examples)
-        self.prompt_column, self.completion_column, self.messages_column = prompt_column, completion_column, \
-            messages_column
+        self.inputs = Splits(
+            self.source,
+            self.files,
+            self.hub_splits,
+            header=self.header,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            max_train_examples=self.max_train_examples,
+        )
+        self.prompt_column, self.completion_column, self.messages_column = (
+            prompt_column,
+            completion_column,
+            messages_column,
+        )
         self.prompt_template, self.chat_template = prompt_template, chat_template
         self.max_length, self.pack = max_length, pack
         self._packed_rows: list[list[int]] = []  # packed training rows: their example indices
@@ -85,8 +97,10 @@ class SFTData(FineTuneData):
         if self.chat_template:
             tok.chat_template = self.chat_template
         if self.messages_column is not None and not tok.chat_template:
-            raise InputError(f"tokenizer '{self.tokenizer_spec}' has no chat template to render the messages "
-                             f"column with: pass --data.chat_template (a Jinja template) or prompt/completion columns")
+            raise InputError(
+                f"tokenizer '{self.tokenizer_spec}' has no chat template to render the messages "
+                f"column with: pass --data.chat_template (a Jinja template) or prompt/completion columns"
+            )
 
     def measure(self) -> dict:
         """The row length: max_length when packing, else the longest training or validation example (max_length
@@ -114,19 +128,29 @@ class SFTData(FineTuneData):
                 raise InputError(f"{src.spec}: a .txt file holds prompts only; it can only be a --data.predict_file")
             rows = {"prompt": validate.texts(table.values("text"), "text", where, table.where, False)}
             if self.messages_column is not None:  # a chat model: each line is a user message
-                rows["prompt"] = [render_chat(self.tokenizer, [{"role": "user", "content": t}], where, False)[0]
-                                  for t in rows["prompt"]]
+                rows["prompt"] = [
+                    render_chat(self.tokenizer, [{"role": "user", "content": t}], where, False)[0]
+                    for t in rows["prompt"]
+                ]
             elif self.prompt_template:  # prompts as the model was trained on them
                 rows["prompt"] = [self.prompt_template.format(prompt=p) for p in rows["prompt"]]
         elif self.messages_column is not None:
-            pairs = [render_chat(self.tokenizer, m, f"{where} {w}", labelled) for m, w in
-                     zip(table.values(self._column(self.messages_column, table, where, "messages")), table.where)]
+            pairs = [
+                render_chat(self.tokenizer, m, f"{where} {w}", labelled)
+                for m, w in zip(table.values(self._column(self.messages_column, table, where, "messages")), table.where)
+            ]
             rows = {"prompt": [p for p, _ in pairs], **({"completion": [c for _, c in pairs]} if labelled else {})}
         else:
-            prompts = validate.texts(table.values(self._column(self.prompt_column, table, where, "prompt")),
-                                     str(self.prompt_column), where, table.where, False)
-            rows = {"prompt": [self.prompt_template.format(prompt=p) for p in prompts] if self.prompt_template
-                    else prompts}
+            prompts = validate.texts(
+                table.values(self._column(self.prompt_column, table, where, "prompt")),
+                str(self.prompt_column),
+                where,
+                table.where,
+                False,
+            )
+            rows = {
+                "prompt": [self.prompt_template.format(prompt=p) for p in prompts] if self.prompt_template else prompts
+            }
             if labelled:
                 column = self._column(self.completion_column, table, where, "completion")
                 rows["completion"] = validate.texts(table.values(column), column, where, table.where, False)
@@ -140,8 +164,10 @@ class SFTData(FineTuneData):
     def _column(self, ref: Column, table, where: str, what: str) -> str:
         found = resolve_column(ref, table.columns)
         if found is None:
-            raise InputError(f"{what} column {ref!r} not found in {where}; available: {', '.join(table.columns)} "
-                             f"(set --data.{what}_column by name or 0-based index)")
+            raise InputError(
+                f"{what} column {ref!r} not found in {where}; available: {', '.join(table.columns)} "
+                f"(set --data.{what}_column by name or 0-based index)"
+            )
         return found
 
     def _subset(self, rows: dict[str, list], part: str) -> dict[str, list]:
@@ -150,19 +176,28 @@ class SFTData(FineTuneData):
         n = len(rows["prompt"])
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         if part == "sample":
-            return {k: [v[i] for i in sorted(order[:self.max_train_examples])] for k, v in rows.items()}
+            return {k: [v[i] for i in sorted(order[: self.max_train_examples])] for k, v in rows.items()}
         n_val = max(1, round(n * self.val_fraction))
         if n_val >= n:
-            raise InputError(f"{self.inputs.describe('train')} has {n} row(s): too few to hold out "
-                             f"val_fraction={self.val_fraction} for validation; pass --data.val_file")
+            raise InputError(
+                f"{self.inputs.describe('train')} has {n} row(s): too few to hold out "
+                f"val_fraction={self.val_fraction} for validation; pass --data.val_file"
+            )
         keep = sorted(order[:n_val] if part == "val" else order[n_val:])
         return {k: [v[i] for i in keep] for k, v in rows.items()}
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:
         chat = self.messages_column is not None
-        return (self.prompt_column, self.completion_column, self.messages_column, self.prompt_template,
-                self.tokenizer.chat_template if chat else None, self.val_fraction, self.max_length)
+        return (
+            self.prompt_column,
+            self.completion_column,
+            self.messages_column,
+            self.prompt_template,
+            self.tokenizer.chat_template if chat else None,
+            self.val_fraction,
+            self.max_length,
+        )
 
     def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
         rows, where = self._rows(split), self.inputs.describe(split)
@@ -175,8 +210,13 @@ class SFTData(FineTuneData):
         entry, meta = super()._entry(split)
         if meta["dropped"] and split not in self._warned:
             self._warned.add(split)
-            log.warning("dropped %d examples of the %s split whose prompt alone fills max_length=%d (no completion "
-                        "token fits); raise --data.max_length to keep them", meta["dropped"], split, self.max_length)
+            log.warning(
+                "dropped %d examples of the %s split whose prompt alone fills max_length=%d (no completion "
+                "token fits); raise --data.max_length to keep them",
+                meta["dropped"],
+                split,
+                self.max_length,
+            )
         return entry, meta
 
     # -- Lightning hooks and loaders ----------------------------------------------------------------------------

@@ -15,11 +15,17 @@ from lightning_pretrain.data.sources.tables import Column, TableSource
 from lightning_pretrain.errors import InputError
 
 # file stems that name a split in a local directory (GLUE: train.tsv, dev.tsv, test.tsv; MNLI: dev_matched.tsv)
-SPLIT_STEMS = {"train": ("train",), "val": ("dev", "validation", "val", "valid", "dev_matched"),
-               "test": ("test", "test_matched")}
+SPLIT_STEMS = {
+    "train": ("train",),
+    "val": ("dev", "validation", "val", "valid", "dev_matched"),
+    "test": ("test", "test_matched"),
+}
 # split names of hub datasets, in order of preference (IMDb and AG News have no validation split: their test is it)
-HUB_SPLITS = {"train": ("train",), "val": ("validation", "validation_matched", "dev", "valid", "test"),
-              "test": ("test", "test_matched")}
+HUB_SPLITS = {
+    "train": ("train",),
+    "val": ("validation", "validation_matched", "dev", "valid", "test"),
+    "test": ("test", "test_matched"),
+}
 
 
 @dataclass
@@ -44,8 +50,10 @@ class Splits:
             return
         dataset_id, config, split = sources.parse_hub(self.source)
         if split and self.hub_split_names.get("train") not in (None, split):
-            raise InputError(f"--data.source {self.source} names the training split '{split}' and --data.train_split "
-                             f"names '{self.hub_split_names['train']}': give one")
+            raise InputError(
+                f"--data.source {self.source} names the training split '{split}' and --data.train_split "
+                f"names '{self.hub_split_names['train']}': give one"
+            )
         self._hub_spec = dataset_id + (f":{config}" if config else "")
         self.hub_split_names = {**self.hub_split_names, "train": self.hub_split_names.get("train") or split}
 
@@ -70,8 +78,10 @@ class Splits:
             path = next((p for p in found if os.path.isfile(p)), None)
             return TableSource("file", os.path.abspath(path)) if path else None
         if self._hub_spec is None:
-            raise InputError(f"--data.source {self.source} is not a directory (nor a hub id); give a single file "
-                             f"as --data.train_file / --data.val_file")
+            raise InputError(
+                f"--data.source {self.source} is not a directory (nor a hub id); give a single file "
+                f"as --data.train_file / --data.val_file"
+            )
         wanted, available = self.hub_split_names.get(split), self._hub_available
         if wanted and wanted not in available:
             raise InputError(f"hub dataset '{self._hub_spec}' has no split '{wanted}' (it has {', '.join(available)})")
@@ -114,15 +124,21 @@ class Splits:
             table = src.read(self.header)
             return {"text": table.values("text"), "where": table.where}
         where, table = src.describe(), src.read(self.header)
-        text, pair, label = (tables.resolve_column(ref, table.columns)
-                             for ref in (self.text_column, self.text_pair_column, self.label_column))
+        text, pair, label = (
+            tables.resolve_column(ref, table.columns)
+            for ref in (self.text_column, self.text_pair_column, self.label_column)
+        )
         for ref, found in ((self.text_column, text), (self.text_pair_column, pair)):
             if ref is not None and found is None:
-                raise InputError(f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set "
-                                 f"--data.text_column / --data.text_pair_column by name or 0-based index)")
+                raise InputError(
+                    f"column {ref!r} not found in {where}; available: {', '.join(table.columns)} (set "
+                    f"--data.text_column / --data.text_pair_column by name or 0-based index)"
+                )
         if label is None and split in ("train", "train_all", "val"):
-            raise InputError(f"label column {self.label_column!r} not found in {where}; available: "
-                             f"{', '.join(table.columns)} (set --data.label_column by name or 0-based index)")
+            raise InputError(
+                f"label column {self.label_column!r} not found in {where}; available: "
+                f"{', '.join(table.columns)} (set --data.label_column by name or 0-based index)"
+            )
         blank_ok = split == "predict"  # a prediction per row, also for a blank one; a labelled example needs text
         rows = {"text": validate.texts(table.values(text), text, where, table.where, blank_ok)}
         if pair is not None:
@@ -134,7 +150,7 @@ class Splits:
             rows = self._holdout(rows, "train")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["text"]):
             pick = torch.randperm(len(rows["text"]), generator=torch.Generator().manual_seed(self.seed))
-            rows = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in rows.items()}
+            rows = {k: [v[i] for i in sorted(pick[: self.max_train_examples].tolist())] for k, v in rows.items()}
         return rows
 
     def _holdout(self, rows: dict[str, list], part: str) -> dict[str, list]:
@@ -147,8 +163,10 @@ def holdout(rows: dict[str, list], part: str, val_fraction: float, seed: int, wh
     n = len(next(iter(rows.values())))
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise InputError(f"{what} has {n} {unit}{'s' if n != 1 else ''}: too few to hold out "
-                         f"val_fraction={val_fraction} for validation; pass --data.val_file")
+        raise InputError(
+            f"{what} has {n} {unit}{'s' if n != 1 else ''}: too few to hold out "
+            f"val_fraction={val_fraction} for validation; pass --data.val_file"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     keep = sorted(order[:n_val] if part == "val" else order[n_val:])
     return {k: [v[i] for i in keep] for k, v in rows.items()}

@@ -4,17 +4,15 @@ Contexts are cut into windows of `max_length` tokens (question first; neighbours
 the fast tokenizer's overflowing tokens and offset mapping). A training row is a window labelled with its answer's
 first and last token, or token 0 ([CLS]) when there is no answer or the window does not hold all of it; an evaluation
 row is a whole question (its windows, context-token character offsets, gold answers), so one batch holds all its best
-span needs. Which input is refused and which only counted: `read_squad`.
+span needs. Which input is refused and which only counted: `squad_json.read_squad`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 
 import datasets
 import torch
@@ -24,90 +22,11 @@ from transformers import PreTrainedTokenizerBase
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
 from lightning_pretrain.data.finetune.splits import holdout
-from lightning_pretrain.data.sources.records import check_encoding
+from lightning_pretrain.data.finetune.squad_json import read_squad
 from lightning_pretrain.data.sources.text import content_digest
 from lightning_pretrain.errors import InputError
 
-SHAPE = '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}'
 WINDOW_KEYS = ("input_ids", "token_type_ids", "offsets", "start_positions", "end_positions")  # (labels last)
-
-
-def read_squad(path: str, labelled: bool, drop_bad_answers: bool = False) -> tuple[dict[str, list], Counter]:
-    """One SQuAD JSON file's questions as columns (id, question, context, answers: gold texts, [] if unanswerable;
-    starts: their character offsets) and counts. Refused, naming file and question: not UTF-8 JSON shaped as SHAPE,
-    a missing or blank id, a blank question or context; when `labelled` (predict ignores answers) also answers that
-    are not a list, `is_impossible: false` without answers, and an answer that is not {text, answer_start}, is blank,
-    or does not match the context at answer_start (`drop_bad_answers`: dropped instead, and a question left without
-    answers skipped, both counted). `is_impossible: true`, or no answers without `is_impossible`, is unanswerable
-    (as the official v2.0 script scores it). Duplicate ids are counted: rows are keyed by position."""
-    check_encoding(path)
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not JSON ({e.msg} at line {e.lineno} column {e.colno}); expected SQuAD "
-                         f"JSON {SHAPE}") from e
-    articles = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(articles, list):
-        raise InputError(f"{path} is not SQuAD JSON: expected {SHAPE}")
-    cols, counts = {k: [] for k in ("id", "question", "context", "answers", "starts")}, Counter()
-    for a, article in enumerate(articles):
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-        for p, para in enumerate(paragraphs if isinstance(paragraphs, list) else [None]):
-            context, qas = (para.get("context"), para.get("qas")) if isinstance(para, dict) else (None, None)
-            if not isinstance(qas, list):
-                raise InputError(f"{path}: article {a} paragraph {p} has no 'qas' list; expected SQuAD JSON {SHAPE}")
-            for q, qa in enumerate(qas):
-                where = f"{path}: article {a} paragraph {p} question {q}"
-                qa = qa if isinstance(qa, dict) else {}
-                qid = qa.get("id")
-                if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not str(qid).strip():
-                    raise InputError(f"{where} has no id (every question needs its 'id')")
-                where = f"{where} (id {qid})"
-                for name, text in (("question", qa.get("question")), ("context", context)):
-                    if not isinstance(text, str) or not text.strip():
-                        raise InputError(f"{where}: the {name} is {'empty' if text == '' else 'missing or not text'}")
-                answers, starts = _answers(qa, context, where, drop_bad_answers, counts) if labelled else ([], [])
-                if answers is None:
-                    counts["skipped_questions"] += 1
-                    continue
-                for key, value in zip(cols, (str(qid), qa["question"], context, answers, starts)):
-                    cols[key].append(value)
-    return cols, counts
-
-
-def _answers(qa: dict, context: str, where: str, drop: bool, counts: Counter) -> tuple[list | None, list]:
-    """A labelled question's gold answer texts and starts ([] when unanswerable; None: skip, all were bad)."""
-    impossible, raw = qa.get("is_impossible"), qa.get("answers")
-    if impossible not in (None, True, False):
-        raise InputError(f"{where}: is_impossible must be true or false, got {impossible!r}")
-    if impossible:
-        return [], []
-    if not isinstance(raw, list) or (not raw and impossible is False):
-        raise InputError(f"{where}: " + ("'answers' must be a list of {'text', 'answer_start'}" if not isinstance(
-            raw, list) else "marked answerable ('is_impossible': false) but has no answers"))
-    texts, starts = [], []
-    for ans in raw:
-        problem = _answer_problem(ans, context)
-        if problem is None:
-            texts.append(ans["text"])
-            starts.append(ans["answer_start"])
-        elif drop:
-            counts["dropped_answers"] += 1
-        else:
-            raise InputError(f"{where}: {problem} (--data.drop_bad_answers true drops such answers)")
-    return (texts, starts) if texts or not raw else (None, [])
-
-
-def _answer_problem(ans, context: str) -> str | None:
-    text, start = (ans.get("text"), ans.get("answer_start")) if isinstance(ans, dict) else (None, None)
-    if not isinstance(text, str) or type(start) is not int:
-        return f"answer {str(ans)[:80]} is not {{'text': a string, 'answer_start': an integer}}"
-    if not text.strip():
-        return "an answer's text is empty (an unanswerable question has 'is_impossible': true)"
-    if not 0 <= start <= len(context) - len(text):
-        return f"answer {text[:60]!r} at answer_start {start} lies outside the context ({len(context)} characters)"
-    found = context[start:start + len(text)]
-    return None if found == text else f"answer {text[:60]!r} does not match the context at {start}: {found[:60]!r}"
 
 
 def span_labels(offsets: list[list[int]], text: str, start: int | None) -> tuple[int, int]:
@@ -154,8 +73,9 @@ class SquadFiles:
         if not self.paths(split):
             raise InputError(f"no {split} data: pass --data.{split}_file")
         files = ",".join(f"{os.path.basename(p)}:{content_digest(p)}" for p in self.paths(split))
-        return files + (f":minus-holdout:{self.val_fraction}:{self.seed}" if split == "train" and self.held_out()
-                        else "")
+        return files + (
+            f":minus-holdout:{self.val_fraction}:{self.seed}" if split == "train" and self.held_out() else ""
+        )
 
     def rows(self, split: str) -> tuple[dict[str, list], Counter]:
         """The split's questions as columns (`read_squad`'s, pooled over its files) and their counts."""
@@ -172,7 +92,7 @@ class SquadFiles:
             cols = holdout(cols, "train", self.val_fraction, self.seed, str(self.paths("train")), "question")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(cols["id"]):
             pick = torch.randperm(len(cols["id"]), generator=torch.Generator().manual_seed(self.seed))
-            cols = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in cols.items()}
+            cols = {k: [v[i] for i in sorted(pick[: self.max_train_examples].tolist())] for k, v in cols.items()}
         return cols, counts
 
 
@@ -181,8 +101,15 @@ class SquadData(FineTuneData):
     no_data_hint = "pass --data.train_file / --data.val_file (SQuAD JSON; several training files as a list)"
     tokenizer_hint = " (the CLI uses --model.backbone by default)"
 
-    def __init__(self, train_file: str | list[str] | None = None, max_length: int = 384, doc_stride: int = 128,
-                 max_question_length: int = 64, drop_bad_answers: bool = False, **kwargs):
+    def __init__(
+        self,
+        train_file: str | list[str] | None = None,
+        max_length: int = 384,
+        doc_stride: int = 128,
+        max_question_length: int = 64,
+        drop_bad_answers: bool = False,
+        **kwargs,
+    ):
         """
         Args:
             train_file: a training SQuAD JSON file, or a list of them, pooled (e.g. TyDi QA GoldP's and SQuAD 2.0).
@@ -194,12 +121,15 @@ class SquadData(FineTuneData):
                 question left without any is skipped), counted in the log, instead of refusing the file.
         """
         if max_question_length < 1 or doc_stride < 0:  # the rest is checked against the tokenizer's specials
-            raise InputError(f"max_question_length must be >= 1 and doc_stride >= 0, got {max_question_length} "
-                             f"and {doc_stride}")
+            raise InputError(
+                f"max_question_length must be >= 1 and doc_stride >= 0, got {max_question_length} and {doc_stride}"
+            )
         super().__init__(train_file=train_file, **kwargs)
         if self.source:
-            raise InputError(f"--data.source {self.source}: SquadData reads SQuAD JSON files; give them as "
-                             f"--data.train_file / val_file / test_file / predict_file")
+            raise InputError(
+                f"--data.source {self.source}: SquadData reads SQuAD JSON files; give them as "
+                f"--data.train_file / val_file / test_file / predict_file"
+            )
         self.inputs = SquadFiles(self.files, self.val_fraction, self.seed, self.max_train_examples, drop_bad_answers)
         self.max_length, self.doc_stride, self.max_question_length = max_length, doc_stride, max_question_length
 
@@ -207,8 +137,10 @@ class SquadData(FineTuneData):
         """A window must hold the longest question, the specials and more context than the windows share."""
         room = self.max_length - self.max_question_length - tok.num_special_tokens_to_add(pair=True)
         if room <= self.doc_stride:
-            raise InputError(f"max_length={self.max_length} leaves {room} context tokens after a question of "
-                             f"{self.max_question_length} tokens and the special tokens: doc_stride must be smaller")
+            raise InputError(
+                f"max_length={self.max_length} leaves {room} context tokens after a question of "
+                f"{self.max_question_length} tokens and the special tokens: doc_stride must be smaller"
+            )
         if tok.pad_token is None:
             raise InputError(f"tokenizer '{self.tokenizer_spec}' has no pad token (QA needs an encoder's tokenizer)")
 
@@ -218,12 +150,23 @@ class SquadData(FineTuneData):
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:  # training rows are windows, the others questions
-        return (split == "train", self.max_length, self.doc_stride, self.max_question_length,
-                self.inputs.drop_bad_answers)
+        return (
+            split == "train",
+            self.max_length,
+            self.doc_stride,
+            self.max_question_length,
+            self.inputs.drop_bad_answers,
+        )
 
     def summary(self, meta: dict) -> str:
-        counted = ("unanswerable", "questions_cut", "answers_outside_every_window", "duplicate_ids", "dropped_answers",
-                   "skipped_questions")
+        counted = (
+            "unanswerable",
+            "questions_cut",
+            "answers_outside_every_window",
+            "duplicate_ids",
+            "dropped_answers",
+            "skipped_questions",
+        )
         extra = "".join(f", {meta[k]} {k.replace('_', ' ')}" for k in counted if meta.get(k))
         return f"{meta['rows']} questions in {meta['windows']} windows of <= {self.max_length} tokens{extra}"
 
@@ -233,8 +176,14 @@ class SquadData(FineTuneData):
         win, cut = self._windows(rows, labelled)
         unanswerable = sum(not a for a in rows["answers"]) if labelled else 0
         lost = n - unanswerable - len({ex for ex, s in zip(win["example"], win.get("start_positions", ())) if s})
-        meta = {"rows": n, "windows": len(win["example"]), "questions_cut": cut, **counts, "unanswerable": unanswerable,
-                "answers_outside_every_window": lost if labelled else 0}
+        meta = {
+            "rows": n,
+            "windows": len(win["example"]),
+            "questions_cut": cut,
+            **counts,
+            "unanswerable": unanswerable,
+            "answers_outside_every_window": lost if labelled else 0,
+        }
         if split == "train":
             return datasets.Dataset.from_dict({k: win[k] for k in WINDOW_KEYS if k in win and k != "offsets"}), meta
         by_question = [[w for w, _ in ws] for _, ws in groupby(enumerate(win["example"]), key=lambda w: w[1])]
@@ -248,18 +197,26 @@ class SquadData(FineTuneData):
         win: dict[str, list] = {k: [] for k in ("example", "input_ids", "offsets")}
         cut, limit = 0, self.max_question_length
         for lo in range(0, len(rows["id"]), 1000):
-            part = [q.lstrip() for q in rows["question"][lo:lo + 1000]]  # SQuAD has questions with leading spaces
-            for i, offsets in enumerate(self.tokenizer(part, add_special_tokens=False,
-                                                       return_offsets_mapping=True)["offset_mapping"]):
+            part = [q.lstrip() for q in rows["question"][lo : lo + 1000]]  # SQuAD has questions with leading spaces
+            for i, offsets in enumerate(
+                self.tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            ):
                 if len(offsets) > limit:
-                    part[i], cut = part[i][:offsets[limit - 1][1]], cut + 1
-            enc = self.tokenizer(part, rows["context"][lo:lo + 1000], truncation="only_second",
-                                 max_length=self.max_length, stride=self.doc_stride, return_overflowing_tokens=True,
-                                 return_offsets_mapping=True)
+                    part[i], cut = part[i][: offsets[limit - 1][1]], cut + 1
+            enc = self.tokenizer(
+                part,
+                rows["context"][lo : lo + 1000],
+                truncation="only_second",
+                max_length=self.max_length,
+                stride=self.doc_stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+            )
             for w, ex in enumerate(enc["overflow_to_sample_mapping"]):
                 ex += lo
-                offsets = [list(o) if s == 1 else [-1, -1]
-                           for o, s in zip(enc["offset_mapping"][w], enc.sequence_ids(w))]
+                offsets = [
+                    list(o) if s == 1 else [-1, -1] for o, s in zip(enc["offset_mapping"][w], enc.sequence_ids(w))
+                ]
                 win["example"].append(ex)
                 win["input_ids"].append(enc["input_ids"][w])
                 win["offsets"].append(offsets)
@@ -284,8 +241,10 @@ class QABatch:
 
     def __call__(self, rows: list[dict]) -> dict:
         nested = not isinstance(rows[0]["input_ids"][0], int)
-        windows = {k: [w for r in rows for w in r[k]] if nested else [r[k] for r in rows]
-                   for k in WINDOW_KEYS if k in rows[0]}
+        windows = {
+            k: [w for r in rows for w in r[k]] if nested else [r[k] for r in rows] for k in WINDOW_KEYS if k in rows[0]
+        }
+
         def pad(k: str, v: int) -> torch.Tensor:
             return pad_sequence([torch.tensor(x) for x in windows[k]], batch_first=True, padding_value=v)
 

@@ -21,8 +21,11 @@ from lightning_pretrain.errors import InputError
 
 Scheme = Literal["iob1", "iob2", "auto"]
 # file names that name a split in a directory (CoNLL-2003 ships eng.train / eng.testa / eng.testb)
-SPLIT_NAMES = {"train": ("train", "eng.train"), "val": ("dev", "validation", "valid", "val", "eng.testa"),
-               "test": ("test", "eng.testb")}
+SPLIT_NAMES = {
+    "train": ("train", "eng.train"),
+    "val": ("dev", "validation", "valid", "val", "eng.testa"),
+    "test": ("test", "eng.testb"),
+}
 SUFFIXES = ("", ".txt", ".conll", ".iob", ".bio", ".tsv", ".jsonl", ".json")
 TAG = re.compile(r"^(?:O|[BI]-\S+)$")
 
@@ -58,26 +61,33 @@ def read_columns(path: str, tag_column: int, want_tags: bool) -> dict[str, list]
             if width is None:
                 width, first = len(cols), n
                 if width > 1 and not (-width <= tag_column < width and tag_column % width != 0):
-                    raise InputError(f"{path} line {n}: {width} columns, so --data.tag_column {tag_column} is not a "
-                                     f"tag column (0-based, negative from the end; column 0 is the word)")
+                    raise InputError(
+                        f"{path} line {n}: {width} columns, so --data.tag_column {tag_column} is not a "
+                        f"tag column (0-based, negative from the end; column 0 is the word)"
+                    )
             elif len(cols) != width:
-                raise InputError(f"{path} line {n}: {len(cols)} column{'s' if len(cols) != 1 else ''} where line "
-                                 f"{first} has {width} (columns are separated by whitespace: a word cannot hold a "
-                                 f"space, and every line of a sentence needs every column)")
+                raise InputError(
+                    f"{path} line {n}: {len(cols)} column{'s' if len(cols) != 1 else ''} where line "
+                    f"{first} has {width} (columns are separated by whitespace: a word cannot hold a "
+                    f"space, and every line of a sentence needs every column)"
+                )
             words.append(cols[0])
             tags.append(cols[tag_column] if width > 1 else "")
             at.append(f"line {n}")
     flush()
     if not out["words"]:
-        raise InputError(f"{path} holds no sentence (no line with a word; sentences are lines of 'word ... tag' "
-                         f"columns separated by blank lines)")
+        raise InputError(
+            f"{path} holds no sentence (no line with a word; sentences are lines of 'word ... tag' "
+            f"columns separated by blank lines)"
+        )
     if width == 1 or not want_tags:
         del out["tags"]
     return out
 
 
-def read_json(path: str, tokens_field: str, tags_field: str, want_tags: bool, labels: list[str] | None
-              ) -> dict[str, list]:
+def read_json(
+    path: str, tokens_field: str, tags_field: str, want_tags: bool, labels: list[str] | None
+) -> dict[str, list]:
     """Sentences of a JSON lines file: {'words', 'tags' (when tagged), 'at', and 'text' / 'spans' for records
     given as text}. Integer tags are ids into `labels`."""
     out: dict[str, list] = {"words": [], "tags": [], "at": [], "text": [], "spans": []}
@@ -91,15 +101,19 @@ def read_json(path: str, tokens_field: str, tags_field: str, want_tags: bool, la
             out["text"].append(record["text"])
             out["spans"].append([list(m.span()) for m in matches])
         elif not isinstance(words, list) or not words:
-            raise InputError(f"{place}: {tokens_field!r} is {records.describe(words) if words != [] else 'empty'}; "
-                             f"each record needs a non-empty list of words (set --data.tokens_field)")
+            raise InputError(
+                f"{place}: {tokens_field!r} is {records.describe(words) if words != [] else 'empty'}; "
+                f"each record needs a non-empty list of words (set --data.tokens_field)"
+            )
         for i, w in enumerate(words):
             if not isinstance(w, str) or not w.strip():
                 raise InputError(f"{place}: {tokens_field}[{i}] is {records.describe(w)}, not a word")
         has_tags = tags_field in record and want_tags
         if tagged is not None and has_tags != tagged:
-            raise InputError(f"{place}: {'a' if has_tags else 'no'} {tags_field!r} field, unlike the records "
-                             f"before it: tag every sentence or none")
+            raise InputError(
+                f"{place}: {'a' if has_tags else 'no'} {tags_field!r} field, unlike the records "
+                f"before it: tag every sentence or none"
+            )
         tagged = has_tags
         if has_tags:
             out["tags"].append(_tags(record[tags_field], len(words), labels, place, tags_field))
@@ -122,8 +136,10 @@ def _tags(tags, n: int, labels: list[str] | None, place: str, field: str) -> lis
     for i, t in enumerate(tags):
         if isinstance(t, int) and not isinstance(t, bool):
             if not labels or not 0 <= t < len(labels):
-                raise InputError(f"{place}: {field}[{i}] is the id {t}; integer tags index --data.labels "
-                                 f"({'unset' if not labels else f'{len(labels)} names'})")
+                raise InputError(
+                    f"{place}: {field}[{i}] is the id {t}; integer tags index --data.labels "
+                    f"({'unset' if not labels else f'{len(labels)} names'})"
+                )
             t = labels[t]
         if not isinstance(t, str):
             raise InputError(f"{place}: {field}[{i}] is {records.describe(t)}, not a tag")
@@ -138,12 +154,16 @@ def to_iob2(tags: list[str], at: list[str], scheme: Scheme, where: str) -> tuple
     out, iob1, prev = [], False, "O"
     for i, t in enumerate(tags):
         if not TAG.match(t):
-            raise InputError(f"{where} {at[i]}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB tags; is --data.tag_column "
-                             f"the tag column?)")
+            raise InputError(
+                f"{where} {at[i]}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB tags; is --data.tag_column "
+                f"the tag column?)"
+            )
         if t.startswith("I-") and prev[2:] != t[2:]:
             if scheme == "iob2":
-                raise InputError(f"{where} {at[i]}: {t} follows {prev}, so the tags are not IOB2 (every entity "
-                                 f"begins with B-); for IOB1 files such as CoNLL-2003's set --data.scheme iob1 or auto")
+                raise InputError(
+                    f"{where} {at[i]}: {t} follows {prev}, so the tags are not IOB2 (every entity "
+                    f"begins with B-); for IOB1 files such as CoNLL-2003's set --data.scheme iob1 or auto"
+                )
             iob1, t = True, "B-" + t[2:]
         out.append(t)
         prev = t
@@ -160,12 +180,24 @@ class TagSplits:
     """The sentences of 'train', 'val', 'test' and 'predict', from `files` (one per split) or `source` (a
     directory); the held-out validation sentences and the seeded training subset."""
 
-    def __init__(self, source: str | None, files: dict[str, str | None], tag_column: int, tokens_field: str,
-                 tags_field: str, scheme: Scheme, labels: list[str] | None, val_fraction: float, seed: int,
-                 max_train_examples: int | None):
+    def __init__(
+        self,
+        source: str | None,
+        files: dict[str, str | None],
+        tag_column: int,
+        tokens_field: str,
+        tags_field: str,
+        scheme: Scheme,
+        labels: list[str] | None,
+        val_fraction: float,
+        seed: int,
+        max_train_examples: int | None,
+    ):
         if source and not os.path.isdir(os.path.expanduser(source)):
-            raise InputError(f"--data.source {source} is not a directory: token tagging reads local files (CoNLL "
-                             f"columns or JSON lines); give a directory or --data.train_file / --data.val_file")
+            raise InputError(
+                f"--data.source {source} is not a directory: token tagging reads local files (CoNLL "
+                f"columns or JSON lines); give a directory or --data.train_file / --data.val_file"
+            )
         self.source, self.files, self.tag_column, self.scheme = source, files, tag_column, scheme
         self.tokens_field, self.tags_field, self.labels = tokens_field, tags_field, labels
         self.val_fraction, self.seed, self.max_train_examples = val_fraction, seed, max_train_examples
@@ -181,8 +213,11 @@ class TagSplits:
             return self.source_of("test")
         if not self.source:
             return None
-        found = (os.path.join(os.path.expanduser(self.source), name + suffix)
-                 for name in SPLIT_NAMES[split] for suffix in SUFFIXES)
+        found = (
+            os.path.join(os.path.expanduser(self.source), name + suffix)
+            for name in SPLIT_NAMES[split]
+            for suffix in SUFFIXES
+        )
         return next((os.path.abspath(p) for p in found if os.path.isfile(p)), None)
 
     def held_out(self) -> bool:
@@ -191,8 +226,10 @@ class TagSplits:
     def _required(self, split: str) -> str:
         path = self.source_of(split)
         if path is None:
-            raise InputError(f"no {split} data: pass --data.{split}_file or a --data.source directory with a {split} "
-                             f"file ({', '.join(SPLIT_NAMES.get(split, ('test',)))})")
+            raise InputError(
+                f"no {split} data: pass --data.{split}_file or a --data.source directory with a {split} "
+                f"file ({', '.join(SPLIT_NAMES.get(split, ('test',)))})"
+            )
         return path
 
     def identity(self, split: str) -> str:
@@ -211,12 +248,16 @@ class TagSplits:
         """{'words', 'tags' (IOB2, when tagged), 'at', 'text' and 'spans' (text records)} of one split, and 'iob1':
         whether IOB1 tags were converted."""
         if split == "val" and self.held_out():
-            return holdout(self.rows("train_all"), "val", self.val_fraction, self.seed, self.describe("train"),
-                           "sentence")
+            return holdout(
+                self.rows("train_all"), "val", self.val_fraction, self.seed, self.describe("train"), "sentence"
+            )
         path = self._required("train" if split == "train_all" else split)
         want_tags = split != "predict"
-        rows = read_json(path, self.tokens_field, self.tags_field, want_tags, self.labels) if is_json(path) else \
-            read_columns(path, self.tag_column, want_tags)
+        rows = (
+            read_json(path, self.tokens_field, self.tags_field, want_tags, self.labels)
+            if is_json(path)
+            else read_columns(path, self.tag_column, want_tags)
+        )
         if "tags" in rows:
             converted = [to_iob2(t, a, self.scheme, path) for t, a in zip(rows["tags"], rows["at"])]
             rows["tags"] = [t for t, _ in converted]
@@ -225,5 +266,5 @@ class TagSplits:
             rows = holdout(rows, "train", self.val_fraction, self.seed, path, "sentence")
         if split == "train" and self.max_train_examples and self.max_train_examples < len(rows["words"]):
             pick = torch.randperm(len(rows["words"]), generator=torch.Generator().manual_seed(self.seed))
-            rows = {k: [v[i] for i in sorted(pick[:self.max_train_examples].tolist())] for k, v in rows.items()}
+            rows = {k: [v[i] for i in sorted(pick[: self.max_train_examples].tolist())] for k, v in rows.items()}
         return rows

@@ -22,10 +22,11 @@ from lightning_pretrain.errors import InputError
 
 class TextToText(FineTuneData):
     cache_name = "text_to_text"
-    no_data_hint = ("pass --data.train_file (a table, or parallel text with --data.train_target_file), or "
-                    "--data.source (a hub id or a directory)")
-    tokenizer_hint = (": the model's tokenizer directory (a run's export logs/<name>/version_N/hf holds one) or "
-                      "hub id")
+    no_data_hint = (
+        "pass --data.train_file (a table, or parallel text with --data.train_target_file), or "
+        "--data.source (a hub id or a directory)"
+    )
+    tokenizer_hint = ": the model's tokenizer directory (a run's export logs/<name>/version_N/hf holds one) or hub id"
 
     def __init__(
         self,
@@ -64,10 +65,19 @@ class TextToText(FineTuneData):
                 raise InputError(f"{name} must be at least 2 (a token and the end token), got {value}")
         super().__init__(val_fraction=val_fraction, **kwargs)
         self.resolve_header(source_column, target_column)
-        self.inputs = PairSplits(self.source, self.files,
-                                 {"train": train_target_file, "val": val_target_file, "test": test_target_file},
-                                 self.hub_splits, source_column, target_column, self.header, drop_empty,
-                                 self.val_fraction, self.seed, self.max_train_examples)
+        self.inputs = PairSplits(
+            self.source,
+            self.files,
+            {"train": train_target_file, "val": val_target_file, "test": test_target_file},
+            self.hub_splits,
+            source_column,
+            target_column,
+            self.header,
+            drop_empty,
+            self.val_fraction,
+            self.seed,
+            self.max_train_examples,
+        )
         self.source_column, self.target_column = source_column, target_column
         self.prefix, self.drop_empty = prefix, drop_empty
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
@@ -90,14 +100,19 @@ class TextToText(FineTuneData):
         """The longest tokenized source / target of the training data (train and val); without training data, of
         val and the predict sources (predict_file, else the test split's), so an unlabelled test table is not read
         for targets. With no targets anywhere, `max_target_length`."""
-        names = ["train", "val"] if self.inputs.present("train") else [
-            s for s in ("val", "predict") if self.inputs.present(s)]
+        names = (
+            ["train", "val"]
+            if self.inputs.present("train")
+            else [s for s in ("val", "predict") if self.inputs.present(s)]
+        )
         if not names:
             raise InputError("no data found: the --data.source directory has no train/dev/test file")
         metas = [self._entry(s)[1] for s in names]
         targets = [m["longest_target"] for m in metas if m.get("longest_target")]
-        return {"max_length": max(m["longest_source"] for m in metas),
-                "max_target_length": max(targets) if targets else self.max_target_length}
+        return {
+            "max_length": max(m["longest_source"] for m in metas),
+            "max_target_length": max(targets) if targets else self.max_target_length,
+        }
 
     @property
     def contract(self) -> DataContract:
@@ -107,12 +122,20 @@ class TextToText(FineTuneData):
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:
-        return (self.source_column, self.target_column, self.prefix, self.drop_empty, self.max_source_length,
-                self.max_target_length)
+        return (
+            self.source_column,
+            self.target_column,
+            self.prefix,
+            self.drop_empty,
+            self.max_source_length,
+            self.max_target_length,
+        )
 
     def summary(self, meta: dict) -> str:
-        return (f"{meta['rows']} examples ({meta['truncated_sources']} sources cut to {self.max_source_length} "
-                f"tokens, {meta.get('truncated_targets', 0)} targets to {self.max_target_length})")
+        return (
+            f"{meta['rows']} examples ({meta['truncated_sources']} sources cut to {self.max_source_length} "
+            f"tokens, {meta.get('truncated_targets', 0)} targets to {self.max_target_length})"
+        )
 
     def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
         rows = self.inputs.rows(split)
@@ -131,13 +154,13 @@ class TextToText(FineTuneData):
         targets as `text_target` (tokenizers with target-specific processing), and the number cut."""
         end, out, cut = self.end_id, [], 0
         for start in range(0, len(texts), 2000):
-            part = texts[start:start + 2000]
+            part = texts[start : start + 2000]
             ids_only = {"return_attention_mask": False, "return_token_type_ids": False}  # (built per batch)
             enc = self.tokenizer(text_target=part, **ids_only) if target else self.tokenizer(part, **ids_only)
             for x in enc["input_ids"]:
                 x = x if x and x[-1] == end else [*x, end]
                 if len(x) > limit:
-                    x, cut = [*x[:limit - 1], end], cut + 1
+                    x, cut = [*x[: limit - 1], end], cut + 1
                 out.append(x)
         return out, cut
 
@@ -158,8 +181,10 @@ class PadPairs:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        batch = {"input_ids": _pad([r["input_ids"] for r in rows], self.pad_id),
-                 "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], 0)}
+        batch = {
+            "input_ids": _pad([r["input_ids"] for r in rows], self.pad_id),
+            "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], 0),
+        }
         if "labels" in rows[0]:
             batch["labels"] = _pad([r["labels"] for r in rows], IGNORE_INDEX)
         batch["example_id"] = torch.tensor([r["example_id"] for r in rows], dtype=torch.long)
@@ -169,5 +194,5 @@ class PadPairs:
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     out = torch.full((len(seqs), max(map(len, seqs))), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out

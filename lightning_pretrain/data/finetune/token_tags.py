@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 class TokenTagging(FineTuneData):
     cache_name = "token_tags"
-    no_data_hint = ("pass --data.source (a directory of train/dev/test or eng.train/eng.testa files) or "
-                    "--data.train_file / --data.val_file")
+    no_data_hint = (
+        "pass --data.source (a directory of train/dev/test or eng.train/eng.testa files) or "
+        "--data.train_file / --data.val_file"
+    )
     tokenizer_hint = " (the CLI uses --model.backbone by default)"
 
     def __init__(
@@ -67,11 +69,23 @@ class TokenTagging(FineTuneData):
             raise InputError(f"--data.labels: {bad!r} is not O, B-TYPE or I-TYPE; name the IOB2 tags")
         super().__init__(**kwargs)
         if self.header is not None or any(self.hub_splits.values()):
-            raise InputError("token tagging reads local files: --data.header and --data.{train,val,test}_split "
-                             "do not apply (column files have no header line; hub datasets are not read)")
+            raise InputError(
+                "token tagging reads local files: --data.header and --data.{train,val,test}_split "
+                "do not apply (column files have no header line; hub datasets are not read)"
+            )
         self.labels = [str(n) for n in labels] if labels else None
-        self.inputs = TagSplits(self.source, self.files, tag_column, tokens_field, tags_field, scheme, self.labels,
-                                self.val_fraction, self.seed, self.max_train_examples)
+        self.inputs = TagSplits(
+            self.source,
+            self.files,
+            tag_column,
+            tokens_field,
+            tags_field,
+            scheme,
+            self.labels,
+            self.val_fraction,
+            self.seed,
+            self.max_train_examples,
+        )
         self.tag_column, self.tokens_field, self.tags_field = tag_column, tokens_field, tags_field
         self.scheme, self.max_length, self.group_by_length = scheme, max_length, group_by_length
 
@@ -83,27 +97,43 @@ class TokenTagging(FineTuneData):
 
     @property
     def contract(self) -> DataContract:
-        return DataContract(self.tokenizer, max_length=self.max_length, task="token_classification",
-                            label_names=tuple(self.label_names))
+        return DataContract(
+            self.tokenizer, max_length=self.max_length, task="token_classification", label_names=tuple(self.label_names)
+        )
 
     # -- tokenized splits ---------------------------------------------------------------------------------------
     def cache_parts(self, split: str) -> tuple:
-        return (self.tag_column, self.tokens_field, self.tags_field, self.scheme, self.labels,
-                None if split in ("train", "predict") else self.label_names, self.max_length)
+        return (
+            self.tag_column,
+            self.tokens_field,
+            self.tags_field,
+            self.scheme,
+            self.labels,
+            None if split in ("train", "predict") else self.label_names,
+            self.max_length,
+        )
 
     def summary(self, meta: dict) -> str:
-        return (f"{meta['rows']} sentences, {meta['words']} words ({meta['truncated']} sentences truncated to "
-                f"{self.max_length} tokens, {meta['unseen']} words without a sub-token)"
-                + (f"; IOB1 tags converted to IOB2 in {meta['iob1']} sentences" if meta.get("iob1") else ""))
+        return (
+            f"{meta['rows']} sentences, {meta['words']} words ({meta['truncated']} sentences truncated to "
+            f"{self.max_length} tokens, {meta['unseen']} words without a sub-token)"
+            + (f"; IOB1 tags converted to IOB2 in {meta['iob1']} sentences" if meta.get("iob1") else "")
+        )
 
     def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
         rows, where = self.inputs.rows(split), self.inputs.describe(split)
         n = len(rows["words"])
-        meta: dict = {"rows": n, "words": sum(map(len, rows["words"])), "labelled": "tags" in rows,
-                      "iob1": sum(rows.get("iob1", ()))}
+        meta: dict = {
+            "rows": n,
+            "words": sum(map(len, rows["words"])),
+            "labelled": "tags" in rows,
+            "iob1": sum(rows.get("iob1", ())),
+        }
         if split in ("train", "val") and not meta["labelled"]:
-            raise InputError(f"{where} has no tags: {split} sentences need them (a column file needs a tag column; "
-                             f"JSON lines a {self.tags_field!r} field)")
+            raise InputError(
+                f"{where} has no tags: {split} sentences need them (a column file needs a tag column; "
+                f"JSON lines a {self.tags_field!r} field)"
+            )
         columns: dict[str, list] = {"example_id": list(range(n))}
         if meta["labelled"]:
             names = self.labels or (tag_vocabulary(rows["tags"]) if split == "train" else self.label_names)
@@ -114,8 +144,12 @@ class TokenTagging(FineTuneData):
             enc["token_type_ids"] = []
         for start in range(0, n, 2000):
             try:
-                part = self.tokenizer(rows["words"][start:start + 2000], is_split_into_words=True, truncation=True,
-                                      max_length=self.max_length)
+                part = self.tokenizer(
+                    rows["words"][start : start + 2000],
+                    is_split_into_words=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                )
             except ValueError as e:  # e.g. a byte-level BPE tokenizer loaded without add_prefix_space
                 raise InputError(f"tokenizer '{self.tokenizer_spec}' cannot encode split words: {e}") from e
             word_ids = [[-1 if w is None else w for w in part.word_ids(i)] for i in range(len(part["input_ids"]))]
@@ -123,8 +157,11 @@ class TokenTagging(FineTuneData):
                 values.extend(word_ids if k == "word_ids" else part[k])
         seen = [len(set(w) - {-1}) for w in enc["word_ids"]]
         meta["unseen"] = sum(len(words) - s for words, s in zip(rows["words"], seen))
-        meta["truncated"] = sum(1 for ids, words, s in zip(enc["input_ids"], rows["words"], seen)
-                                if len(ids) >= self.max_length and s < len(words))
+        meta["truncated"] = sum(
+            1
+            for ids, words, s in zip(enc["input_ids"], rows["words"], seen)
+            if len(ids) >= self.max_length and s < len(words)
+        )
         if meta["labelled"]:
             columns["labels"] = [first_subtoken_labels(w, t) for w, t in zip(enc["word_ids"], columns["tags"])]
         if split == "predict":  # entities are written as character spans of the text
@@ -143,20 +180,30 @@ class TokenTagging(FineTuneData):
             missing = next((i for i, t in enumerate(tags) if t not in index), None)
             if missing is not None:
                 given = "--data.labels" if self.labels else "the training split's tags"
-                raise InputError(f"{where} {at[missing]}: tag {tags[missing]!r} (as IOB2) is not one of {given} "
-                                 f"{names}{'' if self.labels else '; name every tag with --data.labels'}")
+                raise InputError(
+                    f"{where} {at[missing]}: tag {tags[missing]!r} (as IOB2) is not one of {given} "
+                    f"{names}{'' if self.labels else '; name every tag with --data.labels'}"
+                )
             out.append([index[t] for t in tags])
         return out
 
     # -- Lightning hooks ----------------------------------------------------------------------------------------
     def check_split(self, split: str, meta: dict) -> None:
         if split == "test" and not meta["labelled"]:
-            raise InputError(f"the test split ({self.inputs.describe('test')}) has no tags: `test` needs them; use "
-                             f"`predict` for untagged sentences")
+            raise InputError(
+                f"the test split ({self.inputs.describe('test')}) has no tags: `test` needs them; use "
+                f"`predict` for untagged sentences"
+            )
         if meta["truncated"] or meta["unseen"]:
-            log.warning("%s split: %d of %d sentences are longer than max_length=%d tokens and were truncated; %d "
-                        "words have no sub-token (scored and predicted as O; raise --data.max_length)", split,
-                        meta["truncated"], meta["rows"], self.max_length, meta["unseen"])
+            log.warning(
+                "%s split: %d of %d sentences are longer than max_length=%d tokens and were truncated; %d "
+                "words have no sub-token (scored and predicted as O; raise --data.max_length)",
+                split,
+                meta["truncated"],
+                meta["rows"],
+                self.max_length,
+                meta["unseen"],
+            )
 
     def collate(self, train: bool) -> TagPadding:
         return TagPadding(self.tokenizer)
@@ -168,10 +215,21 @@ class TokenTagging(FineTuneData):
         rank, world_size = rank_and_world(self.trainer)
         # its order is a function of (seed, epoch) alone (Lightning sets the epoch), so the stateful loader resumes
         # mid-epoch by replaying it; a DistributedSampler, so Lightning keeps it under DDP (each rank its share)
-        sampler = DistributedLengthGroupedSampler(self.batch_size, lengths=[len(ids) for ids in rows["input_ids"]],
-                                                  num_replicas=world_size, rank=rank, seed=self.seed)
-        return stateful_loader(rows, self.batch_size, num_workers=self.num_workers, seed=self.seed,
-                               collate_fn=self.collate(True), sampler=sampler)
+        sampler = DistributedLengthGroupedSampler(
+            self.batch_size,
+            lengths=[len(ids) for ids in rows["input_ids"]],
+            num_replicas=world_size,
+            rank=rank,
+            seed=self.seed,
+        )
+        return stateful_loader(
+            rows,
+            self.batch_size,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            collate_fn=self.collate(True),
+            sampler=sampler,
+        )
 
 
 def first_subtoken_labels(word_ids: list[int], tag_ids: list[int]) -> list[int]:

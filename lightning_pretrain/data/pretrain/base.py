@@ -119,8 +119,9 @@ class PretrainData(L.LightningDataModule):
         """Pretrained, or trained on `training_texts()` on first use and cached (a later run loads it)."""
         if self.tokenizer_spec not in toks.TRAINERS:
             return toks.load_pretrained(self.tokenizer_spec)
-        return toks.trained(self.tokenizer_spec, self.vocab_size, self.training_texts, self.training_identity(),
-                            self.cache_root)
+        return toks.trained(
+            self.tokenizer_spec, self.vocab_size, self.training_texts, self.training_identity(), self.cache_root
+        )
 
     def describe(self, tokenizer: PreTrainedTokenizerBase) -> DataContract:
         """The contract of this data, given its tokenizer (a pure function: no work)."""
@@ -136,15 +137,16 @@ class PretrainData(L.LightningDataModule):
     def contract(self) -> DataContract:
         """What the model is told (tokenizer, block length, ...), as `publish()` made it known."""
         if self.published is None:
-            raise RuntimeError(f"{type(self).__name__}.contract is made known by publish(), which trains or loads the "
-                               f"tokenizer: call it first (the CLI does)")
+            raise RuntimeError(
+                f"{type(self).__name__}.contract is made known by publish(), which trains or loads the "
+                f"tokenizer: call it first (the CLI does)"
+            )
         return self.published
 
     @property
     def collate(self) -> blocks.BlockCollate:
         """Stacks blocks; with documents kept apart, adds the position ids that restart at each of them."""
-        return blocks.BlockCollate(None if self.cross_document_attention
-                                   else toks.document_separator(self.tokenizer))
+        return blocks.BlockCollate(None if self.cross_document_attention else toks.document_separator(self.tokenizer))
 
     # -- a mixture's log ----------------------------------------------------------------------------------------
     def mixture_state(self, counts: Sequence[float] | None, loader) -> MixtureState | None:
@@ -154,8 +156,9 @@ class PretrainData(L.LightningDataModule):
         if not self.mixed:
             return None
         spent = self.exhausted_source(loader)
-        return MixtureState(tuple(self.names), tuple(self.source_epochs(counts, loader)),
-                            None if spent is None else self.names[spent])
+        return MixtureState(
+            tuple(self.names), tuple(self.source_epochs(counts, loader)), None if spent is None else self.names[spent]
+        )
 
     def source_epochs(self, counts: Sequence[float] | None, loader) -> list[float]:
         """Each mixture source's epochs after `counts` samples of each."""

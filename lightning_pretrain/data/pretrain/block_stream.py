@@ -51,8 +51,7 @@ def open_stream(source: sources.TextSource, cache_root: Path) -> datasets.Iterab
     return ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else ds
 
 
-def documents(ds: datasets.IterableDataset, skip: int = 0, take: int | None = None,
-              batch: int = 1000) -> Iterator[str]:
+def documents(ds: datasets.IterableDataset, skip: int = 0, take: int | None = None, batch: int = 1000) -> Iterator[str]:
     """Non-blank texts of a stream, after the first `skip` of them, at most `take`."""
     texts = (t for rows in ds.iter(batch_size=batch) for t in rows["text"] if t and t.strip())
     return itertools.islice(texts, skip, None if take is None else skip + take)
@@ -61,10 +60,19 @@ def documents(ds: datasets.IterableDataset, skip: int = 0, take: int | None = No
 class BlockStream(IterableDataset):
     """Endless packed token blocks of one rank's shards of a text stream; resumable with `state_dict`."""
 
-    def __init__(self, stream: datasets.IterableDataset, tokenizer: PreTrainedTokenizerBase, seq_len: int,
-                 rank: int = 0, world_size: int = 1, shard_by: Literal["rows", "files"] = "rows",
-                 shuffle_window: int = 2048, seed: int = 1234, exclude: frozenset[bytes] = frozenset(),
-                 length: int | None = None):
+    def __init__(
+        self,
+        stream: datasets.IterableDataset,
+        tokenizer: PreTrainedTokenizerBase,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shard_by: Literal["rows", "files"] = "rows",
+        shuffle_window: int = 2048,
+        seed: int = 1234,
+        exclude: frozenset[bytes] = frozenset(),
+        length: int | None = None,
+    ):
         """`length`: blocks this rank will draw in the run (the loader's reported size); None: unsized."""
         self.stream, self.tokenizer, self.seq_len = stream, tokenizer, seq_len
         self.rank, self.world_size, self.shard_by = rank, world_size, shard_by
@@ -90,12 +98,15 @@ class BlockStream(IterableDataset):
         if self.shard_by == "rows":
             return copy.deepcopy(self.stream)
         if self.stream.num_shards < n_shards:
-            raise InputError(f"shard_by='files' needs at least as many files as ranks x workers ({n_shards}); the "
-                             f"source has {self.stream.num_shards}: use shard_by='rows'")
+            raise InputError(
+                f"shard_by='files' needs at least as many files as ranks x workers ({n_shards}); the "
+                f"source has {self.stream.num_shards}: use shard_by='rows'"
+            )
         return copy.deepcopy(self.stream).shard(num_shards=n_shards, index=shard, contiguous=True)
 
-    def windows(self, shard: int, n_shards: int, pass_: int = 0, window: int = 0,
-                position: dict | None = None) -> Iterator[tuple[int, dict | None, list[str]]]:
+    def windows(
+        self, shard: int, n_shards: int, pass_: int = 0, window: int = 0, position: dict | None = None
+    ) -> Iterator[tuple[int, dict | None, list[str]]]:
         """One pass over a shard: `(window, stream position of its first row, its documents shuffled)`, starting
         at `window`, whose first row is at `position` (a `datasets` state; None: the start of the pass)."""
         ds = self._open(shard, n_shards)
@@ -136,9 +147,11 @@ class BlockStream(IterableDataset):
         shard, n_shards = self.shard()
         start, self._cursor = self._start or {}, None
         if start and start["n_shards"] != n_shards:
-            raise InputError(f"the checkpoint's stream position was written with {start['n_shards']} shards (ranks x "
-                             f"loader workers) and this run has {n_shards}: resume with the same devices and "
-                             f"num_workers")
+            raise InputError(
+                f"the checkpoint's stream position was written with {start['n_shards']} shards (ranks x "
+                f"loader workers) and this run has {n_shards}: resume with the same devices and "
+                f"num_workers"
+            )
         pass_, window, first_doc, skip = (start.get(k, 0) for k in ("pass", "window", "doc", "offset"))
         position = start.get("stream")
         backend = self.tokenizer.backend_tokenizer
@@ -150,7 +163,7 @@ class BlockStream(IterableDataset):
             tokens_this_pass, whole_pass = 0, position is None and not (window or first_doc or skip)
             for w, w_position, docs in self.windows(shard, n_shards, pass_, window, position):
                 for c0 in range(first_doc, len(docs), ENCODE_DOCS):
-                    chunk = docs[c0:c0 + ENCODE_DOCS]
+                    chunk = docs[c0 : c0 + ENCODE_DOCS]
                     flat, lengths = blocks.separated(list(encoding.encode_texts(backend, chunk)), self.sep)
                     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) - skip
                     flat, skip = flat[skip:], 0  # resuming inside a document: its head is already trained on
@@ -163,15 +176,23 @@ class BlockStream(IterableDataset):
                         end = (b + 1) * self.seq_len
                         j = int(np.searchsorted(starts, end, side="right")) - 1
                         p, w_, pos, d = places[j]
-                        self._cursor = {"pass": p, "window": w_, "stream": pos, "doc": d,
-                                        "offset": int(end - starts[j]), "n_shards": n_shards}
-                        yield pending[end - self.seq_len:end]
+                        self._cursor = {
+                            "pass": p,
+                            "window": w_,
+                            "stream": pos,
+                            "doc": d,
+                            "offset": int(end - starts[j]),
+                            "n_shards": n_shards,
+                        }
+                        yield pending[end - self.seq_len : end]
                     used = n_full * self.seq_len
                     pending, starts = pending[used:], starts - used
                     keep = max(int(np.searchsorted(starts, 0, side="right")) - 1, 0)  # drop finished documents
                     starts, places = starts[keep:], places[keep:]
                 first_doc = 0
             if tokens_this_pass == 0 and whole_pass:
-                raise InputError(f"shard {shard} of {n_shards} (ranks x loader workers) holds no documents: use "
-                                 f"fewer workers or devices, or a larger corpus")
+                raise InputError(
+                    f"shard {shard} of {n_shards} (ranks x loader workers) holds no documents: use "
+                    f"fewer workers or devices, or a larger corpus"
+                )
             pass_, window, position = pass_ + 1, 0, None

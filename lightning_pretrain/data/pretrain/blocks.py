@@ -26,8 +26,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
-def pack_stream(docs: Iterable[Sequence[int]], sep_id: int, seq_len: int, dtype=np.int64,
-                chunk_docs: int = 4096) -> Iterator[np.ndarray]:
+def pack_stream(
+    docs: Iterable[Sequence[int]], sep_id: int, seq_len: int, dtype=np.int64, chunk_docs: int = 4096
+) -> Iterator[np.ndarray]:
     """Yield arrays of shape `(k, seq_len)` holding the packed stream, `sep_id` after every document."""
     carry = np.empty(0, dtype=dtype)
     docs = iter(docs)
@@ -37,7 +38,7 @@ def pack_stream(docs: Iterable[Sequence[int]], sep_id: int, seq_len: int, dtype=
         n_full = stream.size // seq_len
         if n_full:
             yield stream[: n_full * seq_len].reshape(n_full, seq_len)
-        carry = stream[n_full * seq_len:]
+        carry = stream[n_full * seq_len :]
 
 
 def separated(docs: Sequence[Sequence[int]], sep_id: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +48,11 @@ def separated(docs: Sequence[Sequence[int]], sep_id: int, dtype=np.int64) -> tup
         sep = np.array([sep_id], dtype=dtype)
         return np.concatenate([a for d in docs for a in (np.asarray(d, dtype=dtype), sep)]), lengths
     # one C-level pass over all ids (a per-document np.concatenate is ~5x slower)
-    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(d, (sep_id,)) for d in docs), dtype=dtype,
-                       count=int(lengths.sum()))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(itertools.chain(d, (sep_id,)) for d in docs),
+        dtype=dtype,
+        count=int(lengths.sum()),
+    )
     return flat, lengths
 
 

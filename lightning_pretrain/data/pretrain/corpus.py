@@ -31,8 +31,16 @@ class CachedSource:
     """One source of a `PretrainCorpus`: its documents split into train / val (the shared `val_source`, else a
     seeded `val_fraction` of its own), their identity, and their blocks in the cache (`prepare`, then `open`)."""
 
-    def __init__(self, spec: str, source: TextSource, val_spec: str | None, val_source: TextSource | None,
-                 val_fraction: float, seed: int, cache_root: Path):
+    def __init__(
+        self,
+        spec: str,
+        source: TextSource,
+        val_spec: str | None,
+        val_source: TextSource | None,
+        val_fraction: float,
+        seed: int,
+        cache_root: Path,
+    ):
         self.spec, self.source, self.val_spec, self.val_source = spec, source, val_spec, val_source
         self.val_fraction, self.seed, self.cache_root = val_fraction, seed, cache_root
         self.train_blocks: np.ndarray | None = None
@@ -54,8 +62,10 @@ class CachedSource:
                 raise InputError(f"validation corpus '{self.val_spec}' is empty (no non-blank text)")
             return {"train": ds, "val": val}
         if len(ds) < 2:
-            raise InputError(f"corpus '{self.spec}' has a single document: nothing to hold out for validation; pass "
-                             f"--data.val_source")
+            raise InputError(
+                f"corpus '{self.spec}' has a single document: nothing to hold out for validation; pass "
+                f"--data.val_source"
+            )
         split = ds.train_test_split(test_size=self.val_fraction, seed=self.seed, shuffle=True)
         return {"train": split["train"], "val": split["test"]}
 
@@ -88,9 +98,11 @@ class CachedSource:
                 n = blocks.write_blocks(tmp / f"{split}.bin", ids, sep, seq_len, dtype)
                 meta["splits"][split] = {"n_blocks": n, "seconds": round(time.perf_counter() - t0, 3)}
                 if n == 0:
-                    raise InputError(f"the {split} split has fewer than seq_len={seq_len} tokens: it yields no "
-                                     f"block; use a larger corpus, a smaller seq_len"
-                                     f"{' or a larger val_fraction' if split == 'val' else ''}")
+                    raise InputError(
+                        f"the {split} split has fewer than seq_len={seq_len} tokens: it yields no "
+                        f"block; use a larger corpus, a smaller seq_len"
+                        f"{' or a larger val_fraction' if split == 'val' else ''}"
+                    )
             return meta
 
         entry, reused = cache.get_or_build(self.entry(tokenizer, seq_len), build, functools.partial(complete, seq_len))
@@ -114,7 +126,8 @@ def complete(seq_len: int, entry: Path, meta: dict) -> bool:
     try:
         return meta["seq_len"] == seq_len and all(
             (entry / f"{s}.bin").stat().st_size == info["n_blocks"] * seq_len * itemsize
-            for s, info in meta["splits"].items())
+            for s, info in meta["splits"].items()
+        )
     except (KeyError, OSError):
         return False
 
@@ -130,8 +143,10 @@ class PretrainCorpus(PretrainData):
         if not 0.0 < val_fraction < 1.0 and self.val_source is None:
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction = val_fraction
-        self.parts = [CachedSource(spec, text, self.val_spec, self.val_source, val_fraction, self.seed,
-                                   self.cache_root) for spec, text in zip(self.specs, self.inputs)]
+        self.parts = [
+            CachedSource(spec, text, self.val_spec, self.val_source, val_fraction, self.seed, self.cache_root)
+            for spec, text in zip(self.specs, self.inputs)
+        ]
 
     def training_texts(self):
         return (t for part in self.parts for batch in part.texts("train") for t in batch)
@@ -170,16 +185,28 @@ class PretrainCorpus(PretrainData):
     # -- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, dataset, shuffle: bool, **kwargs) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)
-        return stateful_loader(dataset, self.batch_size, shuffle=shuffle, drop_last=shuffle, collate_fn=self.collate,
-                               num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size, **kwargs)
+        return stateful_loader(
+            dataset,
+            self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            **kwargs,
+        )
 
     def train_dataloader(self):
         if self.mixed:
             return self._mixture_loader()
         train = self.train_blocks
         if len(train) < self.batch_size:
-            raise InputError(f"the training split has {len(train)} blocks of {self.seq_len} tokens, fewer than one "
-                             f"batch of {self.batch_size}; lower batch_size or seq_len")
+            raise InputError(
+                f"the training split has {len(train)} blocks of {self.seq_len} tokens, fewer than one "
+                f"batch of {self.batch_size}; lower batch_size or seq_len"
+            )
         loader = self._loader(blocks.BlockDataset(train), shuffle=True)
         check_val_interval(self.trainer, loader, f"an epoch ({len(train)} blocks of {self.seq_len} tokens)")
         return loader
@@ -187,11 +214,26 @@ class PretrainCorpus(PretrainData):
     def _mixture_loader(self) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)
         dataset = MixtureBlocks([p.train_blocks for p in self.parts])
-        sampler = MixtureSampler(dataset, self.weights, self.batch_size, seed=self.seed, rank=rank,
-                                 world_size=world_size, exhaustion=self.exhaustion, names=self.names,
-                                 length=run_length(self.trainer, self.batch_size, self.exhaustion))
-        loader = stateful_loader(dataset, self.batch_size, sampler=sampler, drop_last=True, collate_fn=self.collate,
-                                 num_workers=self.num_workers, seed=self.seed)
+        sampler = MixtureSampler(
+            dataset,
+            self.weights,
+            self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            exhaustion=self.exhaustion,
+            names=self.names,
+            length=run_length(self.trainer, self.batch_size, self.exhaustion),
+        )
+        loader = stateful_loader(
+            dataset,
+            self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
         check_val_interval(self.trainer, loader, "this mixture run")
         return loader
 

@@ -131,9 +131,19 @@ class MixtureSampler(DistributedSampler):
     together. State: (next global index, per-source counts), at round boundaries, which are batch boundaries.
     A DistributedSampler (the class only) so Lightning does not wrap it in one of its own under DDP."""
 
-    def __init__(self, dataset: MixtureBlocks, weights: np.ndarray, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, exhaustion: Exhaustion = "repeat",
-                 names: Sequence[str] | None = None, length: int | None = None):
+    def __init__(
+        self,
+        dataset: MixtureBlocks,
+        weights: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        exhaustion: Exhaustion = "repeat",
+        names: Sequence[str] | None = None,
+        length: int | None = None,
+    ):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False, seed=seed)
         self.sizes = np.diff(dataset.offsets).astype(np.int64)
         self.offsets, self.weights, self.batch_size = dataset.offsets, np.asarray(weights, float), batch_size
@@ -169,8 +179,14 @@ class MixtureSampler(DistributedSampler):
         counts, rounds = np.zeros(len(self.sizes), np.int64), 0
         while True:  # a chunk of rounds at a time
             n = max(1, CHUNK // self.round) * self.round
-            per_round = np.stack([np.bincount(self.sources_of(rounds * self.round + k * self.round, self.round),
-                                              minlength=len(self.sizes)) for k in range(n // self.round)])
+            per_round = np.stack(
+                [
+                    np.bincount(
+                        self.sources_of(rounds * self.round + k * self.round, self.round), minlength=len(self.sizes)
+                    )
+                    for k in range(n // self.round)
+                ]
+            )
             cum = counts + np.cumsum(per_round, axis=0)
             over = np.nonzero((cum > self.sizes).any(axis=1))[0]
             if len(over):
@@ -200,8 +216,13 @@ class MixtureSampler(DistributedSampler):
                 self.exhausted = s
                 return
             mine = np.arange(self.rank, self.round, self.num_replicas)
-            rows = [int(self.offsets[src[k]] + self._order(int(src[k]), int(nth[k] // self.sizes[src[k]]))
-                        [nth[k] % self.sizes[src[k]]]) for k in mine]
+            rows = [
+                int(
+                    self.offsets[src[k]]
+                    + self._order(int(src[k]), int(nth[k] // self.sizes[src[k]]))[nth[k] % self.sizes[src[k]]]
+                )
+                for k in mine
+            ]
             # the state after this round, already while its batch is drawn: torchdata reads it at the batch's end
             self.index += self.round
             self.counts = self.counts + np.bincount(src, minlength=len(self.sizes))
@@ -225,7 +246,9 @@ def run_length(trainer, batch_size: int, exhaustion: Exhaustion) -> int | None:
         return None
     if trainer.max_steps < 0:
         if exhaustion == "repeat":
-            raise InputError("a data mixture with exhaustion='repeat' is endless: set trainer.max_steps (the run's "
-                             "length), or exhaustion='stop'")
+            raise InputError(
+                "a data mixture with exhaustion='repeat' is endless: set trainer.max_steps (the run's "
+                "length), or exhaustion='stop'"
+            )
         return None
     return trainer.max_steps * trainer.accumulate_grad_batches * batch_size

@@ -23,8 +23,15 @@ class MixtureStream(IterableDataset):
     """Blocks of several `BlockStream`s (built for this rank) interleaved by seeded weighted draws, per worker (each
     stream reads the worker's own shard). State: each stream's state and the number of draws so far."""
 
-    def __init__(self, streams: Sequence, weights: np.ndarray, names: Sequence[str], seed: int = 0,
-                 exhaustion: Exhaustion = "repeat", length: int | None = None):
+    def __init__(
+        self,
+        streams: Sequence,
+        weights: np.ndarray,
+        names: Sequence[str],
+        seed: int = 0,
+        exhaustion: Exhaustion = "repeat",
+        length: int | None = None,
+    ):
         self.streams, self.weights, self.names = list(streams), np.asarray(weights, float), list(names)
         self.seed, self.exhaustion, self.length = seed, exhaustion, length
         self._start: dict[str, Any] | None = None
@@ -55,13 +62,19 @@ class MixtureStream(IterableDataset):
         while exhausted is None:
             if chunk != n // CHUNK:
                 chunk = n // CHUNK
-                src = np.random.default_rng([self.seed, 2, shard, chunk]).choice(len(self.weights), CHUNK,
-                                                                                  p=self.weights)
+                src = np.random.default_rng([self.seed, 2, shard, chunk]).choice(
+                    len(self.weights), CHUNK, p=self.weights
+                )
             s = int(src[n % CHUNK])
             if self.exhaustion == "stop" and self.streams[s].passes >= 1:
                 exhausted = s  # its next block would begin its second pass
-                log.info("data mixture: source '%s' ran out (one pass of shard %d) after %d blocks of that shard; "
-                         "exhaustion='stop' ends the run", self.names[s], shard, n)
+                log.info(
+                    "data mixture: source '%s' ran out (one pass of shard %d) after %d blocks of that shard; "
+                    "exhaustion='stop' ends the run",
+                    self.names[s],
+                    shard,
+                    n,
+                )
             else:
                 block = next(iters[s])
                 n += 1

@@ -1,25 +1,20 @@
 """`SentencePairCorpus`: BERT's pretraining pairs ``[CLS] A [SEP] B [SEP]`` for next-sentence (NSP) or ALBERT's
 sentence-order (SOP) prediction, built from the document (blank-line) and sentence boundaries of the corpus.
 
-A pair is two runs of whole sentences of one document, A then B, within `seq_len - 3` tokens (`make_pairs`, after
-google-research/bert's `create_instances_from_document`). Half are negatives (label 1): for ``nsp`` B comes from
-another document, for ``sop`` A and B are swapped. Pairs are drawn once per seed and cached as token offsets; the
-MLM masks on top are drawn per batch by the objective. Each item: ``input_ids``, ``token_type_ids``,
-``attention_mask`` and ``pair_label``, padded to `seq_len`. Where and why this departs from BERT's script:
-docs/design/data.md.
+A pair is two runs of whole sentences of one document, A then B, within `seq_len - 3` tokens
+(`pair_drawing.make_pairs`, after google-research/bert's `create_instances_from_document`). Half are negatives
+(label 1): for ``nsp`` B comes from another document, for ``sop`` A and B are swapped. Pairs are drawn once per seed
+and cached as token offsets; the MLM masks on top are drawn per batch by the objective. Each item: ``input_ids``,
+``token_type_ids``, ``attention_mask`` and ``pair_label``, padded to `seq_len`. Where and why this departs from
+BERT's script: docs/design/data.md.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
-import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,117 +26,13 @@ from lightning_pretrain.data import cache, encoding
 from lightning_pretrain.data import tokenizers as toks
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.loaders import check_val_interval, rank_and_world, stateful_loader
-from lightning_pretrain.data.pretrain import blocks
 from lightning_pretrain.data.pretrain.corpus import PretrainCorpus
-from lightning_pretrain.data.sources import text as sources
+from lightning_pretrain.data.pretrain.pair_drawing import Task, make_pairs, tokenize_documents
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # bump when the pair rule or the files change: old cache entries stop matching
-Task = Literal["nsp", "sop"]
-
-_SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s+["'(\[]?[A-Z0-9])""")
-
-
-def split_sentences(doc: str) -> list[str]:
-    """Sentences of a document; their concatenation is the document (whitespace opens the next sentence)."""
-    cuts = [m.end() for m in _SENTENCE_END.finditer(doc)]
-    pieces = [doc[a:b] for a, b in zip([0, *cuts], [*cuts, len(doc)])]
-    return [p for p in pieces if p.strip()]
-
-
-@dataclass
-class TokenizedDocs:
-    """A tokenized corpus as flat arrays: the ids of sentence `s` are `tokens[sentence_starts[s]:sentence_starts[s+1]]`,
-    and document `d` holds the sentences `doc_starts[d]` to `doc_starts[d+1] - 1`."""
-
-    tokens: np.ndarray
-    sentence_starts: np.ndarray
-    doc_starts: np.ndarray
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.doc_starts) - 1
-
-
-def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: Iterable[list[str]],
-                       progress: encoding.Progress | None = None) -> TokenizedDocs:
-    """Split batches of source rows into documents and sentences, and tokenize every sentence (no special tokens)."""
-    backend = tokenizer.backend_tokenizer
-    dtype = blocks.token_dtype(len(tokenizer))
-    token_parts, sentence_lengths, doc_sizes = [], [], []
-    for batch in texts:
-        sentences, per_doc = [], []
-        for text in batch:
-            for doc in sources.paragraphs(text or ""):  # a row of JSON or CSV may hold several documents
-                found = split_sentences(doc)
-                sentences += found
-                per_doc.append(len(found))
-        encoded = encoding.encode_texts(backend, sentences, progress)  # bounded memory, also for a 50 MB "sentence"
-        ids = []
-        for n in per_doc:
-            kept = [enc for enc in itertools.islice(encoded, n) if len(enc)]  # a sentence of no token is no sentence
-            if kept:
-                ids += kept
-                doc_sizes.append(len(kept))
-        sentence_lengths += [len(s) for s in ids]
-        token_parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids))))
-    tokens = np.concatenate(token_parts) if token_parts else np.empty(0, dtype=dtype)
-    return TokenizedDocs(tokens, np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]),
-                         np.concatenate([[0], np.cumsum(doc_sizes, dtype=np.int64)]))
-
-
-def make_pairs(docs: TokenizedDocs, max_tokens: int, task: Task, rng: random.Random,
-               short_seq_prob: float = 0.1) -> np.ndarray:
-    """`(n, 5)` int64 rows `(a_start, a_end, b_start, b_end, label)`: token offsets of A and B into `docs.tokens`,
-    `len(A) + len(B) <= max_tokens`, label 0 = B truly follows A, 1 = negative (random B for nsp, swapped for sop)."""
-    starts, doc_starts = docs.sentence_starts.tolist(), docs.doc_starts.tolist()
-    # documents that can give a positive (two sentences or more); a negative B is drawn from them only
-    pool = [d for d in range(docs.n_docs) if doc_starts[d + 1] - doc_starts[d] >= 2]
-    if task == "nsp" and len(pool) < 2:
-        raise InputError("next-sentence prediction needs at least two documents of two or more sentences "
-                         "(negatives come from another one)")
-    position = {d: k for k, d in enumerate(pool)}
-    out: list[tuple[int, int, int, int, int]] = []
-    for d in range(docs.n_docs):
-        first, end = doc_starts[d], doc_starts[d + 1]
-        target = max_tokens if rng.random() >= short_seq_prob else rng.randint(2, max_tokens)
-        chunk, i = first, first  # the chunk holds the whole sentences chunk..i-1
-        while chunk < end:
-            while i < end and (i == chunk or starts[i + 1] - starts[chunk] <= target):
-                i += 1  # take sentence i while the chunk stays within the target (at least one sentence)
-            if i - chunk >= 2:  # two sentences or more (within the target): one pair
-                a_end = rng.randint(chunk + 1, i - 1)  # A = sentences chunk..a_end-1, B = a_end..i-1
-                a, b = (starts[chunk], starts[a_end]), (starts[a_end], starts[i])
-                negative = rng.random() < 0.5
-                if negative and task == "nsp":
-                    b = _random_segment(starts, doc_starts, pool, position[d], a[1] - a[0], max_tokens,
-                                        max(1, target - (a[1] - a[0])), rng)
-                    i = a_end  # the sentences after A go back into the next chunk
-                elif negative:
-                    a, b = b, a
-                out.append((*a, *b, int(negative)))
-            chunk = i
-    return np.asarray(out, dtype=np.int64).reshape(-1, 5)
-
-
-def _random_segment(starts: list[int], doc_starts: list[int], pool: list[int], avoid: int, len_a: int,
-                    max_tokens: int, target: int, rng: random.Random, tries: int = 10) -> tuple[int, int]:
-    """Token offsets of whole sentences of another document of `pool` (not `pool[avoid]`): up to `target` tokens,
-    from a random sentence after the document's first, i.e. where a true B could start. Only the topic and the
-    continuity then tell a negative from a positive, never a heading, a one-line document or an opening sentence."""
-    for attempt in range(tries):
-        k = rng.randrange(len(pool) - 1)
-        d = pool[k + (k >= avoid)]
-        s = rng.randint(doc_starts[d] + 1, doc_starts[d + 1] - 1)
-        if starts[s + 1] - starts[s] <= max_tokens - len_a or attempt == tries - 1:
-            break
-    e = s + 1
-    while e < doc_starts[d + 1] and starts[e + 1] - starts[s] <= target:
-        e += 1
-    # a sentence longer than the room left (after `tries` draws): cut, the only place a pair is ever truncated
-    return starts[s], min(starts[e], starts[s] + max_tokens - len_a)
 
 
 class PairDataset(Dataset):
@@ -169,10 +60,12 @@ class PairDataset(Dataset):
         ids[:, 0] = self.cls_id
         ids[rows, 1 + la[:, 0]] = self.sep_id
         ids[rows, 2 + la[:, 0] + lb[:, 0]] = self.sep_id
-        batch = {"input_ids": torch.from_numpy(ids),
-                 "token_type_ids": torch.from_numpy(((pos >= 2 + la) & (pos < 3 + la + lb)).astype(np.int64)),
-                 "attention_mask": torch.from_numpy(np.broadcast_to(pos < 3 + la + lb, ids.shape).astype(np.int64)),
-                 "pair_label": torch.from_numpy(label[:, 0].copy())}
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(((pos >= 2 + la) & (pos < 3 + la + lb)).astype(np.int64)),
+            "attention_mask": torch.from_numpy(np.broadcast_to(pos < 3 + la + lb, ids.shape).astype(np.int64)),
+            "pair_label": torch.from_numpy(label[:, 0].copy()),
+        }
         return [dict(zip(batch, row)) for row in zip(*batch.values())]
 
 
@@ -214,8 +107,17 @@ class SentencePairCorpus(PretrainCorpus):
 
     @property
     def cache_entry(self) -> Path:
-        key = cache.cache_key("pairs", FORMAT_VERSION, *self.parts[0].identity, toks.fingerprint(self.tokenizer),
-                              self.seq_len, self.task, self.short_seq_prob, self.dupe_factor, self.seed)
+        key = cache.cache_key(
+            "pairs",
+            FORMAT_VERSION,
+            *self.parts[0].identity,
+            toks.fingerprint(self.tokenizer),
+            self.seq_len,
+            self.task,
+            self.short_seq_prob,
+            self.dupe_factor,
+            self.seed,
+        )
         return self.cache_root / "pairs" / key
 
     def describe(self, tokenizer: PreTrainedTokenizerBase) -> DataContract:
@@ -226,8 +128,10 @@ class SentencePairCorpus(PretrainCorpus):
         tok = self.tokenizer
         ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
         if None in ids:
-            raise InputError("sentence pairs need a tokenizer with CLS, SEP and PAD tokens ('wordpiece', 'bpe' or "
-                             "'unigram' have them)")
+            raise InputError(
+                "sentence pairs need a tokenizer with CLS, SEP and PAD tokens ('wordpiece', 'bpe' or "
+                "'unigram' have them)"
+            )
         return ids
 
     def prepare_data(self) -> None:
@@ -240,21 +144,39 @@ class SentencePairCorpus(PretrainCorpus):
             meta = {"seq_len": self.seq_len, "task": self.task, "splits": {}}
             for n, split in enumerate(("train", "val")):
                 t0 = time.perf_counter()
-                docs = tokenize_documents(self.tokenizer, self.parts[0].texts(split),
-                                          encoding.Progress(f"tokenizing the {split} split", items="sentences"))
+                docs = tokenize_documents(
+                    self.tokenizer,
+                    self.parts[0].texts(split),
+                    encoding.Progress(f"tokenizing the {split} split", items="sentences"),
+                )
                 draws = self.dupe_factor if split == "train" else 1
-                pairs = np.concatenate([
-                    make_pairs(docs, self.seq_len - 3, self.task, random.Random(self.seed * 1000 + 100 * n + k),
-                               self.short_seq_prob) for k in range(draws)])
+                pairs = np.concatenate(
+                    [
+                        make_pairs(
+                            docs,
+                            self.seq_len - 3,
+                            self.task,
+                            random.Random(self.seed * 1000 + 100 * n + k),
+                            self.short_seq_prob,
+                        )
+                        for k in range(draws)
+                    ]
+                )
                 if len(pairs) == 0:
-                    raise InputError(f"the {split} split yields no sentence pair (it needs documents of two or more "
-                                     f"sentences{' in at least two documents' if self.task == 'nsp' else ''})")
+                    raise InputError(
+                        f"the {split} split yields no sentence pair (it needs documents of two or more "
+                        f"sentences{' in at least two documents' if self.task == 'nsp' else ''})"
+                    )
                 np.save(tmp / f"{split}.tokens.npy", docs.tokens)
                 np.save(tmp / f"{split}.pairs.npy", pairs)
-                meta["splits"][split] = {"n_pairs": len(pairs), "n_docs": docs.n_docs,
-                                         "n_sentences": len(docs.sentence_starts) - 1, "n_tokens": len(docs.tokens),
-                                         "negative_fraction": round(float(pairs[:, 4].mean()), 4),
-                                         "seconds": round(time.perf_counter() - t0, 3)}
+                meta["splits"][split] = {
+                    "n_pairs": len(pairs),
+                    "n_docs": docs.n_docs,
+                    "n_sentences": len(docs.sentence_starts) - 1,
+                    "n_tokens": len(docs.tokens),
+                    "negative_fraction": round(float(pairs[:, 4].mean()), 4),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
             return meta
 
         entry, reused = cache.get_or_build(self.cache_entry, build, self._entry_is_complete)
@@ -265,7 +187,8 @@ class SentencePairCorpus(PretrainCorpus):
             return meta["seq_len"] == self.seq_len and all(
                 np.load(entry / f"{s}.pairs.npy", mmap_mode="r").shape == (info["n_pairs"], 5)
                 and np.load(entry / f"{s}.tokens.npy", mmap_mode="r").shape == (info["n_tokens"],)
-                for s, info in meta["splits"].items())
+                for s, info in meta["splits"].items()
+            )
         except (KeyError, OSError, ValueError):
             return False
 
@@ -276,20 +199,33 @@ class SentencePairCorpus(PretrainCorpus):
         if cache.lookup(entry, self._entry_is_complete) is None:
             self.prepare_data()
         for split in ("train", "val"):
-            dataset = PairDataset(np.load(entry / f"{split}.tokens.npy", mmap_mode="r"),
-                                  np.load(entry / f"{split}.pairs.npy", mmap_mode="r"), self.seq_len,
-                                  *self._special_ids())
+            dataset = PairDataset(
+                np.load(entry / f"{split}.tokens.npy", mmap_mode="r"),
+                np.load(entry / f"{split}.pairs.npy", mmap_mode="r"),
+                self.seq_len,
+                *self._special_ids(),
+            )
             setattr(self, f"{split}_pairs", dataset)
 
     def _pair_loader(self, dataset: PairDataset, shuffle: bool) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)
-        return stateful_loader(dataset, self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                               num_workers=self.num_workers, seed=self.seed, rank=rank, world_size=world_size)
+        return stateful_loader(
+            dataset,
+            self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def train_dataloader(self):
         if len(self.train_pairs) < self.batch_size:
-            raise InputError(f"the training split has {len(self.train_pairs)} sentence pairs, fewer than one batch of "
-                             f"{self.batch_size}; lower batch_size, raise dupe_factor or use more text")
+            raise InputError(
+                f"the training split has {len(self.train_pairs)} sentence pairs, fewer than one batch of "
+                f"{self.batch_size}; lower batch_size, raise dupe_factor or use more text"
+            )
         loader = self._pair_loader(self.train_pairs, shuffle=True)
         check_val_interval(self.trainer, loader, f"an epoch ({len(self.train_pairs)} sentence pairs)")
         return loader

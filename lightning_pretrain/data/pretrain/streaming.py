@@ -48,8 +48,14 @@ class StreamedSource:
     def stream(self) -> datasets.IterableDataset:
         return open_stream(self.source, self.cache_root)
 
-    def hold_out(self, val_spec: str | None, val_source: TextSource | None, n: int, tokenizer: PreTrainedTokenizerBase,
-                 seq_len: int) -> None:
+    def hold_out(
+        self,
+        val_spec: str | None,
+        val_source: TextSource | None,
+        n: int,
+        tokenizer: PreTrainedTokenizerBase,
+        seq_len: int,
+    ) -> None:
         """Validation blocks of the first `n` documents of `val_source`, else of this source (skipped in training)."""
         val = list(documents(open_stream(val_source, self.cache_root) if val_source else self.stream, take=n))
         if not val:
@@ -59,8 +65,10 @@ class StreamedSource:
         ids = encoding.encode_batches(tokenizer, [val], encoding.Progress("tokenizing validation"))
         self.val_blocks = blocks.pack(ids, toks.document_separator(tokenizer), seq_len)
         if len(self.val_blocks) == 0:
-            raise InputError(f"the {len(val)} validation documents hold fewer than seq_len={seq_len} tokens: "
-                             f"raise val_documents or lower seq_len")
+            raise InputError(
+                f"the {len(val)} validation documents hold fewer than seq_len={seq_len} tokens: "
+                f"raise val_documents or lower seq_len"
+            )
 
 
 class StreamingCorpus(PretrainData):
@@ -85,15 +93,20 @@ class StreamingCorpus(PretrainData):
                 reads only its own files; needs at least ranks x workers files).
             shuffle_window: documents per shard shuffled together (1: stream order).
         """
-        check_loader_options(num_workers, val_documents=val_documents, tokenizer_documents=tokenizer_documents,
-                             shuffle_window=shuffle_window)
+        check_loader_options(
+            num_workers,
+            val_documents=val_documents,
+            tokenizer_documents=tokenizer_documents,
+            shuffle_window=shuffle_window,
+        )
         super().__init__(num_workers=num_workers, **kwargs)
         self.val_documents, self.tokenizer_documents = val_documents, tokenizer_documents
         self.shard_by, self.shuffle_window = shard_by, shuffle_window
         # a mixture's trained tokenizer learns from each source's weighted share of the documents
         shares = [max(1, int(np.ceil(tokenizer_documents * w))) for w in self.weights] or [tokenizer_documents]
-        self.parts = [StreamedSource(spec, text, n, self.cache_root) for spec, text, n in
-                      zip(self.specs, self.inputs, shares)]
+        self.parts = [
+            StreamedSource(spec, text, n, self.cache_root) for spec, text, n in zip(self.specs, self.inputs, shares)
+        ]
         self.val_blocks: np.ndarray | None = None
 
     # -- tokenizer ----------------------------------------------------------------------------------------------
@@ -131,32 +144,65 @@ class StreamingCorpus(PretrainData):
                 length = trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size
             return self._stream(self.parts[0], rank, world, length)
         if self.exhaustion == "stop" and world > 1:
-            raise InputError("exhaustion='stop' of a streaming mixture runs on one device only: each rank's shards "
-                             "run out at a different batch; use 'repeat' or the cached PretrainCorpus")
+            raise InputError(
+                "exhaustion='stop' of a streaming mixture runs on one device only: each rank's shards "
+                "run out at a different batch; use 'repeat' or the cached PretrainCorpus"
+            )
         length = run_length(trainer, self.batch_size, self.exhaustion)
-        return MixtureStream([self._stream(p, rank, world) for p in self.parts], self.weights, self.names, self.seed,
-                             self.exhaustion, length)
+        return MixtureStream(
+            [self._stream(p, rank, world) for p in self.parts],
+            self.weights,
+            self.names,
+            self.seed,
+            self.exhaustion,
+            length,
+        )
 
     def _stream(self, part: StreamedSource, rank: int, world: int, length: int | None = None) -> BlockStream:
         workers = max(self.num_workers, 1)
-        log.info("streaming %s: rank %d of %d reads shards %d-%d of %d (by %s)", part.spec, rank, world,
-                 rank * workers, (rank + 1) * workers - 1, world * workers, self.shard_by)
-        return BlockStream(part.stream, self.tokenizer, self.seq_len, rank, world, self.shard_by, self.shuffle_window,
-                           self.seed, part.exclude, length)
+        log.info(
+            "streaming %s: rank %d of %d reads shards %d-%d of %d (by %s)",
+            part.spec,
+            rank,
+            world,
+            rank * workers,
+            (rank + 1) * workers - 1,
+            world * workers,
+            self.shard_by,
+        )
+        return BlockStream(
+            part.stream,
+            self.tokenizer,
+            self.seq_len,
+            rank,
+            world,
+            self.shard_by,
+            self.shuffle_window,
+            self.seed,
+            part.exclude,
+            length,
+        )
 
     def train_dataloader(self) -> StatefulDataLoader:
         # Lightning warns about any sized IterableDataset in case its workers yield duplicates; ours read disjoint
         # shards, and the size is the run's length by design (docs/design/data.md, Stopping)
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-        loader = stateful_loader(self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed,
-                                 collate_fn=self.collate)
+        loader = stateful_loader(
+            self.train_dataset(), self.batch_size, num_workers=self.num_workers, seed=self.seed, collate_fn=self.collate
+        )
         check_val_interval(self.trainer, loader, "this streaming run (max_steps x accumulate_grad_batches)")
         return loader
 
     def val_dataloader(self) -> StatefulDataLoader:
         rank, world_size = rank_and_world(self.trainer)  # in memory: no workers needed
-        return stateful_loader(blocks.BlockDataset(self.val_blocks), self.batch_size, seed=self.seed, rank=rank,
-                               world_size=world_size, collate_fn=self.collate)
+        return stateful_loader(
+            blocks.BlockDataset(self.val_blocks),
+            self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            collate_fn=self.collate,
+        )
 
     def source_epochs(self, counts, loader) -> list[float]:
         """Completed passes of each source (the fewest over this rank's workers)."""

@@ -35,9 +35,17 @@ class Format:
 TEXT = Format("text")
 # tables first, in the order a directory's train/dev/test file is searched for (GLUE's .tsv first)
 FORMATS: dict[str, Format] = {
-    ".tsv": Format("csv", delimiter="\t", quoting=False), ".csv": Format("csv", delimiter=","),
-    ".jsonl": Format("json", lines=True), ".json": Format("json"), ".parquet": Format("parquet"),
-    ".txt": TEXT, ".text": TEXT, ".raw": TEXT, ".tokens": TEXT, ".md": TEXT, ".rst": TEXT,
+    ".tsv": Format("csv", delimiter="\t", quoting=False),
+    ".csv": Format("csv", delimiter=","),
+    ".jsonl": Format("json", lines=True),
+    ".json": Format("json"),
+    ".parquet": Format("parquet"),
+    ".txt": TEXT,
+    ".text": TEXT,
+    ".raw": TEXT,
+    ".tokens": TEXT,
+    ".md": TEXT,
+    ".rst": TEXT,
 }
 LINES = ".txt"  # fine-tuning: plain text of one input per line (a prompt or source to predict for)
 TABLES = tuple(suffix for suffix, fmt in FORMATS.items() if fmt.table)

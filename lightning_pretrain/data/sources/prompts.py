@@ -23,8 +23,7 @@ def read_prompts(path: str | None) -> list[str]:
     if not Path(path).is_file():
         raise InputError(f"predict_file {path}: {'is a directory' if Path(path).is_dir() else 'file not found'}")
     if formats.is_table(path):
-        raise InputError(f"predict_file {path}: prompts are plain text, one per line (not a {Path(path).suffix} "
-                         f"table)")
+        raise InputError(f"predict_file {path}: prompts are plain text, one per line (not a {Path(path).suffix} table)")
     check_encoding(path)
     with open(path, encoding="utf-8-sig") as fh:
         prompts = [line.rstrip("\r\n") for line in fh if line.strip()]
@@ -40,5 +39,6 @@ def collate(rows: list[tuple[int, str]]) -> dict:
 def prompt_loader(path: str | None, batch_size: int, trainer=None) -> StatefulDataLoader:
     """Batches of the prompts of `path` in file order (this rank's share of them under DDP)."""
     rank, world_size = rank_and_world(trainer)
-    return stateful_loader(list(enumerate(read_prompts(path))), batch_size, rank=rank, world_size=world_size,
-                           collate_fn=collate)
+    return stateful_loader(
+        list(enumerate(read_prompts(path))), batch_size, rank=rank, world_size=world_size, collate_fn=collate
+    )

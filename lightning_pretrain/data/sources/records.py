@@ -20,8 +20,12 @@ from lightning_pretrain.data.sources import formats
 from lightning_pretrain.errors import InputError
 
 # byte-order marks of the encodings `iconv` knows by these names (UTF-32's first: its LE mark starts like UTF-16's)
-_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-         (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 # (name, bytes per unit, the bytes of a unit that are NUL for ASCII text) of BOM-less wide encodings
 _WIDE = (("UTF-32LE", 4, (1, 2, 3)), ("UTF-32BE", 4, (0, 1, 2)), ("UTF-16LE", 2, (1,)), ("UTF-16BE", 2, (0,)))
 
@@ -36,20 +40,26 @@ def check_encoding(path: str, chunk: int = 1 << 20) -> None:
             if offset == 0:
                 for bom, name in _BOMS:
                     if block.startswith(bom):
-                        raise InputError(f"{path} is {name} (it starts with a byte-order mark); convert it to UTF-8, "
-                                         f"e.g. `iconv -f {name.lower()} -t utf-8 {path} > {_utf8_name(path)}`")
+                        raise InputError(
+                            f"{path} is {name} (it starts with a byte-order mark); convert it to UTF-8, "
+                            f"e.g. `iconv -f {name.lower()} -t utf-8 {path} > {_utf8_name(path)}`"
+                        )
             if b"\x00" in block:
-                wide = _wide_encoding(block[:1 << 16]) if offset == 0 else None
+                wide = _wide_encoding(block[: 1 << 16]) if offset == 0 else None
                 if wide:
-                    raise InputError(f"{path} looks like {wide} text (NUL bytes between the characters, no "
-                                     f"byte-order mark); convert it to UTF-8, e.g. `iconv -f {wide.lower()} -t utf-8 "
-                                     f"{path} > {_utf8_name(path)}`")
+                    raise InputError(
+                        f"{path} looks like {wide} text (NUL bytes between the characters, no "
+                        f"byte-order mark); convert it to UTF-8, e.g. `iconv -f {wide.lower()} -t utf-8 "
+                        f"{path} > {_utf8_name(path)}`"
+                    )
                 raise InputError(f"{path} looks binary (NUL byte at offset {offset + block.index(0)}), not text")
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as e:
-                raise InputError(f"{path} is not valid UTF-8 (byte offset {offset + e.start}); "
-                                 f"convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+                raise InputError(
+                    f"{path} is not valid UTF-8 (byte offset {offset + e.start}); "
+                    f"convert it, e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
             offset += len(block)
     try:
         decoder.decode(b"", final=True)
@@ -114,8 +124,10 @@ def _csv_records(path: str, delimiter: str, header: bool, quoting: bool):
         for i, name in enumerate(columns):
             if name in seen:
                 fh.close()
-                raise InputError(f"{path} line {first[0]}: the header names column {name!r} twice (columns "
-                                 f"{seen[name]} and {i}, 0-based); rename one")
+                raise InputError(
+                    f"{path} line {first[0]}: the header names column {name!r} twice (columns "
+                    f"{seen[name]} and {i}, 0-based); rename one"
+                )
             seen[name] = i
     else:
         columns = [str(i) for i in range(len(first[2]))]
@@ -125,8 +137,9 @@ def _csv_records(path: str, delimiter: str, header: bool, quoting: bool):
             n = 0
             for start, stop, fields in _chain(None if header else first, rows):
                 if len(fields) != len(columns):
-                    raise InputError(_ragged(path, start, stop, len(fields), first, len(columns), delimiter, quoting,
-                                             header))
+                    raise InputError(
+                        _ragged(path, start, stop, len(fields), first, len(columns), delimiter, quoting, header)
+                    )
                 n += 1
                 yield f"line {start}", dict(zip(columns, fields))
             if n == 0:
@@ -159,14 +172,19 @@ def _ragged(path, start, stop, n, first, expected, delimiter, quoting, header) -
     ref = f"the {'header' if header else 'first row'} (line {first[0]}) has {expected}"
     fields = f"{n} field{'s' if n != 1 else ''}"
     if start != stop and quoting:
-        return (f"{path} line {start}: a double quote opens a field that runs on to line {stop}, giving a row of "
-                f"{fields} where {ref}; close the quote (a quote inside a quoted text is written twice: \"\")")
+        return (
+            f"{path} line {start}: a double quote opens a field that runs on to line {stop}, giving a row of "
+            f'{fields} where {ref}; close the quote (a quote inside a quoted text is written twice: "")'
+        )
     sep = "tab" if delimiter == "\t" else "comma"
     if n > expected:
         hint = f"a {sep} inside a text must be inside double quotes" if quoting else f"a text must not hold a {sep}"
     else:
-        hint = "a field is missing" + (", or a double quote joined two fields: a text holding quotes must be quoted "
-                                       "whole, with its quotes doubled" if quoting else "")
+        hint = "a field is missing" + (
+            ", or a double quote joined two fields: a text holding quotes must be quoted whole, with its quotes doubled"
+            if quoting
+            else ""
+        )
     return f"{path} line {start}: {fields} where {ref} ({hint})"
 
 
@@ -201,14 +219,18 @@ def _json_records(path: str, lines: bool):
     elif isinstance(obj, dict) and any(isinstance(v, list) for v in obj.values()):
         fields = [k for k, v in obj.items() if isinstance(v, list)]
         if len(fields) > 1:
-            raise InputError(f"{path}: an object with {len(fields)} list fields ({', '.join(fields[:5])}); expected "
-                             f"a list of records, an object of records, or one list field")
+            raise InputError(
+                f"{path}: an object with {len(fields)} list fields ({', '.join(fields[:5])}); expected "
+                f"a list of records, an object of records, or one list field"
+            )
         items = [(f"record {fields[0]}[{i}]", r) for i, r in enumerate(obj[fields[0]])]  # {"data": [...]}
     elif isinstance(obj, dict):
         items = [("record 0", obj)]  # a single record
     else:
-        raise InputError(f"{path}: the top level is {describe(obj)}; expected a list of records, an object of "
-                         f"records, or one JSON object per line")
+        raise InputError(
+            f"{path}: the top level is {describe(obj)}; expected a list of records, an object of "
+            f"records, or one JSON object per line"
+        )
     for where, r in items:
         if not isinstance(r, dict):
             raise InputError(f"{path} {where}: {describe(r)}, not an object of fields")
@@ -237,8 +259,9 @@ def _json_line(path: str, i: int, line: str) -> dict:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path} line {i}: not valid JSON ({e.msg}, column {e.colno}); a .jsonl file holds one "
-                         f"JSON object per line") from None
+        raise InputError(
+            f"{path} line {i}: not valid JSON ({e.msg}, column {e.colno}); a .jsonl file holds one JSON object per line"
+        ) from None
     if not isinstance(obj, dict):
         raise InputError(f"{path} line {i}: {describe(obj)}, not a JSON object of fields")
     return obj

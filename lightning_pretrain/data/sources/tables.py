@@ -73,8 +73,11 @@ def resolve_column(ref: Column | None, names: list[str]) -> str | None:
 def hub_splits(spec: str) -> datasets.DatasetDict:
     """Every split of the hub dataset 'id[:config]' (loaded once per process)."""
     dataset_id, config, _ = sources.parse_hub(spec)
-    return sources.load_hub(dataset_id, config, hint="; offline, pass local files (--data.train_file / "
-                                                     "--data.val_file) or a directory as --data.source")
+    return sources.load_hub(
+        dataset_id,
+        config,
+        hint="; offline, pass local files (--data.train_file / --data.val_file) or a directory as --data.source",
+    )
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,10 @@ class LocalSource:
     def identity(self) -> str:
         self.check()  # also on a cache hit: a file must pass today's checks to reuse entries built from it
         # v2: paragraphs also break at blank lines holding spaces (older cache entries split differently)
-        h = hashlib.sha256(f"local-v2:{self.text_column}".encode() + (f":delim:{self.delimiter}".encode()
-                                                                       if self.delimiter is not None else b""))
+        h = hashlib.sha256(
+            f"local-v2:{self.text_column}".encode()
+            + (f":delim:{self.delimiter}".encode() if self.delimiter is not None else b"")
+        )
         for f in self.files:  # content, not path or mtime: a touched-but-equal file keeps its cache
             h.update(os.path.basename(f).encode())
             h.update(bytes.fromhex(content_digest(f)))
@@ -131,8 +133,7 @@ class LocalSource:
                 raise InputError(f"could not read {', '.join(files)} as {builder}: {first_line(e)}") from e
             if builder == "text":  # (a streamed map loses the schema unless it is given)
                 split = partial(_split_documents, self.delimiter) if self.delimiter else _split_paragraphs
-                ds = ds.map(split, batched=True,
-                            features=datasets.Features({"text": datasets.Value("string")}))
+                ds = ds.map(split, batched=True, features=datasets.Features({"text": datasets.Value("string")}))
             column = "text" if builder == "text" else self.text_column
             parts.append(_text_column(ds, column, self.spec))
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -171,15 +172,16 @@ def load_hub(path: str, config: str | None = None, split: str | None = None, str
     try:
         return datasets.load_dataset(path, config, split=split, streaming=streaming)
     except READ_ERRORS as e:
-        raise InputError(f"could not load hub dataset '{path}'{f' config {config!r}' if config else ''}"
-                         f"{f' split {split!r}' if split else ''}: {first_line(e)}{hint}") from e
+        raise InputError(
+            f"could not load hub dataset '{path}'{f' config {config!r}' if config else ''}"
+            f"{f' split {split!r}' if split else ''}: {first_line(e)}{hint}"
+        ) from e
 
 
 TextSource = BuiltinSource | LocalSource | HubSource
 
 
-def resolve(spec: str, text_column: str = "text", streaming: bool = False,
-            delimiter: str | None = None) -> TextSource:
+def resolve(spec: str, text_column: str = "text", streaming: bool = False, delimiter: str | None = None) -> TextSource:
     """Parse a `--data.source` string: 'builtin'; a local file, directory (searched for the suffixes of `FORMATS`)
     or glob (plain text is split into documents at blank lines, or at lines holding only `delimiter`; a named file
     of another suffix is plain text); else
@@ -187,8 +189,10 @@ def resolve(spec: str, text_column: str = "text", streaming: bool = False,
     if not spec or not spec.strip():
         raise InputError("data source is empty: pass 'builtin', a file/directory/glob, or a hub dataset id")
     if delimiter is not None and (not delimiter.strip() or "\n" in delimiter):
-        raise InputError(f"document_delimiter {delimiter!r} must be the text of one non-blank line (e.g. "
-                         f"'<|endoftext|>'); leave it unset to separate documents at blank lines")
+        raise InputError(
+            f"document_delimiter {delimiter!r} must be the text of one non-blank line (e.g. "
+            f"'<|endoftext|>'); leave it unset to separate documents at blank lines"
+        )
     if spec == "builtin":
         return BuiltinSource()
     if looks_local(spec):
@@ -200,8 +204,12 @@ def resolve(spec: str, text_column: str = "text", streaming: bool = False,
 def looks_local(spec: str) -> bool:
     """A path (existing, a glob, a known suffix, or starting with . / ~) rather than a hub id."""
     path = os.path.expanduser(spec)
-    return bool(os.path.exists(path) or _GLOB_CHARS.intersection(path) or formats.suffix(path) in formats.FORMATS
-                or path.startswith((".", "/", "~")))
+    return bool(
+        os.path.exists(path)
+        or _GLOB_CHARS.intersection(path)
+        or formats.suffix(path) in formats.FORMATS
+        or path.startswith((".", "/", "~"))
+    )
 
 
 def parse_hub(spec: str) -> tuple[str, str | None, str | None]:

@@ -33,12 +33,15 @@ class TextColumn:
         if not isinstance(value, str):
             missing = value is None or (isinstance(value, float) and value != value)  # (pandas: NaN)
             what = "missing or null" if missing else describe(value)
-            raise InputError(f"{self.source} {where}: the text column {self.column!r} is {what}, not text "
-                             f"(a text must be a string)")
+            raise InputError(
+                f"{self.source} {where}: the text column {self.column!r} is {what}, not text (a text must be a string)"
+            )
         if not value.strip():
             if not self.blank_ok:
-                raise InputError(f"{self.source} {where}: the text column {self.column!r} is empty; every labelled "
-                                 f"example needs its text")
+                raise InputError(
+                    f"{self.source} {where}: the text column {self.column!r} is empty; every labelled "
+                    f"example needs its text"
+                )
             return value
         self.seen += 1
         if self.numbers_only:
@@ -51,8 +54,10 @@ class TextColumn:
     def finish(self) -> None:
         if self.seen and self.numbers_only:
             where, value = self.example
-            raise InputError(f"{self.source}: every value of the text column {self.column!r} is a number (e.g. "
-                             f"{where}: {value!r}); is it the text column? set --data.text_column")
+            raise InputError(
+                f"{self.source}: every value of the text column {self.column!r} is a number (e.g. "
+                f"{where}: {value!r}); is it the text column? set --data.text_column"
+            )
 
 
 def texts(values: Iterable, column: str, source: str, where: list[str], blank_ok: bool) -> list[str]:
@@ -66,10 +71,12 @@ def texts(values: Iterable, column: str, source: str, where: list[str], blank_ok
 def column_not_found(column: str, where: str, names) -> InputError:
     names = list(names)
     shown = [repr(n) if str(n) != str(n).strip() else str(n) for n in names]  # a blank around a name is visible
-    shown = [n if len(n) <= 40 else n[:37] + "..." for n in shown[:20]] + ([f"... ({len(names)} in all)"]
-                                                                         if len(names) > 20 else [])
-    return InputError(f"column '{column}' not found in {where}; available columns: {', '.join(shown)} "
-                      f"(set --data.text_column)")
+    shown = [n if len(n) <= 40 else n[:37] + "..." for n in shown[:20]] + (
+        [f"... ({len(names)} in all)"] if len(names) > 20 else []
+    )
+    return InputError(
+        f"column '{column}' not found in {where}; available columns: {', '.join(shown)} (set --data.text_column)"
+    )
 
 
 # the version of the checks in `check_file`: a file that passed older checks is checked again
@@ -77,8 +84,9 @@ CHECKS = "v1"
 _passed: set[str] = set()  # memo keys of the files that passed in this process
 
 
-def check_file(path: str, digest: str, text_column: str | None = None, header: bool = True,
-               quoting: bool = True) -> None:
+def check_file(
+    path: str, digest: str, text_column: str | None = None, header: bool = True, quoting: bool = True
+) -> None:
     """Refuse a file that would train on garbage, naming the line: not UTF-8 text (UTF-16, binary, latin-1); a
     CSV/TSV row with more or fewer fields than the header (`header`: whether there is one; `quoting`: whether
     double quotes enclose fields); malformed JSON or a record that is not an object; no rows at all; and, given a
@@ -140,10 +148,14 @@ def _check_parquet(path: str, column: str) -> None:
             raise InputError(f"{path}: the column {column!r} appears {schema.names.count(column)} times")
         kind = schema.field(column).type
         kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or
-                getattr(pa.types, "is_string_view", lambda t: False)(kind)):
-            raise InputError(f"{path}: the text column {column!r} holds {kind} values, not text (set "
-                             f"--data.text_column)")
+        if not (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or getattr(pa.types, "is_string_view", lambda t: False)(kind)
+        ):
+            raise InputError(
+                f"{path}: the text column {column!r} holds {kind} values, not text (set --data.text_column)"
+            )
         check, row = TextColumn(column, path, blank_ok=True), 0
         for batch in pf.iter_batches(columns=[column]):
             for value in batch.column(0).to_pylist():
