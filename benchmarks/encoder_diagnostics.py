@@ -173,7 +173,7 @@ def load(path: str, random_init: bool, seed: int):
             return mlm.base_model, tokenizer, "all (fresh weights)", mlm
         return AutoModel.from_config(config).eval(), tokenizer, "all (fresh weights)", None
     model = AutoModel.from_pretrained(path).eval()
-    _, report = load_pretrained(AutoModelForSequenceClassification, path, num_labels=2)
+    _, report = load_pretrained(AutoModelForSequenceClassification, path, num_labels=2, ignore_mismatched_sizes=True)
     new = ", ".join(group_names(report.newly_initialised, 6)) or "none"
     mlm = None
     if has_mlm:
