@@ -11,7 +11,7 @@ import pytest
 from conftest import ENGLISH
 
 from lightning_pretrain.data import SFTData
-from lightning_pretrain.data.finetune.completions import first_fit
+from lightning_pretrain.data.generative.completions import first_fit
 from lightning_pretrain.data.tokenizers import train_bpe
 from lightning_pretrain.errors import InputError
 

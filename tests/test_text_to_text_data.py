@@ -13,7 +13,7 @@ from tokenizers import processors
 
 from lightning_pretrain.data import TextToText
 from lightning_pretrain.data import tokenizers as toks
-from lightning_pretrain.data.finetune.text_to_text import PadPairs
+from lightning_pretrain.data.generative.text_to_text import PadPairs
 from lightning_pretrain.errors import InputError
 
 PREFIX = "translate English to German: "
@@ -154,7 +154,7 @@ def test_targets_are_tokenized_in_the_tokenizers_target_mode(t5_tok, pairs):
 
 def test_truncation_keeps_the_end_token_and_is_counted(t5_tok, pairs, caplog):
     dm = TextToText(tokenizer=t5_tok, max_source_length=6, max_target_length=4, **pairs)
-    with caplog.at_level(logging.INFO, logger="lightning_pretrain.data.finetune.text_to_text"):
+    with caplog.at_level(logging.INFO, logger="lightning_pretrain.data.generative.text_to_text"):
         dm.setup("fit")
     train = dm.splits["train"]
     assert max(map(len, train["input_ids"])) == 6 and max(map(len, train["labels"])) == 4
@@ -273,7 +273,7 @@ def test_missing_files_plain_text_without_targets_and_no_training_data(t5_tok, t
 
 def test_tokenized_once_then_reused_from_the_cache(t5_tok, pairs, caplog):
     entries = Path(pairs["cache_dir"]) / "text_to_text"
-    with caplog.at_level(logging.INFO, logger="lightning_pretrain.data.finetune.text_to_text"):
+    with caplog.at_level(logging.INFO, logger="lightning_pretrain.data.generative.text_to_text"):
         TextToText(tokenizer=t5_tok, **pairs).setup("fit")
         assert caplog.text.count("tokenized the") == 2
         built = {p: (p / "meta.json").stat().st_mtime_ns for p in entries.iterdir()}

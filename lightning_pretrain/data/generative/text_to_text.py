@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
-from lightning_pretrain.data.finetune.pair_splits import PairSplits
+from lightning_pretrain.data.generative.pair_splits import PairSplits
 from lightning_pretrain.data.sources.tables import Column
 from lightning_pretrain.errors import InputError
 

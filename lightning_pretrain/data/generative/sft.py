@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.data.finetune.base import FineTuneData
-from lightning_pretrain.data.finetune.completions import CompletionBatches, Packed, encode, first_fit, render_chat
 from lightning_pretrain.data.finetune.splits import Splits
+from lightning_pretrain.data.generative.completions import CompletionBatches, Packed, encode, first_fit, render_chat
 from lightning_pretrain.data.sources import validate
 from lightning_pretrain.data.sources.tables import Column, resolve_column
 from lightning_pretrain.errors import InputError
