@@ -34,9 +34,8 @@ T5_FIELDS = (
     "dropout_rate",
     "relative_attention_num_buckets",
     "relative_attention_max_distance",
-    "tie_word_embeddings",
     "layer_norm_epsilon",
-)
+)  # tie_word_embeddings: not a T5Config parameter in transformers 5 (it ties by default, as the exports do)
 
 
 def fit(args: list[str]) -> float:
