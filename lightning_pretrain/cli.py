@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +36,10 @@ from lightning_pretrain.data.contract import publish
 from lightning_pretrain.errors import LIBRARIES, InputError, refused_values
 from lightning_pretrain.parallel import ActivationCheckpointing, Compile, Parallelize
 from lightning_pretrain.quiet import quiet_known_noise
+
+# what builds the model, data and trainer from the settings: an error raised inside one of them while doing so is
+# about a configured value (jsonargparse instantiates the classes; lightning_utilities checks accelerator packages)
+LIBRARIES_OF_SETTINGS = (*LIBRARIES, "lightning", "lightning_utilities", "jsonargparse")
 
 
 class OneLineErrors(LightningArgumentParser):
@@ -119,7 +124,7 @@ class PretrainCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         # a library refusing a configured value (zero heads, an unknown attention kernel, Trainer options that
         # exclude each other) is the user's to fix; an error raised in this package's code stays a bug
-        with refused_values("these settings cannot be built", (*LIBRARIES, "lightning")):
+        with refused_values("these settings cannot be built", LIBRARIES_OF_SETTINGS):
             super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs):
@@ -138,7 +143,9 @@ class PretrainCLI(LightningCLI):
         ):
             callbacks.append(Summary())  # Lightning's, less its FLOPs column (0 without an example input)
         kwargs["callbacks"] = callbacks
-        trainer = super().instantiate_trainer(**kwargs)
+        # an accelerator whose package is missing (`tpu` without torch_xla), options Lightning refuses together
+        with refused_values("these trainer settings cannot be built", LIBRARIES_OF_SETTINGS):
+            trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # `--trainer.logger false`: nothing to log the LR to (metrics.json is still written)
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         runs.track(trainer)
@@ -175,13 +182,26 @@ TRAINER_DEFAULTS = {
 }
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to the `sys.stderr` of each message, not of its creation: a caller that swaps the stream
+    (pytest's capture, a tool running several commands in one process) never gets a closed one."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 @entry.console
 def main(args: list[str] | None = None) -> None:
     keep_freed_memory()  # CPU steps stop re-faulting their large tensors (see allocator.py)
     quiet_known_noise()  # Lightning's tips and deprecations raised inside libraries (quiet.py)
     log = logging.getLogger("lightning_pretrain")
     if not log.handlers and not logging.getLogger().handlers:  # data-preparation progress, cache notices
-        handler = logging.StreamHandler()
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -34,6 +34,7 @@ REFUSALS = (
     RuntimeError,
     OSError,
     EOFError,
+    ImportError,  # a configured value that needs a package not installed (an accelerator, an attention kernel)
 )
 
 
@@ -53,8 +54,9 @@ def library_cause(e: BaseException | None, libraries: tuple[str, ...] = LIBRARIE
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+    """The message on one line: its lines joined (jsonargparse puts the reason below a generic first line)."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
 @contextlib.contextmanager

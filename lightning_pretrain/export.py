@@ -65,6 +65,8 @@ def load_training_checkpoint(path: str | Path) -> dict:
 
 
 def check_out_dir(out_dir: Path) -> None:
+    if not out_dir.name:  # "" and "." (the export is written beside its folder, then renamed to it)
+        raise InputError(f"--out {str(out_dir)!r} names no folder of its own: name a new folder")
     if out_dir.is_file() or (out_dir.exists() and not out_dir.is_dir()):
         raise InputError(f"--out {out_dir} is a file: name a new folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):

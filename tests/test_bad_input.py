@@ -92,3 +92,38 @@ def test_console_script_exit_status_and_single_line(in_repo):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: file not found: /no/such/file.txt"
     assert "Traceback" not in proc.stderr
+
+
+# -- found by the long fuzz run (benchmarks/fuzz_cli.py --draws 2000) --------------------------------------------------
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--data.val_fraction", "null"], ["these settings cannot be built", "NoneType"]),
+        (["--trainer.accelerator", "tpu"], ["these trainer settings cannot be built", "torch_xla"]),
+    ],
+    ids=["null_for_a_number_jsonargparse_instantiates", "accelerator_without_its_package"],
+)
+def test_values_refused_while_building_are_one_line(in_repo, tiny_corpus, args, needles):
+    # a fresh process: Lightning's loggers keep handlers on the streams of earlier in-process runs
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_pretrain", *CLM, "--data.source", str(tiny_corpus), *args],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and err[-1].startswith("error: "), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert all(n in err[-1] for n in needles), err[-1]
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_export_to_no_folder_of_its_own_is_refused(tmp_path, monkeypatch, capsys, out):
+    from lightning_pretrain.export import main
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: "" and "." would otherwise pass as "new or empty"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing.ckpt"), "--out", out])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names no folder of its own" in err[0], err
