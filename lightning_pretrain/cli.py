@@ -81,7 +81,11 @@ class PretrainCLI(LightningCLI):
         if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:  # numpy's seed range
             raise InputError(f"--seed_everything must be in [0, 2**32 - 1] (or true: a random seed), got {seed}")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and ckpt not in ("last", "best", "hpc") and not Path(ckpt).is_dir():
+        if ckpt == "hpc":  # Lightning looks for SLURM's requeue checkpoints in the root folder
+            root = Path(self.config[subcommand].trainer.get("default_root_dir") or ".")
+            if not any(root.glob("hpc_ckpt_*.ckpt")):
+                raise InputError(f"--ckpt_path hpc: no hpc_ckpt_*.ckpt in {root}; pass a checkpoint file, or last")
+        elif ckpt and ckpt not in ("last", "best") and not Path(ckpt).is_dir():
             load_checkpoint_file(ckpt, mmap=True)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -119,6 +123,7 @@ class PretrainCLI(LightningCLI):
             if ckpt is not None:  # read before anything of the run changes (a cut file fails here, not mid-setup)
                 load_checkpoint_file(ckpt, mmap=True)
         runs.own_run_directory(self.subcommand, config)
+        runs.refuse_writes_into_runs(config)
         tokenizer_from_backbone(config)
 
     def instantiate_classes(self) -> None:

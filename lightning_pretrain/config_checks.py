@@ -1,6 +1,7 @@
 """The checks of a parsed command's settings before anything is built (`check_settings`, called by cli.py): trainer
 options Lightning would accept and then misuse (divide by zero, silently not clip, train nothing), HF model configs
-with sizes below 1, and one-line warnings for options that other options leave unused.
+with sizes below 1 or outputs our code does not read, `null` where a constructor's type has no None, TensorBoard's
+untyped options, and one-line warnings for options that other options leave unused.
 """
 
 from __future__ import annotations
@@ -24,10 +25,7 @@ def check_settings(subcommand: str, config) -> None:
         raise InputError(
             f"--trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}"
         )
-    logger = trainer.get("logger")
-    suffix = logger.get("init_args", {}).get("filename_suffix") if hasattr(logger, "get") else None
-    if suffix and os.sep in str(suffix):  # TensorBoard appends it to its events file's name
-        raise InputError(f"--trainer.logger.init_args.filename_suffix must be a name ending, not a path: {suffix}")
+    check_summary_writer(trainer.get("logger"))
     for key in ("max_steps", "max_epochs", "limit_train_batches"):
         if subcommand == "fit" and trainer.get(key) is not None and trainer.get(key) == 0:
             raise InputError(
@@ -37,17 +35,11 @@ def check_settings(subcommand: str, config) -> None:
         section.get("init_args") if hasattr(section, "get") else None
         for section in (config.get("model"), config.get("data"))
     )
-    for value in model.values() if hasattr(model, "values") else ():  # an HF config built from the command line
+    for name in ("model", "data"):
+        refuse_nulls(config.get(name), f"--{name}")
+    for _, value in fields(model):  # an HF config built from the command line
         if hasattr(value, "get") and str(value.get("class_path", "")).startswith("transformers."):
-            bad = {
-                k: v
-                for k, v in (value.get("init_args") or {}).items()
-                if k in MODEL_SIZES and isinstance(v, int) and not isinstance(v, bool) and v < 1
-            }
-            if bad:
-                raise InputError(
-                    f"model config {', '.join(f'{k}={v}' for k, v in bad.items())}: sizes and counts must be at least 1"
-                )
+            check_model_config(dict(fields(value.get("init_args"))))
     if hasattr(model, "get") and model.get("wsd") is not None and model.get("lr_schedule") not in (None, "wsd"):
         entry.warn(
             f"--model.init_args.wsd is not used: lr_schedule is {model.get('lr_schedule')!r} (set "
@@ -88,6 +80,108 @@ MODEL_SIZES = {
     "n_positions",
     "max_position_embeddings",
 }
+
+
+def fields(section) -> list[tuple[str, object]]:
+    """A config section's own keys and values (jsonargparse's `Namespace.items()` flattens nested sections)."""
+    if section is None or isinstance(section, (str, bool, int, float)):
+        return []
+    return list(vars(section).items() if hasattr(section, "__dict__") else section.items())
+
+
+def check_model_config(args: dict) -> None:
+    bad = {
+        k: v for k, v in args.items() if k in MODEL_SIZES and isinstance(v, int) and not isinstance(v, bool) and v < 1
+    }
+    if bad:
+        raise InputError(
+            f"model config {', '.join(f'{k}={v}' for k, v in bad.items())}: sizes and counts must be at least 1"
+        )
+    changed = {k: v for k, v in args.items() if k in OUTPUTS and v is not None and v != OUTPUTS[k]}
+    if changed:  # every objective and task reads outputs by name and asks for hidden states per call
+        raise InputError(
+            f"model config {', '.join(f'{k}={v}' for k, v in changed.items())}: this package reads the model's "
+            f"outputs by name and asks for what it needs per call; leave {', '.join(changed)} at the default"
+        )
+
+
+# config flags that change the structure of a model's outputs, and the values our code reads
+OUTPUTS = {"return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False}
+
+# TensorBoardLogger hands options it does not know to SummaryWriter, whose signature has no types: a wrong type builds,
+# then fails at the first write, after the run folder exists
+SUMMARY_WRITER = {"comment": str, "purge_step": int, "max_queue": int, "flush_secs": int, "filename_suffix": str}
+
+
+def check_summary_writer(logger) -> None:
+    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    for key, value in fields(logger.get("init_args")):
+        kind = SUMMARY_WRITER.get(key)
+        if kind is None or (value is None and key == "purge_step"):
+            continue
+        number = kind is int and isinstance(value, int) and not isinstance(value, bool)
+        if kind is int and not (number and value >= (0 if key == "purge_step" else 1)):
+            least = "0" if key == "purge_step" else "1"
+            raise InputError(f"--trainer.logger.init_args.{key} must be a whole number >= {least}, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise InputError(f"--trainer.logger.init_args.{key} must be text, got {value!r}")
+    suffix = dict(fields(logger.get("init_args"))).get("filename_suffix")
+    if suffix and os.sep in str(suffix):  # TensorBoard appends it to its events file's name
+        raise InputError(f"--trainer.logger.init_args.filename_suffix must be a name ending, not a path: {suffix}")
+
+
+def refuse_nulls(section, where: str) -> None:
+    """`null` for a constructor argument whose type has no None (jsonargparse lets it through for the init_args of a
+    subclass), refused naming the option, before the class divides by it or indexes with it; nested classes too."""
+    if not hasattr(section, "get") or not section.get("class_path"):
+        return
+    hints = constructor_hints(str(section.get("class_path")))
+    for name, value in fields(section.get("init_args")):
+        option = f"{where}.init_args.{name}"
+        if value is None and name in hints and not accepts_none(*hints[name]):
+            raise InputError(f"{option} cannot be null: it takes {type_name(hints[name][0])}")
+        refuse_nulls(value, option)
+
+
+def constructor_hints(class_path: str) -> dict[str, tuple[object, object]]:
+    """{argument: (type, default)} over the class's MRO (arguments a subclass passes on through **kwargs)."""
+    import importlib
+    import inspect
+    import typing
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}
+    hints: dict[str, tuple[object, object]] = {}
+    for klass in getattr(cls, "__mro__", ()):
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            types, parameters = typing.get_type_hints(init), inspect.signature(init).parameters
+        except Exception:  # an annotation that does not resolve here: no claim about that class
+            continue
+        for arg, p in parameters.items():
+            if arg in types and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                hints.setdefault(arg, (types[arg], p.default))
+    return hints
+
+
+def accepts_none(hint, default) -> bool:
+    import types
+    import typing
+
+    if default is None or hint in (typing.Any, object, type(None)):
+        return True
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    return type(None) in args or any(accepts_none(a, ...) for a in args if a is typing.Any)
+
+
+def type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def class_default(section, name: str):

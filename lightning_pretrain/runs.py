@@ -99,6 +99,47 @@ def own_run_directory(subcommand: str, config) -> None:
     refuse_unless_resumed(logger_run(args), config, "drop --trainer.logger.init_args.version to start a new version_N")
 
 
+def refuse_writes_into_runs(config) -> None:
+    """Paths a command writes to that are not its run folder: a logger `sub_dir` stays inside the run (an absolute
+    one replaces the run folder), a cache never goes inside a run folder, and predictions never replace a run's own
+    records (its config, metrics, checkpoints, export)."""
+    args = versioned_logger_args(config.trainer)
+    sub_dir = args.get("sub_dir") if args is not None else None
+    if sub_dir and (Path(str(sub_dir)).is_absolute() or ".." in Path(str(sub_dir)).parts):
+        raise InputError(f"--trainer.logger.init_args.sub_dir must be a folder name inside the run, got {sub_dir}")
+    data, model = (getattr(config.get(k), "get", lambda *_: None)("init_args") for k in ("data", "model"))
+    cache = data.get("cache_dir") if hasattr(data, "get") else None
+    if cache and (run := run_holding(Path(str(cache)).expanduser())) is not None:
+        raise InputError(
+            f"--data.init_args.cache_dir {cache} is inside the run folder {run}: give a folder outside runs"
+        )
+    out = model.get("predictions_file") if hasattr(model, "get") else None
+    if out and (run := run_holding(Path(str(out)).expanduser())) is not None:
+        part = Path(str(out)).expanduser().resolve().relative_to(run).parts
+        if part and (part[0] in RUN_RECORDS or part[0].startswith("events.out.tfevents")):
+            raise InputError(
+                f"--model.init_args.predictions_file {out} is a record of the run {run}: name another file"
+            )
+
+
+# what a run folder holds that no other command may replace
+RUN_RECORDS = {"config.yaml", "hparams.yaml", "metrics.json", "checkpoints", "hf", "tokenizer", "payoff_run.json"}
+
+
+def run_holding(path: Path) -> Path | None:
+    """The run folder `path` is in (or is): the nearest folder at or above it with a run's config or hyperparameters
+    beside its logs or checkpoints."""
+    for folder in (path.resolve(), *path.resolve().parents):
+        if (folder / "config.yaml").is_file() or (folder / "hparams.yaml").is_file():
+            if (
+                (folder / "checkpoints").is_dir()
+                or (folder / "metrics.json").is_file()
+                or any(folder.glob("events.out.tfevents*"))
+            ):
+                return folder
+    return None
+
+
 def refuse_unless_resumed(run: Path, config, hint: str) -> None:
     run = run.resolve()  # `../name/version_0` and `./version_0` are the runs they point at
     if not run.is_dir() or not any(run.iterdir()):

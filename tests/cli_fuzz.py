@@ -205,10 +205,7 @@ def build_world(root: Path, scripts: dict) -> World:
     f["missing:under_file"] = f["text:corpus"] / "below_a_file"
     f["jsonl:sft"] = root / "sft.jsonl"
     f["jsonl:sft"].write_text(
-        "".join(
-            json.dumps({"prompt": f"Review: film {i}", "completion": [" good", " bad"][i % 2]}) + "\n"
-            for i in range(24)
-        )
+        "".join(json.dumps({"prompt": f"film {i}", "completion": [" good", " bad"][i % 2]}) + "\n" for i in range(24))
     )
     f["jsonl:task"] = root / "mc_task.jsonl"
     f["jsonl:task"].write_text(

@@ -203,6 +203,16 @@ def test_logger_false_runs_get_their_own_folder(run, monkeypatch, tmp_path):
         (["--stop_guard.spike_rtol", "nan"], "spike_rtol"),
         (["--export.metrics_file", "../elsewhere.json"], "plain name inside the run directory"),
         (["--trainer.logger.init_args.version", "x", "--trainer.logger.init_args.name", "../../.."], ""),
+        # found by the long fuzz run: an HF config's sizes given on the command line, outputs our code does not
+        # read, TensorBoard's untyped options, null where the type has none, Lightning's "hpc" without one
+        (["--model.init_args.model.init_args.n_head", "-1"], "n_head=-1: sizes and counts must be at least 1"),
+        (["--model.init_args.model.init_args.return_dict", "false"], "leave return_dict at the default"),
+        (["--model.init_args.model.init_args.output_hidden_states", "true"], "output_hidden_states at the default"),
+        (["--trainer.logger.init_args.purge_step", "a b"], "purge_step must be a whole number >= 0"),
+        (["--trainer.logger.init_args.max_queue", "0"], "max_queue must be a whole number >= 1"),
+        (["--model.init_args.warmup_steps", "null"], "--model.init_args.warmup_steps cannot be null: it takes int"),
+        (["--ckpt_path", "hpc"], "--ckpt_path hpc: no hpc_ckpt_*.ckpt in"),
+        (["--trainer.logger.init_args.sub_dir", "/elsewhere"], "sub_dir must be a folder name inside the run"),
     ],
 )
 def test_settings_that_make_no_sense_are_refused(run, monkeypatch, tmp_path, args, says):
@@ -215,6 +225,27 @@ def test_settings_that_make_no_sense_are_refused(run, monkeypatch, tmp_path, arg
         assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
     else:  # a logger folder outside the run tree is the user's choice: it trains (and must not crash)
         assert result[0] in (0, 2), result[2][-3000:]
+
+
+def test_nothing_writes_into_an_earlier_run(run, monkeypatch, tmp_path):
+    """A cache inside a run folder, predictions over a run's records, a logger sub_dir naming the run: refused,
+    the run unchanged (found by the long fuzz run: predict rewrote an earlier run's config.yaml)."""
+    from lightning_pretrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(run)
+    args = ["predict", *CLM, "--data.source", str(run.parents[2] / "corpus.txt")]
+    args += [
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--data.predict_file",
+        str(run.parents[2] / "corpus.txt"),
+    ]
+    refused(call(main, *args, "--data.init_args.cache_dir", str(run / "hf")), "is inside the run folder")
+    refused(call(main, *args, "--model.init_args.predictions_file", str(run / "config.yaml")), "is a record of the run")
+    refused(call(main, *args, "--trainer.logger.init_args.sub_dir", str(run)), "sub_dir must be a folder name")
+    assert snapshot(run) == before
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
 
 
 def test_options_left_unused_by_other_options_are_said_in_one_line(run, monkeypatch, tmp_path):
@@ -418,3 +449,22 @@ def test_glue_refuses_in_one_line_before_its_first_run(tmp_path, monkeypatch):
     # a task's run refuses its input: its one line, and the suite stops there (the next task would fail alike)
     refused(call(main, *base, "--out", "runs", "--data.no_such_option", "1"), "no_such_option")
     assert not (tmp_path / "runs").exists()
+
+
+def test_sft_fit_refuses_a_validation_prompt_too_long_before_training(tiny_causal, tmp_path, monkeypatch):  # noqa: F811
+    """Validation generates from every prompt: one too long for the positions is refused when the model is built,
+    not at the first validation after training began (which left a trained run folder behind; fuzz finding)."""
+    from lightning_pretrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": "a short one", "completion": " yes"}] * 8
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    long = {"prompt": " ".join(["the cat sat on a mat"] * 4), "completion": " no"}
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows[:3], long]))
+    args = ["fit", "-c", str(REPO / "configs/finetune/sft_tiny.yaml"), "--model.model", str(tiny_causal[2])]
+    args += ["--data.train_file", str(tmp_path / "train.jsonl"), "--data.val_file", str(tmp_path / "val.jsonl")]
+    args += ["--data.max_length", "64", "--data.eval_batch_size", "1", "--trainer.max_steps", "2"]
+    args += ["--trainer.enable_progress_bar", "false"]  # the long prompt: beyond the sanity check's 2 batches
+    args += ["--model.init_args.generation", "{max_new_tokens: 40}", "--data.max_train_examples", "null"]
+    refused(call(main, *args), "the longest val prompt is")
+    assert not (tmp_path / "logs").exists(), list((tmp_path / "logs").rglob("*"))

@@ -23,6 +23,8 @@ class DataContract:
     seq_len: int | None = None  # tokens per packed block or per sentence pair (pretraining)
     max_length: int | None = None  # longest tokenized example / source / packed row, specials included (fine-tuning)
     max_target_length: int | None = None  # longest tokenized target (text-to-text)
+    # split ('val', 'test', 'predict') -> its longest prompt, which evaluation or predict continues (SFT)
+    longest_prompts: dict[str, int] | None = None
     task: str | None = None  # 'nsp' / 'sop' (sentence pairs); 'classification' / 'regression' / 'text_to_text' /
     # 'sft' (fine-tuning)
     label_names: tuple[str, ...] | None = None  # class names in id order (classification)

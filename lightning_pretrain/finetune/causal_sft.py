@@ -80,6 +80,20 @@ class CausalSFT(GenerativeFineTune):
                 f"CausalSFT needs a decoder-only model (or set is_decoder: true in its config)"
             )
 
+    def setup(self, stage: str) -> None:
+        """Refuse the longest prompt this stage continues (with the tokens to generate) when it does not fit the
+        model's positions: before the first step, not at the first validation after training began."""
+        evaluated = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}.get(stage)
+        if stage == "fit" and self.trainer is not None and not self.trainer.limit_val_batches:
+            evaluated = None  # validation is off: no prompt is continued
+        longest = (self.data.longest_prompts or {}).get(evaluated)
+        limit, new = architecture.max_positions(self.model.config), self.generation.max_new_tokens
+        if limit is not None and longest is not None and longest + new > limit:
+            raise InputError(
+                f"the longest {evaluated} prompt is {longest} tokens, plus {new} new ones: more than the model's "
+                f"{limit} positions; shorten the prompts or lower --model.init_args.generation.max_new_tokens"
+            )
+
     def forward_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = packed_inputs(batch, compat.attn_implementation(self.model.config), self.model.dtype)
         # (rows laid end to end for varlen kernels: each example's first label is -100, so none crosses a row)

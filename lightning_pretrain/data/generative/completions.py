@@ -45,7 +45,8 @@ def encode(
         "prompt_length": [len(p) for p in prompts],
     }
     if "completion" not in rows:  # predict: prompts only
-        meta = {"rows": len(prompts), "dropped": 0, "truncated": 0, "longest": max(map(len, prompts))}
+        longest = max(map(len, prompts))
+        meta = {"rows": len(prompts), "dropped": 0, "truncated": 0, "longest": longest, "longest_prompt": longest}
         return datasets.Dataset.from_dict({**columns, "input_ids": prompts}), meta
     keep, ids, labels, truncated = [], [], [], 0
     for i, (p, c) in enumerate(zip(prompts, _ids(tokenizer, rows["completion"], special=False))):
@@ -73,6 +74,7 @@ def encode(
         "dropped": len(prompts) - len(keep),
         "truncated": truncated,
         "longest": max(map(len, ids)),
+        "longest_prompt": max(columns["prompt_length"]),
         "label_tokens": sum(counts),
     }
     return datasets.Dataset.from_dict(columns), meta

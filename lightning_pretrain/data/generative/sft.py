@@ -104,11 +104,14 @@ class SFTData(FineTuneData):
 
     def measure(self) -> dict:
         """The row length: max_length when packing, else the longest training or validation example (max_length
-        without training data)."""
+        without training data); and each evaluated split's longest prompt, so that a model too short for it plus the
+        generated tokens is refused before training, not at its first validation."""
         longest = self.max_length
-        if not self.pack and self.inputs.source_of("train") is not None:
+        has_train = self.inputs.source_of("train") is not None
+        if not self.pack and has_train:
             longest = max(self._entry(split)[1]["longest"] for split in ("train", "val"))
-        return {"max_length": longest}
+        generated = [s for s in ("val", "test", "predict") if self.inputs.source_of(s) or (s == "val" and has_train)]
+        return {"max_length": longest, "longest_prompts": {s: self._entry(s)[1]["longest_prompt"] for s in generated}}
 
     @property
     def contract(self) -> DataContract:
@@ -197,6 +200,7 @@ class SFTData(FineTuneData):
             self.tokenizer.chat_template if chat else None,
             self.val_fraction,
             self.max_length,
+            "longest_prompt",  # metadata that older caches lack
         )
 
     def encode(self, split: str) -> tuple[datasets.Dataset, dict]:
