@@ -169,6 +169,22 @@ def retarget(scheduler: LambdaLR, total_steps: int, taken_steps: int = 0) -> Non
     scheduler.apply_current_lr()
 
 
+def stretch(scheduler: LambdaLR, at_step: int, old_total: int, new_total: int) -> None:
+    """Re-time the rest of a running schedule, from `at_step` on, to end at `new_total` instead of `old_total` (the
+    time budget re-plans when the machine's speed drifts): step `t > at_step` takes the multiplier the schedule had
+    at `at_step + (t - at_step) * (old_total - at_step) / (new_total - at_step)`. Taken steps keep their LRs, the LR
+    stays continuous, and the schedule still reaches its end value (fully decayed) at the new last step."""
+    if not at_step < min(old_total, new_total):
+        raise ValueError(f"cannot stretch a {old_total}-step schedule at step {at_step} to end at {new_total}")
+    scale = (old_total - at_step) / (new_total - at_step)
+    scheduler.lr_lambdas = [partial(_stretched, fn, at_step, scale) for fn in scheduler.lr_lambdas]
+    scheduler.apply_current_lr()
+
+
+def _stretched(shape, at_step: int, scale: float, step: int) -> float:
+    return shape(step) if step <= at_step else shape(at_step + (step - at_step) * scale)
+
+
 class _ResumableLambdaLR(LambdaLR):
     """LambdaLR whose LR after `load_state_dict` is this run's schedule at the checkpoint's step.
 

@@ -23,7 +23,7 @@ from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune import Full
 
 # the fake clock: every training step takes DT seconds, every validation batch (sanity check included) VAL_DT
-CLOCK = {"now": 0.0, "dt": 0.5, "val_dt": 0.5, "crash_at": None}
+CLOCK = {"now": 0.0, "dt": 0.5, "val_dt": 0.5, "crash_at": None, "slow_at": None, "slow_dt": None}
 
 
 class Crash(Exception):
@@ -39,7 +39,8 @@ class Tick(L.Callback):
             raise Crash(f"crashed at step {trainer.global_step}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        CLOCK["now"] += CLOCK["dt"]
+        slow = CLOCK["slow_at"] is not None and trainer.global_step > CLOCK["slow_at"]
+        CLOCK["now"] += CLOCK["slow_dt"] if slow else CLOCK["dt"]
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         CLOCK["now"] += CLOCK["val_dt"]
@@ -47,7 +48,7 @@ class Tick(L.Callback):
 
 @pytest.fixture(autouse=True)
 def fake_clock(monkeypatch):
-    CLOCK.update(now=1000.0, dt=0.5, val_dt=0.5, crash_at=None)
+    CLOCK.update(now=1000.0, dt=0.5, val_dt=0.5, crash_at=None, slow_at=None, slow_dt=None)
     monkeypatch.setattr(budget, "clock", lambda: CLOCK["now"])
 
 
@@ -235,7 +236,20 @@ def test_a_resume_keeps_the_recorded_total_and_replays_the_same_lrs(workdir, tin
 
     CLOCK.update(crash_at=None, dt=5.0)  # measuring again would fix a total about 10x smaller
     caplog.clear()
-    cli(*args(GPT, workdir, tiny_corpus, "crashed", *ckpts, "--ckpt_path", "last"))
+    # (re-planning on drift off: with it, a 10x slower machine re-plans, test_a_drift_in_speed_replans_the_rest)
+    cli(
+        *args(
+            GPT,
+            workdir,
+            tiny_corpus,
+            "crashed",
+            *ckpts,
+            "--ckpt_path",
+            "last",
+            "--time_budget.replan_tolerance",
+            "null",
+        )
+    )
     assert only_run_dir(workdir, "crashed") == crashed  # `last` continued the crashed run's directory
     assert f"the schedule ends at step {EXPECTED} (the checkpoint's total; not measured again)" in caplog.text
     assert "measured over" not in caplog.text
@@ -245,6 +259,67 @@ def test_a_resume_keeps_the_recorded_total_and_replays_the_same_lrs(workdir, tin
     want, got = scalars(whole, "lr-AdamW"), scalars(crashed, "lr-AdamW")
     assert sorted(got) == sorted(want) == list(range(EXPECTED))
     assert got == want  # the same float at every step, before and after the resume
+
+
+def test_a_drift_in_speed_replans_the_rest_and_a_resume_replays_it(workdir, tiny_corpus, caplog):
+    """After step 30 the machine is 2x slower (the first plan would overrun the minute by ~45%): the rest is
+    re-planned, the LRs before the re-plan are the first plan's, the LR keeps falling and reaches the schedule's end
+    value at the new last step, and the run ends within the budget's tolerance. A crash after the re-plan, resumed
+    from the step-47 checkpoint, replays the same LR at every step and ends at the same step."""
+    caplog.set_level("INFO", logger="lightning_pretrain")
+    ckpts = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "47"]
+    ckpts += ["--trainer.callbacks.save_last", "true"]
+    CLOCK.update(slow_at=30, slow_dt=1.0)
+    cli(*args(GPT, workdir, tiny_corpus, "drift", *ckpts))
+    assert CLOCK["now"] - 1000.0 <= 60 * 1.05 + 1  # (+1: the sanity check, outside the budget as in Lightning)
+    run = only_run_dir(workdir, "drift")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["TimeBudget"]
+    assert state["planned_steps"] == EXPECTED and state["replans"], state
+    at, old, _ = state["replans"][0]
+    last = state["replans"][-1][2]
+    assert old == EXPECTED and 30 < at < 47 and at < last < EXPECTED, state
+    assert f"the schedule now ends at step {last}" in caplog.text
+    got = scalars(run, "lr-AdamW")
+    assert sorted(got) == list(range(last))  # the run ended at the re-planned step
+    # the LRs are the first plan's, stretched at each recorded re-plan; the schedule's end value at the last step
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched, want = optim.scheduler_config(opt, "cosine", 6, EXPECTED)["scheduler"], []
+    replans = list(state["replans"])
+    for step in range(last + 1):
+        while replans and replans[0][0] == step:
+            optim.stretch(sched, *replans.pop(0))
+        want.append(opt.param_groups[0]["lr"])
+        opt.step(), sched.step()
+    assert [got[s] for s in range(last)] == pytest.approx(want[:last]) and want[last] == pytest.approx(0.0, abs=1e-12)
+    assert [got[s] for s in range(at + 1)] == pytest.approx(expected_lrs(EXPECTED, 2e-3)[: at + 1])
+    after_warmup = [got[s] for s in range(6, last)]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+
+    CLOCK.update(now=1000.0, crash_at=60)
+    with pytest.raises(Crash):
+        cli(*args(GPT, workdir, tiny_corpus, "drift_crashed", *ckpts))
+    crashed = only_run_dir(workdir, "drift_crashed")
+    CLOCK.update(crash_at=None)
+    cli(*args(GPT, workdir, tiny_corpus, "drift_crashed", *ckpts, "--ckpt_path", "last"))
+    assert scalars(crashed, "lr-AdamW") == got  # the same float at every step, before and after the resume
+
+
+def test_stretch_keeps_taken_steps_and_ends_at_the_new_total():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = optim.scheduler_config(opt, "cosine", 5, 100)["scheduler"]
+    seen = []
+    for _ in range(40):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step(), sched.step()
+    before = opt.param_groups[0]["lr"]
+    optim.stretch(sched, 40, 100, 70)
+    assert opt.param_groups[0]["lr"] == before  # continuous at the re-plan
+    assert [sched.lr_lambdas[0](s) for s in range(40)] == pytest.approx(seen)
+    for _ in range(30):
+        opt.step(), sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="cannot stretch"):
+        optim.stretch(sched, 70, 70, 80)
 
 
 def refused(capsys, *argv: str) -> str:

@@ -3,9 +3,10 @@
 Lightning's max_time stops a run wherever the clock runs out, mid-schedule. `TimeBudget` times the first optimizer
 steps instead (inside the LR warmup, where the schedule does not depend on the run's length), fixes the run's total
 steps from that throughput (validation included, a reserve kept for the end), sets `max_steps` to it and re-targets
-the LR schedule to end there (`optim.retarget`): from then on the run is an ordinary step-based one. The total goes
-into the checkpoint, so a resume continues the same schedule to the same last step and never measures again;
-max_time remains only as a hard stop at `hard_stop` x the budget. With `max_steps` (or `max_epochs`) as well, the
+the LR schedule to end there (`optim.retarget`). If the machine's speed then drifts (other work starts or ends) so
+that the run would miss the budget's end by more than `replan_tolerance` of it, the rest is re-planned from the
+recent throughput and the schedule's remainder stretched to the new end (`optim.stretch`). Totals and re-plans go
+into the checkpoint: a resume replays the same schedule exactly; max_time is only a hard stop at `hard_stop` x. With `max_steps` (or `max_epochs`) as well, the
 earlier end wins: the schedule ends at the smaller total.
 """
 
@@ -22,26 +23,28 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_pretrain import optim
-from lightning_pretrain.callbacks import progress
 from lightning_pretrain.callbacks.budget_plan import plan_steps, validation_estimate
+from lightning_pretrain.callbacks.budget_replan import PROVISIONAL_STEPS, Replanning
 from lightning_pretrain.errors import InputError
 
 log = logging.getLogger(__name__)
 
 clock = time.monotonic  # the tests replace it with a fake clock
 
-# max_steps and the schedule's total until the budget fixes them: the steps taken under it lie within the warmup,
-# where the LR does not depend on the total
-PROVISIONAL_STEPS = 10**9
-
 
 def describe(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
-class TimeBudget(L.Callback):
-    def __init__(self, measure_steps: int = 20, skip_steps: int = 2, reserve: float = 0.03, hard_stop: float = 1.5):
+class TimeBudget(Replanning, L.Callback):
+    def __init__(
+        self,
+        measure_steps: int = 20,
+        skip_steps: int = 2,
+        reserve: float = 0.03,
+        hard_stop: float = 1.5,
+        replan_tolerance: float | None = 0.05,
+    ):
         """
         Args:
             measure_steps: optimizer steps timed to measure the throughput, after `skip_steps`; both must lie within
@@ -53,6 +56,10 @@ class TimeBudget(L.Callback):
                 and budgeted besides.
             hard_stop: once the total is fixed, `max_time` stops the run only at this multiple of the budget: a
                 safety net for a run far slower than measured (it then ends before its LR schedule does).
+            replan_tolerance: once the total is fixed, the throughput is measured again every `measure_steps` steps
+                (at least 5% of the run); when the run would end more than this fraction of the budget before or
+                after the budget's end, the remaining steps are re-planned and the rest of the LR schedule
+                stretched to end there (taken steps keep their LRs). null: the first total stays.
         """
         if measure_steps < 1 or skip_steps < 0:
             raise InputError(
@@ -61,11 +68,18 @@ class TimeBudget(L.Callback):
             )
         if not 0.0 <= reserve < 1.0:
             raise InputError(f"--time_budget.reserve must be in [0, 1), got {reserve}")
+        if replan_tolerance is not None and not replan_tolerance > 0:
+            raise InputError(
+                f"--time_budget.replan_tolerance must be > 0 (or null: no re-planning), got {replan_tolerance}"
+            )
         if hard_stop < 1.0:
             raise InputError(f"--time_budget.hard_stop must be at least 1 (a multiple of the budget), got {hard_stop}")
         self.measure_steps, self.skip_steps = measure_steps, skip_steps
-        self.reserve, self.hard_stop = reserve, hard_stop
-        self.total_steps: int | None = None  # fixed once measured; what the checkpoint keeps
+        self.reserve, self.hard_stop, self.replan_tolerance = reserve, hard_stop, replan_tolerance
+        self.total_steps: int | None = None  # fixed once measured (and re-planned); what the checkpoint keeps
+        self.planned_steps: int | None = None  # the first total, which the re-plans stretch
+        self.replans: list[tuple[int, int, int]] = []  # (at step, old total, new total)
+        self._check: tuple[int, float, float] | None = None  # (step, clock, validation seconds) of the last check
         self.s_per_step: float | None = None
         self.measured: tuple[int, int] | None = None
         self.budget: float | None = None  # seconds, from the trainer's max_time (its Timer)
@@ -90,7 +104,9 @@ class TimeBudget(L.Callback):
             "budget_s": self.budget,
             "s_per_step": self.s_per_step,
             "measured_steps": list(self.measured) if self.measured else None,
-            "elapsed_s": elapsed if self.total_steps is None else None,
+            "elapsed_s": elapsed,
+            "planned_steps": self.planned_steps,
+            "replans": [list(r) for r in self.replans],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -98,6 +114,8 @@ class TimeBudget(L.Callback):
         self.s_per_step = state_dict.get("s_per_step")
         self.measured = tuple(state_dict["measured_steps"]) if state_dict.get("measured_steps") else None
         self._offset = state_dict.get("elapsed_s") or 0.0
+        self.planned_steps = state_dict.get("planned_steps") or self.total_steps
+        self.replans = [tuple(r) for r in state_dict.get("replans") or []]
         if self.total_steps is not None and self._timer is not None:
             self._hard_stop_only()  # before the Timer's own check at fit start
 
@@ -130,11 +148,11 @@ class TimeBudget(L.Callback):
                     f"{type(config.scheduler).__name__} cannot be (use optim.scheduler_config); set "
                     f"--trainer.max_steps instead"
                 )
-        if self.total_steps is not None:  # a resume: the checkpoint's total, never measured again
-            total = self.total_steps if cap is None else min(self.total_steps, cap)
-            self._apply(trainer, total, taken=0)
-            self.total_steps = total
+        if self.total_steps is not None:  # a resume: the checkpoint's schedule, never measured again from scratch
+            total = self.total_steps = self._replay(trainer, cap)
             self._hard_stop_only()
+            self._start = clock()
+            self._check = (trainer.global_step, self._start, self._val_seconds())
             self._log(
                 trainer,
                 f"time budget {describe(self.budget)}: the schedule ends at step {total:,} (the "
@@ -187,10 +205,15 @@ class TimeBudget(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if not self._active or self.total_steps is not None or self._window is None or step == self._last_step:
+        if not self._active or step == self._last_step:
             return  # (a micro-batch of an accumulated step)
         self._last_step = step
         now = clock()
+        if self.total_steps is not None:
+            self._replan_on_drift(trainer, step, now)
+            return
+        if self._window is None:
+            return
         start, end = self._window
         if step == start or step == end:
             self._marks[step] = (now, self._val_seconds())
@@ -233,6 +256,7 @@ class TimeBudget(L.Callback):
                 f"the time budget {describe(self.budget)} allows {total:,} optimizer steps ({measured}): {e}{advice}"
             ) from e
         self.total_steps, self.s_per_step, self.measured = total, s_per_step, (start, end)
+        self.planned_steps, self._check = total, (end, now, self._val_seconds())
         validation = f" + {val_s:.3g} s per validation" if val_s and val_per_step else ""
         first = (
             f" (--trainer.max_steps / max_epochs end the run first; the budget allows {budget_total:,})"
@@ -248,13 +272,6 @@ class TimeBudget(L.Callback):
                 {"train/budget_steps": total, "train/budget_s_per_step": s_per_step}, step=trainer.global_step
             )
 
-    def _apply(self, trainer: L.Trainer, total: int, taken: int) -> None:
-        """max_steps and every LR schedule end at `total`; the first `taken` steps' LRs must not change."""
-        for config in trainer.lr_scheduler_configs:
-            optim.retarget(config.scheduler, total, taken_steps=taken)
-        trainer.fit_loop.epoch_loop.max_steps = total
-        progress.refresh(trainer)  # our bars say `N steps` from the fixed total on
-
     def _log(self, trainer: L.Trainer, message: str) -> None:
         """Say `message` once, and record the total in the run's `hparams.yaml` (TensorBoard and CSV loggers: their
         hparams are a dict that Lightning writes once, at the start)."""
@@ -262,6 +279,8 @@ class TimeBudget(L.Callback):
             return
         log.info(message)
         record = {"total_steps": self.total_steps, "budget_s": self.budget, "s_per_step": self.s_per_step}
+        if self.replans:
+            record["replans"] = [list(r) for r in self.replans]
         for logger in trainer.loggers:
             hparams, log_dir = getattr(logger, "hparams", None), getattr(logger, "log_dir", None)
             if isinstance(hparams, dict) and log_dir and Path(log_dir).is_dir():

@@ -30,6 +30,24 @@ def plan_steps(
     return taken + max(0, math.floor(left / per_step))
 
 
+def replanned_total(
+    budget: float,
+    elapsed: float,
+    step: int,
+    total: int,
+    s_per_step: float,
+    val_s: float,
+    val_per_step: float,
+    reserve: float,
+    tolerance: float,
+) -> int | None:
+    """A new total for a run at `step` of `total` whose recent throughput is `s_per_step`, or None while the planned
+    end stays within `tolerance` x the budget of the budget's end (at least one more step is always planned)."""
+    new = max(plan_steps(budget, elapsed, step, s_per_step, val_s, val_per_step, reserve), step + 1)
+    per_step = s_per_step + val_per_step * val_s
+    return new if abs(new - total) * per_step > tolerance * budget else None
+
+
 def validations_per_step(trainer: L.Trainer, s_per_step: float) -> float:
     """How many validation runs an optimizer step brings on average (Lightning's `val_check_interval` logic)."""
     if not trainer.enable_validation:
