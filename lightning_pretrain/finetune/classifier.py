@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification
@@ -25,6 +25,7 @@ from lightning_pretrain.checkpoint_io import check_checkpoint_fits
 from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.backbone_load import load_backbone
+from lightning_pretrain.finetune.epoch_scores import log_epoch_scores
 from lightning_pretrain.finetune.trainability import Full, Trainability
 from lightning_pretrain.runs import JsonlPredictions, run_dir
 
@@ -170,11 +171,21 @@ class SequenceClassifier(L.LightningModule):
         self._evaluate(batch, self.test_metrics, self.test_loss)
         self._log_metrics("test", self.test_metrics, self.test_loss)
 
-    def _log_metrics(self, prefix: str, metrics: MetricCollection, mean_loss: MeanMetric) -> None:
-        # the metric objects themselves: Lightning computes them at the epoch's end (synchronised across ranks by
-        # torchmetrics, so no sync_dist) and resets them
-        self.log(f"{prefix}/loss", mean_loss, prog_bar=True)
-        self.log_dict(metrics, prog_bar=True)
+    def _log_metrics(self, prefix: str, metrics: Metric | MetricCollection, mean_loss: MeanMetric) -> None:
+        # metrics of one value each: the objects themselves, which Lightning computes at the epoch's end
+        # (synchronised across ranks by torchmetrics, so no sync_dist) and resets; one metric of several values
+        # (seqeval's entity scores) waits for the epoch's end (epoch_scores.py)
+        if isinstance(metrics, MetricCollection):
+            self.log(f"{prefix}/loss", mean_loss, prog_bar=True)
+            self.log_dict(metrics, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not isinstance(self.val_metrics, MetricCollection):
+            log_epoch_scores(self, "val", self.val_metrics, self.val_loss)
+
+    def on_test_epoch_end(self) -> None:
+        if not isinstance(self.test_metrics, MetricCollection):
+            log_epoch_scores(self, "test", self.test_metrics, self.test_loss)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One JSON line per input, in input order: the text(s), and the label with its probability and every

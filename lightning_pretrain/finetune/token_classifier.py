@@ -21,7 +21,6 @@ from lightning_pretrain.data.contract import IGNORE_INDEX, DataContract
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.finetune.backbone_load import load_backbone
 from lightning_pretrain.finetune.classifier import SequenceClassifier
-from lightning_pretrain.finetune.epoch_scores import log_epoch_scores
 
 
 def entities(tags: list[str], strict: bool = False) -> set[tuple[str, int, int]]:
@@ -139,15 +138,6 @@ class TokenClassifier(SequenceClassifier):
         positions = self.first_tokens(batch["word_ids"], [len(t) for t in batch["tags"]])
         preds = self.word_tags(logits.argmax(-1).tolist(), positions)
         metrics.update(preds, [[self.label_names[i] for i in tags] for tags in batch["tags"]])
-
-    def _log_metrics(self, prefix: str, metrics: EntityScores, mean_loss: MeanMetric) -> None:
-        pass  # EntityScores returns several values from one state: Lightning cannot log it as an object (below)
-
-    def on_validation_epoch_end(self) -> None:
-        log_epoch_scores(self, "val", self.val_metrics, self.val_loss)
-
-    def on_test_epoch_end(self) -> None:
-        log_epoch_scores(self, "test", self.test_metrics, self.test_loss)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """One JSON line per sentence, in input order: its text and entities, each with its type, text, [start,
