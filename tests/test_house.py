@@ -24,7 +24,7 @@ LAYERS = [
     ("export",),
     ("evaluate",),
     ("callbacks",),
-    ("cli", "finetune.glue", "finetune.superglue", "__main__", "__init__"),
+    ("cli", "finetune.glue", "finetune.superglue", "finetune.suite", "__main__", "__init__"),
 ]
 
 

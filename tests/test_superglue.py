@@ -130,6 +130,14 @@ def test_copa_effect_and_a_single_word_wsc_span():
     assert TASKS["wsc"].convert(row, AT)[0]["text"] == "She changed it to *Tina* , because #it# was easier."
 
 
+def run_main(argv: list[str]) -> int:
+    """The console script's exit status (entry.console exits on bad input)."""
+    try:
+        return superglue.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def test_record_is_left_out_with_its_reason(capsys):
     with pytest.raises(SystemExit) as exit_info:
         superglue.main(["--backbone", "b", "--superglue_dir", ".", "--tasks", "record"])
@@ -218,7 +226,7 @@ def test_runner_on_a_fewglue_like_folder(workdir, tiny_backbone, capsys):  # noq
     write_jsonl(root / "COPA" / "dev32.jsonl", copa[:2])  # val.jsonl is there: dev32 is not the choice
     write_jsonl(root / "MultiRC" / "train.jsonl", [multirc_passage(i) for i in range(4)])
     write_jsonl(root / "MultiRC" / "dev32.jsonl", [multirc_passage(i) for i in range(4, 7)])  # FewGLUE: no val
-    status = superglue.main(
+    status = run_main(
         [
             "--backbone",
             str(tiny_backbone),
@@ -265,7 +273,7 @@ def test_runner_on_a_fewglue_like_folder(workdir, tiny_backbone, capsys):  # noq
 
 def test_runner_bad_row_is_one_error_line(workdir, capsys):
     write_jsonl(workdir / "sg" / "CB" / "train.jsonl", [OFFICIAL["cb"], {**OFFICIAL["cb"], "label": "yes"}])
-    status = superglue.main(
+    status = run_main(
         ["--backbone", "b", "--tasks", "cb", "--superglue_dir", str(workdir / "sg"), "--out", str(workdir / "runs")]
     )
     err = capsys.readouterr().err.strip().splitlines()
@@ -279,9 +287,9 @@ def test_runner_bad_row_is_one_error_line(workdir, capsys):
 def test_runner_missing_task_folder_and_eval_file(workdir, capsys):
     write_jsonl(workdir / "sg" / "CB" / "train.jsonl", [OFFICIAL["cb"]])
     args = ["--backbone", "b", "--superglue_dir", str(workdir / "sg"), "--out", str(workdir / "runs")]
-    assert superglue.main([*args, "--tasks", "rte"]) == 2
+    assert run_main([*args, "--tasks", "rte"]) == 2
     assert f"error: --superglue_dir {workdir}/sg has no RTE/ folder" in capsys.readouterr().err
-    assert superglue.main([*args, "--tasks", "cb"]) == 2  # neither val.jsonl nor dev32.jsonl
+    assert run_main([*args, "--tasks", "cb"]) == 2  # neither val.jsonl nor dev32.jsonl
     assert f"error: CB: file not found: {workdir}/sg/CB/val.jsonl" in capsys.readouterr().err
 
 

@@ -12,18 +12,13 @@ mean of Pearson and Spearman; else accuracy; x 100).
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_pretrain import entry
 from lightning_pretrain.errors import InputError
-
-# inside the package (a link to the repository's configs/ in a checkout, the files themselves in a wheel)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+from lightning_pretrain.finetune.suite import CONFIGS, REFUSED, fit_task, mean_score, write_tables
 
 
 @dataclass(frozen=True)
@@ -74,25 +69,16 @@ TASKS = {
 }
 
 
-def task_args(
-    task: str, backbone: str, mode: str, out: Path, version: int, glue_dir: Path | None, configs: Path, extra: list[str]
-) -> list[str]:
-    """The `lightning-pretrain` arguments of one task's run."""
+def task_args(task: str, backbone: str, mode: str, glue_dir: Path | None, configs: Path, extra: list[str]) -> list[str]:
+    """The `lightning-pretrain fit` arguments of one task's run (its logger folder: suite.fit_task)."""
     spec = TASKS[task]
     args = [
-        "fit",
         "-c",
         str(configs / spec.config),
         "-c",
         str(configs / "modes" / f"{mode}.yaml"),
         "--model.backbone",
         backbone,
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.logger.init_args.name",
-        task,
-        "--trainer.logger.init_args.version",
-        str(version),
     ]
     if glue_dir is not None:
         args += ["--data.source", str(glue_dir / spec.name), *spec.local]
@@ -100,28 +86,7 @@ def task_args(
 
 
 def score(task: str, metrics: dict) -> float | None:
-    values = [metrics.get(f"val/{m}") for m in TASKS[task].metrics]
-    return None if any(v is None for v in values) else 100 * sum(values) / len(values)
-
-
-def next_version(root: Path) -> int:
-    versions = [int(d.name[8:]) for d in root.glob("version_*") if d.name[8:].isdigit()]
-    return max(versions, default=-1) + 1
-
-
-def run_task(args: list[str], in_process: bool) -> int:
-    if in_process:
-        from lightning_pretrain.cli import main
-
-        try:
-            main(args)
-        except SystemExit as e:
-            return e.code if isinstance(e.code, int) else 1
-        return 0
-    return subprocess.run([sys.executable, "-m", "lightning_pretrain", *args], check=False).returncode
-
-
-REFUSED = 2  # a task's run refused its input (its one `error:` line is out): the same input would fail the next
+    return mean_score(TASKS[task].metrics, metrics)
 
 
 def run_suite(
@@ -139,46 +104,29 @@ def run_suite(
     glue_dir = Path(glue_dir) if glue_dir else None
     results: dict = {"backbone": backbone, "mode": mode, "tasks": {}}
     for task in tasks:
-        version = next_version(out / task)
-        run_dir = out / task / f"version_{version}"
-        t0 = time.perf_counter()
-        status = run_task(task_args(task, backbone, mode, out, version, glue_dir, configs, extra or []), in_process)
-        if status == REFUSED:
+        run = fit_task(task, task_args(task, backbone, mode, glue_dir, configs, extra or []), out, in_process)
+        if run["status"] == REFUSED:
             results["refused"] = task
             return results
-        metrics_file = run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         results["tasks"][task] = {
             "name": TASKS[task].name,
             "metric": "/".join(TASKS[task].metrics),
-            "score": score(task, metrics),
-            "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
-            "exit_status": status,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "run_dir": str(run_dir),
+            "score": score(task, run["metrics"]),
+            "metrics": run["metrics"],
+            "exit_status": run["status"],
+            "seconds": run["seconds"],
+            "run_dir": str(run["run_dir"]),
         }
-        write_tables(results, out)
+        write_tables(results, out, f"glue_{mode}", f"GLUE dev scores of `{backbone}` (mode: {mode})", COLUMNS, row)
     return results
 
 
-def write_tables(results: dict, out: Path) -> None:
-    scores = [t["score"] for t in results["tasks"].values()]
-    results["average"] = sum(scores) / len(scores) if scores and None not in scores else None
-    lines = [
-        f"GLUE dev scores of `{results['backbone']}` (mode: {results['mode']})",
-        "",
-        "| task | metric | dev score | seconds | run |",
-        "|---|---|---:|---:|---|",
-    ]
-    for t in results["tasks"].values():
-        shown = f"{t['score']:.1f}" if t["score"] is not None else f"failed (exit {t['exit_status']})"
-        lines.append(f"| {t['name']} | {t['metric']} | {shown} | {t['seconds']:.0f} | {t['run_dir']} |")
-    average = f"{results['average']:.1f}" if results["average"] is not None else "n/a"
-    lines.append(f"| **average** | | **{average}** | | |")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"glue_{results['mode']}"
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+COLUMNS = ["task", "metric", "score", "seconds", "run"]
+
+
+def row(t: dict) -> list[str]:
+    shown = f"{t['score']:.1f}" if t["score"] is not None else f"failed (exit {t['exit_status']})"
+    return [t["name"], t["metric"], shown, f"{t['seconds']:.0f}", t["run_dir"]]
 
 
 @entry.console

@@ -1,7 +1,7 @@
 """SuperGLUE suite: fine-tune one backbone on SuperGLUE tasks (one `lightning-pretrain fit` run each) from the
 official jsonl files, and write a table of every task's score and their average, as Markdown and JSON.
 
-    python -m lightning_pretrain.finetune.superglue --backbone DIR --tasks cb rte wic boolq copa multirc wsc \\
+    lightning-pretrain-superglue --backbone DIR --tasks cb rte wic boolq copa multirc wsc \\
         --superglue_dir ../shared/data/superglue --out superglue_runs --trainer.max_epochs 10
 
 Each task's files (`<Task>/train.jsonl`, and `val.jsonl`, else FewGLUE's `dev32.jsonl`) are converted by
@@ -12,14 +12,13 @@ SuperGLUE's (x 100): CB mean of accuracy and macro-F1, MultiRC mean of F1a and E
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
+from lightning_pretrain import entry
 from lightning_pretrain.errors import InputError
-from lightning_pretrain.finetune.glue import CONFIGS, next_version, run_task
+from lightning_pretrain.finetune.suite import CONFIGS, REFUSED, fit_task, mean_score, run_task, write_tables
 from lightning_pretrain.finetune.superglue_tasks import RECORD_LEFT_OUT, TASKS, convert_file, exact_match, f1a
 
 DEFAULT_TASKS = ["boolq", "cb", "copa", "multirc", "rte", "wic", "wsc"]
@@ -111,8 +110,7 @@ def multirc_scores(run_dir: Path, data_dir: Path, args: list[str], in_process: b
 
 
 def score(task: str, metrics: dict) -> float | None:
-    values = [metrics.get(f"val/{m}") for m in TASKS[task].metrics]
-    return None if any(v is None for v in values) else 100 * sum(values) / len(values)
+    return mean_score(TASKS[task].metrics, metrics)
 
 
 def run_suite(
@@ -133,27 +131,14 @@ def run_suite(
     prepared = {task: prepare(task, superglue_dir, out, train_name, val_name) for task in tasks}  # all input first
     results: dict = {"backbone": backbone, "mode": mode, "superglue_dir": str(superglue_dir), "tasks": {}}
     for task in tasks:
-        version, t0 = next_version(out / task), time.perf_counter()
-        run_dir = out / task / f"version_{version}"
         args = task_args(task, backbone, mode, prepared[task]["data_dir"], configs, extra or [])
-        status = run_task(
-            [
-                "fit",
-                *args,
-                "--trainer.logger.init_args.save_dir",
-                str(out),
-                "--trainer.logger.init_args.name",
-                task,
-                "--trainer.logger.init_args.version",
-                str(version),
-            ],
-            in_process,
-        )
-        metrics_file = run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        run = fit_task(task, args, out, in_process)
+        if run["status"] == REFUSED:
+            results["refused"] = task
+            return results
+        metrics = run["metrics"]
         if task == "multirc" and metrics:
-            metrics.update(multirc_scores(run_dir, Path(prepared[task]["data_dir"]), args, in_process))
+            metrics.update(multirc_scores(run["run_dir"], Path(prepared[task]["data_dir"]), args, in_process))
         results["tasks"][task] = {
             "name": TASKS[task].name,
             "metric": "/".join(SHOWN[m] for m in TASKS[task].metrics),
@@ -161,47 +146,39 @@ def run_suite(
             "parts": {m: metrics.get(f"val/{m}") for m in TASKS[task].metrics},
             "metrics": metrics,
             **{k: v for k, v in prepared[task].items() if k != "data_dir"},
-            "exit_status": status,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "run_dir": str(run_dir),
+            "exit_status": run["status"],
+            "seconds": run["seconds"],
+            "run_dir": str(run["run_dir"]),
         }
-        write_tables(results, out)
+        title = f"SuperGLUE scores of `{backbone}` (mode: {mode})"
+        write_tables(results, out, f"superglue_{mode}", title, COLUMNS, row)
     return results
 
 
-def write_tables(results: dict, out: Path) -> None:
-    scores = [t["score"] for t in results["tasks"].values()]
-    results["average"] = sum(scores) / len(scores) if scores and None not in scores else None
-    lines = [
-        f"SuperGLUE scores of `{results['backbone']}` (mode: {results['mode']})",
-        "",
-        "| task | metric | train | evaluated on | score | parts | seconds | run |",
-        "|---|---|---:|---|---:|---|---:|---|",
+COLUMNS = ["task", "metric", "train", "evaluated on", "score", "parts", "seconds", "run"]
+
+
+def row(t: dict) -> list[str]:
+    shown = f"{t['score']:.1f}" if t["score"] is not None else f"no val metrics (exit {t['exit_status']})"
+    parts = " / ".join(f"{SHOWN[m]} {100 * v:.1f}" for m, v in t["parts"].items() if v is not None)
+    evaluated = f"{Path(t['eval_file']).name} ({t['val_examples']})"
+    shown_parts = parts if len(t["parts"]) > 1 else ""
+    return [
+        t["name"],
+        t["metric"],
+        str(t["train_examples"]),
+        evaluated,
+        shown,
+        shown_parts,
+        f"{t['seconds']:.0f}",
+        t["run_dir"],
     ]
-    for t in results["tasks"].values():
-        shown = f"{t['score']:.1f}" if t["score"] is not None else f"no val metrics (exit {t['exit_status']})"
-        parts = " / ".join(f"{SHOWN[m]} {100 * v:.1f}" for m, v in t["parts"].items() if v is not None)
-        lines.append(
-            f"| {t['name']} | {t['metric']} | {t['train_examples']} | {Path(t['eval_file']).name} "
-            f"({t['val_examples']}) | {shown} | {parts if len(t['parts']) > 1 else ''} | "
-            f"{t['seconds']:.0f} | {t['run_dir']} |"
-        )
-    average = f"{results['average']:.1f}" if results["average"] is not None else "n/a"
-    lines.append(f"| **average** | | | | **{average}** | | | |")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"superglue_{results['mode']}"
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (options: --help)\n")
-
-
+@entry.console
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(
-        prog="python -m lightning_pretrain.finetune.superglue",
+    parser = entry.Parser(
+        prog="lightning-pretrain-superglue",
         description=__doc__.split("\n\n")[0],
         allow_abbrev=False,
         epilog="Any other --section.key value arguments are passed to every task's run.",
@@ -248,22 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no mode '{args.mode}' in {Path(args.configs) / 'modes'}")
     if not Path(args.superglue_dir).is_dir():
         parser.error(f"--superglue_dir {args.superglue_dir} is not a directory")
-    try:
-        results = run_suite(
-            args.backbone,
-            tasks,
-            args.superglue_dir,
-            args.mode,
-            args.out,
-            args.train_file_name,
-            args.val_file_name,
-            args.configs,
-            extra,
-            args.in_process,
-        )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = run_suite(
+        args.backbone,
+        tasks,
+        args.superglue_dir,
+        args.mode,
+        args.out,
+        args.train_file_name,
+        args.val_file_name,
+        args.configs,
+        extra,
+        args.in_process,
+    )
+    if "refused" in results:
+        return REFUSED
     print((Path(args.out) / f"superglue_{args.mode}.md").read_text())
     return 0 if all(t["score"] is not None for t in results["tasks"].values()) else 1
 
