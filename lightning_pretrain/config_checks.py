@@ -25,6 +25,11 @@ def check_settings(subcommand: str, config) -> None:
         raise InputError(
             f"--trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got {clip}"
         )
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise InputError(
+            f"--trainer.val_check_interval must be > 0 (batches, a fraction of an epoch, or a time), got {interval}"
+        )
     check_summary_writer(trainer.get("logger"))
     for key in ("max_steps", "max_epochs", "limit_train_batches"):
         if subcommand == "fit" and trainer.get(key) is not None and trainer.get(key) == 0:
@@ -39,7 +44,7 @@ def check_settings(subcommand: str, config) -> None:
         refuse_nulls(config.get(name), f"--{name}")
     for _, value in fields(model):  # an HF config built from the command line
         if hasattr(value, "get") and str(value.get("class_path", "")).startswith("transformers."):
-            check_model_config(dict(fields(value.get("init_args"))))
+            check_model_config(dict(fields(value.get("init_args"))), str(value.get("class_path")))
     if hasattr(model, "get") and model.get("wsd") is not None and model.get("lr_schedule") not in (None, "wsd"):
         entry.warn(
             f"--model.init_args.wsd is not used: lr_schedule is {model.get('lr_schedule')!r} (set "
@@ -89,13 +94,19 @@ def fields(section) -> list[tuple[str, object]]:
     return list(vars(section).items() if hasattr(section, "__dict__") else section.items())
 
 
-def check_model_config(args: dict) -> None:
+def check_model_config(args: dict, class_path: str) -> None:
     bad = {
         k: v for k, v in args.items() if k in MODEL_SIZES and isinstance(v, int) and not isinstance(v, bool) and v < 1
     }
     if bad:
         raise InputError(
             f"model config {', '.join(f'{k}={v}' for k, v in bad.items())}: sizes and counts must be at least 1"
+        )
+    kind = args.get("is_encoder_decoder")
+    if isinstance(kind, bool) and kind != bool(class_default({"class_path": class_path}, "is_encoder_decoder")):
+        raise InputError(
+            f"model config is_encoder_decoder={kind}: it is {class_path.rpartition('.')[2]}'s own fact (an "
+            f"encoder-decoder is a T5Config / BartConfig); leave it at the default"
         )
     changed = {k: v for k, v in args.items() if k in OUTPUTS and v is not None and v != OUTPUTS[k]}
     if changed:  # every objective and task reads outputs by name and asks for hidden states per call

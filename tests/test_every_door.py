@@ -213,6 +213,9 @@ def test_logger_false_runs_get_their_own_folder(run, monkeypatch, tmp_path):
         (["--model.init_args.warmup_steps", "null"], "--model.init_args.warmup_steps cannot be null: it takes int"),
         (["--ckpt_path", "hpc"], "--ckpt_path hpc: no hpc_ckpt_*.ckpt in"),
         (["--trainer.logger.init_args.sub_dir", "/elsewhere"], "sub_dir must be a folder name inside the run"),
+        (["--trainer.val_check_interval", "0"], "val_check_interval must be > 0"),
+        (["--model.init_args.model.init_args.is_encoder_decoder", "true"], "is_encoder_decoder=True: it is GPT2Config"),
+        (["--data.init_args.seed", "-1"], "--data.seed must be in [0, 2**32 - 1], got -1"),
     ],
 )
 def test_settings_that_make_no_sense_are_refused(run, monkeypatch, tmp_path, args, says):

@@ -120,8 +120,11 @@ def _end_workers(grace: float = 0.5) -> None:
             p.join(5)
 
 
-def check_loader_options(num_workers: int, **counts: int | None) -> None:
-    """Refuse a batch size (or another count) below 1 or a negative number of workers, in one line naming it."""
+def check_loader_options(num_workers: int, seed: int | None = None, **counts: int | None) -> None:
+    """Refuse a batch size (or another count) below 1, a negative number of workers or a seed outside numpy's range
+    (every shuffle and split draws from it), in one line naming it."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise InputError(f"--data.seed must be in [0, 2**32 - 1], got {seed}")
     for name, count in counts.items():
         if count is not None and count < 1:
             raise InputError(f"{name} must be at least 1, got {count}")

@@ -93,7 +93,7 @@ class FineTuneData(L.LightningDataModule):
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if max_train_examples is not None and max_train_examples < 1:
             raise InputError(f"max_train_examples must be positive, got {max_train_examples}")
-        check_loader_options(num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_loader_options(num_workers, seed, batch_size=batch_size, eval_batch_size=eval_batch_size)
         self.cache_root = cache.resolve_root(cache_dir)
         if not any((source, train_file, val_file, test_file, predict_file)):
             raise InputError(f"no data: {self.no_data_hint}")

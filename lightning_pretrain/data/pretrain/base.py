@@ -86,7 +86,7 @@ class PretrainData(L.LightningDataModule):
         super().__init__()
         if seq_len < 2:
             raise InputError(f"seq_len must be at least 2, got {seq_len}")
-        check_loader_options(num_workers, batch_size=batch_size)
+        check_loader_options(num_workers, seed, batch_size=batch_size)
         toks.check_vocab_size(tokenizer, vocab_size)
         self.save_hyperparameters()
 
