@@ -321,6 +321,7 @@ def broken_copy(src: Path, dst: Path, how: str) -> Path:
         (["--model", "cut_weights"], "could not load model"),
         (["--model", "not_safetensors"], "could not load model"),
         (["--model", "nan"], "3 of"),
+        (["--num_fewshot", "3"], "--num_fewshot 3: task lp_three has 3 examples to draw shots from"),
     ],
 )
 def test_eval_refuses_in_one_line(tiny_causal, tmp_path, monkeypatch, args, says):  # noqa: F811
@@ -330,6 +331,10 @@ def test_eval_refuses_in_one_line(tiny_causal, tmp_path, monkeypatch, args, says
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("the cat sat on a mat.\n")
     common = ["--bpb_file", str(tmp_path / "text.txt"), "--device", "cpu", "--output_dir", str(tmp_path / "out" / "x")]
+    rows = [{"query": f"Q{i}:", "choices": [" a", " b"], "gold": 0} for i in range(3)]
+    (tmp_path / "three.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args[0] == "--num_fewshot":  # lm-eval draws shots + 1 from the pool and drops the scored document
+        common += ["--tasks", str(tmp_path / "three.jsonl")]
     if args[0] == "--model":
         args = [*common, "--model", str(broken_copy(hf_dir, tmp_path / args[1], args[1]))]
     else:

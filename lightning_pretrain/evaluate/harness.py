@@ -9,6 +9,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 
+from lightning_pretrain.errors import InputError
 from lightning_pretrain.evaluate.ranks import broadcast_from_zero
 from lightning_pretrain.evaluate.registry import TaskSpec
 
@@ -89,13 +90,20 @@ def run_tasks(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    for task in loaded["tasks"].values():
+    for name, task in loaded["tasks"].items():
         own = task.get_config("num_fewshot")
         if num_fewshot is None:
             task.set_config(key="num_fewshot", value=own or 0)
         elif own != 0:  # as simple_evaluate: a task fixed at 0-shot stays 0-shot
             task.set_config(key="num_fewshot", value=num_fewshot)
         task.set_fewshot_seed(seed=seed)
+        shots = task.get_config("num_fewshot") or 0
+        pool = len(task.fewshot_docs() or []) if shots else 0
+        if shots and pool < shots + 1:  # lm-eval draws shots + 1 and drops the scored document
+            raise InputError(
+                f"--num_fewshot {shots}: task {name} has {pool} examples to draw shots from (its train split, else "
+                f"validation, else test), and {shots} shots need at least {shots + 1}"
+            )
     out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
     out = broadcast_from_zero(None if out is None else {k: out[k] for k in ("results", "n-shot", "n-samples")})
     by_id = {s.lm_eval_name: s for s in specs}
