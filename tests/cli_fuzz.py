@@ -21,6 +21,8 @@ import os
 import random
 import shutil
 import signal
+import sys
+import tempfile
 import time
 import tomllib
 import typing
@@ -147,7 +149,8 @@ class World:
 
 
 def quiet_call(main, argv: list[str], timeout: int = 120) -> tuple[object, str, str]:
-    """Run `main(argv)` in process: (exit code or the exception, stdout, stderr)."""
+    """Run `main(argv)` in process: (exit code or the exception, stdout, stderr). Captured at the file descriptors as
+    well as sys.stdout/stderr, so what a subprocess it starts prints (the GLUE runner without --in_process) counts."""
     out, err = io.StringIO(), io.StringIO()
 
     def alarm(signum, frame):
@@ -155,6 +158,10 @@ def quiet_call(main, argv: list[str], timeout: int = 120) -> tuple[object, str, 
 
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(timeout)
+    fd_out, fd_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd_out.fileno(), 1), os.dup2(fd_err.fileno(), 2)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             result = main(argv)
@@ -168,7 +175,14 @@ def quiet_call(main, argv: list[str], timeout: int = 120) -> tuple[object, str, 
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    return code, out.getvalue(), err.getvalue()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
+    texts = []
+    for f, text in ((fd_out, out.getvalue()), (fd_err, err.getvalue())):
+        f.seek(0)
+        texts.append(text + f.read().decode("utf-8", errors="replace"))
+        f.close()
+    return code, texts[0], texts[1]
 
 
 class DrawTimeout(BaseException):
