@@ -80,6 +80,7 @@ class TimeBudget(Replanning, L.Callback):
         self.planned_steps: int | None = None  # the first total, which the re-plans stretch
         self.replans: list[tuple[int, int, int]] = []  # (at step, old total, new total)
         self._check: tuple[int, float, float] | None = None  # (step, clock, validation seconds) of the last check
+        self._cap: int | None = None  # the run's own end (max_steps / max_epochs given besides max_time)
         self.s_per_step: float | None = None
         self.measured: tuple[int, int] | None = None
         self.budget: float | None = None  # seconds, from the trainer's max_time (its Timer)
@@ -140,7 +141,7 @@ class TimeBudget(Replanning, L.Callback):
         if not self._active:
             return
         cap = trainer.estimated_stepping_batches  # max_steps / max_epochs given besides max_time
-        cap = None if cap >= PROVISIONAL_STEPS else int(cap)
+        cap = self._cap = None if cap >= PROVISIONAL_STEPS else int(cap)  # before max_steps becomes the total
         for config in trainer.lr_scheduler_configs:
             if getattr(config.scheduler, "rebuild", None) is None:
                 raise InputError(

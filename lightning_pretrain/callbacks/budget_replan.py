@@ -42,8 +42,8 @@ class Replanning:
         elapsed = self._offset + now - self._start
         args = (self.budget, elapsed, step, self.total_steps, s_per_step, val_s, val_per_step, self.reserve)
         new = trainer.strategy.broadcast(replanned_total(*args, self.replan_tolerance), src=0)
-        cap = trainer.estimated_stepping_batches
-        new = new if new is None or cap >= PROVISIONAL_STEPS else min(new, int(cap))
+        # never past max_steps / max_epochs given besides max_time (the trainer's own max_steps is now our total)
+        new = new if new is None or self._cap is None else min(new, self._cap)
         if new is None or new == self.total_steps:
             return
         old = self.total_steps
