@@ -435,8 +435,8 @@ def test_plan_counts_validation_and_the_reserve():
 
 
 def test_a_real_run_ends_at_its_budget_with_the_lr_decayed(tmp_path, tiny_corpus):
-    """Wall clock, in a process of its own: 5 s of training, the printed total is the run's last step (the hard stop
-    far away: on a loaded machine the steps after the measurement can be much slower than it)."""
+    """Wall clock, in a process of its own: 5 s of training, the last printed total (the measured one, or a re-plan's)
+    is the run's last step, with the LR at its end value (the hard stop far away)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     argv = [
         "fit",
@@ -479,7 +479,9 @@ def test_a_real_run_ends_at_its_budget_with_the_lr_decayed(tmp_path, tiny_corpus
         out.stdout + out.stderr,
     )
     assert found, (out.stdout + out.stderr)[-3000:]
-    total = int(found[1].replace(",", ""))
+    # a re-plan on drift (the load of a shared machine) moves the end: the last one said is the run's end
+    replanned = re.findall(r"the schedule now ends at step ([\d,]+)", out.stdout + out.stderr)
+    total = int((replanned[-1] if replanned else found[1]).replace(",", ""))
     ckpt = last_checkpoint(only_run_dir(tmp_path, "real"))
     assert total > 12 and ckpt["global_step"] == total and ckpt["callbacks"]["TimeBudget"]["total_steps"] == total
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0
