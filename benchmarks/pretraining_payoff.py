@@ -42,6 +42,7 @@ standard error and 95% t-interval, the pretraining wall times and final validati
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -467,12 +468,17 @@ class Runner:
         newest finished (`done(run_dir)`) run of the same command. Returns {'run', 'status', 'wall_s', 'reused'}."""
         root = self.out / name
         key = key or argv
+        configs = config_digests(argv)  # the same command with an edited config file is another run
         if self.reuse:
             for run in reversed(versions(root)):
                 record = run / RECORD
-                if record.is_file() and json.loads(record.read_text()).get("argv") == key and done(run):
-                    info = json.loads(record.read_text())
-                    print(f"\n[{what}] reusing {run} (finished {info.get('wall_s', 0):.0f} s run of the same command)")
+                info = json.loads(record.read_text()) if record.is_file() else {}
+                same = info.get("argv") == key and info.get("configs", configs) == configs
+                if same and done(run):
+                    legacy = "" if "configs" in info else "; recorded before config digests were kept"
+                    print(
+                        f"\n[{what}] reusing {run} (finished {info.get('wall_s', 0):.0f} s run of the same command{legacy})"
+                    )
                     self.commands.append(
                         {
                             "what": what,
@@ -495,7 +501,8 @@ class Runner:
         run = new[-1] if new else None
         ok = status == 0 and run is not None and done(run)
         if ok:
-            (run / RECORD).write_text(json.dumps({"argv": key, "command": command, "wall_s": wall}, indent=2) + "\n")
+            record = {"argv": key, "command": command, "wall_s": wall, "configs": configs}
+            (run / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         else:
             print(f"[{what}] FAILED (exit status {status}{'' if run else ', no run directory'})", flush=True)
         self.commands.append(
@@ -509,6 +516,12 @@ class Runner:
             }
         )
         return {"run": run if ok else None, "status": status, "wall_s": wall, "reused": False}
+
+
+def config_digests(argv: list[str]) -> dict[str, str]:
+    """{path: sha256} of the config files a command reads (`-c FILE`)."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+    return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files if Path(f).is_file()}
 
 
 def read_json(path: Path) -> dict:

@@ -288,3 +288,31 @@ def test_end_to_end_tiny(tables, workdir):
     val = (out / "data" / "seed1" / "val.jsonl").read_text().splitlines()
     assert len(train) == 32 and len(val) == 8
     assert "Paired gap" in (out / "payoff.md").read_text() or "one seed" in (out / "payoff.md").read_text()
+
+
+def test_reuse_needs_the_same_command_and_the_same_config_files(tmp_path, monkeypatch):
+    """--reuse takes a finished run of the same command only while the config files it names are unchanged (an
+    edited recipe under the same path is another run; a record from before digests were kept matches by command)."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "recipe.yaml"
+    config.write_text("model: {lr: 1}\n")
+    argv = ["-c", str(config), "--x", "1"]
+    runner = payoff.Runner(tmp_path / "out", reuse=True, in_process=False)
+    calls = []
+
+    def execute(full):  # a "run": its version folder, as the CLI would make it
+        calls.append(full)
+        (tmp_path / "out" / "arm" / f"version_{len(calls) - 1}").mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    done = lambda run: True  # noqa: E731
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is False
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is True
+    config.write_text("model: {lr: 2}\n")
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is False and len(calls) == 2
+    record = tmp_path / "out" / "arm" / "version_1" / payoff.RECORD
+    legacy = {k: v for k, v in json.loads(record.read_text()).items() if k != "configs"}
+    record.write_text(json.dumps(legacy))
+    config.write_text("model: {lr: 3}\n")
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is True
