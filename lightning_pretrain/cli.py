@@ -85,7 +85,12 @@ class PretrainCLI(LightningCLI):
             root = Path(self.config[subcommand].trainer.get("default_root_dir") or ".")
             if not any(root.glob("hpc_ckpt_*.ckpt")):
                 raise InputError(f"--ckpt_path hpc: no hpc_ckpt_*.ckpt in {root}; pass a checkpoint file, or last")
-        elif ckpt and ckpt not in ("last", "best") and not Path(ckpt).is_dir():
+        elif ckpt == "best":  # Lightning's "best" is a fit's in this same process: a fresh command never has one
+            raise InputError(
+                "--ckpt_path best names the best checkpoint of a fit run in the same process, which a command never "
+                "has; pass the checkpoint file (<run>/checkpoints/*.ckpt) or last"
+            )
+        elif ckpt and ckpt != "last" and not Path(ckpt).is_dir():
             load_checkpoint_file(ckpt, mmap=True)
 
     def add_arguments_to_parser(self, parser) -> None:

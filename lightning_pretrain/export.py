@@ -78,11 +78,15 @@ def check_out_dir(out_dir: Path) -> None:
             break
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None, require_tokenizer: bool = True
+) -> Path:
     """Write a Hugging Face directory from a training checkpoint of a `PretrainingModule` objective.
 
     The checkpoint carries the model's config and class (`hf_config`, saved by `PretrainingModule`); the tokenizer
-    defaults to `<run dir>/tokenizer`, which `HFExport` saves when fit starts.
+    defaults to `<run dir>/tokenizer`, which `HFExport` saves when fit starts. Without one the export would not
+    tokenize (transformers builds an empty tokenizer from it): refused unless `require_tokenizer` is False (the
+    caller brings its own).
     """
     import transformers
 
@@ -114,6 +118,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
         )
     model.tie_weights()
     tok_dir = Path(tokenizer) if tokenizer else checkpoint.resolve().parent.parent / "tokenizer"
+    if require_tokenizer and not tok_dir.is_dir():
+        raise InputError(
+            f"no tokenizer for {checkpoint}: {tok_dir} does not exist (the checkpoint is not in its run's "
+            f"checkpoints/ folder); pass --tokenizer DIR"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     try:

@@ -647,7 +647,11 @@ def families(scripts: dict, w: World) -> list[Family]:
             ["--model"],
         ),
         argparse_family(
-            "lightning-pretrain-export", scripts, w, [str(f["ckpt:good"]), "--out", "exported"], ["--out", "checkpoint"]
+            "lightning-pretrain-export",
+            scripts,
+            w,
+            [str(f["ckpt:good"]), "--out", "exported", "--tokenizer", str(w.earlier / "tokenizer")],
+            ["--out", "checkpoint"],
         ),
         argparse_family(
             "lightning-pretrain-glue",

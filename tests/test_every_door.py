@@ -212,6 +212,7 @@ def test_logger_false_runs_get_their_own_folder(run, monkeypatch, tmp_path):
         (["--trainer.logger.init_args.max_queue", "0"], "max_queue must be a whole number >= 1"),
         (["--model.init_args.warmup_steps", "null"], "--model.init_args.warmup_steps cannot be null: it takes int"),
         (["--ckpt_path", "hpc"], "--ckpt_path hpc: no hpc_ckpt_*.ckpt in"),
+        (["--ckpt_path", "best"], "--ckpt_path best names the best checkpoint of a fit run in the same process"),
         (["--trainer.logger.init_args.sub_dir", "/elsewhere"], "sub_dir must be a folder name inside the run"),
         (["--trainer.val_check_interval", "0"], "val_check_interval must be > 0"),
         (["--model.init_args.model.init_args.is_encoder_decoder", "true"], "is_encoder_decoder=True: it is GPT2Config"),
@@ -285,6 +286,30 @@ def test_export_refuses_cut_and_non_finite_checkpoints_and_never_overwrites(run,
     assert not (tmp_path / "a").exists()
     status, _, err = call(main, str(last), "--out", str(tmp_path / "a"))
     assert status == 0 and (tmp_path / "a" / "model.safetensors").is_file(), err[-2000:]
+    # outside its run's checkpoints/ folder a checkpoint has no tokenizer beside it: an export without one would not
+    # tokenize (transformers builds an empty tokenizer), so it is refused unless --tokenizer names one
+    (tmp_path / "moved.ckpt").write_bytes(last.read_bytes())
+    refused(call(main, str(tmp_path / "moved.ckpt"), "--out", str(tmp_path / "b")), "no tokenizer for")
+    status, _, err = call(
+        main, str(tmp_path / "moved.ckpt"), "--out", str(tmp_path / "b"), "--tokenizer", str(run / "tokenizer")
+    )
+    assert status == 0 and (tmp_path / "b" / "tokenizer.json").is_file(), err[-2000:]
+
+
+def test_a_continuation_merged_into_the_context_is_scored_not_asserted(monkeypatch):
+    """A small BPE vocabulary can encode context + continuation into the context's tokens alone (lm-eval asserts
+    on the empty continuation): the context's last token is scored instead; an empty context gets the prefix."""
+    from lm_eval.models.huggingface import HFLM
+
+    from lightning_pretrain.evaluate.hflm import LiveHFLM
+
+    seen = []
+    monkeypatch.setattr(HFLM, "_loglikelihood_tokens", lambda self, requests, **kw: seen.extend(requests))
+    lm = object.__new__(LiveHFLM)
+    monkeypatch.setattr(LiveHFLM, "max_length", 8, raising=False)
+    monkeypatch.setattr(LiveHFLM, "prefix_token_id", 0, raising=False)
+    lm._loglikelihood_tokens([("a", [5, 6, 7], []), ("b", [], [9]), ("c", [1], [2, 3])])
+    assert seen == [("a", [5, 6], [7]), ("b", [0], [9]), ("c", [1], [2, 3])]
 
 
 def broken_copy(src: Path, dst: Path, how: str) -> Path:

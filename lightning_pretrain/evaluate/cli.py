@@ -159,7 +159,7 @@ def run(args) -> None:
         datasets.disable_progress_bars()  # one progress bar per task file otherwise
     with tempfile.TemporaryDirectory(prefix="lp_eval_") as tmp:
         with refused_values(f"could not read model {args.model}"):
-            ref = inspect(args.model, args.model_kind, workdir=tmp)
+            ref = inspect(args.model, args.model_kind, workdir=tmp, tokenizer=args.tokenizer)
         if text is not None and ref.kind not in ("causal", "masked"):
             raise InputError(f"--bpb_file needs a causal or masked LM; {args.model} is a {ref.kind} model")
         loaded_tasks = None

@@ -60,13 +60,16 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def locate(spec: str, workdir: str | Path) -> tuple[str, str]:
-    """A loadable directory or hub id for `spec`, and what it was; a checkpoint is exported into `workdir`."""
+def locate(spec: str, workdir: str | Path, tokenizer: str | None = None) -> tuple[str, str]:
+    """A loadable directory or hub id for `spec`, and what it was; a checkpoint is exported into `workdir` (with its
+    run's tokenizer, or `tokenizer` when that is a folder; a hub id is loaded later)."""
     path = Path(spec).expanduser()
     if (path.is_file() and path.suffix == ".ckpt") or (path.is_dir() and (path / ".metadata").is_file()):
         from lightning_pretrain.export import export_checkpoint
 
-        return str(export_checkpoint(path, Path(workdir) / "hf")), f"Lightning checkpoint {spec} (exported)"
+        folder = tokenizer if tokenizer and Path(tokenizer).is_dir() else None
+        out = export_checkpoint(path, Path(workdir) / "hf", folder, require_tokenizer=tokenizer is None)
+        return str(out), f"Lightning checkpoint {spec} (exported)"
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"model directory {spec} holds no config.json (not a Hugging Face model directory)")
@@ -86,9 +89,9 @@ class ModelRef:
     kind: str
 
 
-def inspect(spec: str, kind: str = "auto", workdir: str | Path = ".") -> ModelRef:
+def inspect(spec: str, kind: str = "auto", workdir: str | Path = ".", tokenizer: str | None = None) -> ModelRef:
     """Where the model is and what kind it is, from its config alone (no weights are read yet)."""
-    where, source = locate(spec, workdir)
+    where, source = locate(spec, workdir, tokenizer)
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=False)
     except (OSError, ValueError) as e:
