@@ -217,6 +217,8 @@ def test_logger_false_runs_get_their_own_folder(run, monkeypatch, tmp_path):
         (["--trainer.val_check_interval", "0"], "val_check_interval must be > 0"),
         (["--model.init_args.model.init_args.is_encoder_decoder", "true"], "is_encoder_decoder=True: it is GPT2Config"),
         (["--data.init_args.seed", "-1"], "--data.seed must be in [0, 2**32 - 1], got -1"),
+        # refused after the data was built: the cache folder this run made goes too
+        (["--data.init_args.cache_dir", "new_cache", "--trainer.gradient_clip_algorithm", "bogus"], "bogus is invalid"),
     ],
 )
 def test_settings_that_make_no_sense_are_refused(run, monkeypatch, tmp_path, args, says):

@@ -155,3 +155,17 @@ def test_windows_are_the_batches_lightning_accumulates_between_optimizer_steps(t
     assert [b - a for a, b in zip(bounds, bounds[1:])] == [3, 3, 1] * 2  # 8 batches an epoch, limited to 7
     for a, b in zip(bounds, bounds[1:]):  # each batch of a step's window carries the tokens of all of them
         assert {w for _, w in model.seen[a:b]} == {sum(t for t, _ in model.seen[a:b])}
+
+
+def test_plain_indices_from_a_sampler_lightning_put_in_place_fetch_rows_without_a_window_total():
+    """`--trainer.overfit_batches` makes Lightning rebuild the loader with a plain sampler: its int indices fetch
+    the rows, and the batch carries no `window_tokens` (the loss then normalises over each batch), not a TypeError."""
+    from lightning_pretrain.data.windows import WindowCollate, Windowed
+
+    rows = [{"x": torch.tensor([i])} for i in range(4)]
+    windowed = Windowed(rows)
+    assert windowed.__getitems__([(1, 7), (2, 7)]) == ([rows[1], rows[2]], 7)
+    assert windowed.__getitems__([1, 2]) == ([rows[1], rows[2]], None) and windowed[3] == rows[3]
+    collate = WindowCollate()
+    assert collate(windowed.__getitems__([(0, 5), (1, 5)]))["window_tokens"].item() == 5
+    assert "window_tokens" not in collate(windowed.__getitems__([0, 1]))

@@ -98,7 +98,9 @@ class TokenWindows(DistributedSampler):
 
 
 class Windowed(Dataset):
-    """`dataset` indexed by `TokenWindows`' pairs: a batch of pairs fetches its rows and passes on the window total."""
+    """`dataset` indexed by `TokenWindows`' pairs: a batch of pairs fetches its rows and passes on the window total.
+    Plain indices (a sampler Lightning put in its place: `--trainer.overfit_batches`) fetch rows with no total, and
+    the loss falls back to normalising over each batch."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -106,14 +108,15 @@ class Windowed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        return self.dataset[key[0]]
+    def __getitem__(self, key: tuple[int, int] | int):
+        return self.dataset[key[0] if isinstance(key, tuple) else key]
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[list, int]:
-        indices = [int(i) for i, _ in keys]
+    def __getitems__(self, keys: list[tuple[int, int]] | list[int]) -> tuple[list, int | None]:
+        windowed = bool(keys) and isinstance(keys[0], tuple)
+        indices = [int(k[0]) if windowed else int(k) for k in keys]
         fetch = getattr(self.dataset, "__getitems__", None)
         rows = fetch(indices) if fetch else [self.dataset[i] for i in indices]
-        return rows, int(keys[0][1])
+        return rows, int(keys[0][1]) if windowed else None
 
 
 class WindowCollate:
@@ -122,9 +125,9 @@ class WindowCollate:
     def __init__(self, collate_fn: Callable | None = None):
         self.collate_fn = collate_fn or default_collate
 
-    def __call__(self, fetched: tuple[list, int]) -> dict:
+    def __call__(self, fetched: tuple[list, int | None]) -> dict:
         rows, total = fetched
         batch = self.collate_fn(rows)
         if not isinstance(batch, Mapping):
             raise TypeError(f"window_tokens need batches that are mappings, got {type(batch).__name__}")
-        return {**batch, "window_tokens": torch.tensor(total, dtype=torch.long)}
+        return batch if total is None else {**batch, "window_tokens": torch.tensor(total, dtype=torch.long)}
