@@ -98,7 +98,7 @@ def test_console_script_exit_status_and_single_line(in_repo):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--data.val_fraction", "null"], ["these settings cannot be built", "NoneType"]),
+        (["--data.val_fraction", "null"], ["--data.init_args.val_fraction cannot be null: it takes float"]),
         (["--trainer.accelerator", "tpu"], ["these trainer settings cannot be built", "torch_xla"]),
     ],
     ids=["null_for_a_number_jsonargparse_instantiates", "accelerator_without_its_package"],
