@@ -91,7 +91,15 @@ class PretrainCLI(LightningCLI):
                 "has; pass the checkpoint file (<run>/checkpoints/*.ckpt) or last"
             )
         elif ckpt and ckpt != "last" and not Path(ckpt).is_dir():
-            load_checkpoint_file(ckpt, mmap=True)
+            written_by = (load_checkpoint_file(ckpt, mmap=True).get("hyper_parameters") or {}).get("_class_path")
+            model = self.config[subcommand].get("model")
+            wanted = model.get("class_path") if hasattr(model, "get") else None
+            # LightningCLI would swap in the checkpoint's own class (a pretraining objective for an SFT predict)
+            if isinstance(written_by, str) and wanted and written_by != wanted:
+                raise InputError(
+                    f"--ckpt_path {ckpt} was written by {written_by}, not by {wanted} (--model): pass a checkpoint "
+                    f"of this task, or its export as the model"
+                )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(HFExport, "export")

@@ -503,3 +503,21 @@ def test_sft_fit_refuses_a_validation_prompt_too_long_before_training(tiny_causa
     args += ["--model.init_args.generation", "{max_new_tokens: 40}", "--data.max_train_examples", "null"]
     refused(call(main, *args), "the longest val prompt is")
     assert not (tmp_path / "logs").exists(), list((tmp_path / "logs").rglob("*"))
+
+
+def test_a_checkpoint_of_another_module_class_is_refused(run, monkeypatch, tmp_path):
+    """LightningCLI swaps in the class a checkpoint names: an SFT or MLM command given a causal-LM checkpoint would
+    run the wrong module on its data (a KeyError deep in predict, found by the fuzz run). Refused in one line."""
+    from lightning_pretrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "predict",
+        "-c",
+        str(REPO / "configs/pretrain/mlm_tiny.yaml"),
+        "--data.source",
+        str(run.parents[2] / "corpus.txt"),
+    ]
+    line = refused(call(main, *args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")), "was written by")
+    assert "lightning_pretrain.objectives.CausalLM" in line and "MaskedLM" in line, line
+    assert not any(tmp_path.iterdir())
