@@ -348,7 +348,7 @@ def broken_copy(src: Path, dst: Path, how: str) -> Path:
         (["--model", "cut_weights"], "could not load model"),
         (["--model", "not_safetensors"], "could not load model"),
         (["--model", "nan"], "3 of"),
-        (["--num_fewshot", "3"], "--num_fewshot 3: task lp_three has 3 examples to draw shots from"),
+        (["--num_fewshot", "4"], "--num_fewshot 4: task lp_three has 3 examples to draw shots from"),
     ],
 )
 def test_eval_refuses_in_one_line(tiny_causal, tmp_path, monkeypatch, args, says):  # noqa: F811

@@ -99,10 +99,13 @@ def run_tasks(
         task.set_fewshot_seed(seed=seed)
         shots = task.get_config("num_fewshot") or 0
         pool = len(task.fewshot_docs() or []) if shots else 0
-        if shots and pool < shots + 1:  # lm-eval draws shots + 1 and drops the scored document
+        # drawn from the scored split itself, lm-eval draws shots + 1 and drops the scored document
+        split = getattr(getattr(task, "fewshot_cfg", None), "split", None)
+        needed = shots + (split is not None and split == task.get_config("test_split"))
+        if shots and pool < needed:
             raise InputError(
-                f"--num_fewshot {shots}: task {name} has {pool} examples to draw shots from (its train split, else "
-                f"validation, else test), and {shots} shots need at least {shots + 1}"
+                f"--num_fewshot {shots}: task {name} has {pool} examples to draw shots from (its few-shot split, "
+                f"else train, validation or test), fewer than {needed}"
             )
     out = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
     out = broadcast_from_zero(None if out is None else {k: out[k] for k in ("results", "n-shot", "n-samples")})
