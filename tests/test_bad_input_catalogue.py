@@ -294,7 +294,7 @@ CASES = [
     Case(
         "checkpoint of another architecture",
         lambda w: ["validate", *mlm(w)[1:], "--ckpt_path", str(w / "clm.ckpt")],
-        "does not fit this model",
+        "was written by lightning_pretrain.objectives.CausalLM, not by lightning_pretrain.objectives.MaskedLM",
     ),
     Case(
         "resume of another model size",
