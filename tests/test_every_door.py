@@ -521,3 +521,18 @@ def test_a_checkpoint_of_another_module_class_is_refused(run, monkeypatch, tmp_p
     line = refused(call(main, *args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")), "was written by")
     assert "lightning_pretrain.objectives.CausalLM" in line and "MaskedLM" in line, line
     assert not any(tmp_path.iterdir())
+
+
+def test_a_refused_run_takes_its_cache_entries_out_of_a_folder_of_the_users(run, monkeypatch, tmp_path):
+    """`--data.cache_dir` naming a folder that holds the user's own files: a run refused after the data was built
+    (a trainer setting) removes the entries it wrote there, and leaves the user's files (fuzz run, seed 5)."""
+    from lightning_pretrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("the user's\n")
+    args = ["fit", *CLM, "--data.source", str(run.parents[2] / "corpus.txt"), "--data.init_args.cache_dir", "mine"]
+    refused(call(main, *args, "--trainer.gradient_clip_algorithm", "bogus"), "bogus is invalid")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["keep.txt"]
+    status, _, err = call(main, *args)  # the same run, accepted, keeps its cache
+    assert status == 0 and any((tmp_path / "mine").rglob("*.json")), err[-2000:]

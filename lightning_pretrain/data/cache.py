@@ -62,6 +62,17 @@ def resolve_root(cache_dir: str | None) -> Path:
     return root
 
 
+def undo_if_refused(path: Path) -> None:
+    """Before `path` is written: if this command ends refused, the run leaves nothing behind, not its cache entries
+    either (a `--data.cache_dir` may be a folder of the user's own files): `path` and the folders made for it go."""
+    made = [p for p in (path, *path.parents) if not (p.exists() or p.is_symlink())]
+    if made:
+        top = made[-1]
+        entry.on_refusal(
+            lambda: shutil.rmtree(top, ignore_errors=True) if top.is_dir() else top.unlink(missing_ok=True)
+        )
+
+
 def current_root() -> Path:
     """The cache root of the data module at work (`rooted`), else `default_root()`: where the file-digest memo lives."""
     return _ROOT.get() or default_root()
@@ -94,6 +105,7 @@ def content_digest(path: str) -> str:
         # the stat key, so a digest of a file this fresh is not remembered (git's "racy" rule)
         return digest
     try:  # best effort: an unwritable cache only costs the next run a re-hash
+        undo_if_refused(memo / key)
         memo.mkdir(parents=True, exist_ok=True)
         tmp = memo / f".{key}.{os.getpid()}"
         tmp.write_text(digest)
@@ -180,6 +192,7 @@ def get_or_build(
     """
     if lookup(entry, valid) is not None:
         return entry, True
+    undo_if_refused(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)
     if entry.is_symlink() or entry.is_file():
         entry.unlink()

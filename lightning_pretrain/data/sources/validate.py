@@ -110,6 +110,7 @@ def check_file(
         _check_records(path, text_column)
     _passed.add(key)
     try:  # best effort: an unwritable cache only costs the next run a re-check
+        cache.undo_if_refused(memo)
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.touch()
     except OSError:
