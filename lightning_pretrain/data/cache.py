@@ -47,10 +47,7 @@ def default_root() -> Path:
 def resolve_root(cache_dir: str | None) -> Path:
     """`--data.cache_dir` (default: `default_root()`), refused in one line when it, or a folder above it, is a file."""
     root = Path(cache_dir).expanduser() if cache_dir else default_root()
-    missing = [p for p in (root, *root.parents) if not (p.exists() or p.is_symlink())]
-    if missing:  # a refused run leaves nothing behind: not the cache folders it made either
-        top = missing[-1]
-        entry.on_refusal(lambda: shutil.rmtree(top, ignore_errors=True))
+    undo_if_refused(root)  # a refused run leaves nothing behind: not the cache folders it made either
     for p in (root, *root.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():

@@ -84,7 +84,7 @@ class CausalSFT(GenerativeFineTune):
         """Refuse the longest prompt this stage continues (with the tokens to generate) when it does not fit the
         model's positions: before the first step, not at the first validation after training began."""
         evaluated = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}.get(stage)
-        if stage == "fit" and self.trainer is not None and not self.trainer.limit_val_batches:
+        if stage == "fit" and not self.trainer.limit_val_batches:
             evaluated = None  # validation is off: no prompt is continued
         longest = (self.data.longest_prompts or {}).get(evaluated)
         limit, new = architecture.max_positions(self.model.config), self.generation.max_new_tokens
