@@ -400,3 +400,37 @@ def test_a_rotary_modernbert_discriminator_trains_beside_a_narrower_generator_of
     again = ELECTRA(model=str(hf), data=DataContract(_Tok()))
     torch.testing.assert_close(again.generator.state_dict(), m.generator.state_dict())
     torch.testing.assert_close(again.model.state_dict(), m.model.state_dict())
+
+
+def test_a_shallower_generator_as_wide_shares_the_token_embeddings_and_they_learn_from_both_losses(tmp_path):
+    torch.manual_seed(0)
+    m = ELECTRA(model=ModernBertConfig(**MODERNBERT), data=DataContract(_Tok()), generator_size=1.0, generator_layers=1)
+    gen, disc = m.generator, m.model
+    assert len(gen.model.layers) == 1 and gen.config.layer_types == ["full_attention"]
+    assert len(disc.model.layers) == 2 and disc.config.num_hidden_layers == 2  # the discriminator is left alone
+    assert m.shares_embeddings and gen.decoder.weight is disc.get_input_embeddings().weight  # tied output layer too
+    out = m.losses(batch(), 0, 0)
+    out.gen.backward(retain_graph=True)  # the generator's MLM loss alone reaches the shared matrix...
+    from_gen = disc.get_input_embeddings().weight.grad.clone()
+    assert from_gen.abs().sum() > 0
+    m.zero_grad()
+    (m.disc_weight * out.disc).backward()  # ...and so does the discriminator's
+    assert disc.get_input_embeddings().weight.grad.abs().sum() > 0
+    m.trainer = type("T", (), {"estimated_stepping_batches": 1000})()
+    opt = m.configure_optimizers()["optimizer"]
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(listed) == len(set(listed))  # the shared matrix once
+
+    tok = _Tok()
+    tok.save_pretrained = lambda d: None
+    m.tokenizer = tok
+    hf = m.export_hf(tmp_path / "hf")
+    again = ELECTRA(model=str(hf), data=DataContract(_Tok()), generator_size=1.0, generator_layers=1)
+    assert again.shares_embeddings and len(again.generator.model.layers) == 1
+    torch.testing.assert_close(again.generator.state_dict(), m.generator.state_dict())
+    torch.testing.assert_close(again.model.state_dict(), m.model.state_dict())
+
+
+def test_generator_layers_below_one_are_refused():
+    with pytest.raises(InputError, match="generator_layers must be at least 1"):
+        module(generator_layers=0)

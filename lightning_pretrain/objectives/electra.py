@@ -1,13 +1,12 @@
 """ELECTRA's replaced-token detection: a small masked-LM generator fills the masked positions with tokens sampled
-from its output distribution, and the discriminator (the model that is kept) tells every token apart as original
-or replaced. loss = generator MLM loss + `disc_weight` x discriminator BCE (over every non-padding token).
-
-Two architectures: ELECTRA's own (`ElectraConfig`: `ElectraForPreTraining` + `ElectraForMaskedLM` sharing one
-embeddings module) and any encoder with a token-classification head, e.g. ModernBERT (rotary positions, which learn
-where to attend far sooner on a CPU budget: benchmarks/RESULTS.md): the discriminator is its
-`...ForTokenClassification` with one output, the generator its narrower `...ForMaskedLM` with its own embeddings.
-Masking is `mask_tokens`; the Gumbel-max sample is seeded, outside autograd. Metrics: `val/loss` (disc BCE),
-`val/gen_loss`, `val/disc_{acc,precision,recall,f1,auroc}` (replaced = positive). Exports `hf/` and `hf/generator/`.
+from its output distribution; the discriminator (the model kept) tells every token original or replaced.
+loss = generator MLM loss + `disc_weight` x discriminator BCE (over every non-padding token). Two architectures:
+ELECTRA's own (`ElectraForPreTraining` + `ElectraForMaskedLM` sharing one embeddings module) and any encoder with a
+token-classification head, e.g. ModernBERT (rotary positions learn where to attend far sooner on a CPU budget:
+benchmarks/RESULTS.md): its one-output `...ForTokenClassification` discriminates, its `...ForMaskedLM` generates,
+narrower (own embeddings) or shallower (sharing the token embeddings). Masking is `mask_tokens`; the Gumbel-max
+sample is seeded, outside autograd. Metrics: `val/loss` (disc BCE), `val/gen_loss`, `val/disc_{acc,precision,
+recall,f1,auroc}` (replaced = positive). Exports `hf/` and `hf/generator/`.
 """
 
 from __future__ import annotations
@@ -72,6 +71,7 @@ class ELECTRA(MaskedLM):
     def __init__(
         self,
         generator_size: float = 0.25,
+        generator_layers: int | None = None,
         disc_weight: float = 50.0,
         export_generator: bool = True,
         mask_fraction: float = 1.0,
@@ -82,9 +82,11 @@ class ELECTRA(MaskedLM):
         """
         Args:
             generator_size: the generator's hidden width as a fraction of the discriminator's (ELECTRA: 1/4), in
-                whole attention heads of the discriminator's head width; same depth and embedding size. When
-                `model` is a directory with a `generator/` sub-directory (an export of this objective), that
-                generator is loaded instead.
+                whole attention heads of the discriminator's head width; same embedding size. When `model` is a
+                directory with a `generator/` sub-directory (an export of this objective), that generator is
+                loaded instead.
+            generator_layers: the generator's depth (default: the discriminator's). A generator as wide as the
+                discriminator (`generator_size 1`) and shallower shares its token embeddings, as ELECTRA's does.
             disc_weight: weight of the discriminator's loss in the sum (ELECTRA: 50).
             export_generator: also export the generator, as `ElectraForMaskedLM`, to `<run dir>/hf/generator/`.
             mask_fraction: share of selected tokens the generator sees as [MASK] (1.0: the paper's description;
@@ -99,6 +101,8 @@ class ELECTRA(MaskedLM):
         """
         if not 0 < generator_size <= 1:
             raise InputError(f"generator_size must be in (0, 1], got {generator_size}")
+        if generator_layers is not None and generator_layers < 1:
+            raise InputError(f"generator_layers must be at least 1, got {generator_layers}")
         if disc_weight <= 0:
             raise InputError(f"disc_weight must be positive, got {disc_weight}")
         super().__init__(mask_fraction=mask_fraction, random_fraction=random_fraction, **kwargs)
@@ -113,7 +117,7 @@ class ELECTRA(MaskedLM):
             )
         self.generator_size, self.disc_weight, self.export_generator = generator_size, disc_weight, export_generator
         self.generator = build_generator(
-            self.model, self.model_dir, generator_size, self.hparams.get("attn_implementation")
+            self.model, self.model_dir, generator_size, self.hparams.get("attn_implementation"), generator_layers
         )
         self.prior_bias = prior_bias
         if prior_bias and not self.trained_weights:
