@@ -607,6 +607,22 @@ def pct(v: float | None, signed: bool = False) -> str:
     return "—" if v is None else (f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}")
 
 
+def sweep_edges(results: dict) -> list[str]:
+    """A note per arm whose chosen LR sits at an end of the sweep for most seeds: its best may lie beyond it."""
+    lrs, notes = sorted(results["setup"]["lrs"]), []
+    for arm in ARMS if len(lrs) > 1 else ():
+        chosen = [results["arms"][arm].get(str(s), {}).get("lr") for s in results["setup"]["seeds"]]
+        chosen = [lr for lr in chosen if lr]
+        for edge, end in ((lrs[-1], "largest"), (lrs[0], "smallest")):
+            k = sum(lr == edge for lr in chosen)
+            if 2 * k > len(chosen):
+                notes.append(
+                    f"{arm}: the sweep's {end} LR ({edge:g}) was chosen for {k} of {len(chosen)} seeds; "
+                    f"its best may lie beyond it (widen --lrs)."
+                )
+    return notes
+
+
 def report(results: dict) -> str:
     s, lines = results["setup"], []
     length = f"{s['finetune_steps']} steps" if s["finetune_steps"] else f"{s['finetune_epochs']} epochs"
@@ -671,6 +687,7 @@ def report(results: dict) -> str:
         )
     else:
         lines.append("No seed has both arms scored: no gap.")
+    lines += [f"Note: {n}" for n in sweep_edges(results)]
     return "\n".join(lines) + "\n"
 
 

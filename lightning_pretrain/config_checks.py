@@ -155,17 +155,23 @@ def refuse_nulls(section, where: str) -> None:
         refuse_nulls(value, option)
 
 
-def constructor_hints(class_path: str) -> dict[str, tuple[object, object]]:
-    """{argument: (type, default)} over the class's MRO (arguments a subclass passes on through **kwargs)."""
+def resolve_class(class_path: str):
+    """The object a config's `class_path` names, or None when it does not import."""
     import importlib
-    import inspect
-    import typing
 
     module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return {}
+        return None
+
+
+def constructor_hints(class_path: str) -> dict[str, tuple[object, object]]:
+    """{argument: (type, default)} over the class's MRO (arguments a subclass passes on through **kwargs)."""
+    import inspect
+    import typing
+
+    cls = resolve_class(class_path)
     hints: dict[str, tuple[object, object]] = {}
     for klass in getattr(cls, "__mro__", ()):
         init = vars(klass).get("__init__")
@@ -197,12 +203,10 @@ def type_name(hint) -> str:
 
 def class_default(section, name: str):
     """The default of constructor argument `name` of the class a config section names (None if unknown)."""
-    import importlib
     import inspect
 
-    module, _, cls = str(section.get("class_path", "")).rpartition(".")
     try:
-        parameter = inspect.signature(getattr(importlib.import_module(module), cls)).parameters.get(name)
-    except (ImportError, AttributeError, ValueError, TypeError):
+        parameter = inspect.signature(resolve_class(str(section.get("class_path", "")))).parameters.get(name)
+    except (ValueError, TypeError):  # nothing imported (None), or no signature
         return None
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default

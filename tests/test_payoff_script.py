@@ -61,6 +61,21 @@ def test_choose_lr_best_validation_then_lower_loss():
     assert payoff.choose_lr({1e-3: None}) is None
 
 
+def test_an_lr_chosen_at_the_sweep_s_end_for_most_seeds_is_noted():
+    def results(pretrained, scratch):
+        arms = {
+            arm: {str(i + 1): {"lr": lr} for i, lr in enumerate(lrs)}
+            for arm, lrs in (("pretrained", pretrained), ("scratch", scratch))
+        }
+        return {"setup": {"lrs": [2e-3, 2e-4, 6e-4], "seeds": [1, 2, 3]}, "arms": arms}
+
+    notes = payoff.sweep_edges(results([2e-3, 2e-3, 6e-4], [2e-4, 6e-4, None]))
+    assert len(notes) == 1 and notes[0].startswith("pretrained: the sweep's largest LR (0.002) was chosen for 2 of 3")
+    notes = payoff.sweep_edges(results([6e-4, 2e-3, 2e-4], [2e-4, 2e-4, 6e-4]))
+    assert len(notes) == 1 and notes[0].startswith("scratch: the sweep's smallest LR (0.0002) was chosen for 2 of 3")
+    assert payoff.sweep_edges(results([6e-4, 6e-4, 2e-3], [6e-4, 2e-4, 2e-3])) == []
+
+
 def test_split_labelled_seeded_and_disjoint():
     train, val = payoff.split_labelled(100, 50, 0.2, seed=1)
     assert len(train) == 40 and len(val) == 10 and not set(train) & set(val)
