@@ -427,6 +427,36 @@ def data_args(root, model_dir) -> list[str]:
 CONFIG = ["-c", str(REPO / "configs/finetune/multi30k_t5.yaml")]
 
 
+def test_t5_laptop_denoises_a_t5_whose_export_fine_tunes_as_text_to_text(parallel_text, tiny_corpus):
+    """configs/pretrain/t5_laptop.yaml: BART's denoising on T5's architecture; the export (a T5 with `<mask>` and
+    the `<s> ... </s>` template in its tokenizer) is what configs/finetune/multi30k_t5.yaml fine-tunes."""
+    steps = ["--trainer.max_steps", "16", "--trainer.val_check_interval", "8", "--trainer.max_time", "null"]
+    small = ["--data.vocab_size", "500", "--data.seq_len", "30", "--data.batch_size", "8"]
+    recipe = ["-c", str(REPO / "configs/pretrain/t5_laptop.yaml"), "--model.init_args.warmup_steps", "2"]
+    cli("fit", *recipe, "--data.source", str(tiny_corpus), *small, *FAST, *steps)
+    run = only_run_dir(parallel_text, "t5_laptop")
+    loss = [e.value for e in EventAccumulator(str(run)).Reload().Scalars("train/loss")]
+    assert len(loss) == 16 and sum(loss[-4:]) / 4 < loss[0] - 0.5, loss
+    hf = run / "hf"
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(hf), AutoTokenizer.from_pretrained(hf)
+    assert type(model).__name__ == "T5ForConditionalGeneration" and tok.mask_token == "<mask>"
+    ids = tok("a dog runs").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id  # what the encoder read in pretraining
+
+    cli(
+        "fit",
+        *CONFIG,
+        *FAST,
+        *data_args(parallel_text, hf),
+        "--data.batch_size",
+        "4",
+        "--model.generation.max_new_tokens",
+        "8",
+    )
+    metrics = json.loads((only_run_dir(parallel_text, "multi30k_t5") / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and 0 <= metrics["val/sacrebleu"] <= 100 and metrics["val/ppl"] > 1
+
+
 def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
     workdir = parallel_text
     cli(
