@@ -1,13 +1,14 @@
-"""The pretraining payoff for generation, on CPU: a small T5 pretrained with our `SpanCorruption` on the English and
-German sides of Multi30k train, then fine-tuned English -> German, against the same architecture and tokenizer
-fine-tuned from random initialisation (same steps, same data, same seed). Every run is a `lightning-pretrain fit`.
+"""The pretraining payoff for generation, on CPU: a small T5 pretrained (configs/pretrain/t5_laptop.yaml: BART's
+denoising) on the English and German sides of Multi30k train, then fine-tuned English -> German, against the same
+architecture and tokenizer fine-tuned from random initialisation (same steps, same data, same seed). Every run is a
+`lightning-pretrain fit`.
 
     python benchmarks/generation_payoff.py --multi30k ../shared/data/multi30k --pretrain_steps 1500 --epochs 1 \
         --out logs/bench_generation
 
-`--pretrain_config` picks the recipe (default configs/pretrain/t5_laptop.yaml: span corruption mixed with a prefix
-LM), `--pretrain_args "..."` adds options to it. `--pretrained DIR` reuses an existing span-corruption export instead of pretraining. Prints a Markdown table of
-sacreBLEU / chrF / teacher-forced loss on Multi30k `val` (1,014 sentences, never trained on) for both arms.
+`--pretrain_config` picks the recipe (e.g. configs/pretrain/t5_tiny.yaml for span corruption), `--pretrain_args
+"..."` adds options to it. `--pretrained DIR` reuses an existing export instead of pretraining. Prints a Markdown
+table of sacreBLEU / chrF / teacher-forced loss on Multi30k `val` (1,014 sentences, never trained on) for both arms.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def latest_run(root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--multi30k", default=str(REPO.parent / "shared" / "data" / "multi30k"))
-    parser.add_argument("--pretrained", help="an existing span-corruption export (skips pretraining)")
+    parser.add_argument("--pretrained", help="an existing T5 export (skips pretraining)")
     parser.add_argument("--pretrain_steps", type=int, default=1500)
     parser.add_argument("--pretrain_config", default=str(REPO / "configs/pretrain/t5_laptop.yaml"))
     parser.add_argument("--pretrain_args", default="", help="more options of the pretraining run, one string")
