@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of each arm")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning LR of both arms")
     parser.add_argument("--max_train_examples", type=int, help="fine-tune on a subset of the 29,000 pairs")
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seed", type=int, default=1234, help="seeds the scratch init, the data order and subset")
     parser.add_argument("--out", default="logs/bench_generation")
     args = parser.parse_args()
     data, out = Path(args.multi30k), Path(args.out)
@@ -93,6 +93,7 @@ def main() -> None:
         "-c",
         str(REPO / "configs/finetune/multi30k_t5.yaml"),
         f"--seed_everything={args.seed}",
+        f"--data.seed={args.seed}",  # the order of the pairs and which --max_train_examples: a seed is a replicate
         f"--data.tokenizer={pretrained}",
         f"--trainer.max_epochs={args.epochs}",
         f"--model.optimizer.init_args.lr={args.lr}",
