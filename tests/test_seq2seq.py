@@ -427,6 +427,22 @@ def data_args(root, model_dir) -> list[str]:
 CONFIG = ["-c", str(REPO / "configs/finetune/multi30k_t5.yaml")]
 
 
+def fine_tune(root, model_dir, *more: str) -> None:
+    """A FAST Multi30k-layout fine-tune of `model_dir` on the parallel files under `root` (batches of 4, 8 new
+    tokens at validation)."""
+    cli(
+        "fit",
+        *CONFIG,
+        *FAST,
+        *data_args(root, model_dir),
+        "--data.batch_size",
+        "4",
+        "--model.generation.max_new_tokens",
+        "8",
+        *more,
+    )
+
+
 def test_t5_laptop_denoises_a_t5_whose_export_fine_tunes_as_text_to_text(parallel_text, tiny_corpus):
     """configs/pretrain/t5_laptop.yaml: BART's denoising on T5's architecture; the export (a T5 with `<mask>` and
     the `<s> ... </s>` template in its tokenizer) is what configs/finetune/multi30k_t5.yaml fine-tunes."""
@@ -443,34 +459,14 @@ def test_t5_laptop_denoises_a_t5_whose_export_fine_tunes_as_text_to_text(paralle
     ids = tok("a dog runs").input_ids
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id  # what the encoder read in pretraining
 
-    cli(
-        "fit",
-        *CONFIG,
-        *FAST,
-        *data_args(parallel_text, hf),
-        "--data.batch_size",
-        "4",
-        "--model.generation.max_new_tokens",
-        "8",
-    )
+    fine_tune(parallel_text, hf)
     metrics = json.loads((only_run_dir(parallel_text, "multi30k_t5") / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and 0 <= metrics["val/sacrebleu"] <= 100 and metrics["val/ppl"] > 1
 
 
 def test_cli_fit_export_generate_and_predict(parallel_text, t5_dir):
     workdir = parallel_text
-    cli(
-        "fit",
-        *CONFIG,
-        *FAST,
-        *data_args(workdir, t5_dir),
-        "--data.batch_size",
-        "4",
-        "--model.generation.max_new_tokens",
-        "8",
-        "--trainer.accumulate_grad_batches",
-        "2",
-    )
+    fine_tune(workdir, t5_dir, "--trainer.accumulate_grad_batches", "2")
     run = only_run_dir(workdir, "multi30k_t5")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and {"val/loss", "val/ppl", "val/sacrebleu", "val/chrf"} <= set(metrics)
