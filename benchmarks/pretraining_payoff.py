@@ -603,6 +603,13 @@ def test_options(args, model: Path, test_file: Path, names: list[str], pairs: bo
     ]
 
 
+def torch_threads() -> int:
+    """The intra-op threads a `lightning-pretrain` run started from here gets (same environment)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def pct(v: float | None, signed: bool = False) -> str:
     return "—" if v is None else (f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}")
 
@@ -627,6 +634,7 @@ def report(results: dict) -> str:
     s, lines = results["setup"], []
     length = f"{s['finetune_steps']} steps" if s["finetune_steps"] else f"{s['finetune_epochs']} epochs"
     budget = f"budget {s['budget']} (max_time {s['max_time']})" if s["budget"] else f"{s['pretrain_steps']} steps"
+    budget += f" on {s['threads']} CPU threads" if s.get("threads") else ""
     lines += [
         f"## Pretraining payoff: {s['objective']} on {s['corpus']}",
         "",
@@ -768,6 +776,9 @@ def main(argv: list[str] | None = None) -> dict:
             "lrs": args.lrs,
             "budget": args.budget,
             "max_time": args.max_time,
+            # a budget is wall time: its steps scale with the threads each run gets (OMP_NUM_THREADS, else torch's
+            # default of one per physical core); runs side by side each get fewer cores
+            "threads": torch_threads(),
             "pretrain_steps": args.pretrain_steps,
             "pretrain_once": args.pretrain_once,
             "pretrain_config": shown(args.pretrain_config),

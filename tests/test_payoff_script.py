@@ -10,6 +10,7 @@ import random
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pretraining_payoff", REPO / "benchmarks" / "pretraining_payoff.py")
@@ -283,6 +284,7 @@ def test_end_to_end_tiny(tables, workdir):
     assert saved["gap"]["points"]["mean"] == pytest.approx(100 * gap) and saved["gap"]["ci95"] is None
     assert saved["setup"]["train_rows"] == 32 and saved["setup"]["val_rows"] == 8
     assert saved["setup"]["label_names"] == ["negative", "positive"]
+    assert saved["setup"]["threads"] == torch.get_num_threads() >= 1  # a budget's steps depend on it
     pre = saved["pretraining"]["seed1"]
     assert pre["global_step"] == 3 and math.isfinite(pre["val_metrics"]["val/loss"]) and pre["wall_s"] > 0
     what = [c["what"] for c in saved["commands"]]
