@@ -285,6 +285,7 @@ def test_end_to_end_tiny(tables, workdir):
     assert saved["setup"]["train_rows"] == 32 and saved["setup"]["val_rows"] == 8
     assert saved["setup"]["label_names"] == ["negative", "positive"]
     assert saved["setup"]["threads"] == torch.get_num_threads() >= 1  # a budget's steps depend on it
+    assert f"3 steps on {torch.get_num_threads()} CPU threads" in (out / "payoff.md").read_text()
     pre = saved["pretraining"]["seed1"]
     assert pre["global_step"] == 3 and math.isfinite(pre["val_metrics"]["val/loss"]) and pre["wall_s"] > 0
     what = [c["what"] for c in saved["commands"]]
