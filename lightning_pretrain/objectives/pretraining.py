@@ -24,6 +24,7 @@ from lightning_pretrain.data.contract import DataContract
 from lightning_pretrain.document_attention import check_implementation, document_inputs, one_row
 from lightning_pretrain.errors import InputError
 from lightning_pretrain.generation import Generation
+from lightning_pretrain.muon import mark_hidden_matrices
 from lightning_pretrain.objectives.prompts import check_prompt_lengths, padded_prompts
 from lightning_pretrain.runs import JsonlPredictions
 
@@ -264,6 +265,7 @@ class PretrainingModule(L.LightningModule):
         try:
             # every parameter the module registers: the HF model and what an objective trains beside it (SpanBERT's
             # boundary head, ELECTRA's generator); shared tensors once, a distillation teacher never (unregistered)
+            mark_hidden_matrices(self)  # which matrices MuonAdamW orthogonalises (any other optimizer ignores it)
             opt = optim.build_optimizer(self.optimizer, optim.decay_groups(self.named_parameters()))
             sched = optim.scheduler_config(opt, self.lr_schedule, self.warmup_steps, total, self.wsd)
         except ValueError as e:
