@@ -473,9 +473,12 @@ class Runner:
             for run in reversed(versions(root)):
                 record = run / RECORD
                 info = json.loads(record.read_text()) if record.is_file() else {}
-                same = info.get("argv") == key and info.get("configs", configs) == configs
+                # a file the record has no digest of was recorded before such digests were kept: not compared
+                recorded = info.get("configs", {})
+                same = info.get("argv") == key and all(configs.get(f) == d for f, d in recorded.items())
                 if same and done(run):
-                    legacy = "" if "configs" in info else "; recorded before config digests were kept"
+                    unchecked = sorted(set(configs) - set(recorded))
+                    legacy = f"; recorded before digests of {', '.join(unchecked)} were kept" if unchecked else ""
                     print(
                         f"\n[{what}] reusing {run} (finished {info.get('wall_s', 0):.0f} s run of the same command{legacy})"
                     )
@@ -519,8 +522,10 @@ class Runner:
 
 
 def config_digests(argv: list[str]) -> dict[str, str]:
-    """{path: sha256} of the config files a command reads (`-c FILE`)."""
+    """{path: sha256} of the config files a command reads (`-c FILE`, and the `--model.backbone` directory's
+    config.json: a scratch arm's random init is rewritten from whatever the latest pretraining exported)."""
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+    files += [f"{argv[i + 1]}/config.json" for i, a in enumerate(argv[:-1]) if a == "--model.backbone"]
     return {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files if Path(f).is_file()}
 
 

@@ -308,22 +308,28 @@ def test_end_to_end_tiny(tables, workdir):
     assert "Paired gap" in (out / "payoff.md").read_text() or "one seed" in (out / "payoff.md").read_text()
 
 
-def test_reuse_needs_the_same_command_and_the_same_config_files(tmp_path, monkeypatch):
-    """--reuse takes a finished run of the same command only while the config files it names are unchanged (an
-    edited recipe under the same path is another run; a record from before digests were kept matches by command)."""
+def fake_runner(tmp_path, monkeypatch):
+    """A --reuse Runner whose "runs" only make their version folder, as the CLI would; and the list of its calls."""
     monkeypatch.chdir(tmp_path)
-    config = tmp_path / "recipe.yaml"
-    config.write_text("model: {lr: 1}\n")
-    argv = ["-c", str(config), "--x", "1"]
     runner = payoff.Runner(tmp_path / "out", reuse=True, in_process=False)
     calls = []
 
-    def execute(full):  # a "run": its version folder, as the CLI would make it
+    def execute(full):
         calls.append(full)
         (tmp_path / "out" / "arm" / f"version_{len(calls) - 1}").mkdir(parents=True)
         return 0
 
     monkeypatch.setattr(runner, "_execute", execute)
+    return runner, calls
+
+
+def test_reuse_needs_the_same_command_and_the_same_config_files(tmp_path, monkeypatch):
+    """--reuse takes a finished run of the same command only while the config files it names are unchanged (an
+    edited recipe under the same path is another run; a record from before digests were kept matches by command)."""
+    runner, calls = fake_runner(tmp_path, monkeypatch)
+    config = tmp_path / "recipe.yaml"
+    config.write_text("model: {lr: 1}\n")
+    argv = ["-c", str(config), "--x", "1"]
     done = lambda run: True  # noqa: E731
     assert runner.run("a", "fit", argv, "arm", done)["reused"] is False
     assert runner.run("a", "fit", argv, "arm", done)["reused"] is True
@@ -334,3 +340,18 @@ def test_reuse_needs_the_same_command_and_the_same_config_files(tmp_path, monkey
     record.write_text(json.dumps(legacy))
     config.write_text("model: {lr: 3}\n")
     assert runner.run("a", "fit", argv, "arm", done)["reused"] is True
+
+
+def test_reuse_needs_the_same_backbone_config(tmp_path, monkeypatch):
+    """A scratch arm's backbone directory keeps its path while a new pretraining (another architecture) rewrites
+    it: a fine-tune of the old random init must not be reused for the new one."""
+    runner, calls = fake_runner(tmp_path, monkeypatch)
+    backbone = tmp_path / "scratch_seed1"
+    backbone.mkdir()
+    (backbone / "config.json").write_text('{"hidden_size": 192}')
+    argv = ["--model.backbone", str(backbone), "--x", "1"]
+    done = lambda run: True  # noqa: E731
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is False
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is True
+    (backbone / "config.json").write_text('{"hidden_size": 256}')
+    assert runner.run("a", "fit", argv, "arm", done)["reused"] is False and len(calls) == 2
